@@ -1,0 +1,55 @@
+"""Configuration options of the plugin, group ``[cmt]``."""
+
+from __future__ import annotations
+
+from oslo_config import cfg
+
+GROUP = "cmt"
+
+OPTS = [
+    cfg.StrOpt(
+        "backend",
+        default="auto",
+        choices=[
+            ("auto", "resctrl when mounted with llc_occupancy, else perf when the "
+                     "intel_cqm PMU opens, else libvirt when a domain reports cache data"),
+            ("resctrl", "the resctrl filesystem (Linux >= 4.14, Intel RDT / AMD PQoS)"),
+            ("perf", "the perf intel_cqm PMU (Linux 4.1 - 4.13 only)"),
+            ("libvirt", "what libvirt reports in its bulk domain stats"),
+        ],
+        help="Which interface reads cache occupancy and memory bandwidth.",
+    ),
+    cfg.StrOpt("resctrl_root", default="/sys/fs/resctrl",
+               help="Mount point of the resctrl filesystem."),
+    cfg.StrOpt("sysfs_root", default="/sys", help="Root of sysfs."),
+    cfg.StrOpt("proc_root", default="/proc", help="Root of procfs."),
+    cfg.StrOpt("libvirt_pid_dir", default="/run/libvirt/qemu",
+               help="Where libvirt writes <domain name>.pid for each qemu process."),
+    cfg.StrOpt("resctrl_group_prefix", default="ceilometer-",
+               help="Prefix of the monitor groups this plugin creates and owns. "
+                    "Groups without it are never touched."),
+    cfg.BoolOpt("resctrl_verify_mount", default=True,
+                help="Require resctrl_root to be a resctrl mount (or the "
+                     "ceilometer-cmt simulator) per /proc/self/mountinfo. Turn off "
+                     "only for fixture trees in tests."),
+    cfg.StrOpt("libvirt_uri", default="",
+               help="libvirt URI of the libvirt backend; empty uses ceilometer's "
+                    "[DEFAULT] libvirt_uri / libvirt_type."),
+    cfg.StrOpt("privsep", default="auto", choices=[
+        ("auto", "run privileged operations directly when the agent is root, "
+                 "else through oslo.privsep"),
+        ("always", "always go through the oslo.privsep daemon"),
+        ("never", "never use privsep (the agent must be root)"),
+    ], help="How mkdir/rmdir/tasks writes on resctrl reach the kernel."),
+    cfg.IntOpt("log_interval", default=600, min=0,
+               help="Seconds between two log lines about the same missing value."),
+]
+
+
+def register_opts(conf: cfg.ConfigOpts) -> None:
+    conf.register_opts(OPTS, group=GROUP)
+
+
+def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
+    """Entry point of ``oslo.config.opts`` (oslo-config-generator)."""
+    return [(GROUP, list(OPTS))]

@@ -1,0 +1,106 @@
+"""Values that backends return and the monitor consumes.
+
+Plain dataclasses, no OpenStack imports. ``None`` always means "the hardware
+gave no value"; it is never replaced by 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+#: Occupancy key for a backend that only knows a host-wide total (perf
+#: ``intel_cqm`` sums every package): its percent is taken against the sum of
+#: all L3 domain sizes.
+HOST_WIDE = -1
+
+
+@dataclass(frozen=True)
+class CacheDomain:
+    """One cache instance (an L3 per socket, per SNC node or per AMD CCX)."""
+
+    id: int
+    level: int
+    size: int  # bytes
+    type: str = "Unified"
+    cpus: str = ""  # kernel cpu list syntax, e.g. "0-9,20-29"
+
+
+@dataclass(frozen=True)
+class HostCache:
+    """What the host says about its L3 and its monitoring ids."""
+
+    domains: tuple[CacheDomain, ...]
+    monitors_total: int | None = None  # RMIDs (per domain); None when unknown
+    source: str = "sysfs"
+
+    @property
+    def size(self) -> int | None:
+        return sum(d.size for d in self.domains) if self.domains else None
+
+    def domain_size(self, domain_id: int) -> int | None:
+        if domain_id == HOST_WIDE:
+            return self.size
+        for d in self.domains:
+            if d.id == domain_id:
+                return d.size
+        return None
+
+
+@dataclass(frozen=True)
+class InstanceRef:
+    """A running Nova instance as the pollsters hand it to a backend."""
+
+    uuid: str
+    domain_name: str  # libvirt domain name (OS-EXT-SRV-ATTR:instance_name)
+
+
+@dataclass
+class InstanceReading:
+    """Raw values of one instance for one cycle.
+
+    ``occupancy`` maps an L3 domain id (or :data:`HOST_WIDE`) to bytes.
+    ``mbm_total``/``mbm_local`` map a *counter key* to the raw byte counter.
+    A counter key names one hardware counter (e.g. ``"<group>/<domain>"``);
+    a backend that recreates a counter must give it a new key, so that the
+    monitor can carry an offset. An empty dict means the feature is absent;
+    a ``None`` value means the counter gave no data this cycle.
+    """
+
+    occupancy: dict[int, int | None] = field(default_factory=dict)
+    mbm_total: dict[str, int | None] = field(default_factory=dict)
+    mbm_local: dict[str, int | None] = field(default_factory=dict)
+
+
+@dataclass
+class BackendCycle:
+    """Everything one backend read produced."""
+
+    readings: dict[str, InstanceReading] = field(default_factory=dict)
+    unmonitored: dict[str, str] = field(default_factory=dict)  # uuid -> reason
+    monitors_used: int | None = None
+
+
+class Backend(Protocol):
+    """What every backend (resctrl, perf, libvirt) offers the monitor."""
+
+    name: str
+
+    def host_cache(self) -> HostCache:
+        """The host's L3 domains and monitor count."""
+        ...
+
+    def sync(self, instances: Sequence[InstanceRef]) -> BackendCycle:
+        """Start/stop monitoring so that exactly ``instances`` are watched,
+        then read them. Must not raise for one bad instance: report it in
+        ``unmonitored`` instead."""
+        ...
+
+    def close(self) -> None:
+        """Release what this process holds (fds, locks)."""
+        ...
+
+
+def domains_by_id(domains: Sequence[CacheDomain]) -> Mapping[int, CacheDomain]:
+    return {d.id: d for d in domains}
