@@ -1,0 +1,116 @@
+"""From a libvirt domain name to its qemu process and threads.
+
+libvirt writes ``<pid_dir>/<domain name>.pid``; the pid is trusted only when
+``<proc_root>/<pid>/cmdline`` names the same domain (``guest=<name>``), which
+guards against a stale pidfile whose pid was reused by another process.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ceilometer_cmt.errors import InstanceGone
+
+#: libvirt domain names may hold almost anything, but never these: a name that
+#: does would let a pidfile path escape ``pid_dir``.
+_FORBIDDEN_IN_NAME = ("/", "\x00", "\n")
+
+
+@dataclass(frozen=True)
+class QemuProcess:
+    pid: int
+    tids: tuple[int, ...]
+
+
+def check_domain_name(name: str) -> str:
+    if (not name or name in (".", "..") or any(c in name for c in _FORBIDDEN_IN_NAME)
+            or len(name.encode("utf-8", "surrogateescape")) > 250):
+        raise InstanceGone(f"refusing odd libvirt domain name {name!r}")
+    return name
+
+
+def parse_pidfile(text: str) -> int:
+    """A pidfile holds one positive decimal number and maybe a newline."""
+    body = text.strip()
+    if not body.isascii() or not body.isdigit() or len(body) > 10:
+        raise ValueError(f"garbage in pidfile: {text[:40]!r}")
+    pid = int(body)
+    if pid <= 0 or pid > 4194304:  # PID_MAX_LIMIT
+        raise ValueError(f"pid out of range in pidfile: {pid}")
+    return pid
+
+
+def parse_cmdline(raw: bytes) -> list[str]:
+    """NUL-separated argv -> list (trailing NUL optional)."""
+    if raw.endswith(b"\x00"):
+        raw = raw[:-1]
+    if not raw:
+        return []
+    return [a.decode("utf-8", "surrogateescape") for a in raw.split(b"\x00")]
+
+
+def cmdline_names_guest(argv: list[str], name: str) -> bool:
+    """True when qemu's ``-name guest=<name>,...`` (or ``-name <name>``) is ``name``."""
+    for i, arg in enumerate(argv[:-1]):
+        if arg != "-name":
+            continue
+        value = argv[i + 1]
+        # QEMU option syntax: "guest=NAME,debug-threads=on"; a literal comma
+        # inside NAME is written ",,".
+        first = _first_qemu_option(value)
+        if first.startswith("guest="):
+            first = first[len("guest="):]
+        if first == name:
+            return True
+    return False
+
+
+def _first_qemu_option(value: str) -> str:
+    out = []
+    i = 0
+    while i < len(value):
+        c = value[i]
+        if c == ",":
+            if value[i + 1:i + 2] == ",":
+                out.append(",")
+                i += 2
+                continue
+            break
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def list_tids(proc_root: str, pid: int) -> tuple[int, ...]:
+    try:
+        entries = os.listdir(os.path.join(proc_root, str(pid), "task"))
+    except FileNotFoundError as e:
+        raise InstanceGone(f"process {pid} is gone") from e
+    return tuple(sorted(int(e) for e in entries if e.isdigit()))
+
+
+def find_qemu_process(pid_dir: str, proc_root: str, domain_name: str) -> QemuProcess:
+    """Resolve a libvirt domain to its live qemu process or raise InstanceGone."""
+    check_domain_name(domain_name)
+    pidfile = os.path.join(pid_dir, domain_name + ".pid")
+    try:
+        with open(pidfile, "rb") as f:
+            raw = f.read(64)
+    except FileNotFoundError as e:
+        raise InstanceGone(f"no pidfile {pidfile} (instance not running)") from e
+    except OSError as e:
+        raise InstanceGone(f"cannot read pidfile {pidfile}: {e.strerror}") from e
+    try:
+        pid = parse_pidfile(raw.decode("ascii"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise InstanceGone(f"bad pidfile {pidfile}: {e}") from e
+    try:
+        with open(os.path.join(proc_root, str(pid), "cmdline"), "rb") as f:
+            argv = parse_cmdline(f.read(1 << 20))
+    except OSError as e:
+        raise InstanceGone(f"process {pid} of {domain_name!r} is gone") from e
+    if not cmdline_names_guest(argv, domain_name):
+        raise InstanceGone(
+            f"pid {pid} from {pidfile} is not the qemu of {domain_name!r} (pid reused?)")
+    return QemuProcess(pid, list_tids(proc_root, pid))
