@@ -1,0 +1,64 @@
+"""Monotonic byte counters and rates from raw MBM counter readings.
+
+A backend reports each hardware counter under a key. Counters reset to 0
+when a monitor group is recreated (and a recreated perf counter gets a new
+key). :class:`ByteCounter` keeps the published cumulative value monotonic for
+the agent's lifetime by carrying an offset, and gives a rate only between two
+consecutive complete reads without a reset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class CounterValue:
+    cumulative: int | None  # bytes since first seen; None: no complete read now
+    rate: float | None  # bytes/s since the previous read; None: first read, reset, gap
+
+
+class ByteCounter:
+    def __init__(self, min_interval: float = 0.5) -> None:
+        self.min_interval = min_interval
+        self._last: dict[str, int] = {}
+        self._total = 0
+        self._last_time: float | None = None
+        self._last_cumulative: int | None = None
+        self.resets = 0
+
+    def update(self, raw: Mapping[str, int | None], now: float) -> CounterValue:
+        if not raw:
+            return CounterValue(None, None)
+        complete = all(v is not None for v in raw.values())
+        reset = set(raw) != set(self._last) or not complete
+        for key, value in raw.items():
+            if value is None:
+                continue
+            prev = self._last.get(key)
+            if prev is None:
+                self._total += value  # a new counter: all it counted is new to us
+            elif value >= prev:
+                self._total += value - prev
+            else:  # the counter restarted (group recreated, hardware reset)
+                self._total += value
+                self.resets += 1
+                reset = True
+            self._last[key] = value
+        for key in [k for k in self._last if k not in raw]:
+            del self._last[key]
+        if not complete:
+            # Part of the counters gave nothing: the sum would undercount.
+            self._last_time = None
+            return CounterValue(None, None)
+        rate = None
+        if (not reset and self._last_time is not None
+                and self._last_cumulative is not None):
+            dt = now - self._last_time
+            if dt < self.min_interval:
+                return CounterValue(self._total, None)  # keep the older baseline
+            rate = (self._total - self._last_cumulative) / dt
+        self._last_time = now
+        self._last_cumulative = self._total
+        return CounterValue(self._total, rate)

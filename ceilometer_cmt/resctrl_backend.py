@@ -1,0 +1,339 @@
+"""Per-instance monitor groups on resctrl: create, adopt, fill, read, remove.
+
+One monitor group ``<prefix><uuid>`` per instance and per control group that
+holds the instance's threads (normally just the default group; libvirt
+``<cachetune>`` puts vCPU threads in control groups of their own, and tasks
+may only join a monitor group of their own control group). Groups without the
+prefix are never touched. Tasks already in a monitor group of another tool
+are not moved.
+
+Steady state (no instance or thread appeared or left) costs one ``stat`` of the
+pidfile, one listing of ``/proc/<pid>/task`` and the value reads: no mkdir,
+no write, no lock.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from ceilometer_cmt import procfs, resctrl
+from ceilometer_cmt.errors import BackendUnavailable, InstanceGone, NotMonitored
+from ceilometer_cmt.readings import BackendCycle, HostCache, InstanceReading, InstanceRef
+from ceilometer_cmt.sysfs_cache import read_host_cache
+
+LOG = logging.getLogger(__name__)
+
+_UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_NO_RMID = {errno.ENOSPC: "no free RMID (ENOSPC)", errno.EBUSY: "RMIDs in limbo (EBUSY)"}
+
+
+def valid_uuid(value: str) -> str | None:
+    v = value.strip().lower()
+    return v if _UUID_RE.match(v) else None
+
+
+@dataclass
+class _Tracked:
+    uuid: str
+    domain_name: str
+    pid: int | None = None
+    pidfile_sig: tuple[int, int] | None = None
+    assigned: set[int] = field(default_factory=set)
+    #: control group name ("" = default) -> absolute path of our monitor group
+    groups: dict[str, str] = field(default_factory=dict)
+
+
+class ResctrlBackend:
+    name = "resctrl"
+
+    def __init__(
+        self,
+        resctrl_root: str,
+        *,
+        sysfs_root: str = "/sys",
+        proc_root: str = "/proc",
+        pid_dir: str = "/run/libvirt/qemu",
+        prefix: str = "ceilometer-",
+        verify_mount: bool = True,
+        ops: resctrl.ResctrlOps | None = None,
+        warn: Callable[[str], None] | None = None,
+    ) -> None:
+        if not _PREFIX_RE.match(prefix):
+            raise BackendUnavailable(f"bad resctrl_group_prefix {prefix!r}")
+        self.root = resctrl_root
+        self.sysfs_root = sysfs_root
+        self.proc_root = proc_root
+        self.pid_dir = pid_dir
+        self.prefix = prefix
+        self.ops: resctrl.ResctrlOps = ops or resctrl.DirectOps()
+        self._warn = warn or LOG.warning
+        self.fstype = verify_mount and resctrl.verify_mount(resctrl_root, proc_root) or None
+        self.info = resctrl.read_info(resctrl_root)
+        if "llc_occupancy" not in self.info.mon_features:
+            raise BackendUnavailable(
+                f"{resctrl_root}/info/L3_MON/mon_features lacks llc_occupancy "
+                "(no cache monitoring on this CPU, or resctrl not mounted)")
+        self.events = self.info.mon_features
+        self._domains: list[tuple[int, str]] = resctrl.list_domains(resctrl_root)
+        self._tracked: dict[str, _Tracked] = {}
+        self._adopted = False
+        #: counters for tests and the benchmark
+        self.mkdirs = 0
+        self.rmdirs = 0
+        self.writes = 0
+
+    # ----------------------------------------------------------- host side
+    def host_cache(self) -> HostCache:
+        return read_host_cache(self.sysfs_root, self.info.num_rmids)
+
+    def group_name(self, uuid: str) -> str:
+        return self.prefix + uuid
+
+    def owned_groups(self) -> dict[str, list[str]]:
+        """uuid (or raw name when not a uuid) -> paths of groups with our prefix."""
+        out: dict[str, list[str]] = {}
+        for ctrl in resctrl.list_ctrl_groups(self.root):
+            base = os.path.join(resctrl.ctrl_path(self.root, ctrl), "mon_groups")
+            for name in resctrl.list_mon_groups(self.root, ctrl):
+                if name.startswith(self.prefix):
+                    key = valid_uuid(name[len(self.prefix):]) or name
+                    out.setdefault(key, []).append(os.path.join(base, name))
+        return out
+
+    def count_groups(self) -> int:
+        """RMIDs in use: default group + control groups + monitor groups."""
+        ctrls = resctrl.list_ctrl_groups(self.root)
+        return len(ctrls) + sum(len(resctrl.list_mon_groups(self.root, c)) for c in ctrls)
+
+    def remove_groups(self, paths: Sequence[str]) -> list[str]:
+        """rmdir our groups (under the root lock); returns the ones removed."""
+        removed = []
+        with resctrl.RootLock(self.root):
+            for path in paths:
+                if not os.path.basename(path).startswith(self.prefix):
+                    continue  # never anybody else's
+                try:
+                    self.ops.rmdir(path)
+                    self.rmdirs += 1
+                    removed.append(path)
+                except FileNotFoundError:
+                    pass
+                except OSError as e:
+                    self._warn(f"cannot remove resctrl group {path}: {e.strerror}")
+        return removed
+
+    # ----------------------------------------------------------- the cycle
+    def sync(self, instances: Sequence[InstanceRef]) -> BackendCycle:
+        cycle = BackendCycle()
+        wanted: dict[str, InstanceRef] = {}
+        for ref in instances:
+            uuid = valid_uuid(ref.uuid)
+            if uuid is None:
+                cycle.unmonitored[ref.uuid] = "instance id is not a UUID"
+                continue
+            wanted[uuid] = ref
+        if not self._adopted:
+            self._adopt(wanted)
+        gone = [u for u in self._tracked if u not in wanted]
+        if gone:
+            paths = [p for u in gone for p in self._tracked.pop(u).groups.values()]
+            self.remove_groups(paths)
+        ctx = _CycleContext(self)
+        try:
+            for uuid, ref in wanted.items():
+                tracked = self._tracked.get(uuid)
+                if tracked is None or tracked.domain_name != ref.domain_name:
+                    tracked = self._tracked[uuid] = _Tracked(uuid, ref.domain_name,
+                                                             groups=tracked.groups
+                                                             if tracked else {})
+                try:
+                    self._ensure(tracked, ctx)
+                    cycle.readings[uuid] = self._read(tracked)
+                except (InstanceGone, NotMonitored) as e:
+                    cycle.unmonitored[uuid] = str(e)
+                except OSError as e:
+                    cycle.unmonitored[uuid] = f"resctrl error: {e}"
+                    LOG.warning("instance %s: resctrl error: %s", uuid, e)
+        finally:
+            ctx.close()
+        try:
+            cycle.monitors_used = self.count_groups()
+        except OSError:
+            cycle.monitors_used = None
+        return cycle
+
+    def close(self) -> None:
+        """Groups stay for the next agent to adopt; nothing else is held."""
+        self._tracked.clear()
+        self._adopted = False
+
+    # ----------------------------------------------------------- internals
+    def _adopt(self, wanted: dict[str, InstanceRef]) -> None:
+        """First cycle: take over our groups of local instances, sweep the rest."""
+        orphans = []
+        for key, paths in self.owned_groups().items():
+            if key in wanted:
+                tracked = _Tracked(key, wanted[key].domain_name)
+                for path in paths:
+                    ctrl_dir = os.path.dirname(os.path.dirname(path))
+                    ctrl = "" if os.path.samefile(ctrl_dir, self.root) else \
+                        os.path.basename(ctrl_dir)
+                    tracked.groups[ctrl] = path
+                    tracked.assigned |= resctrl.read_tasks(path)
+                self._tracked[key] = tracked
+            else:
+                orphans.extend(paths)
+        if orphans:
+            removed = self.remove_groups(orphans)
+            LOG.info("removed %d stale resctrl groups with prefix %r", len(removed),
+                     self.prefix)
+        self._adopted = True
+
+    def _resolve(self, t: _Tracked) -> list[int]:
+        """Current TIDs of the instance's qemu; re-resolve when the pidfile changed."""
+        pidfile = os.path.join(self.pid_dir, t.domain_name + ".pid")
+        if t.pid is not None:
+            try:
+                st = os.stat(pidfile)
+                if (st.st_ino, st.st_mtime_ns) == t.pidfile_sig:
+                    return list(procfs.list_tids(self.proc_root, t.pid))
+            except (FileNotFoundError, InstanceGone):
+                pass
+        t.pid = None
+        proc = procfs.find_qemu_process(self.pid_dir, self.proc_root, t.domain_name)
+        st = os.stat(pidfile)
+        t.pid, t.pidfile_sig = proc.pid, (st.st_ino, st.st_mtime_ns)
+        return list(proc.tids)
+
+    def _ensure(self, t: _Tracked, ctx: _CycleContext) -> None:
+        tids = self._resolve(t)
+        live = set(tids)
+        t.assigned &= live
+        new = [tid for tid in tids if tid not in t.assigned]
+        if not new and t.groups:
+            return
+        ctx.lock()
+        by_ctrl = ctx.ctrl_of(new)
+        foreign = ctx.foreign_mon_members()
+        for ctrl in sorted(set(by_ctrl.values())):
+            mine = [tid for tid in new if by_ctrl[tid] == ctrl and tid not in foreign]
+            skipped = [tid for tid in new if by_ctrl[tid] == ctrl and tid in foreign]
+            if skipped:
+                LOG.warning("instance %s: %d thread(s) sit in another tool's monitor group; "
+                            "left there, their cache use is not counted", t.uuid, len(skipped))
+                t.assigned.update(skipped)
+            if not mine:
+                continue
+            path = t.groups.get(ctrl) or self._make_group(t, ctrl, ctx)
+            failures = self.ops.write_tasks(os.path.join(path, "tasks"), mine)
+            self.writes += len(mine)
+            failed = {tid for tid, err in failures if err != errno.ESRCH}
+            for tid, err in failures:
+                if err != errno.ESRCH:
+                    LOG.warning("instance %s: cannot move thread %d into %s: %s (%s)",
+                                t.uuid, tid, path, os.strerror(err),
+                                resctrl.last_cmd_status(self.root))
+            t.assigned.update(tid for tid in mine if tid not in failed)
+        if not t.groups:
+            raise NotMonitored("no thread could be placed in a monitor group")
+
+    def _make_group(self, t: _Tracked, ctrl: str, ctx: _CycleContext) -> str:
+        if ctx.no_rmid:
+            raise NotMonitored(ctx.no_rmid)
+        path = os.path.join(resctrl.ctrl_path(self.root, ctrl), "mon_groups",
+                            self.group_name(t.uuid))
+        try:
+            self.ops.mkdir(path)
+            self.mkdirs += 1
+        except FileExistsError:
+            pass  # made by a second agent on this host: share it
+        except OSError as e:
+            if e.errno in _NO_RMID:
+                ctx.no_rmid = _NO_RMID[e.errno]
+                status = resctrl.last_cmd_status(self.root)
+                ctx.warn_once(f"cannot create resctrl monitor group: {ctx.no_rmid}; "
+                              f"last_cmd_status: {status}; affected instances stay "
+                              "unmonitored and are retried next cycle")
+                raise NotMonitored(ctx.no_rmid) from e
+            raise
+        t.groups[ctrl] = path
+        return path
+
+    def _read(self, t: _Tracked) -> InstanceReading:
+        reading = InstanceReading()
+        if not self._domains:
+            self._domains = resctrl.list_domains(self.root)
+        for ctrl, path in sorted(t.groups.items()):
+            for dom_id, dom_dir in self._domains:
+                for event in self.events:
+                    try:
+                        value: int | None = resctrl.read_event(path, dom_dir, event)
+                    except resctrl.ValueMissing as e:
+                        value = None
+                        LOG.debug("instance %s %s %s: %s", t.uuid, dom_dir, event, e.reason)
+                    except FileNotFoundError as e:
+                        raise InstanceGone(f"monitor group {path} vanished") from e
+                    if event == "llc_occupancy":
+                        prev = reading.occupancy.get(dom_id, 0)
+                        reading.occupancy[dom_id] = (None if value is None or prev is None
+                                                     else prev + value)
+                    else:
+                        counters = (reading.mbm_total if event == "mbm_total_bytes"
+                                    else reading.mbm_local)
+                        counters[f"{ctrl}/{dom_id}"] = value
+        return reading
+
+
+class _CycleContext:
+    """What one sync learns lazily and shares between instances."""
+
+    def __init__(self, backend: ResctrlBackend) -> None:
+        self.b = backend
+        self._lock: resctrl.RootLock | None = None
+        self._ctrl_members: dict[int, str] | None = None
+        self._foreign: set[int] | None = None
+        self.no_rmid: str | None = None
+        self._warned = False
+
+    def lock(self) -> None:
+        if self._lock is None:
+            self._lock = resctrl.RootLock(self.b.root).__enter__()
+
+    def close(self) -> None:
+        if self._lock is not None:
+            self._lock.__exit__(None, None, None)
+            self._lock = None
+
+    def warn_once(self, msg: str) -> None:
+        if not self._warned:
+            self._warned = True
+            self.b._warn(msg)
+
+    def ctrl_of(self, tids: list[int]) -> dict[int, str]:
+        """tid -> control group; a tid in no created group is in the default one."""
+        if self._ctrl_members is None:
+            members: dict[int, str] = {}
+            for ctrl in resctrl.list_ctrl_groups(self.b.root):
+                if ctrl:
+                    for tid in resctrl.read_tasks(os.path.join(self.b.root, ctrl)):
+                        members[tid] = ctrl
+            self._ctrl_members = members
+        return {tid: self._ctrl_members.get(tid, "") for tid in tids}
+
+    def foreign_mon_members(self) -> set[int]:
+        """TIDs in monitor groups that are not ours."""
+        if self._foreign is None:
+            found: set[int] = set()
+            for ctrl in resctrl.list_ctrl_groups(self.b.root):
+                base = os.path.join(resctrl.ctrl_path(self.b.root, ctrl), "mon_groups")
+                for name in resctrl.list_mon_groups(self.b.root, ctrl):
+                    if not name.startswith(self.b.prefix):
+                        found |= resctrl.read_tasks(os.path.join(base, name))
+            self._foreign = found
+        return self._foreign
