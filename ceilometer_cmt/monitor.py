@@ -87,7 +87,7 @@ class CacheMonitor:
         self.host = backend.host_cache()
         self.nodata = RateLimitedLog(log_interval, clock)
         self._counters: dict[tuple[str, str], ByteCounter] = {}
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()
         self.last: CycleResult | None = None
 
     def poll(self, instances: Sequence[InstanceRef]) -> CycleResult:

@@ -1,0 +1,117 @@
+"""One monitor per agent process, shared by every pollster of this plugin.
+
+Ceilometer builds one object per entry point and runs the pollsters of a
+polling task in a thread pool, all with one ``cache`` dict. The first pollster
+to run in a cycle reads the backend once and stores the result there; the
+others use it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from ceilometer_cmt import options, selection
+from ceilometer_cmt.monitor import CacheMonitor, CycleResult
+from ceilometer_cmt.readings import InstanceRef
+from ceilometer_cmt.resctrl import DirectOps, ResctrlOps
+
+LOG = logging.getLogger(__name__)
+CACHE_KEY = "ceilometer_cmt.cycle"
+#: vm_state values (ceilometer's LIBVIRT_POWER_STATE) that have a qemu process.
+RUNNING_STATES = frozenset({"running", "paused", "suspended"})
+_LOCK = threading.Lock()
+_RUNTIMES: dict[int, Runtime] = {}
+
+
+@dataclass
+class Runtime:
+    settings: selection.Settings
+    monitor: CacheMonitor | None
+    decisions: list[selection.Decision] = field(default_factory=list)
+
+    @property
+    def why_off(self) -> str:
+        return "; ".join(f"{d.backend}: {d.reason}" for d in self.decisions if not d.usable)
+
+
+def libvirt_uri(conf: Any) -> str:
+    uri = conf.cmt.libvirt_uri or getattr(conf, "libvirt_uri", "") or ""
+    if uri:
+        return str(uri)
+    per_type = {"parallels": "parallels:///system", "lxc": "lxc:///"}
+    return per_type.get(getattr(conf, "libvirt_type", "kvm") or "kvm", "qemu:///system")
+
+
+def settings_from_conf(conf: Any) -> selection.Settings:
+    options.register_opts(conf)
+    c = conf.cmt
+    return selection.Settings(
+        backend=c.backend, resctrl_root=c.resctrl_root, sysfs_root=c.sysfs_root,
+        proc_root=c.proc_root, libvirt_pid_dir=c.libvirt_pid_dir,
+        resctrl_group_prefix=c.resctrl_group_prefix,
+        resctrl_verify_mount=c.resctrl_verify_mount, libvirt_uri=libvirt_uri(conf))
+
+
+def resctrl_ops(conf: Any, settings: selection.Settings) -> ResctrlOps:
+    mode = conf.cmt.privsep
+    if mode == "never" or (mode == "auto" and os.geteuid() == 0):
+        return DirectOps()
+    try:
+        from ceilometer_cmt.privileged import PrivsepOps
+    except ImportError as e:  # pragma: no cover - oslo.privsep is a dependency
+        raise RuntimeError(f"[cmt] privsep={mode} needs oslo.privsep: {e}") from e
+    return PrivsepOps(settings.resctrl_root, settings.resctrl_group_prefix)
+
+
+def get_runtime(conf: Any) -> Runtime:
+    with _LOCK:
+        rt = _RUNTIMES.get(id(conf))
+        if rt is not None:
+            return rt
+        settings = settings_from_conf(conf)
+        backend, decisions = selection.choose(settings, resctrl_ops(conf, settings))
+        monitor = (CacheMonitor(backend, log_interval=conf.cmt.log_interval)
+                   if backend else None)
+        rt = Runtime(settings, monitor, decisions)
+        if monitor is None:
+            LOG.warning("ceilometer-cmt: per-instance cache meters are OFF: no usable backend "
+                        "(%s). Run 'ceilometer-cmt probe' for details.", rt.why_off)
+        else:
+            LOG.info("ceilometer-cmt: backend %s (%s)", monitor.backend.name,
+                     "; ".join(f"{d.backend}: {d.reason}" for d in decisions))
+        _RUNTIMES[id(conf)] = rt
+        return rt
+
+
+def reset() -> None:
+    """Forget every runtime (tests, and the CLI between runs)."""
+    with _LOCK:
+        for rt in _RUNTIMES.values():
+            if rt.monitor:
+                rt.monitor.close()
+        _RUNTIMES.clear()
+
+
+def instance_ref(resource: Any) -> InstanceRef | None:
+    """A discovered instance -> InstanceRef, or None when it has no qemu."""
+    state = getattr(resource, "OS-EXT-STS:vm_state", "running")
+    if state not in RUNNING_STATES:
+        return None
+    return InstanceRef(str(resource.id), str(getattr(resource, "OS-EXT-SRV-ATTR:instance_name",
+                                                     "")))
+
+
+def cycle(rt: Runtime, cache: dict[str, Any], instances: list[Any]) -> CycleResult:
+    """The cycle's one backend read, shared through ``cache``."""
+    assert rt.monitor is not None
+    with rt.monitor.lock:
+        result = cache.get(CACHE_KEY)
+        if result is None:
+            refs = [r for r in (instance_ref(i) for i in instances) if r is not None]
+            result = rt.monitor.poll(refs)
+            cache[CACHE_KEY] = result
+    return result  # type: ignore[no-any-return]
