@@ -150,7 +150,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
 def cmd_poll(args: argparse.Namespace) -> int:
     from ceilometer_cmt import pollrun
 
-    overrides = {("cmt", k): v for k, _, v in (s.partition("=") for s in args.set)}
+    overrides: dict[tuple[str | None, str], Any] = {
+        ("cmt", k): v for k, _, v in (s.partition("=") for s in args.set)}
     cycles = pollrun.poll(args.config_file, args.cycles, args.polling_file, overrides)
     for n, samples in enumerate(cycles, 1):
         rows = [pollrun.sample_row(s) for s in samples]

@@ -210,10 +210,7 @@ def read_event(group_path: str, domain_dir: str, event: str) -> int:
         return _read_number(os.path.join(base, event))
     except FileNotFoundError:
         pass
-    try:
-        subs = [e for e in os.listdir(base) if _SUB_DOMAIN_RE.match(e)]
-    except FileNotFoundError as e:
-        raise ValueMissing(f"no {domain_dir} in {group_path}") from e
+    subs = [e for e in os.listdir(base) if _SUB_DOMAIN_RE.match(e)]  # ENOENT: group gone
     if not subs:
         raise ValueMissing(f"no {event} in {domain_dir}")
     return sum(_read_number(os.path.join(base, s, event)) for s in sorted(subs))

@@ -154,8 +154,17 @@ class ResctrlBackend:
                                                              if tracked else {})
                 try:
                     self._ensure(tracked, ctx)
-                    cycle.readings[uuid] = self._read(tracked)
-                except (InstanceGone, NotMonitored) as e:
+                    try:
+                        cycle.readings[uuid] = self._read(tracked)
+                    except _GroupVanished as e:
+                        # Removed behind our back: recreate it (counters restart,
+                        # the monitor carries the offset).
+                        LOG.warning("instance %s: %s; recreating it", uuid, e)
+                        tracked.groups.clear()
+                        tracked.assigned.clear()
+                        self._ensure(tracked, ctx)
+                        cycle.readings[uuid] = self._read(tracked)
+                except (InstanceGone, NotMonitored, _GroupVanished) as e:
                     cycle.unmonitored[uuid] = str(e)
                 except OSError as e:
                     cycle.unmonitored[uuid] = f"resctrl error: {e}"
@@ -278,7 +287,7 @@ class ResctrlBackend:
                         value = None
                         LOG.debug("instance %s %s %s: %s", t.uuid, dom_dir, event, e.reason)
                     except FileNotFoundError as e:
-                        raise InstanceGone(f"monitor group {path} vanished") from e
+                        raise _GroupVanished(f"monitor group {path} vanished") from e
                     if event == "llc_occupancy":
                         prev = reading.occupancy.get(dom_id, 0)
                         reading.occupancy[dom_id] = (None if value is None or prev is None
@@ -288,6 +297,10 @@ class ResctrlBackend:
                                     else reading.mbm_local)
                         counters[f"{ctrl}/{dom_id}"] = value
         return reading
+
+
+class _GroupVanished(Exception):
+    pass
 
 
 class _CycleContext:

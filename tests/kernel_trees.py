@@ -1,0 +1,195 @@
+"""Fixture trees that follow the kernel's formats: sysfs cache, resctrl, procfs.
+
+``build_*`` write real files under a temporary root. :class:`KernelOps` does
+to a resctrl fixture tree what the kernel does on mkdir/rmdir/tasks writes
+(group files appear, a task sits in one control and one monitor group, ESRCH
+for a task that does not exist), so the backend's lifecycle can run on plain
+files; the FUSE simulator covers the same paths with real syscalls.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from dataclasses import dataclass, field
+
+EVENTS = ("llc_occupancy", "mbm_total_bytes", "mbm_local_bytes")
+
+
+@dataclass(frozen=True)
+class Topology:
+    name: str
+    vendor: str
+    domains: dict[int, list[int]]  # L3 id -> cpus
+    l3_size: str  # sysfs text, e.g. "36608K"
+    num_rmids: int
+    cbm_mask: str
+    num_closids: int = 16
+    snc_nodes: dict[int, list[int]] = field(default_factory=dict)  # L3 id -> SNC node ids
+
+
+INTEL_2S = Topology("intel-2s", "GenuineIntel", {0: [0, 1, 2, 3], 1: [4, 5, 6, 7]},
+                    "36608K", 176, "7ff")
+AMD_CCX = Topology("amd-ccx", "AuthenticAMD", {i: [2 * i, 2 * i + 1] for i in range(8)},
+                   "32768K", 256, "ffff")
+SNC = Topology("snc", "GenuineIntel", {0: [0, 1, 2, 3], 1: [4, 5, 6, 7]}, "49152K", 224,
+               "7fff", snc_nodes={0: [0, 1], 1: [2, 3]})
+TOPOLOGIES = {t.name: t for t in (INTEL_2S, AMD_CCX, SNC)}
+
+
+def _write(path: str, text: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="ascii") as f:
+        f.write(text)
+
+
+def _cpulist(cpus: list[int]) -> str:
+    return f"{cpus[0]}-{cpus[-1]}" if len(cpus) > 1 else str(cpus[0])
+
+
+def build_sysfs(root: str, topo: Topology) -> str:
+    """``devices/system/cpu/cpuN/cache/index{0,1,2,3}`` as the kernel lays them out."""
+    for l3, cpus in topo.domains.items():
+        for cpu in cpus:
+            base = os.path.join(root, "devices", "system", "cpu", f"cpu{cpu}", "cache")
+            for idx, (level, ctype, size, shared) in enumerate((
+                    (1, "Data", "48K", str(cpu)), (1, "Instruction", "32K", str(cpu)),
+                    (2, "Unified", "2048K", str(cpu)),
+                    (3, "Unified", topo.l3_size, _cpulist(cpus)))):
+                d = os.path.join(base, f"index{idx}")
+                _write(os.path.join(d, "level"), f"{level}\n")
+                _write(os.path.join(d, "type"), f"{ctype}\n")
+                _write(os.path.join(d, "size"), f"{size}\n")
+                _write(os.path.join(d, "shared_cpu_list"), f"{shared}\n")
+                _write(os.path.join(d, "id"), f"{l3 if level == 3 else cpu}\n")
+    return root
+
+
+def _group_files(topo: Topology, path: str, ctrl: bool, features: tuple[str, ...]) -> None:
+    os.makedirs(path, exist_ok=True)
+    _write(os.path.join(path, "tasks"), "")
+    _write(os.path.join(path, "cpus"), "0\n")
+    _write(os.path.join(path, "cpus_list"), "\n")
+    if ctrl:
+        os.makedirs(os.path.join(path, "mon_groups"), exist_ok=True)
+        masks = ";".join(f"{i}={topo.cbm_mask}" for i in topo.domains)
+        _write(os.path.join(path, "schemata"), f"    L3:{masks}\n")
+        _write(os.path.join(path, "mode"), "shareable\n")
+    for l3 in topo.domains:
+        ddir = os.path.join(path, "mon_data", f"mon_L3_{l3:02d}")
+        for ev in features:
+            _write(os.path.join(ddir, ev), "0\n")
+            for node in topo.snc_nodes.get(l3, []):
+                _write(os.path.join(ddir, f"mon_sub_L3_{node:02d}", ev), "0\n")
+
+
+def build_resctrl(root: str, topo: Topology, features: tuple[str, ...] = EVENTS) -> str:
+    info = os.path.join(root, "info")
+    _write(os.path.join(info, "last_cmd_status"), "ok\n")
+    _write(os.path.join(info, "L3", "cbm_mask"), f"{topo.cbm_mask}\n")
+    _write(os.path.join(info, "L3", "num_closids"), f"{topo.num_closids}\n")
+    _write(os.path.join(info, "L3", "min_cbm_bits"), "1\n")
+    _write(os.path.join(info, "L3_MON", "num_rmids"), f"{topo.num_rmids}\n")
+    _write(os.path.join(info, "L3_MON", "mon_features"), "".join(f + "\n" for f in features))
+    _write(os.path.join(info, "L3_MON", "max_threshold_occupancy"), "1441792\n")
+    _group_files(topo, root, True, features)
+    return root
+
+
+def set_value(group: str, l3: int, event: str, value: int | str,
+              sub: int | None = None) -> None:
+    """Write what the kernel would show in ``<group>/mon_data/mon_L3_<l3>/<event>``."""
+    d = os.path.join(group, "mon_data", f"mon_L3_{l3:02d}")
+    if sub is not None:
+        d = os.path.join(d, f"mon_sub_L3_{sub:02d}")
+    _write(os.path.join(d, event), f"{value}\n")
+
+
+def build_proc(root: str, pid: int, cmdline: list[str], tids: list[int]) -> None:
+    """``<root>/<pid>/cmdline`` and ``<root>/<pid>/task/<tid>/`` as procfs shows them."""
+    base = os.path.join(root, str(pid))
+    os.makedirs(base, exist_ok=True)
+    with open(os.path.join(base, "cmdline"), "wb") as f:
+        f.write(b"".join(a.encode() + b"\x00" for a in cmdline))
+    for tid in tids:
+        os.makedirs(os.path.join(base, "task", str(tid)), exist_ok=True)
+
+
+def qemu_cmdline(domain_name: str) -> list[str]:
+    return ["/usr/bin/qemu-system-x86_64", "-name",
+            "guest=" + domain_name.replace(",", ",,") + ",debug-threads=on", "-S"]
+
+
+class KernelOps:
+    """The kernel's side of mkdir/rmdir/tasks on a fixture tree (see module doc)."""
+
+    def __init__(self, root: str, topo: Topology, proc_root: str = "/proc",
+                 features: tuple[str, ...] = EVENTS) -> None:
+        self.root = root
+        self.topo = topo
+        self.proc_root = proc_root
+        self.features = features
+        self.fail_mkdir: int | None = None  # errno to raise, e.g. ENOSPC
+        self.status_on_fail = "Out of RMIDs"
+        self.calls: list[tuple[str, str]] = []
+
+    def _status(self, text: str) -> None:
+        _write(os.path.join(self.root, "info", "last_cmd_status"), text + "\n")
+
+    def mkdir(self, path: str) -> None:
+        self.calls.append(("mkdir", path))
+        if self.fail_mkdir is not None:
+            self._status(self.status_on_fail)
+            raise OSError(self.fail_mkdir, os.strerror(self.fail_mkdir), path)
+        if os.path.basename(os.path.dirname(path)) != "mon_groups":
+            raise OSError(errno.EPERM, "only monitor groups here", path)
+        os.mkdir(path)
+        _group_files(self.topo, path, False, self.features)
+        self._status("ok")
+
+    def rmdir(self, path: str) -> None:
+        self.calls.append(("rmdir", path))
+        if not os.path.isdir(path):
+            raise FileNotFoundError(errno.ENOENT, "no such group", path)
+        shutil.rmtree(path)  # resctrl removes a group with its files
+
+    def _all_groups(self) -> list[str]:
+        groups = []
+        for ctrl in [""] + [e for e in os.listdir(self.root)
+                            if e not in ("info", "mon_groups", "mon_data")
+                            and os.path.isdir(os.path.join(self.root, e))]:
+            cdir = os.path.join(self.root, ctrl) if ctrl else self.root
+            groups.append(cdir)
+            mg = os.path.join(cdir, "mon_groups")
+            if os.path.isdir(mg):
+                groups.extend(os.path.join(mg, m) for m in os.listdir(mg))
+        return groups
+
+    def write_tasks(self, tasks_path: str, tids: list[int]) -> list[tuple[int, int]]:
+        self.calls.append(("write", tasks_path))
+        failures = []
+        group = os.path.dirname(tasks_path)
+        for tid in tids:
+            self.calls.append(("write-tid", str(tid)))
+            if not os.path.isdir(os.path.join(self.proc_root, str(tid))) and \
+                    not any(os.path.isdir(os.path.join(self.proc_root, p, "task", str(tid)))
+                            for p in os.listdir(self.proc_root) if p.isdigit()):
+                self._status(f"No task {tid}")
+                failures.append((tid, errno.ESRCH))
+                continue
+            for g in self._all_groups():
+                if os.path.dirname(g).endswith("mon_groups") and g != group:
+                    self._remove_tid(g, tid)
+            with open(tasks_path, "a", encoding="ascii") as f:
+                f.write(f"{tid}\n")
+        self._status("ok")
+        return failures
+
+    @staticmethod
+    def _remove_tid(group: str, tid: int) -> None:
+        path = os.path.join(group, "tasks")
+        with open(path, encoding="ascii") as f:
+            lines = [ln for ln in f.read().split() if ln != str(tid)]
+        with open(path, "w", encoding="ascii") as f:
+            f.write("".join(ln + "\n" for ln in lines))

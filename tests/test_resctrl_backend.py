@@ -1,0 +1,303 @@
+"""The resctrl backend's lifecycle on kernel-format fixture trees with real processes."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+
+import pytest
+from kernel_trees import AMD_CCX, SNC, build_proc, qemu_cmdline, set_value
+
+from ceilometer_cmt import resctrl
+from ceilometer_cmt.errors import BackendUnavailable
+from ceilometer_cmt.monitor import CacheMonitor
+from ceilometer_cmt.readings import InstanceRef
+from ceilometer_cmt.resctrl_backend import ResctrlBackend
+
+U1 = "11111111-1111-4111-8111-111111111111"
+U2 = "22222222-2222-4222-8222-222222222222"
+
+
+def group(host, uuid, ctrl=""):  # type: ignore[no-untyped-def]
+    base = os.path.join(host.resctrl, ctrl) if ctrl else host.resctrl
+    return os.path.join(base, "mon_groups", "ceilometer-" + uuid)
+
+
+def test_creates_group_assigns_every_thread_and_reads(host):  # type: ignore[no-untyped-def]
+    q = host.start_qemu("instance-00000001", extra_threads=2)
+    b = host.backend()
+    cycle = b.sync([InstanceRef(U1, "instance-00000001")])
+    assert cycle.unmonitored == {}
+    g = group(host, U1)
+    assert resctrl.read_tasks(g) == set(q.tids) and len(q.tids) == 3
+    assert b.mkdirs == 1 and b.writes == 3
+    # the kernel fills values; the backend reads exactly them
+    set_value(g, 0, "llc_occupancy", 1048576)
+    set_value(g, 1, "llc_occupancy", 2097152)
+    set_value(g, 0, "mbm_total_bytes", 1000)
+    set_value(g, 1, "mbm_total_bytes", 500)
+    r = b.sync([InstanceRef(U1, "instance-00000001")]).readings[U1]
+    assert r.occupancy == {0: 1048576, 1: 2097152}
+    assert r.mbm_total == {"/0": 1000, "/1": 500}
+    assert r.mbm_local == {"/0": 0, "/1": 0}
+    # 1 default group + 1 monitor group
+    assert b.sync([InstanceRef(U1, "instance-00000001")]).monitors_used == 2
+
+
+def test_steady_state_does_no_mkdir_and_no_write(host):  # type: ignore[no-untyped-def]
+    host.start_qemu("instance-00000001", extra_threads=1)
+    b = host.backend()
+    refs = [InstanceRef(U1, "instance-00000001")]
+    b.sync(refs)
+    calls = len(host.ops.calls)
+    for _ in range(5):
+        b.sync(refs)
+    assert host.ops.calls[calls:] == []
+    assert b.mkdirs == 1
+
+
+def test_new_thread_is_written_once(host):  # type: ignore[no-untyped-def]
+    # A stand-in whose extra thread appears only in /proc: use a fake proc tree.
+    proc = os.path.join(host.root, "proc")
+    build_proc(proc, 4242, qemu_cmdline("instance-a"), [4242])
+    with open(os.path.join(host.pid_dir, "instance-a.pid"), "w") as f:
+        f.write("4242\n")
+    host.ops.proc_root = proc
+    b = host.backend(proc_root=proc)
+    refs = [InstanceRef(U1, "instance-a")]
+    b.sync(refs)
+    assert resctrl.read_tasks(group(host, U1)) == {4242}
+    build_proc(proc, 4242, qemu_cmdline("instance-a"), [4242, 4250])
+    b.sync(refs)
+    assert resctrl.read_tasks(group(host, U1)) == {4242, 4250}
+    assert b.writes == 2 and b.mkdirs == 1
+
+
+def test_instance_that_leaves_loses_its_group(host):  # type: ignore[no-untyped-def]
+    host.start_qemu("instance-1")
+    host.start_qemu("instance-2")
+    b = host.backend()
+    b.sync([InstanceRef(U1, "instance-1"), InstanceRef(U2, "instance-2")])
+    assert os.path.isdir(group(host, U1)) and os.path.isdir(group(host, U2))
+    b.sync([InstanceRef(U2, "instance-2")])
+    assert not os.path.exists(group(host, U1))
+    assert os.path.isdir(group(host, U2))
+
+
+def test_stopped_process_is_unmonitored_with_reason(host):  # type: ignore[no-untyped-def]
+    q = host.start_qemu("instance-1")
+    b = host.backend()
+    b.sync([InstanceRef(U1, "instance-1")])
+    q.stop()
+    cycle = b.sync([InstanceRef(U1, "instance-1")])
+    assert U1 not in cycle.readings
+    assert "not running" in cycle.unmonitored[U1] or "gone" in cycle.unmonitored[U1]
+
+
+def test_adopts_own_groups_and_sweeps_orphans_never_foreign(host):  # type: ignore[no-untyped-def]
+    q = host.start_qemu("instance-1")
+    b = host.backend()
+    b.sync([InstanceRef(U1, "instance-1")])
+    set_value(group(host, U1), 0, "mbm_total_bytes", 777)
+    # an orphan of ours (instance gone), a foreign group, a non-uuid group of ours
+    orphan = group(host, U2)
+    host.ops.mkdir(orphan)
+    foreign = os.path.join(host.resctrl, "mon_groups", "pqos-42")
+    host.ops.mkdir(foreign)
+    odd = os.path.join(host.resctrl, "mon_groups", "ceilometer-not-a-uuid")
+    host.ops.mkdir(odd)
+    host.ops.calls.clear()
+    # a new agent process starts
+    b2 = host.backend()
+    r = b2.sync([InstanceRef(U1, "instance-1")])
+    assert r.readings[U1].mbm_total["/0"] == 777  # the counter continues
+    assert b2.mkdirs == 0 and b2.writes == 0  # adopted, threads already inside
+    assert not os.path.exists(orphan) and not os.path.exists(odd)
+    assert os.path.isdir(foreign)
+    assert sorted(c for c in host.ops.calls if c[0] == "rmdir") == sorted(
+        [("rmdir", orphan), ("rmdir", odd)])
+    assert resctrl.read_tasks(group(host, U1)) == set(q.tids)
+
+
+def test_cachetune_control_group_gets_its_own_monitor_group(host):  # type: ignore[no-untyped-def]
+    q = host.start_qemu("instance-1", extra_threads=2)
+    vcpus, emulator = list(q.tids[1:]), q.tids[0]
+    # libvirt <cachetune vcpus='0-1'> made control group "vcpus_0-1" holding the vCPU threads
+    ctrl = os.path.join(host.resctrl, "vcpus_0-1")
+    from kernel_trees import _group_files
+
+    _group_files(host.topo, ctrl, True, resctrl.EVENTS)
+    with open(os.path.join(ctrl, "tasks"), "w") as f:
+        f.write("".join(f"{t}\n" for t in vcpus))
+    b = host.backend()
+    b.sync([InstanceRef(U1, "instance-1")])
+    assert resctrl.read_tasks(group(host, U1, "vcpus_0-1")) == set(vcpus)
+    assert resctrl.read_tasks(group(host, U1)) == {emulator}
+    # libvirt's control group keeps its tasks: nobody moved them out
+    assert resctrl.read_tasks(ctrl) == set(vcpus)
+    set_value(group(host, U1), 0, "llc_occupancy", 100)
+    set_value(group(host, U1, "vcpus_0-1"), 0, "llc_occupancy", 900)
+    set_value(group(host, U1, "vcpus_0-1"), 1, "llc_occupancy", 50)
+    r = b.sync([InstanceRef(U1, "instance-1")]).readings[U1]
+    assert r.occupancy == {0: 1000, 1: 50}  # summed over both groups
+    assert set(r.mbm_total) == {"/0", "/1", "vcpus_0-1/0", "vcpus_0-1/1"}
+    # on leaving, both of our groups go, the control group stays
+    b.sync([])
+    assert not os.path.exists(group(host, U1)) and not os.path.exists(
+        group(host, U1, "vcpus_0-1"))
+    assert os.path.isdir(ctrl)
+
+
+def test_threads_in_a_foreign_monitor_group_are_not_moved(host):  # type: ignore[no-untyped-def]
+    q = host.start_qemu("instance-1", extra_threads=1)
+    foreign = os.path.join(host.resctrl, "mon_groups", "operator-watch")
+    host.ops.mkdir(foreign)
+    host.ops.write_tasks(os.path.join(foreign, "tasks"), [q.tids[1]])
+    b = host.backend()
+    b.sync([InstanceRef(U1, "instance-1")])
+    assert resctrl.read_tasks(foreign) == {q.tids[1]}
+    assert resctrl.read_tasks(group(host, U1)) == {q.tids[0]}
+
+
+@pytest.mark.parametrize("err,reason", [(errno.ENOSPC, "ENOSPC"), (errno.EBUSY, "EBUSY")])
+def test_no_rmid_leaves_instance_unmonitored_and_retries(host, caplog, err, reason
+                                                         ):  # type: ignore[no-untyped-def]
+    host.start_qemu("instance-1")
+    host.start_qemu("instance-2")
+    host.ops.fail_mkdir = err
+    host.ops.status_on_fail = "Out of RMIDs" if err == errno.ENOSPC else "RMID busy"
+    b = host.backend()
+    refs = [InstanceRef(U1, "instance-1"), InstanceRef(U2, "instance-2")]
+    with caplog.at_level(logging.WARNING):
+        cycle = b.sync(refs)
+    assert set(cycle.unmonitored) == {U1, U2}
+    assert all(reason in r for r in cycle.unmonitored.values())
+    warnings = [r for r in caplog.records if "cannot create resctrl monitor group" in r.message]
+    assert len(warnings) == 1 and host.ops.status_on_fail in warnings[0].message
+    assert [c for c in host.ops.calls if c[0] == "mkdir"].__len__() == 1  # stop at 1st failure
+    host.ops.fail_mkdir = None
+    cycle = b.sync(refs)
+    assert cycle.unmonitored == {} and set(cycle.readings) == {U1, U2}
+
+
+def test_unavailable_values_are_none_never_zero(host):  # type: ignore[no-untyped-def]
+    host.start_qemu("instance-1")
+    b = host.backend()
+    b.sync([InstanceRef(U1, "instance-1")])
+    g = group(host, U1)
+    set_value(g, 0, "llc_occupancy", "Unavailable")
+    set_value(g, 1, "llc_occupancy", 4096)
+    set_value(g, 0, "mbm_total_bytes", "Error")
+    set_value(g, 0, "mbm_local_bytes", "Unassigned")
+    set_value(g, 1, "mbm_local_bytes", "garbage!")
+    r = b.sync([InstanceRef(U1, "instance-1")]).readings[U1]
+    assert r.occupancy == {0: None, 1: 4096}
+    assert r.mbm_total["/0"] is None and r.mbm_local == {"/0": None, "/1": None}
+    m = CacheMonitor(b).poll([InstanceRef(U1, "instance-1")]).instances[U1]
+    assert m.occupancy is None and m.occupancy_percent is None
+    assert m.mbm_total_bytes is None and m.mbm_local_bytes is None
+
+
+def test_snc_sums_sub_nodes_when_no_top_level_file(tmp_path):  # type: ignore[no-untyped-def]
+    from conftest import make_host
+
+    h = make_host(str(tmp_path), SNC)
+    try:
+        h.start_qemu("instance-1")
+        b = h.backend()
+        b.sync([InstanceRef(U1, "instance-1")])
+        g = group(h, U1)
+        # kernel >= 6.11: the top-level file is the sum; both are present
+        set_value(g, 0, "llc_occupancy", 300)
+        set_value(g, 0, "llc_occupancy", 100, sub=0)
+        set_value(g, 0, "llc_occupancy", 200, sub=1)
+        os.remove(os.path.join(g, "mon_data", "mon_L3_01", "llc_occupancy"))
+        set_value(g, 1, "llc_occupancy", 5, sub=2)
+        set_value(g, 1, "llc_occupancy", 7, sub=3)
+        r = b.sync([InstanceRef(U1, "instance-1")]).readings[U1]
+        assert r.occupancy == {0: 300, 1: 12}
+    finally:
+        for q in h.qemus:
+            q.stop()
+
+
+def test_amd_many_domains_and_percent_of_busiest(tmp_path):  # type: ignore[no-untyped-def]
+    from conftest import make_host
+
+    h = make_host(str(tmp_path), AMD_CCX)
+    try:
+        h.start_qemu("instance-1")
+        b = h.backend()
+        mon = CacheMonitor(b)
+        assert len(mon.host.domains) == 8 and mon.host.size == 8 * 32 * 1024 * 1024
+        mon.poll([InstanceRef(U1, "instance-1")])
+        g = group(h, U1)
+        set_value(g, 3, "llc_occupancy", 16 * 1024 * 1024)  # half of CCX 3
+        set_value(g, 5, "llc_occupancy", 8 * 1024 * 1024)
+        m = mon.poll([InstanceRef(U1, "instance-1")]).instances[U1]
+        assert m.occupancy == 24 * 1024 * 1024
+        assert m.occupancy_percent == pytest.approx(50.0)
+        assert m.occupancy_domains is not None and m.occupancy_domains[3] == 16 * 1024 * 1024
+    finally:
+        for q in h.qemus:
+            q.stop()
+
+
+def test_group_recreated_keeps_cumulative_monotonic(host):  # type: ignore[no-untyped-def]
+    clock = iter(range(0, 1000, 60))
+    host.start_qemu("instance-1")
+    b = host.backend()
+    mon = CacheMonitor(b, clock=lambda: float(next(clock)))
+    ref = [InstanceRef(U1, "instance-1")]
+    zero = mon.poll(ref).instances[U1]  # t=0: a fresh group counts from 0
+    assert zero.mbm_total_bytes == 0 and zero.mbm_total_rate is None  # first read: no rate
+    g = group(host, U1)
+    set_value(g, 0, "mbm_total_bytes", 6000)
+    first = mon.poll(ref).instances[U1]  # t=60
+    assert first.mbm_total_bytes == 6000 and first.mbm_total_rate == pytest.approx(100.0)
+    # someone removes our group; it is recreated and its counter restarts at 0
+    host.ops.rmdir(g)
+    second = mon.poll(ref).instances[U1]  # t=120
+    assert b.mkdirs == 2 and os.path.isdir(g)
+    assert second.mbm_total_bytes == 6000 and second.mbm_total_rate is None  # across reset
+    set_value(g, 0, "mbm_total_bytes", 600)
+    third = mon.poll(ref).instances[U1]  # t=180
+    assert third.mbm_total_bytes == 6600 and third.mbm_total_rate == pytest.approx(10.0)
+    # a counter that goes backwards without recreation (hardware reset) is a reset too
+    set_value(g, 0, "mbm_total_bytes", 60)
+    fourth = mon.poll(ref).instances[U1]
+    assert fourth.mbm_total_bytes == 6660 and fourth.mbm_total_rate is None
+
+
+def test_refuses_plain_directory_and_missing_feature(tmp_path):  # type: ignore[no-untyped-def]
+    from kernel_trees import INTEL_2S, build_resctrl
+
+    root = build_resctrl(str(tmp_path / "r"), INTEL_2S)
+    with pytest.raises(BackendUnavailable, match="not a mount point"):
+        ResctrlBackend(root, verify_mount=True)
+    root2 = build_resctrl(str(tmp_path / "r2"), INTEL_2S, features=("mbm_total_bytes",))
+    with pytest.raises(BackendUnavailable, match="llc_occupancy"):
+        ResctrlBackend(root2, verify_mount=False)
+
+
+def test_hostile_instances_do_not_disturb_others(host):  # type: ignore[no-untyped-def]
+    host.start_qemu("good")
+    with open(os.path.join(host.pid_dir, "garbage.pid"), "w") as f:
+        f.write("12ab\n")
+    with open(os.path.join(host.pid_dir, "reused.pid"), "w") as f:
+        f.write(f"{os.getpid()}\n")  # a live pid that is not a qemu of that name
+    b = host.backend()
+    cycle = b.sync([
+        InstanceRef(U1, "good"),
+        InstanceRef("33333333-3333-4333-8333-333333333333", "../../etc/passwd"),
+        InstanceRef("44444444-4444-4444-8444-444444444444", "garbage"),
+        InstanceRef("55555555-5555-4555-8555-555555555555", "reused"),
+        InstanceRef("66666666-6666-4666-8666-666666666666", "new\nline"),
+        InstanceRef("not-a-uuid/../x", "good"),
+    ])
+    assert set(cycle.readings) == {U1}
+    assert len(cycle.unmonitored) == 5
+    assert "pid reused" in cycle.unmonitored["55555555-5555-4555-8555-555555555555"]
+    assert "bad pidfile" in cycle.unmonitored["44444444-4444-4444-8444-444444444444"]
+    assert os.listdir(os.path.join(host.resctrl, "mon_groups")) == ["ceilometer-" + U1]
