@@ -20,7 +20,7 @@ class CounterValue:
 
 
 class ByteCounter:
-    def __init__(self, min_interval: float = 0.5) -> None:
+    def __init__(self, min_interval: float = 0.0) -> None:
         self.min_interval = min_interval
         self._last: dict[str, int] = {}
         self._total = 0
@@ -56,7 +56,7 @@ class ByteCounter:
         if (not reset and self._last_time is not None
                 and self._last_cumulative is not None):
             dt = now - self._last_time
-            if dt < self.min_interval:
+            if dt <= self.min_interval:
                 return CounterValue(self._total, None)  # keep the older baseline
             rate = (self._total - self._last_cumulative) / dt
         self._last_time = now

@@ -28,15 +28,19 @@ def polling_agent(config_files: Sequence[str], polling_file: str | None = None,
     from ceilometer.polling import manager as polling_manager
     from oslo_config import cfg
 
-    argv = ["ceilometer-cmt"]
-    for f in config_files:
-        argv += ["--config-file", f]
-    conf = service.prepare_service(argv, [], conf=cfg.ConfigOpts())
-    with tempfile.TemporaryDirectory(prefix="cmt-poll-") as hb_dir:
-        conf.set_override("transport_url", "fake://")
-        conf.set_override("telemetry_driver", "test", group="publisher_notifier")
-        conf.set_override("cfg_file", polling_file or default_polling_file(), group="polling")
-        conf.set_override("heartbeat_socket_dir", hb_dir, group="polling")
+    with tempfile.TemporaryDirectory(prefix="cmt-poll-") as tmp:
+        # Given as a last config file, not as overrides: transport_url and the
+        # notifier options are registered only when the agent opens its transport.
+        extra = os.path.join(tmp, "cmt-poll.conf")
+        with open(extra, "w", encoding="utf-8") as f:
+            f.write("[DEFAULT]\ntransport_url = fake://\n"
+                    "[publisher_notifier]\ntelemetry_driver = test\n"
+                    f"[polling]\ncfg_file = {polling_file or default_polling_file()}\n"
+                    f"heartbeat_socket_dir = {tmp}\n")
+        argv = ["ceilometer-cmt"]
+        for cf in [*config_files, extra]:
+            argv += ["--config-file", cf]
+        conf = service.prepare_service(argv, [], conf=cfg.ConfigOpts())
         for (group, name), value in (overrides or {}).items():
             conf.set_override(name, value, group=group)
         agent = polling_manager.AgentManager(0, conf, ["compute"])
