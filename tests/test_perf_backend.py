@@ -1,0 +1,365 @@
+"""The perf backend end to end: fixture intel_cqm tree whose type is
+PERF_TYPE_SOFTWARE (so llc_occupancy = task-clock, total_bytes = page-faults,
+local_bytes = context-switches), real perf_event_open on real stand-in qemu
+processes with pidfiles in a tmp dir and /proc as procfs."""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from perf_child_helper import Child, open_fds, write_pidfile
+
+from ceilometer_cmt import perf_pmu
+from ceilometer_cmt.errors import BackendUnavailable
+from ceilometer_cmt.perf_backend import PerfBackend
+from ceilometer_cmt.perf_events import PerfPermissionError, PerfUnsupported
+from ceilometer_cmt.readings import HOST_WIDE, BackendCycle, InstanceRef
+from ceilometer_cmt.sysfs_cache import read_host_cache
+
+FIXTURES = Path(__file__).parent / "fixtures" / "perf"
+SOFTWARE = str(FIXTURES / "software")
+PMU_REL = Path("bus/event_source/devices/intel_cqm")
+UUID_A = "6b2b2c3e-5a7d-4c55-9b1e-0a1f2e3d4c5b"
+UUID_B = "0f8e7d6c-5b4a-4321-8fed-cba987654321"
+
+Spawn = Callable[[str], Child]
+
+
+@pytest.fixture
+def pid_dir() -> Iterator[str]:
+    # world-readable, so a test that drops to nobody still reads the pidfiles
+    d = tempfile.mkdtemp(prefix="cmt-perf-pids-")
+    os.chmod(d, 0o755)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def spawn(pid_dir: str) -> Iterator[Spawn]:
+    children: list[Child] = []
+
+    def make(domain: str) -> Child:
+        c = Child(domain, pid_dir)
+        children.append(c)
+        return c
+
+    try:
+        yield make
+    finally:
+        for c in children:
+            c.close()
+
+
+@pytest.fixture
+def backend(pid_dir: str) -> Iterator[PerfBackend]:
+    b = PerfBackend(sysfs_root=SOFTWARE, proc_root="/proc", libvirt_pid_dir=pid_dir)
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+def occupancy(cycle: BackendCycle, uuid: str) -> int | None:
+    return cycle.readings[uuid].occupancy[HOST_WIDE]
+
+
+def occ_after(backend: PerfBackend, ref: InstanceRef, pause: float = 0.3) -> tuple[int, int]:
+    a = occupancy(backend.sync([ref]), ref.uuid)
+    time.sleep(pause)
+    b = occupancy(backend.sync([ref]), ref.uuid)
+    return a or 0, b or 0
+
+
+# ---------------------------------------------------------------- values
+
+def test_values_grow_while_burning_and_stop_while_asleep(backend: PerfBackend,
+                                                         spawn: Spawn) -> None:
+    child = spawn("instance-0001")
+    ref = InstanceRef(UUID_A, "instance-0001")
+    cycle = backend.sync([ref])
+    assert cycle.unmonitored == {}
+    reading = cycle.readings[UUID_A]
+    assert set(reading.occupancy) == {HOST_WIDE}
+    key = backend.counter_key(UUID_A)
+    assert key is not None and key.startswith(f"perf/{child.pid}/")
+    assert set(reading.mbm_total) == {key} and set(reading.mbm_local) == {key}
+    child.burn()
+    a, b = occ_after(backend, ref)
+    assert b > a > 0
+    child.sleep()
+    a, b = occ_after(backend, ref)
+    assert a == b > 0
+    # the "context switches" stand-in for local_bytes kept a value too
+    assert (backend.sync([ref]).readings[UUID_A].mbm_local[key] or 0) > 0
+
+
+def test_instance_that_never_ran_reads_none_not_zero(backend: PerfBackend,
+                                                     spawn: Spawn) -> None:
+    child = spawn("instance-idle")
+    child.sleep()
+    cycle = backend.sync([InstanceRef(UUID_A, "instance-idle")])
+    reading = cycle.readings[UUID_A]
+    assert reading.occupancy == {HOST_WIDE: None}
+    assert list(reading.mbm_total.values()) == [None]
+
+
+def test_every_existing_thread_gets_a_counter(backend: PerfBackend, spawn: Spawn) -> None:
+    child = spawn("instance-0002")
+    early = child.spawn("early")
+    child.sleep()
+    ref = InstanceRef(UUID_A, "instance-0002")
+    cycle = backend.sync([ref])
+    tids = child.tids()
+    assert early in tids and backend.tracked_tids(UUID_A) == tids
+    assert len(backend.tracked_fds(UUID_A)) == 3 * len(tids)
+    assert cycle.monitors_used == len(tids)  # intel_cqm: one RMID per opened TID
+    child.cmd("tburn early")  # a thread older than the counters burns
+    a, b = occ_after(backend, ref)
+    assert b > a
+
+
+def test_thread_started_later_is_inherited_without_new_fds(backend: PerfBackend,
+                                                           spawn: Spawn) -> None:
+    child = spawn("instance-0003")
+    child.sleep()
+    ref = InstanceRef(UUID_A, "instance-0003")
+    backend.sync([ref])
+    fds, tids = backend.tracked_fds(UUID_A), backend.tracked_tids(UUID_A)
+    late = child.spawn("late")
+    child.cmd("tburn late")
+    a, b = occ_after(backend, ref)
+    assert b > a
+    assert late not in backend.tracked_tids(UUID_A)
+    assert backend.tracked_fds(UUID_A) == fds and backend.tracked_tids(UUID_A) == tids
+
+
+def test_scale_from_sysfs_is_applied(tmp_path: Path, pid_dir: str, spawn: Spawn) -> None:
+    shutil.copytree(SOFTWARE, tmp_path / "sys")
+    (tmp_path / "sys" / PMU_REL / "events" / "llc_occupancy.scale").write_text("64\n")
+    child = spawn("instance-scaled")
+    child.burn()
+    ref = InstanceRef(UUID_A, "instance-scaled")
+    with PerfBackend(SOFTWARE, "/proc", pid_dir) as plain, \
+            PerfBackend(str(tmp_path / "sys"), "/proc", pid_dir) as scaled:
+        plain.sync([ref])
+        scaled.sync([ref])
+        time.sleep(0.2)
+        child.sleep()
+        raw = occupancy(plain.sync([ref]), UUID_A)
+        in_bytes = occupancy(scaled.sync([ref]), UUID_A)
+    # the same thread time seen by two counter sets opened one after the other
+    assert raw is not None and in_bytes is not None
+    assert in_bytes % 64 == 0
+    assert abs(in_bytes / 64 - raw) <= raw * 0.2
+
+
+def test_event_table_override(pid_dir: str, spawn: Spawn) -> None:
+    spawn("instance-occ")
+    ref = InstanceRef(UUID_A, "instance-occ")
+    with PerfBackend(SOFTWARE, "/proc", pid_dir, events={"occupancy": "llc_occupancy"}) as b:
+        reading = b.sync([ref]).readings[UUID_A]
+        assert set(reading.occupancy) == {HOST_WIDE}
+        assert reading.mbm_total == {} and reading.mbm_local == {}
+        assert len(b.tracked_fds(UUID_A)) == len(b.tracked_tids(UUID_A))
+    with pytest.raises(ValueError):
+        PerfBackend(SOFTWARE, "/proc", pid_dir, events={"bandwidth": "total_bytes"})
+    with pytest.raises(BackendUnavailable):
+        PerfBackend(SOFTWARE, "/proc", pid_dir, events={"occupancy": "no_such_event"})
+
+
+# ---------------------------------------------------------------- lifecycle
+
+def test_instance_leaving_closes_its_fds(backend: PerfBackend, spawn: Spawn) -> None:
+    spawn("instance-a")
+    spawn("instance-b")
+    before = open_fds()
+    refs = [InstanceRef(UUID_A, "instance-a"), InstanceRef(UUID_B, "instance-b")]
+    backend.sync(refs)
+    fds_a = backend.tracked_fds(UUID_A)
+    assert fds_a and backend.tracked_fds(UUID_B)
+    cycle = backend.sync(refs[1:])
+    assert set(cycle.readings) == {UUID_B}
+    assert backend.tracked_fds(UUID_A) == []
+    assert not {str(fd) for fd in fds_a} & (open_fds() - before)
+    backend.sync([])
+    assert open_fds() == before
+
+
+def test_restarted_domain_gets_new_counters_and_key(backend: PerfBackend, spawn: Spawn,
+                                                    pid_dir: str) -> None:
+    first = spawn("instance-r")
+    ref = InstanceRef(UUID_A, "instance-r")
+    backend.sync([ref])
+    key1 = backend.counter_key(UUID_A)
+    first.close()  # stop: qemu exits, libvirt removes the pidfile
+    cycle = backend.sync([ref])
+    assert UUID_A in cycle.unmonitored and "pidfile" in cycle.unmonitored[UUID_A]
+    assert backend.tracked_fds(UUID_A) == []
+    second = spawn("instance-r")  # start again: new qemu, new pidfile
+    cycle = backend.sync([ref])
+    key2 = backend.counter_key(UUID_A)
+    assert key2 is not None and key2 != key1 and key2.startswith(f"perf/{second.pid}/")
+    assert set(cycle.readings[UUID_A].mbm_total) == {key2}
+
+
+def test_restart_between_two_polls_is_noticed(backend: PerfBackend, spawn: Spawn) -> None:
+    first = spawn("instance-q")
+    ref = InstanceRef(UUID_A, "instance-q")
+    backend.sync([ref])
+    key1 = backend.counter_key(UUID_A)
+    first.close()
+    second = spawn("instance-q")  # stop + start within one polling interval
+    cycle = backend.sync([ref])
+    assert UUID_A in cycle.readings
+    assert backend.counter_key(UUID_A) != key1
+    assert backend.tracked_tids(UUID_A) == second.tids()
+
+
+def test_gone_and_foreign_processes_are_unmonitored(backend: PerfBackend, spawn: Spawn,
+                                                    pid_dir: str) -> None:
+    before = open_fds()
+    dead = Child("instance-dead", pid_dir)
+    pidfile = dead.pidfile
+    dead.pidfile = None  # keep the stale pidfile after the process ends
+    dead.close()
+    assert pidfile is not None
+    write_pidfile(os.path.join(pid_dir, "instance-reused.pid"), os.getpid())
+    cycle = backend.sync([
+        InstanceRef(UUID_A, "instance-dead"),
+        InstanceRef(UUID_B, "instance-reused"),
+        InstanceRef("uuid-c", "no-such-instance"),
+        InstanceRef("uuid-d", "../etc/passwd"),
+    ])
+    assert cycle.readings == {}
+    assert set(cycle.unmonitored) == {UUID_A, UUID_B, "uuid-c", "uuid-d"}
+    assert "gone" in cycle.unmonitored[UUID_A]
+    assert "not the qemu" in cycle.unmonitored[UUID_B]
+    assert "no pidfile" in cycle.unmonitored["uuid-c"]
+    assert cycle.monitors_used == 0
+    assert open_fds() == before
+
+
+def test_fd_exhaustion_leaves_instance_unmonitored(backend: PerfBackend,
+                                                   spawn: Spawn) -> None:
+    spawn("instance-first")
+    big = spawn("instance-big")
+    for i in range(6):
+        big.spawn(f"t{i}")
+    first = InstanceRef(UUID_A, "instance-first")
+    backend.sync([first])
+    before = open_fds()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # room for 6 more fds (a few counters), not for 3 x 7 threads
+    used = {int(f) for f in before}
+    limit = 0
+    while sum(1 for fd in range(limit) if fd not in used) < 6:
+        limit += 1
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+    try:
+        cycle = backend.sync([first, InstanceRef(UUID_B, "instance-big")])
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert UUID_A in cycle.readings
+    assert "file descriptors" in cycle.unmonitored[UUID_B]
+    assert backend.tracked_fds(UUID_B) == []
+    assert open_fds() == before  # the partial set was closed
+    cycle = backend.sync([first, InstanceRef(UUID_B, "instance-big")])
+    assert UUID_B in cycle.readings  # retried next cycle once fds are there
+
+
+def test_permission_denied_is_backend_unavailable(pid_dir: str, spawn: Spawn) -> None:
+    """As nobody, the root-owned stand-in qemu may not be counted: a clear error."""
+    spawn("instance-root")
+    b = PerfBackend(SOFTWARE, "/proc", pid_dir)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                b.sync([InstanceRef(UUID_A, "instance-root")])
+                msg = "SYNCED"
+            except PerfPermissionError as e:
+                ok = isinstance(e, BackendUnavailable)
+                msg = f"PERM {ok} {e}"
+            except BaseException as e:  # noqa: BLE001 - report anything
+                msg = f"OTHER {e!r}"
+            os.write(w, msg.encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        out = f.read().decode()
+    os.waitpid(pid, 0)
+    b.close()
+    assert out.startswith("PERM True"), out
+    assert "perf_event_paranoid" in out and "CAP_PERFMON" in out
+
+
+def test_thousand_sync_cycles_leave_fds_unchanged(backend: PerfBackend,
+                                                  spawn: Spawn) -> None:
+    child = spawn("instance-cycle")
+    child.spawn("worker")
+    ref = InstanceRef(UUID_A, "instance-cycle")
+    before = open_fds()
+    for _ in range(1000):
+        assert UUID_A in backend.sync([ref]).readings
+        backend.sync([])
+    assert open_fds() == before
+    assert backend.opens == backend.closes == 1000 * 3 * 2
+
+
+def test_close_releases_everything(pid_dir: str, spawn: Spawn) -> None:
+    spawn("instance-x")
+    before = open_fds()
+    b = PerfBackend(SOFTWARE, "/proc", pid_dir)
+    b.sync([InstanceRef(UUID_A, "instance-x")])
+    assert open_fds() != before
+    b.close()
+    assert open_fds() == before
+
+
+# ---------------------------------------------------------------- host, probe
+
+def test_no_pmu_is_backend_unavailable(tmp_path: Path) -> None:
+    with pytest.raises(BackendUnavailable, match="4.14"):
+        PerfBackend(str(tmp_path), "/proc", str(tmp_path))
+
+
+def test_probe(pid_dir: str, tmp_path: Path) -> None:
+    PerfBackend(SOFTWARE, "/proc", pid_dir).probe()
+    shutil.copytree(SOFTWARE, tmp_path / "sys")
+    (tmp_path / "sys" / PMU_REL / "type").write_text("2147418112\n")  # no such PMU
+    with pytest.raises(PerfUnsupported):
+        PerfBackend(str(tmp_path / "sys"), "/proc", pid_dir).probe()
+
+
+def test_host_cache_from_sysfs(tmp_path: Path, pid_dir: str) -> None:
+    root = tmp_path / "sys"
+    shutil.copytree(SOFTWARE, root)
+    for cpu, cache_id in ((0, 0), (1, 0), (2, 1), (3, 1)):
+        idx = root / f"devices/system/cpu/cpu{cpu}/cache/index3"
+        idx.mkdir(parents=True)
+        for name, value in (("level", "3"), ("type", "Unified"), ("size", "35840K"),
+                            ("id", str(cache_id)),
+                            ("shared_cpu_list", "0-1" if cache_id == 0 else "2-3")):
+            (idx / name).write_text(value + "\n")
+    host = PerfBackend(str(root), "/proc", pid_dir).host_cache()
+    assert [(d.id, d.size) for d in host.domains] == [(0, 35840 * 1024), (1, 35840 * 1024)]
+    assert host.domain_size(HOST_WIDE) == 2 * 35840 * 1024
+    real = PerfBackend("/sys", "/proc", pid_dir, pmu=perf_pmu.discover(SOFTWARE))
+    assert real.host_cache() == read_host_cache("/sys")
