@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh Debian machine, installing what it needs:
+# Debian packages (libvirt daemon + headers, FUSE 3, PostgreSQL, RabbitMQ,
+# shellcheck), a virtualenv with the plugin and its test extras, the telemetry
+# services' own virtualenv (Gnocchi, Aodh); then ruff, mypy and pytest.
+# Every service the tests use (libvirtd, the resctrl simulator, PostgreSQL,
+# RabbitMQ, Gnocchi, Aodh) is started and stopped by the tests themselves.
+#
+#   scripts/test.sh                 # everything
+#   scripts/test.sh tests/test_x.py # extra arguments go to pytest
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+venv=${CMT_VENV:-$repo/.venv}
+
+debs=(libvirt-daemon libvirt-dev pkg-config gcc python3-dev fuse3 libfuse3-3
+      postgresql rabbitmq-server libpq-dev build-essential shellcheck procps)
+missing=()
+for pkg in "${debs[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' \
+        || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+    if [ "$(id -u)" != 0 ]; then
+        echo "test.sh: missing Debian packages (${missing[*]}); run as root or install them" >&2
+        exit 1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # --no-install-recommends: libvirtd's test driver is built in; no qemu needed.
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv"
+fi
+"$venv/bin/pip" install -q --upgrade pip
+"$venv/bin/pip" install -q -e ".[test]"
+
+if [ -x scripts/install-telemetry.sh ]; then
+    CMT_TELEMETRY_VENV=${CMT_TELEMETRY_VENV:-$repo/.venv-telemetry} scripts/install-telemetry.sh
+fi
+
+echo "== ruff"
+"$venv/bin/ruff" check ceilometer_cmt tests bench
+echo "== mypy (backends and shared code)"
+"$venv/bin/mypy" $(scripts/typed-modules.sh)
+if command -v shellcheck >/dev/null; then
+    echo "== shellcheck"
+    shellcheck scripts/*.sh .ci/run $(ls devstack/*.sh devstack/settings 2>/dev/null)
+fi
+echo "== pytest"
+PATH="$venv/bin:$PATH" "$venv/bin/python" -m pytest -p no:cacheprovider "$@"
