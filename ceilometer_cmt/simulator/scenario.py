@@ -1,0 +1,440 @@
+"""Workload scenarios for the resctrl simulator.
+
+A scenario is a YAML (or JSON, a subset of YAML) mapping.  Every key is
+optional; an empty file is an idle host::
+
+    clock: wall              # "wall" (default) or "manual": time then moves only
+                             # when the control command "advance" is sent
+    rmids: 16                # override the topology's info/L3_MON/num_rmids
+    closids: 8               # override info/L3/num_closids
+    limbo_seconds: 1.0       # how long a freed RMID stays busy (mkdir -> EBUSY)
+
+    background:              # load of the rest of the host (tasks no process
+      occupancy: {"*": 2MiB} # entry matches), counted in the root group
+      mbm_total: {"*": 50MiB}
+
+    processes:
+      - name: vm1            # a label, used in messages
+        match:               # exactly one of:
+          cmdline: "guest=instance-00000001"   # substring of /proc/PID/cmdline
+                             # (NULs read as spaces); or
+          # comm: qemu-kvm   # exact /proc/PID/comm; or
+          # pid: 1234        # that process; or
+          # cmdline_regex: "guest=instance-0+1(,|$| )"
+        split: even          # "even" (default): the load is shared equally by the
+                             # process's live threads, each counted in the group it
+                             # is in; "main": all of it on the main thread
+        interpolate: linear  # "linear" (default) or "step" between points
+        repeat: false        # true: loop the timeline (period = last point's t)
+        timeline:            # points; before the first / after the last point
+          - t: 0             # the first / last values hold (t in seconds since
+            occupancy:       # the simulator started)
+              0: 8MiB        # LLC occupancy per monitoring domain
+              1: "25%"       # (bytes, or percent of the domain)
+            mbm_total: {0: 1GiB, 1: 100MiB}   # bytes per second per domain
+            mbm_local: {0: 900MiB}
+          - t: 60
+            occupancy: {0: 20MiB}
+
+    faults:                  # what reads show instead of a number, and events
+      - at: 10               # from (s, default 0) ...
+        until: 20            # ... to (s, default forever)
+        group: "mon_groups/vm1*"   # fnmatch on the group's path relative to
+                             # the mount ("" is the root group, "ctl/mon_groups/m")
+        domain: 0            # monitoring domain id, or "*" (default)
+        event: llc_occupancy # or mbm_total_bytes, mbm_local_bytes, "*" (default)
+        value: Unavailable   # Unavailable | Error | Unassigned
+      - {at: 30, action: reset_counters, group: "*"}   # MBM counters back to 0
+      - {at: 40, action: set_rmids, value: 4}          # num_rmids becomes 4
+      - {at: 50, action: set_limbo, value: 10}         # limbo_seconds becomes 10
+
+Domain keys are monitoring-domain ids: the ``mon_L3_XX`` ids, or with SNC the
+``mon_sub_L3_YY`` (node) ids; ``"*"`` sets every domain.  A missing domain is 0.
+Sizes: a plain number is bytes; suffixes ``K``/``M``/``G``/``T`` with ``i``
+are binary (``MiB`` = 2**20), without ``i`` decimal (``MB`` = 10**6); a
+trailing ``B`` and ``/s`` are allowed.  Group occupancy is capped so that the
+groups of one domain never hold more than the domain's size, and rounded down
+to the topology's occupancy granularity, as hardware reports it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ceilometer_cmt.simulator.topology import MON_EVENTS, Topology
+
+METRICS = ("occupancy", "mbm_total", "mbm_local")
+FAULT_VALUES = ("Unavailable", "Error", "Unassigned")
+ACTIONS = ("reset_counters", "set_rmids", "set_limbo")
+
+_SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?)\s*(?:([KMGT])(i?))?B?(?:/s)?\s*$", re.I)
+_PCT_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?)\s*%\s*$")
+_POW = {"K": 1, "M": 2, "G": 3, "T": 4}
+
+
+class ScenarioError(ValueError):
+    """The scenario text is not valid; the message says where."""
+
+
+def parse_quantity(value: Any, percent_of: int | None = None) -> float:
+    """``"8MiB"`` -> 8388608.0; ``"25%"`` -> a quarter of ``percent_of``."""
+    if isinstance(value, bool):
+        raise ScenarioError(f"not a quantity: {value!r}")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ScenarioError(f"negative quantity: {value!r}")
+        return float(value)
+    if not isinstance(value, str):
+        raise ScenarioError(f"not a quantity: {value!r}")
+    m = _PCT_RE.match(value)
+    if m:
+        if percent_of is None:
+            raise ScenarioError(f"percent not allowed here: {value!r}")
+        return float(m.group(1)) / 100.0 * percent_of
+    m = _SIZE_RE.match(value)
+    if not m:
+        raise ScenarioError(f"not a quantity: {value!r}")
+    number = float(m.group(1))
+    if m.group(2):
+        base = 1024 if m.group(3) else 1000
+        number *= base ** _POW[m.group(2).upper()]
+    return number
+
+
+@dataclass(frozen=True)
+class Point:
+    t: float
+    values: Mapping[tuple[str, int], float]  # (metric, domain) -> value
+
+
+@dataclass(frozen=True)
+class Timeline:
+    points: tuple[Point, ...]
+    interpolate: str = "linear"
+    repeat: bool = False
+
+    @property
+    def period(self) -> float:
+        return self.points[-1].t if self.points else 0.0
+
+    def _local(self, t: float) -> float:
+        if self.repeat and self.period > 0 and t > self.period:
+            return t % self.period
+        return t
+
+    def value(self, metric: str, domain: int, t: float) -> float:
+        if not self.points:
+            return 0.0
+        t = self._local(t)
+        key = (metric, domain)
+        pts = self.points
+        if t <= pts[0].t:
+            return pts[0].values.get(key, 0.0)
+        for a, b in zip(pts, pts[1:], strict=False):
+            if a.t <= t < b.t:
+                va = a.values.get(key, 0.0)
+                if self.interpolate == "step":
+                    return va
+                vb = b.values.get(key, 0.0)
+                return va + (vb - va) * (t - a.t) / (b.t - a.t)
+        return pts[-1].values.get(key, 0.0)
+
+    def _cumulative(self, metric: str, domain: int, t: float) -> float:
+        """Integral of the value from 0 to ``t`` (no repetition)."""
+        pts = self.points
+        key = (metric, domain)
+        if not pts or t <= 0:
+            return 0.0
+        total = 0.0
+        first = pts[0]
+        if t <= first.t:
+            return first.values.get(key, 0.0) * t
+        total += first.values.get(key, 0.0) * max(first.t, 0.0)
+        for a, b in zip(pts, pts[1:], strict=False):
+            if t <= a.t:
+                break
+            end = min(t, b.t)
+            va = a.values.get(key, 0.0)
+            if self.interpolate == "step":
+                total += va * (end - a.t)
+            else:
+                vb = b.values.get(key, 0.0)
+                v_end = va + (vb - va) * (end - a.t) / (b.t - a.t)
+                total += (va + v_end) / 2 * (end - a.t)
+        if t > pts[-1].t:
+            total += pts[-1].values.get(key, 0.0) * (t - pts[-1].t)
+        return total
+
+    def integral(self, metric: str, domain: int, t0: float, t1: float) -> float:
+        """Integral of the value over ``[t0, t1]``, repetition included."""
+        if t1 <= t0 or not self.points:
+            return 0.0
+        return self._total(metric, domain, t1) - self._total(metric, domain, t0)
+
+    def _total(self, metric: str, domain: int, t: float) -> float:
+        period = self.period
+        if self.repeat and period > 0 and t > period:
+            cycles, rest = divmod(t, period)
+            return cycles * self._cumulative(metric, domain, period) + self._cumulative(
+                metric, domain, rest
+            )
+        return self._cumulative(metric, domain, t)
+
+
+@dataclass(frozen=True)
+class ProcessMatch:
+    pid: int | None = None
+    comm: str | None = None
+    cmdline: str | None = None
+    cmdline_regex: str | None = None
+
+    def matches(self, pid: int, comm: str, cmdline: str) -> bool:
+        if self.pid is not None:
+            return pid == self.pid
+        if self.comm is not None:
+            return comm == self.comm
+        if self.cmdline is not None:
+            return self.cmdline in cmdline
+        if self.cmdline_regex is not None:
+            return re.search(self.cmdline_regex, cmdline) is not None
+        return False
+
+
+@dataclass(frozen=True)
+class ProcessLoad:
+    name: str
+    match: ProcessMatch
+    timeline: Timeline
+    split: str = "even"
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A value shown instead of a number, for reads within [start, end)."""
+
+    value: str
+    group: str = "*"
+    domain: int | None = None
+    event: str | None = None
+    start: float = 0.0
+    end: float | None = None
+
+    def applies(self, group_path: str, domain: int, event: str, t: float) -> bool:
+        if t < self.start or (self.end is not None and t >= self.end):
+            return False
+        if self.domain is not None and self.domain != domain:
+            return False
+        if self.event is not None and self.event != event:
+            return False
+        return fnmatch.fnmatchcase(group_path, self.group)
+
+
+@dataclass(frozen=True)
+class Action:
+    """A one-off event at time ``at``."""
+
+    at: float
+    action: str
+    group: str = "*"
+    value: float | None = None
+
+
+@dataclass(frozen=True)
+class Scenario:
+    clock: str = "wall"
+    rmids: int | None = None
+    closids: int | None = None
+    limbo_seconds: float = 1.0
+    background: Timeline | None = None
+    processes: tuple[ProcessLoad, ...] = ()
+    faults: tuple[Fault, ...] = ()
+    actions: tuple[Action, ...] = field(default_factory=tuple)
+
+
+def _mapping(value: Any, where: str) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ScenarioError(f"{where}: expected a mapping, got {type(value).__name__}")
+    return value
+
+
+def _domain_key(key: Any, topology: Topology, where: str) -> list[int]:
+    ids = [d.id for d in topology.mon_domains]
+    if key == "*":
+        return ids
+    try:
+        dom = int(key)
+    except (TypeError, ValueError):
+        raise ScenarioError(f"{where}: bad domain {key!r}") from None
+    if dom not in ids:
+        raise ScenarioError(f"{where}: no monitoring domain {dom} in {topology.name} ({ids})")
+    return [dom]
+
+
+def _timeline(raw: Any, topology: Topology, where: str, *, single: bool = False) -> Timeline:
+    sizes = {d.id: d.size for d in topology.mon_domains}
+    if single:
+        raw_points: list[Any] = [dict(_mapping(raw, where), t=0)]
+        opts: Mapping[str, Any] = {}
+    else:
+        opts = _mapping(raw, where)
+        raw_points = opts.get("timeline") or []
+        if not isinstance(raw_points, list):
+            raise ScenarioError(f"{where}.timeline: expected a list")
+    points: list[Point] = []
+    for i, rp in enumerate(raw_points):
+        pw = f"{where}.timeline[{i}]"
+        rp = _mapping(rp, pw)
+        unknown = set(rp) - {"t", *METRICS}
+        if unknown:
+            raise ScenarioError(f"{pw}: unknown keys {sorted(unknown)}")
+        t = float(parse_quantity(rp.get("t", 0)))
+        values: dict[tuple[str, int], float] = {}
+        for metric in METRICS:
+            for key, q in _mapping(rp.get(metric), f"{pw}.{metric}").items():
+                for dom in _domain_key(key, topology, f"{pw}.{metric}"):
+                    pct_base = sizes[dom] if metric == "occupancy" else None
+                    try:
+                        values[(metric, dom)] = parse_quantity(q, pct_base)
+                    except ScenarioError as e:
+                        raise ScenarioError(f"{pw}.{metric}: {e}") from None
+        points.append(Point(t, values))
+    points.sort(key=lambda p: p.t)
+    for a, b in zip(points, points[1:], strict=False):
+        if a.t == b.t:
+            raise ScenarioError(f"{where}: two timeline points at t={a.t}")
+    interpolate = str(opts.get("interpolate", "linear"))
+    if interpolate not in ("linear", "step"):
+        raise ScenarioError(f"{where}.interpolate: 'linear' or 'step', not {interpolate!r}")
+    return Timeline(tuple(points), interpolate, bool(opts.get("repeat", False)))
+
+
+def _match(raw: Any, where: str) -> ProcessMatch:
+    m = _mapping(raw, where)
+    keys = set(m) & {"pid", "comm", "cmdline", "cmdline_regex"}
+    if len(keys) != 1 or set(m) - keys:
+        raise ScenarioError(f"{where}: give exactly one of pid, comm, cmdline, cmdline_regex")
+    if "pid" in m:
+        return ProcessMatch(pid=int(m["pid"]))
+    if "cmdline_regex" in m:
+        try:
+            re.compile(str(m["cmdline_regex"]))
+        except re.error as e:
+            raise ScenarioError(f"{where}.cmdline_regex: {e}") from None
+    if "comm" in m:
+        return ProcessMatch(comm=str(m["comm"]))
+    if "cmdline" in m:
+        return ProcessMatch(cmdline=str(m["cmdline"]))
+    return ProcessMatch(cmdline_regex=str(m["cmdline_regex"]))
+
+
+def parse_fault(raw: Mapping[str, Any], topology: Topology, where: str = "fault") -> Fault | Action:
+    """One ``faults:`` entry (also the control socket's ``fault`` payload)."""
+    raw = _mapping(raw, where)
+    start = float(parse_quantity(raw.get("at", 0)))
+    group = str(raw.get("group", "*"))
+    if "action" in raw:
+        action = str(raw["action"])
+        if action not in ACTIONS:
+            raise ScenarioError(f"{where}.action: one of {ACTIONS}, not {action!r}")
+        value = raw.get("value")
+        if action != "reset_counters" and value is None:
+            raise ScenarioError(f"{where}: {action} needs a value")
+        return Action(start, action, group, None if value is None else float(value))
+    value = str(raw.get("value", ""))
+    if value not in FAULT_VALUES:
+        raise ScenarioError(f"{where}.value: one of {FAULT_VALUES}, not {value!r}")
+    domain_raw = raw.get("domain", "*")
+    domain = None if domain_raw == "*" else _domain_key(domain_raw, topology, where)[0]
+    event_raw = raw.get("event", "*")
+    if event_raw != "*" and event_raw not in MON_EVENTS:
+        raise ScenarioError(f"{where}.event: one of {MON_EVENTS} or '*', not {event_raw!r}")
+    end = raw.get("until")
+    return Fault(
+        value, group, domain, None if event_raw == "*" else str(event_raw), start,
+        None if end is None else float(parse_quantity(end)),
+    )
+
+
+def parse_scenario(data: Any, topology: Topology) -> Scenario:
+    """A scenario from already-decoded YAML/JSON data."""
+    top = _mapping(data, "scenario")
+    known = {"clock", "rmids", "closids", "limbo_seconds", "background", "processes", "faults"}
+    unknown = set(top) - known
+    if unknown:
+        raise ScenarioError(f"scenario: unknown keys {sorted(unknown)}")
+    clock = str(top.get("clock", "wall"))
+    if clock not in ("wall", "manual"):
+        raise ScenarioError(f"scenario.clock: 'wall' or 'manual', not {clock!r}")
+    procs: list[ProcessLoad] = []
+    raw_procs = top.get("processes") or []
+    if not isinstance(raw_procs, list):
+        raise ScenarioError("scenario.processes: expected a list")
+    for i, rp in enumerate(raw_procs):
+        where = f"processes[{i}]"
+        rp = _mapping(rp, where)
+        unknown = set(rp) - {"name", "match", "split", "interpolate", "repeat", "timeline"}
+        if unknown:
+            raise ScenarioError(f"{where}: unknown keys {sorted(unknown)}")
+        split = str(rp.get("split", "even"))
+        if split not in ("even", "main"):
+            raise ScenarioError(f"{where}.split: 'even' or 'main', not {split!r}")
+        procs.append(
+            ProcessLoad(
+                str(rp.get("name", f"process{i}")),
+                _match(rp.get("match"), f"{where}.match"),
+                _timeline(rp, topology, where),
+                split,
+            )
+        )
+    faults: list[Fault] = []
+    actions: list[Action] = []
+    raw_faults = top.get("faults") or []
+    if not isinstance(raw_faults, list):
+        raise ScenarioError("scenario.faults: expected a list")
+    for i, rf in enumerate(raw_faults):
+        item = parse_fault(rf, topology, f"faults[{i}]")
+        (actions if isinstance(item, Action) else faults).append(item)  # type: ignore[arg-type]
+    background = None
+    if top.get("background") is not None:
+        background = _timeline(top["background"], topology, "background", single=True)
+    rmids = top.get("rmids")
+    closids = top.get("closids")
+    return Scenario(
+        clock=clock,
+        rmids=None if rmids is None else int(rmids),
+        closids=None if closids is None else int(closids),
+        limbo_seconds=float(top.get("limbo_seconds", 1.0)),
+        background=background,
+        processes=tuple(procs),
+        faults=tuple(faults),
+        actions=tuple(sorted(actions, key=lambda a: a.at)),
+    )
+
+
+def load_scenario(path: str | None, topology: Topology) -> Scenario:
+    """Read a YAML or JSON scenario file; ``None`` gives the idle scenario."""
+    if path is None:
+        return Scenario()
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    return loads_scenario(text, topology)
+
+
+def loads_scenario(text: str, topology: Topology) -> Scenario:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        import yaml  # PyYAML; JSON needs nothing else
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ScenarioError(f"scenario is neither JSON nor YAML: {e}") from None
+    return parse_scenario(data, topology)

@@ -1,0 +1,189 @@
+"""Host topologies the resctrl simulator can imitate.
+
+A topology lists the L3 caches (``mon_L3_XX`` directories, ``L3:`` schemata
+ids) and the *monitoring domains* that RMIDs count in.  Without Sub-NUMA
+Clustering the two are the same; with SNC each L3 holds several monitoring
+domains (one per SNC node, ``mon_sub_L3_YY`` below ``mon_L3_XX``), exactly as
+the kernel lays them out (``fs/resctrl/rdtgroup.c: mkdir_mondata_subdir``).
+
+Presets (``--topology``):
+
+``intel-2s``
+    two sockets, one 30 MiB L3 each (ids 0, 1), 20-bit CBM, 16 CLOSIDs,
+    176 RMIDs (Broadwell-EP like), 40 CPUs.
+``amd-ccx``
+    one socket of 8 CCX, a 32 MiB L3 each (ids 0-7), 16-bit CBM, 16 CLOSIDs,
+    256 RMIDs, 64 CPUs (EPYC like).
+``snc``
+    two sockets with SNC-2: L3 ids 0, 1 (60 MiB each), SNC nodes 0-3
+    (``mon_L3_00/mon_sub_L3_00``, ``mon_sub_L3_01``, ``mon_L3_01/mon_sub_L3_02``,
+    ``mon_sub_L3_03``); ``num_rmids`` is the per-node share as the kernel shows it.
+
+``Topology.write_sysfs(root)`` writes the matching
+``devices/system/cpu/cpu*/cache/index3`` tree so that the plugin's sysfs
+reader sees the same host as the simulator.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+
+MON_EVENTS = ("llc_occupancy", "mbm_total_bytes", "mbm_local_bytes")
+
+
+@dataclass(frozen=True)
+class L3Cache:
+    id: int
+    size: int  # bytes
+    cpus: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class MonDomain:
+    """Where an RMID counts: an L3 (no SNC) or one SNC node of an L3."""
+
+    id: int  # mon_L3_XX id without SNC, mon_sub_L3_YY id (NUMA node) with SNC
+    l3_id: int
+    size: int  # bytes of cache this domain's occupancy can reach
+    cpus: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Topology:
+    name: str
+    l3: tuple[L3Cache, ...]
+    mon_domains: tuple[MonDomain, ...]
+    snc: bool
+    num_rmids: int
+    num_closids: int
+    cbm_len: int
+    min_cbm_bits: int = 1
+    sparse_masks: bool = False
+    #: hardware reports occupancy in multiples of this (CPUID upscaling factor)
+    occupancy_granularity: int = 65536
+    max_threshold_occupancy: int = 0
+    mon_features: tuple[str, ...] = MON_EVENTS
+
+    @property
+    def cpus(self) -> tuple[int, ...]:
+        return tuple(sorted(c for cache in self.l3 for c in cache.cpus))
+
+    @property
+    def cbm_mask(self) -> int:
+        return (1 << self.cbm_len) - 1
+
+    def l3_by_id(self, l3_id: int) -> L3Cache:
+        for cache in self.l3:
+            if cache.id == l3_id:
+                return cache
+        raise KeyError(l3_id)
+
+    def domains_of(self, l3_id: int) -> tuple[MonDomain, ...]:
+        return tuple(d for d in self.mon_domains if d.l3_id == l3_id)
+
+    def with_rmids(self, num_rmids: int) -> Topology:
+        return replace(self, num_rmids=num_rmids)
+
+    def write_sysfs(self, sysfs_root: str) -> None:
+        """Write ``devices/system/cpu/cpuN/cache/index3/*`` for this topology."""
+        for cache in self.l3:
+            shared = format_cpu_list(cache.cpus)
+            for cpu in cache.cpus:
+                base = os.path.join(
+                    sysfs_root, "devices", "system", "cpu", f"cpu{cpu}", "cache", "index3"
+                )
+                os.makedirs(base, exist_ok=True)
+                for name, value in (
+                    ("level", "3"),
+                    ("type", "Unified"),
+                    ("size", f"{cache.size // 1024}K"),
+                    ("shared_cpu_list", shared),
+                    ("id", str(cache.id)),
+                ):
+                    with open(os.path.join(base, name), "w", encoding="ascii") as f:
+                        f.write(value + "\n")
+
+
+def format_cpu_list(cpus: tuple[int, ...] | list[int] | set[int] | frozenset[int]) -> str:
+    """Kernel ``%*pbl`` syntax: ``0-3,8,10-11`` (empty set: empty string)."""
+    ordered = sorted(set(cpus))
+    parts: list[str] = []
+    i = 0
+    while i < len(ordered):
+        j = i
+        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
+            j += 1
+        parts.append(str(ordered[i]) if i == j else f"{ordered[i]}-{ordered[j]}")
+        i = j + 1
+    return ",".join(parts)
+
+
+def format_cpu_mask(cpus: frozenset[int] | set[int], nr_cpus: int) -> str:
+    """Kernel ``%*pb`` syntax: 32-bit hex chunks, comma separated, most
+    significant first, the first chunk as wide as the remaining bits."""
+    value = 0
+    for c in cpus:
+        value |= 1 << c
+    chunks: list[str] = []
+    bits = nr_cpus
+    while bits > 0:
+        width = bits % 32 or 32
+        bits -= width
+        chunk = (value >> bits) & ((1 << width) - 1)
+        chunks.append(f"{chunk:0{(width + 3) // 4}x}")
+    return ",".join(chunks) if chunks else "0"
+
+
+def _intel_2s() -> Topology:
+    mib = 1024 * 1024
+    l3 = (
+        L3Cache(0, 30 * mib, tuple(range(0, 10)) + tuple(range(20, 30))),
+        L3Cache(1, 30 * mib, tuple(range(10, 20)) + tuple(range(30, 40))),
+    )
+    doms = tuple(MonDomain(c.id, c.id, c.size, c.cpus) for c in l3)
+    return Topology(
+        "intel-2s", l3, doms, snc=False, num_rmids=176, num_closids=16, cbm_len=20,
+        min_cbm_bits=1, occupancy_granularity=49152, max_threshold_occupancy=1572864,
+    )
+
+
+def _amd_ccx(ccx: int = 8) -> Topology:
+    mib = 1024 * 1024
+    l3 = tuple(L3Cache(i, 32 * mib, tuple(range(i * 8, i * 8 + 8))) for i in range(ccx))
+    doms = tuple(MonDomain(c.id, c.id, c.size, c.cpus) for c in l3)
+    return Topology(
+        "amd-ccx", l3, doms, snc=False, num_rmids=256, num_closids=16, cbm_len=16,
+        min_cbm_bits=0, sparse_masks=True, occupancy_granularity=64,
+        max_threshold_occupancy=2097152,
+    )
+
+
+def _snc() -> Topology:
+    mib = 1024 * 1024
+    l3 = (
+        L3Cache(0, 60 * mib, tuple(range(0, 16))),
+        L3Cache(1, 60 * mib, tuple(range(16, 32))),
+    )
+    doms = (
+        MonDomain(0, 0, 30 * mib, tuple(range(0, 8))),
+        MonDomain(1, 0, 30 * mib, tuple(range(8, 16))),
+        MonDomain(2, 1, 30 * mib, tuple(range(16, 24))),
+        MonDomain(3, 1, 30 * mib, tuple(range(24, 32))),
+    )
+    return Topology(
+        "snc", l3, doms, snc=True, num_rmids=128, num_closids=15, cbm_len=15,
+        min_cbm_bits=1, occupancy_granularity=106496, max_threshold_occupancy=4194304,
+    )
+
+
+PRESETS = {"intel-2s": _intel_2s, "amd-ccx": _amd_ccx, "snc": _snc}
+
+
+def get_topology(name: str) -> Topology:
+    try:
+        return PRESETS[name]()
+    except KeyError:
+        raise ValueError(
+            f"unknown topology {name!r}; choose one of {', '.join(sorted(PRESETS))}"
+        ) from None
