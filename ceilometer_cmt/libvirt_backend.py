@@ -48,6 +48,16 @@ def _libvirt_error() -> type[Exception]:
     return err
 
 
+def _monitors_in(params: dict[str, object]) -> int:
+    """resctrl cache monitors (plus a perf cmt event) of one active domain record."""
+    state = params.get("state.state")
+    if state is not None and state not in libvirt_stats.ACTIVE_STATES:
+        return 0
+    count = params.get("cpu.cache.monitor.count")
+    n = count if isinstance(count, int) and not isinstance(count, bool) and count > 0 else 0
+    return n + ("perf.cmt" in params)
+
+
 class LibvirtBackend:
     """Readings from libvirt's bulk domain stats."""
 
@@ -157,22 +167,26 @@ class LibvirtBackend:
         if isinstance(answer, str):
             cycle.unmonitored = {i.uuid: answer for i in instances}
             return cycle
-        by_uuid: dict[str, tuple[Any, libvirt_stats.DomainCacheStats]] = {}
-        by_name: dict[str, tuple[Any, libvirt_stats.DomainCacheStats]] = {}
+        # name() only reads the virDomain object (no RPC); it is the cheapest
+        # accessor, so match by domain name and look at UUIDs only for the
+        # instances whose name libvirt does not know.
+        by_name: dict[str, tuple[Any, dict[str, object]]] = {}
         used = 0
         for dom, params in answer:
-            stats = libvirt_stats.parse_domain_stats(params)
-            if stats.state is None or stats.state in libvirt_stats.ACTIVE_STATES:
-                used += len(stats.cache_monitors or ()) + (stats.perf_cmt is not None)
-            # UUIDString()/name() read the virDomain object: no RPC.
-            by_uuid[dom.UUIDString().lower()] = (dom, stats)
-            by_name[dom.name()] = (dom, stats)
+            by_name[dom.name()] = (dom, params)
+            used += _monitors_in(params)
+        by_uuid: dict[str, tuple[Any, dict[str, object]]] | None = None
         for inst in instances:
-            rec = by_uuid.get(inst.uuid.lower()) or by_name.get(inst.domain_name)
+            rec = by_name.get(inst.domain_name)
+            if rec is None:
+                if by_uuid is None:
+                    by_uuid = {dom.UUIDString().lower(): (dom, params) for dom, params in answer}
+                rec = by_uuid.get(inst.uuid.lower())
             if rec is None:
                 cycle.unmonitored[inst.uuid] = "no such libvirt domain"
                 continue
-            dom, stats = rec
+            dom, params = rec
+            stats = libvirt_stats.parse_domain_stats(params)
             inactive = stats.state is not None and stats.state not in libvirt_stats.ACTIVE_STATES
             if inactive or not stats.has_data:
                 cycle.unmonitored[inst.uuid] = libvirt_stats.no_data_reason(stats)

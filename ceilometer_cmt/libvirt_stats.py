@@ -174,8 +174,15 @@ def parse_bandwidth_monitors(params: Mapping[str, object]
     return tuple(monitors)
 
 
+#: Keys whose absence means a record has no cache data at all (fast path:
+#: on a stock host no domain has any of them).
+_MARKERS = (f"{CACHE}.count", f"{MBW}.count", "perf.cmt", "perf.mbmt", "perf.mbml")
+
+
 def parse_domain_stats(params: Mapping[str, object]) -> DomainCacheStats:
     """One ``getAllDomainStats`` record's params -> :class:`DomainCacheStats`."""
+    if not any(k in params for k in _MARKERS):
+        return DomainCacheStats(state=_uint(params, "state.state"))
     return DomainCacheStats(
         state=_uint(params, "state.state"),
         cache_monitors=parse_cache_monitors(params),
