@@ -267,3 +267,32 @@ def test_host_cache_falls_back_to_sysfs(host, tmp_path):
         assert [(d.id, d.size) for d in hc.domains] == [(0, 8 * MiB), (1, 8 * MiB)]
     finally:
         backend.close()
+
+
+def test_cycles_become_meters_through_the_monitor(host):
+    """Backend -> the lead's CacheMonitor: percent against libvirt's banks, MBM rates."""
+    from ceilometer_cmt.monitor import CacheMonitor
+
+    host.caps = CAPS
+    a, b = host.instances[0], host.instances[1]
+    now = [1000.0]
+    mon = CacheMonitor(host.backend(), clock=lambda: now[0])
+    try:
+        first = mon.poll(host.refs())
+        ma = first.instances[a.uuid]
+        assert ma.occupancy == 6 * MiB and ma.occupancy_domains == {0: 5 * MiB, 1: 1 * MiB}
+        assert ma.occupancy_percent == pytest.approx(100 * 5 / 15)
+        assert first.instances[b.uuid].occupancy is None  # bank 1 gave no value
+        assert first.instances[b.uuid].mbm_total_bytes == 320
+        assert first.instances[b.uuid].mbm_total_rate is None  # first read: no rate
+        host.extra[b.domain_name].update({
+            "memory.bandwidth.monitor.0.node.0.bytes.total": 300 + 10_000,
+            "memory.bandwidth.monitor.0.node.1.bytes.total": 20 + 5_000})
+        now[0] += 10.0
+        second = mon.poll(host.refs())
+        mb = second.instances[b.uuid]
+        assert mb.mbm_total_bytes == 320 + 15_000
+        assert mb.mbm_total_rate == pytest.approx(1_500.0)
+        assert second.host.source == "libvirt" and second.host.monitors_total == 176
+    finally:
+        mon.close()
