@@ -33,7 +33,8 @@ def polling_agent(config_files: Sequence[str], polling_file: str | None = None,
         # notifier options are registered only when the agent opens its transport.
         extra = os.path.join(tmp, "cmt-poll.conf")
         with open(extra, "w", encoding="utf-8") as f:
-            f.write("[DEFAULT]\ntransport_url = fake://\n"
+            # use_stderr: oslo.log would otherwise log to stdout, among the samples.
+            f.write("[DEFAULT]\ntransport_url = fake://\nuse_stderr = true\n"
                     "[publisher_notifier]\ntelemetry_driver = test\n"
                     f"[polling]\ncfg_file = {polling_file or default_polling_file()}\n"
                     f"heartbeat_socket_dir = {tmp}\n")

@@ -51,7 +51,7 @@ def _perf(s: Settings, ops: resctrl.ResctrlOps | None) -> Backend:
     from ceilometer_cmt.perf_backend import PerfBackend
 
     backend: Backend = PerfBackend(sysfs_root=s.sysfs_root, proc_root=s.proc_root,
-                                   pid_dir=s.libvirt_pid_dir)
+                                   libvirt_pid_dir=s.libvirt_pid_dir)
     return backend
 
 

@@ -1,0 +1,114 @@
+"""The ceilometer-cmt command: probe, cleanup, poll."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+from ceilometer_cmt import cli
+from ceilometer_cmt.testbed import make_instances, write_node_xml
+
+
+def _fixture_args(host):  # type: ignore[no-untyped-def]
+    return ["--set", f"resctrl_root={host.resctrl}", "--set", f"sysfs_root={host.sysfs}",
+            "--set", "resctrl_verify_mount=false", "--set", f"libvirt_pid_dir={host.pid_dir}"]
+
+
+def test_probe_json_picks_resctrl_on_a_fixture_tree(host, capsys):  # type: ignore[no-untyped-def]
+    rc = cli.main(["probe", "--json", *_fixture_args(host)])
+    report = json.loads(capsys.readouterr().out)
+    assert rc == 0
+    assert report["backend"] == "resctrl"
+    assert report["resctrl"]["num_rmids"] == 176
+    assert report["resctrl"]["mon_features"] == ["llc_occupancy", "mbm_total_bytes",
+                                                 "mbm_local_bytes"]
+    assert [d["id"] for d in report["l3_domains"]] == [0, 1]
+    assert report["l3_total_bytes"] == 2 * 36608 * 1024
+    assert report["decisions"][0] == {"backend": "resctrl", "usable": True, "reason": "selected"}
+    assert all(not d["usable"] for d in report["decisions"][1:])
+
+
+def test_probe_exit_1_and_reasons_on_this_machine(capsys):  # type: ignore[no-untyped-def]
+    # This machine has no resctrl and no intel_cqm PMU: nothing is usable.
+    rc = cli.main(["probe", "--set", "libvirt_uri=test:///default"])
+    out = capsys.readouterr().out
+    assert rc == 1
+    assert "not a mount point" in out
+    assert "chosen backend" in out and "none (per-instance meters off)" in out
+
+
+def test_console_script_is_installed():  # type: ignore[no-untyped-def]
+    exe = os.path.join(os.path.dirname(sys.executable), "ceilometer-cmt")
+    proc = subprocess.run([exe, "probe", "--json", "--set", "libvirt_uri=test:///default"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert json.loads(proc.stdout)["backend"] is None
+
+
+def test_cleanup_stale_only_keeps_running_and_foreign(host, tmp_path, capsys
+                                                      ):  # type: ignore[no-untyped-def]
+    running = make_instances(1)
+    stopped = make_instances(1, running=False, start=2)
+    gone = "99999999-9999-4999-8999-999999999999"
+    node = write_node_xml(str(tmp_path / "node.xml"), running + stopped)
+    mg = os.path.join(host.resctrl, "mon_groups")
+    keep = os.path.join(mg, "ceilometer-" + running[0].uuid)
+    doomed = [os.path.join(mg, "ceilometer-" + stopped[0].uuid),
+              os.path.join(mg, "ceilometer-" + gone)]
+    foreign = os.path.join(mg, "pqos-1")
+    for d in [keep, *doomed, foreign]:
+        os.mkdir(d)  # empty: a plain directory can be rmdir'ed like a resctrl group
+    conf = tmp_path / "c.conf"
+    conf.write_text(textwrap.dedent(f"""
+        [DEFAULT]
+        libvirt_uri = test://{node}
+    """))
+    args = ["cleanup", "--stale-only", "--config-file", str(conf), *_fixture_args(host)]
+    assert cli.main([*args, "--dry-run"]) == 0
+    assert all(os.path.isdir(d) for d in doomed)
+    assert "would remove" in capsys.readouterr().out
+    assert cli.main(args) == 0
+    assert os.path.isdir(keep) and os.path.isdir(foreign)
+    assert not any(os.path.exists(d) for d in doomed)
+
+
+def test_cleanup_stale_only_removes_nothing_when_libvirt_unreachable(host, tmp_path
+                                                                     ):  # type: ignore[no-untyped-def]
+    g = os.path.join(host.resctrl, "mon_groups", "ceilometer-" + make_instances(1)[0].uuid)
+    os.mkdir(g)
+    rc = cli.main(["cleanup", "--stale-only", *_fixture_args(host),
+                   "--set", f"libvirt_uri=test+unix:///x?socket={tmp_path}/none.sock"])
+    assert rc == 2 and os.path.isdir(g)
+
+
+def test_poll_json_prints_samples(host, tmp_path, capsys, monkeypatch
+                                  ):  # type: ignore[no-untyped-def]
+    from ceilometer_cmt.pollsters import runtime
+
+    inst = make_instances(1)
+    node = write_node_xml(str(tmp_path / "node.xml"), inst)
+    host.start_qemu(inst[0].domain_name)
+    conf = tmp_path / "c.conf"
+    conf.write_text(textwrap.dedent(f"""
+        [DEFAULT]
+        host = cmp
+        libvirt_uri = test://{node}
+        [cmt]
+        resctrl_root = {host.resctrl}
+        sysfs_root = {host.sysfs}
+        libvirt_pid_dir = {host.pid_dir}
+        resctrl_verify_mount = false
+        privsep = never
+    """))
+    monkeypatch.setattr(runtime, "resctrl_ops", lambda conf, settings: host.ops)
+    assert cli.main(["poll", "--config-file", str(conf), "--cycles", "2", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    occ = [r for r in rows if r["name"] == "cache.occupancy"]
+    assert [r["cycle"] for r in occ] == [1, 2]
+    assert {r["resource_id"] for r in occ} == {inst[0].uuid}
+    assert {r["name"] for r in rows if r["resource_id"] == "cmp"} == {
+        "cache.size", "cache.monitors.total", "cache.monitors.used",
+        "cache.instances.unmonitored"}
