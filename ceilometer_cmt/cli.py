@@ -208,7 +208,7 @@ def running_instance_uuids(uri: str) -> set[str]:
 
 #: subcommand -> "module:function" taking argv and returning an exit code
 EXTERNAL = {
-    "simulate": ("ceilometer_cmt.simulator.cli:simulate_main", "run the resctrl simulator"),
+    "simulate": ("ceilometer_cmt.simulator.runner:simulate_main", "run the resctrl simulator"),
     "demo": ("ceilometer_cmt.demo:main", "simulated host + real polling + live view"),
     "top": ("ceilometer_cmt.top:main", "live per-instance cache view"),
     "gnocchi-resources": ("ceilometer_cmt.gnocchi_resources:main",
