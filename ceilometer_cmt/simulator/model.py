@@ -16,7 +16,9 @@ kernel's own.
   Inheritance: a thread started after its main thread was assigned, or a
   process forked after its parent's main thread was assigned, joins that
   group (the kernel copies the group at fork; the simulator sees the result
-  when it next looks at those tasks).
+  when it next looks at those tasks).  Start times have a clock-tick (10 ms)
+  resolution; a task started in the assignment's tick counts as older, so
+  the simulator never lets a plugin off for a thread it did not write.
 * Values: see :mod:`ceilometer_cmt.simulator.scenario`.  A control group's
   files show its own RMID plus its monitor groups' (errors dropped when any
   read succeeds); with SNC the ``mon_L3_XX`` files sum the node files and say
@@ -458,7 +460,9 @@ class Model:
             return None
         origin = info.tgid if info.tgid != tid else info.ppid
         parent = self.tasks.get(origin)
-        if parent is None or parent.since > info.start:
+        # Strictly after: a task started in the same clock tick as the
+        # assignment counts as older (a plugin must write it itself).
+        if parent is None or info.start <= parent.since:
             return None
         if self._entry(origin) is None:
             return None
