@@ -12,7 +12,13 @@ the file the site already uses, which is what this module does:
 * host meters go on resource type ``host`` (created by ``ceilometer-upgrade``,
   attribute ``host_name`` required), taken from ``resource_metadata``;
 * cumulative byte counters get the ``ceilometer-low-rate`` archive policy so
-  Gnocchi can answer ``rate:mean`` (bytes per granularity period).
+  Gnocchi can answer ``rate:mean``;
+* the per-instance gauges get ``ceilometer-cmt-low`` (added to the file's
+  ``archive_policies``, which the publisher creates in Gnocchi): ceilometer-low's
+  5-minute/30-day definition with ``max`` besides ``mean``, so that an Aodh
+  ``gnocchi_aggregation_by_resources_threshold`` alarm with ``max`` can say
+  "any instance of this project above 30%" (ceilometer-low has only ``mean``,
+  and Aodh uses the same method to aggregate each metric and across them).
 
 Merging is idempotent: a meter already mapped anywhere in the file is left
 alone, an attribute already defined is left alone.
@@ -33,6 +39,16 @@ from typing import Any
 import yaml
 
 RATE_POLICY = "ceilometer-low-rate"
+PEAK_POLICY = "ceilometer-cmt-low"
+
+OUR_ARCHIVE_POLICIES: tuple[Mapping[str, Any], ...] = (
+    {
+        "name": PEAK_POLICY,
+        "aggregation_methods": ["mean", "max"],
+        "back_window": 0,
+        "definition": [{"granularity": "5 minutes", "timespan": "30 days"}],
+    },
+)
 
 
 @dataclass(frozen=True)
@@ -50,13 +66,13 @@ OUR_RESOURCES: tuple[ResourceMeters, ...] = (
     ResourceMeters(
         resource_type="instance",
         metrics={
-            "cache.occupancy": {},
-            "cache.occupancy.percent": {},
-            "cpu_l3_cache": {},
+            "cache.occupancy": {"archive_policy_name": PEAK_POLICY},
+            "cache.occupancy.percent": {"archive_policy_name": PEAK_POLICY},
+            "cpu_l3_cache": {"archive_policy_name": PEAK_POLICY},
             "memory.bandwidth.total.bytes": {"archive_policy_name": RATE_POLICY},
             "memory.bandwidth.local.bytes": {"archive_policy_name": RATE_POLICY},
-            "memory.bandwidth.total": {},
-            "memory.bandwidth.local": {},
+            "memory.bandwidth.total": {"archive_policy_name": PEAK_POLICY},
+            "memory.bandwidth.local": {"archive_policy_name": PEAK_POLICY},
         },
         # ceilometer's default ``instance`` entry already maps host, flavor_id,
         # display_name, ... from make_sample_from_instance's metadata; these are
@@ -103,16 +119,27 @@ def _mapped_meters(resources: Sequence[Mapping[str, Any]]) -> dict[str, str]:
 
 
 def merge(definitions: Mapping[str, Any],
-          ours: Sequence[ResourceMeters] = OUR_RESOURCES) -> dict[str, Any]:
+          ours: Sequence[ResourceMeters] = OUR_RESOURCES,
+          policies: Sequence[Mapping[str, Any]] = OUR_ARCHIVE_POLICIES) -> dict[str, Any]:
     """Return a copy of ``definitions`` (a parsed gnocchi_resources.yaml) with ``ours`` added.
 
     The input is not modified. Meters already mapped (to any resource type) are
     kept as they are; missing meters are added to the first entry of their
-    resource type, or to a new entry appended at the end.
+    resource type, or to a new entry appended at the end. Archive policies are
+    added when no policy of that name is defined.
     """
     if not isinstance(definitions, Mapping):
         raise ValueError("a gnocchi resources definition must be a mapping")
     result: dict[str, Any] = copy.deepcopy(dict(definitions))
+    archive_policies = result.get("archive_policies")
+    if archive_policies is None:
+        archive_policies = result["archive_policies"] = []
+    if not isinstance(archive_policies, list):
+        raise ValueError("'archive_policies' must be a list")
+    known = {p.get("name") for p in archive_policies if isinstance(p, Mapping)}
+    for policy in policies:
+        if policy["name"] not in known:
+            archive_policies.append(copy.deepcopy(dict(policy)))
     resources = result.get("resources")
     if resources is None:
         resources = result["resources"] = []

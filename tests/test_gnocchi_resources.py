@@ -73,8 +73,14 @@ def test_merge_places_meters_on_instance_and_host(default_defs: dict[str, Any]) 
         assert meter in instance["metrics"], meter
     for meter in ("memory.bandwidth.total.bytes", "memory.bandwidth.local.bytes"):
         assert instance["metrics"][meter] == {"archive_policy_name": "ceilometer-low-rate"}
-    for meter in ("cache.occupancy", "cache.occupancy.percent", "memory.bandwidth.total"):
-        assert instance["metrics"][meter] is None  # the file's archive_policy_default
+    for meter in ("cache.occupancy", "cache.occupancy.percent", "cpu_l3_cache",
+                  "memory.bandwidth.total", "memory.bandwidth.local"):
+        assert instance["metrics"][meter] == {"archive_policy_name": "ceilometer-cmt-low"}
+    policies = {p["name"]: p for p in merged["archive_policies"]}
+    assert policies["ceilometer-cmt-low"]["aggregation_methods"] == ["mean", "max"]
+    # same resolution as ceilometer-low, so alarms use granularity 300 on both
+    assert (policies["ceilometer-cmt-low"]["definition"]
+            == policies["ceilometer-low"]["definition"])
     # ceilometer's own instance attributes are kept as they were
     assert instance["attributes"] == _entries(default_defs, "instance")[0]["attributes"]
     (host,) = _entries(merged, "host")
@@ -86,7 +92,8 @@ def test_merge_keeps_everything_else(default_defs: dict[str, Any]) -> None:
     before = copy.deepcopy(default_defs)
     merged = gr.merge(default_defs)
     assert default_defs == before, "input must not be modified"
-    assert merged["archive_policies"] == before["archive_policies"]
+    assert merged["archive_policies"][:-1] == before["archive_policies"]
+    assert merged["archive_policies"][-1]["name"] == "ceilometer-cmt-low"
     assert merged["archive_policy_default"] == before["archive_policy_default"]
     for entry in before["resources"]:
         if entry["resource_type"] == "instance":
@@ -129,10 +136,19 @@ def test_merge_into_a_file_without_instance_or_resources() -> None:
     merged = gr.merge({"archive_policy_default": "ceilometer-low"})
     (instance,) = _entries(merged, "instance")
     assert list(instance["metrics"]) == INSTANCE_METERS
+    assert [p["name"] for p in merged["archive_policies"]] == ["ceilometer-cmt-low"]
     # a fresh instance entry carries the attributes gnocchi's instance type requires
     assert {"host", "display_name", "flavor_id"} <= set(instance["attributes"])
     (host,) = _entries(merged, "host")
     assert "host_name" in host["attributes"]
+
+
+def test_existing_archive_policy_of_that_name_is_kept() -> None:
+    site_policy = {"name": "ceilometer-cmt-low", "aggregation_methods": ["max"],
+                   "back_window": 2, "definition": [{"granularity": "1 minute",
+                                                     "timespan": "1 day"}]}
+    merged = gr.merge({"archive_policies": [site_policy]})
+    assert merged["archive_policies"] == [site_policy]
 
 
 def test_merge_converts_the_old_list_form() -> None:
@@ -153,6 +169,7 @@ def test_existing_host_entry_gets_our_meters_and_keeps_its_attributes() -> None:
 
 @pytest.mark.parametrize("bad", [
     [], "text", {"resources": {"instance": {}}}, {"resources": [{"metrics": {}}]},
+    {"archive_policies": {"name": "x"}},
 ])
 def test_merge_rejects_malformed_definitions(bad: Any) -> None:
     with pytest.raises(ValueError):
@@ -170,7 +187,13 @@ def test_ceilometer_publisher_routes_our_samples(tmp_path: Path) -> None:
     assert by_meter["memory.bandwidth.total.bytes"].metrics[
         "memory.bandwidth.total.bytes"]["archive_policy_name"] == "ceilometer-low-rate"
     assert by_meter["cache.occupancy.percent"].metrics[
-        "cache.occupancy.percent"]["archive_policy_name"] == "ceilometer-low"
+        "cache.occupancy.percent"]["archive_policy_name"] == "ceilometer-cmt-low"
+    assert by_meter["cache.size"].metrics["cache.size"]["archive_policy_name"] == (
+        "ceilometer-low")  # the file's default
+    _, policies = gnocchi_publisher.GnocchiPublisher._load_definitions(
+        cfg.ConfigOpts(), None, str(path))
+    # the publisher creates every listed policy in Gnocchi on its first publish
+    assert "ceilometer-cmt-low" in [p["name"] for p in policies]
     # ceilometer's own meters still routed
     assert by_meter["cpu"].cfg["resource_type"] == "instance"
     assert by_meter["compute.node.cpu.percent"].cfg["resource_type"] == "nova_compute"
