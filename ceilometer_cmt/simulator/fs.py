@@ -62,6 +62,10 @@ class ResctrlOperations(mfusepy.Operations):  # type: ignore[misc]
         self._next = itertools.count(1)
         self._handles_mutex = threading.Lock()
         self._mtime = time.time_ns()
+        self.served = False
+
+    def init(self, path: str) -> None:
+        self.served = True  # mounted and answering
 
     # ------------------------------------------------------------ helpers
     def _node(self, path: str | None) -> Node:
@@ -182,9 +186,23 @@ class ResctrlOperations(mfusepy.Operations):  # type: ignore[misc]
 
 
 def serve_forever(model: Model, mountpoint: str, debug: bool = False) -> None:
-    """Mount and serve in this thread until unmounted or SIGINT/SIGTERM."""
+    """Mount and serve in this thread until unmounted or SIGINT/SIGTERM.
+
+    Raises RuntimeError when the mount itself failed; a signal after a
+    successful mount is a normal end (libfuse 3 then returns the signal
+    number, which mfusepy turns into RuntimeError).
+    """
+    ops = ResctrlOperations(model)
+    try:
+        _fuse(ops, mountpoint, debug)
+    except RuntimeError:
+        if not ops.served:
+            raise
+
+
+def _fuse(ops: ResctrlOperations, mountpoint: str, debug: bool) -> None:
     mfusepy.FUSE(
-        ResctrlOperations(model),
+        ops,
         mountpoint,
         foreground=True,
         debug=debug,

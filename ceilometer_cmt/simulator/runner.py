@@ -347,6 +347,9 @@ def simulate_main(argv: Sequence[str] | None = None) -> int:
         server.start()
     try:
         serve_forever(model, args.mountpoint, debug=args.debug)
+    except RuntimeError as e:
+        print(f"ceilometer-cmt simulate: cannot mount {args.mountpoint}: {e}", file=sys.stderr)
+        return 1
     finally:
         if server:
             server.close()
