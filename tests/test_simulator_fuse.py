@@ -319,3 +319,52 @@ def test_cli_runs_in_foreground_until_sigterm(tmp_path: Any) -> None:
             proc.wait()
         if mount_fstype(mnt) is not None:
             subprocess.run(["fusermount3", "-u", "-z", mnt], check=False)
+
+
+def test_plugin_resctrl_backend_runs_unchanged_on_the_simulator(
+    sim: Callable[..., Simulator], tmp_path: Any
+) -> None:
+    """The plugin's own backend (mount check on) against the simulator."""
+    from ceilometer_cmt.readings import InstanceRef
+    from ceilometer_cmt.resctrl_backend import ResctrlBackend
+    from ceilometer_cmt.simulator.topology import get_topology
+    from ceilometer_cmt.testbed import StandInQemu
+
+    sysfs = str(tmp_path / "sys")
+    get_topology("intel-2s").write_sysfs(sysfs)
+    pid_dir = str(tmp_path / "run")
+    os.makedirs(pid_dir)
+    names = ["instance-0000000a", "instance-0000000b"]
+    scenario = {
+        "clock": "manual",
+        "limbo_seconds": 0,
+        "rmids": 2,  # one RMID for two instances
+        "processes": [
+            {"match": {"cmdline": f"guest={n},"}, "timeline": [
+                {"t": 0, "occupancy": {0: "3MiB"}, "mbm_total": {0: 1000}, "mbm_local": {1: 10}},
+            ]} for n in names
+        ],
+    }
+    s = sim("intel-2s", scenario)
+    qemus = [StandInQemu(n, pid_dir, extra_threads=2).start() for n in names]
+    backend = ResctrlBackend(s.mountpoint, sysfs_root=sysfs, pid_dir=pid_dir)
+    try:
+        refs = [InstanceRef(f"00000000-0000-4000-8000-00000000000{i}", n)
+                for i, n in enumerate(names)]
+        first = backend.sync(refs)
+        assert len(first.readings) == 1 and len(first.unmonitored) == 1
+        (uuid, reading), = first.readings.items()
+        assert "RMID" in next(iter(first.unmonitored.values()))
+        s.advance(10)
+        second = backend.sync(refs)
+        again = second.readings[uuid]
+        gran = 49152
+        assert again.occupancy[0] == 3 * 2**20 // gran * gran
+        assert again.occupancy[1] == 0
+        assert sorted(v for v in again.mbm_total.values()) == [0, 10000]
+        assert sorted(v for v in again.mbm_local.values()) == [0, 100]
+        assert backend.host_cache().monitors_total == 2
+    finally:
+        backend.close()
+        for q in qemus:
+            q.stop()

@@ -44,6 +44,7 @@ from ceilometer_cmt.simulator.workload import ProcessMatcher
 
 MBM_EVENTS = {"mbm_total_bytes": "mbm_total", "mbm_local_bytes": "mbm_local"}
 _STATUS_MAX = 511  # the kernel's last_cmd_status buffer is 512 bytes
+_EPSILON = 1e-6
 
 
 class SimError(Exception):
@@ -719,7 +720,7 @@ class Model:
             scale = dom.size / total if total > dom.size else 1.0
             for (gid, d), v in raw.items():
                 if d == dom.id:
-                    result[(gid, d)] = int(v * scale) // gran * gran
+                    result[(gid, d)] = int(v * scale + _EPSILON) // gran * gran
         return result
 
     def _rmid_value(
@@ -730,7 +731,8 @@ class Model:
                 return fault.value
         if event == "llc_occupancy":
             return occ.get((id(group), domain), 0)
-        return int(group.counters.get((event, domain), 0.0))
+        # Shares of a load are fractions: absorb float error before flooring.
+        return int(group.counters.get((event, domain), 0.0) + _EPSILON)
 
     def read_event(self, group: Group, l3_id: int, sub_id: int | None, event: str) -> str:
         """The text of ``mon_data/mon_L3_XX[/mon_sub_L3_YY]/<event>``."""
