@@ -172,9 +172,11 @@ class LibvirtBackend:
         # instances whose name libvirt does not know.
         by_name: dict[str, tuple[Any, dict[str, object]]] = {}
         used = 0
+        has_keys = libvirt_stats.has_cache_keys
         for dom, params in answer:
             by_name[dom.name()] = (dom, params)
-            used += _monitors_in(params)
+            if has_keys(params):
+                used += _monitors_in(params)
         by_uuid: dict[str, tuple[Any, dict[str, object]]] | None = None
         for inst in instances:
             rec = by_name.get(inst.domain_name)
@@ -186,6 +188,10 @@ class LibvirtBackend:
                 cycle.unmonitored[inst.uuid] = "no such libvirt domain"
                 continue
             dom, params = rec
+            if not has_keys(params):  # the common case on a stock host: no parsing
+                cycle.unmonitored[inst.uuid] = (libvirt_stats.state_reason(
+                    params.get("state.state")) or libvirt_stats.REASON_NO_DATA)
+                continue
             stats = libvirt_stats.parse_domain_stats(params)
             inactive = stats.state is not None and stats.state not in libvirt_stats.ACTIVE_STATES
             if inactive or not stats.has_data:

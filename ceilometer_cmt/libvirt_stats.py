@@ -176,12 +176,17 @@ def parse_bandwidth_monitors(params: Mapping[str, object]
 
 #: Keys whose absence means a record has no cache data at all (fast path:
 #: on a stock host no domain has any of them).
-_MARKERS = (f"{CACHE}.count", f"{MBW}.count", "perf.cmt", "perf.mbmt", "perf.mbml")
+MARKERS = frozenset({f"{CACHE}.count", f"{MBW}.count", "perf.cmt", "perf.mbmt", "perf.mbml"})
+
+
+def has_cache_keys(params: Mapping[str, object]) -> bool:
+    """True when a record holds any key this module reads (besides the state)."""
+    return not params.keys().isdisjoint(MARKERS)
 
 
 def parse_domain_stats(params: Mapping[str, object]) -> DomainCacheStats:
     """One ``getAllDomainStats`` record's params -> :class:`DomainCacheStats`."""
-    if not any(k in params for k in _MARKERS):
+    if not has_cache_keys(params):
         return DomainCacheStats(state=_uint(params, "state.state"))
     return DomainCacheStats(
         state=_uint(params, "state.state"),
@@ -253,10 +258,18 @@ def to_reading(stats: DomainCacheStats, counter_prefix: str) -> InstanceReading:
     return reading
 
 
+def state_reason(state: object) -> str | None:
+    """The reason for a domain whose ``state.state`` has no qemu process, else None."""
+    if isinstance(state, int) and state not in ACTIVE_STATES:
+        return f"domain not running (libvirt state {state})"
+    return None
+
+
 def no_data_reason(stats: DomainCacheStats) -> str:
     """Why a domain record carries nothing this backend can use."""
-    if stats.state is not None and stats.state not in ACTIVE_STATES:
-        return f"domain not running (libvirt state {stats.state})"
+    reason = state_reason(stats.state)
+    if reason is not None:
+        return reason
     if stats.cache_monitors == () and stats.bandwidth_monitors in (None, ()):
         return ("no cache monitor configured in the domain XML "
                 "(<cputune><cachetune><monitor>) and perf event cmt not enabled")
