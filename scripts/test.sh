@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh Debian machine, installing what it needs:
-# Debian packages (libvirt daemon + headers, FUSE 3, PostgreSQL, RabbitMQ,
-# shellcheck), a virtualenv with the plugin and its test extras, the telemetry
+# Debian packages (libvirt daemon and headers, FUSE 3, PostgreSQL, RabbitMQ,
+# the shell linter), a virtualenv with the plugin and its test extras, the telemetry
 # services' own virtualenv (Gnocchi, Aodh); then ruff, mypy and pytest.
 # Every service the tests use (libvirtd, the resctrl simulator, PostgreSQL,
 # RabbitMQ, Gnocchi, Aodh) is started and stopped by the tests themselves.
@@ -44,10 +44,14 @@ fi
 echo "== ruff"
 "$venv/bin/ruff" check ceilometer_cmt tests bench
 echo "== mypy (backends and shared code)"
-"$venv/bin/mypy" $(scripts/typed-modules.sh)
+mapfile -t typed < <(scripts/typed-modules.sh)
+"$venv/bin/mypy" "${typed[@]}"
 if command -v shellcheck >/dev/null; then
     echo "== shellcheck"
-    shellcheck scripts/*.sh .ci/run $(ls devstack/*.sh devstack/settings 2>/dev/null)
+    shopt -s nullglob
+    sc=(scripts/*.sh .ci/run devstack/*.sh)
+    if [ -f devstack/settings ]; then sc+=(devstack/settings); fi
+    shellcheck "${sc[@]}"
 fi
 echo "== pytest"
 PATH="$venv/bin:$PATH" "$venv/bin/python" -m pytest -p no:cacheprovider "$@"
