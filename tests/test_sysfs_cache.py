@@ -159,6 +159,14 @@ def test_parse_cpu_list_rejects_impossible_cpu_numbers(text: str) -> None:
         parse_cpu_list(text)
 
 
+@pytest.mark.xfail(strict=True, reason="parse_cpu_list checks str.isdigit() without "
+                   "isascii(): non-ASCII decimal digits are accepted as cpu numbers")
+@pytest.mark.parametrize("text", ["\u0663", "0-\u0663", "\uff11,2"])
+def test_parse_cpu_list_rejects_non_ascii_digits(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_cpu_list(text)
+
+
 # ------------------------------------------------------------ fixture trees
 def expected_domains(topo: Topology) -> tuple[CacheDomain, ...]:
     return tuple(CacheDomain(l3, 3, parse_size(topo.l3_size), "Unified", format_cpu_list(cpus))
