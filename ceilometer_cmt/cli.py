@@ -25,7 +25,7 @@ def load_settings(config_files: Sequence[str], overrides: Sequence[str] = ()) ->
     from oslo_config import cfg
 
     from ceilometer_cmt import options
-    from ceilometer_cmt.pollsters.runtime import libvirt_uri
+    from ceilometer_cmt.pollsters.runtime import settings_from_conf
 
     conf = cfg.ConfigOpts()
     options.register_opts(conf)
@@ -38,12 +38,7 @@ def load_settings(config_files: Sequence[str], overrides: Sequence[str] = ()) ->
         if not sep:
             raise SystemExit(f"--set takes NAME=VALUE, not {item!r}")
         conf.set_override(name, value, group="cmt")
-    c = conf.cmt
-    return selection.Settings(
-        backend=c.backend, resctrl_root=c.resctrl_root, sysfs_root=c.sysfs_root,
-        proc_root=c.proc_root, libvirt_pid_dir=c.libvirt_pid_dir,
-        resctrl_group_prefix=c.resctrl_group_prefix,
-        resctrl_verify_mount=c.resctrl_verify_mount, libvirt_uri=libvirt_uri(conf))
+    return settings_from_conf(conf)
 
 
 def _cpu_vendor(proc_root: str) -> str | None:
