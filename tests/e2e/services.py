@@ -414,8 +414,13 @@ def gnocchi_auth(user: str = "admin") -> dict[str, str]:
 
 
 def uwsgi_argv(venv: Path, port: int, app: Sequence[str], config: Path) -> list[str]:
-    """uwsgi serving HTTP itself (no router process) on loopback."""
+    """uwsgi serving HTTP itself (no router process) on loopback.
+
+    uwsgi's http-socket closes the connection after each response; saying so
+    keeps clients from reusing it (else: "connection reset by peer" retries).
+    """
     return [str(venv / "bin" / "uwsgi"), "--http-socket", f"{LOOPBACK}:{port}",
+            "--add-header", "Connection: close",
             "--master", "--processes", "1", "--threads", "4", "--enable-threads",
             "--lazy-apps", "--die-on-term", "--need-app", "--chdir", "/", "-H", str(venv),
             *app, "--pyargv", f"--config-file {config}"]
