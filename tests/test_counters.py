@@ -123,11 +123,13 @@ def test_counter_properties(steps: list[Step]) -> None:
     c = ByteCounter()
     now = 1000.0
     last_cum: int | None = None  # last published cumulative
-    prev: tuple[Raw, int | None, float] | None = None  # previous non-empty read
+    # previous non-empty read: (its values if complete else None, cumulative, time)
+    prev: tuple[dict[str, int] | None, int | None, float] | None = None
     for step in steps:
         now += step.dt
         v = c.update(step.raw, now)
-        complete = bool(step.raw) and all(x is not None for x in step.raw.values())
+        values = {k: x for k, x in step.raw.items() if x is not None}
+        complete = bool(step.raw) and len(values) == len(step.raw)
         # no value unless every counter gave one
         assert (v.cumulative is not None) == complete
         if v.cumulative is not None:
@@ -139,21 +141,20 @@ def test_counter_properties(steps: list[Step]) -> None:
         if not step.raw:
             assert v == CounterValue(None, None)
             continue  # feature absent this time: state unchanged
-        clean = (prev is not None and complete and prev[1] is not None
-                 and set(prev[0]) == set(step.raw)
-                 and all(step.raw[k] >= prev[0][k] for k in step.raw))  # type: ignore[operator]
-        if not clean:
+        before = prev[0] if prev is not None else None
+        if (prev is None or before is None or not complete or set(before) != set(values)
+                or any(values[k] < before[k] for k in values)):
             # first read, a None now or just before, a key change, or a reset
             assert v.rate is None
         else:
-            assert prev is not None and prev[1] is not None and v.cumulative is not None
-            delta = sum(step.raw[k] - prev[0][k] for k in step.raw)  # type: ignore[operator]
+            assert prev[1] is not None and v.cumulative is not None
+            delta = sum(values[k] - before[k] for k in values)
             assert v.cumulative - prev[1] == delta
             dt = now - prev[2]
             assert v.rate is not None
             assert v.rate == pytest.approx(delta / dt, rel=1e-9)
             assert v.rate >= 0
-        prev = (dict(step.raw), v.cumulative, now)
+        prev = (values if complete else None, v.cumulative, now)
 
 
 @given(st.lists(st.integers(0, 10**12), min_size=1, max_size=30).map(sorted),
