@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# shellcheck disable=SC2154  # CEILOMETER_CONF, DEST, ... come from devstack
+# devstack plugin for ceilometer-cmt: L3 cache occupancy and memory bandwidth
+# meters for ceilometer-polling. See devstack/settings for local.conf.
+#
+#   stack install      pip-install the plugin (develop mode) where ceilometer
+#                      runs the compute agent or the notification agent
+#   stack post-config  compute: [cmt] options, privsep helper, our polling
+#                      sources; notification: gnocchi_resources.yaml merged
+#   unstack            compute: remove the resctrl monitor groups we own
+
+function _cmt_bin {
+    echo "${CEILOMETER_BIN_DIR:-$(get_python_exec_prefix)}/$1"
+}
+
+function install_ceilometer_cmt {
+    # the libvirt extra builds libvirt-python against libvirt-dev
+    setup_develop "$CEILOMETER_CMT_DIR" libvirt
+}
+
+function configure_ceilometer_cmt_compute {
+    iniset "$CEILOMETER_CONF" cmt backend "$CEILOMETER_CMT_BACKEND"
+    iniset "$CEILOMETER_CONF" cmt privsep "$CEILOMETER_CMT_PRIVSEP"
+    # ceilometer keeps its own config object, so oslo.privsep cannot rebuild
+    # the helper's arguments: name the config file (the context and socket
+    # arguments are appended by oslo.privsep)
+    iniset "$CEILOMETER_CONF" cmt_privsep helper_command \
+        "sudo $(_cmt_bin privsep-helper) --config-file $CEILOMETER_CONF"
+
+    # Add our two sources to the agent's polling.yaml (replacing earlier
+    # copies of them), and keep a wildcard source from polling our meters too.
+    local polling="$CEILOMETER_CONF_DIR/polling.yaml"
+    "${PYTHON:-python3}" - "$polling" "$CEILOMETER_CMT_DIR/etc/polling.yaml" \
+        "$CEILOMETER_CMT_CACHE_INTERVAL" "$CEILOMETER_CMT_HOST_INTERVAL" <<'PYEOF'
+import os, sys, yaml
+target, ours_file, cache_interval, host_interval = sys.argv[1:]
+ours = yaml.safe_load(open(ours_file))["sources"]
+intervals = {"cmt_cache": int(cache_interval), "cmt_host": int(host_interval)}
+for src in ours:
+    src["interval"] = intervals[src["name"]]
+names = {s["name"] for s in ours}
+meters = [m for s in ours for m in s["meters"]]
+data = yaml.safe_load(open(target)) if os.path.exists(target) else None
+data = data or {"sources": []}
+sources = [s for s in data.get("sources", []) if s.get("name") not in names]
+for s in sources:
+    if "*" in s.get("meters", []):
+        s["meters"] += ["!" + m for m in meters if "!" + m not in s["meters"]]
+data["sources"] = sources + ours
+with open(target, "w") as f:
+    yaml.safe_dump(data, f, default_flow_style=False, sort_keys=False)
+PYEOF
+}
+
+function configure_ceilometer_cmt_notification {
+    # The gnocchi publisher reads gnocchi_resources.yaml from the config dir;
+    # a file there replaces ceilometer's packaged one: merge, never overwrite.
+    local resources="$CEILOMETER_CONF_DIR/gnocchi_resources.yaml"
+    if [[ -f $resources ]]; then
+        "$(_cmt_bin ceilometer-cmt)" gnocchi-resources --base "$resources" -o "$resources"
+    else
+        "$(_cmt_bin ceilometer-cmt)" gnocchi-resources -o "$resources"
+    fi
+}
+
+function cleanup_ceilometer_cmt {
+    sudo "$(_cmt_bin ceilometer-cmt)" cleanup --config-file "$CEILOMETER_CONF" || true
+}
+
+if is_service_enabled ceilometer-acompute ceilometer-anotification; then
+    if [[ $1 == stack && $2 == install ]]; then
+        echo_summary "Installing ceilometer-cmt"
+        install_ceilometer_cmt
+    elif [[ $1 == stack && $2 == post-config ]]; then
+        echo_summary "Configuring ceilometer-cmt"
+        if is_service_enabled ceilometer-acompute; then
+            configure_ceilometer_cmt_compute
+        fi
+        if is_service_enabled ceilometer-anotification; then
+            configure_ceilometer_cmt_notification
+        fi
+    elif [[ $1 == unstack ]]; then
+        if is_service_enabled ceilometer-acompute; then
+            cleanup_ceilometer_cmt
+        fi
+    fi
+fi
