@@ -221,8 +221,10 @@ def test_monitor_meters_over_cycles(caplog) -> None:  # type: ignore[no-untyped-
         r = m.poll(refs)
         assert r.backend == "scripted" and r.host is TWO_SOCKETS and r.monitors_used == 3
         assert r.unmonitored == {U2: "no free RMID (ENOSPC)"}
+        pct = r.instances[U1].occupancy_percent
+        assert pct == pytest.approx(20.0)
         assert r.instances[U1] == InstanceMeters(9 * MIB, {0: 3 * MIB, 1: 6 * MIB},
-                                                 pytest.approx(20.0), 1000, 10, None, None)
+                                                 pct, 1000, 10, None, None)
         clock.t = 10.0
         r = m.poll(refs)
         meters = r.instances[U1]
