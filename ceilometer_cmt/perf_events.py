@@ -207,17 +207,27 @@ class _Libc:
         self.ioctl = self.lib.ioctl
         self.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong]
         self.ioctl.restype = ctypes.c_int
+        self.inotify_init1 = self.lib.inotify_init1
+        self.inotify_init1.argtypes = [ctypes.c_int]
+        self.inotify_init1.restype = ctypes.c_int
+        self.inotify_add_watch = self.lib.inotify_add_watch
+        self.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+        self.inotify_add_watch.restype = ctypes.c_int
         self.nr_perf_event_open = SYSCALL_NUMBERS.get(platform.machine().lower())
 
 
 _LIBC: _Libc | None = None
 
 
-def _libc() -> _Libc:
+def libc() -> _Libc:
+    """The process-wide libc handle (also lends inotify to the backend)."""
     global _LIBC
     if _LIBC is None:
         _LIBC = _Libc()
     return _LIBC
+
+
+_libc = libc
 
 
 def syscall_number(machine: str | None = None) -> int:
@@ -385,7 +395,10 @@ class Counter:
     def close(self) -> None:
         fd, self.fd = self.fd, -1
         if fd >= 0:
-            os.close(fd)
+            try:
+                os.close(fd)
+            except OSError:  # EINTR/EIO: Linux has released the fd anyway
+                pass
 
     def __enter__(self) -> Counter:
         return self

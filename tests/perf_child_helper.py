@@ -144,8 +144,8 @@ class Child:
     def tids(self) -> set[int]:
         return {int(t) for t in os.listdir(f"/proc/{self.pid}/task")}
 
-    def wait_asleep(self, timeout: float = 20.0) -> None:
-        """Until no thread of the child is running (three looks in a row)."""
+    def wait_asleep(self, timeout: float = 20.0, tids: set[int] | None = None) -> None:
+        """Until no thread (of ``tids``, default all) is running, three looks in a row."""
         deadline = time.monotonic() + timeout
         quiet = 0
         while quiet < 3:
@@ -153,6 +153,8 @@ class Child:
                 raise TimeoutError(f"child {self.pid} does not go to sleep")
             states = []
             for tid in os.listdir(f"/proc/{self.pid}/task"):
+                if tids is not None and int(tid) not in tids:
+                    continue
                 try:
                     with open(f"/proc/{self.pid}/task/{tid}/stat", "rb") as f:
                         stat = f.read()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import resource
 import shutil
+import struct
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -18,7 +19,7 @@ from perf_child_helper import Child, open_fds, write_pidfile
 
 from ceilometer_cmt import perf_pmu
 from ceilometer_cmt.errors import BackendUnavailable
-from ceilometer_cmt.perf_backend import PerfBackend
+from ceilometer_cmt.perf_backend import PerfBackend, _sum_chunks
 from ceilometer_cmt.perf_events import PerfPermissionError, PerfUnsupported
 from ceilometer_cmt.readings import HOST_WIDE, BackendCycle, InstanceRef
 from ceilometer_cmt.sysfs_cache import read_host_cache
@@ -181,6 +182,7 @@ def test_event_table_override(pid_dir: str, spawn: Spawn) -> None:
 def test_instance_leaving_closes_its_fds(backend: PerfBackend, spawn: Spawn) -> None:
     spawn("instance-a")
     spawn("instance-b")
+    backend.sync([])  # arms the pid_dir watch (one inotify fd, held until close)
     before = open_fds()
     refs = [InstanceRef(UUID_A, "instance-a"), InstanceRef(UUID_B, "instance-b")]
     backend.sync(refs)
@@ -226,6 +228,7 @@ def test_restart_between_two_polls_is_noticed(backend: PerfBackend, spawn: Spawn
 
 def test_gone_and_foreign_processes_are_unmonitored(backend: PerfBackend, spawn: Spawn,
                                                     pid_dir: str) -> None:
+    backend.sync([])
     before = open_fds()
     dead = Child("instance-dead", pid_dir)
     pidfile = dead.pidfile
@@ -315,6 +318,7 @@ def test_thousand_sync_cycles_leave_fds_unchanged(backend: PerfBackend,
     child = spawn("instance-cycle")
     child.spawn("worker")
     ref = InstanceRef(UUID_A, "instance-cycle")
+    backend.sync([])
     before = open_fds()
     for _ in range(1000):
         assert UUID_A in backend.sync([ref]).readings
@@ -331,6 +335,57 @@ def test_close_releases_everything(pid_dir: str, spawn: Spawn) -> None:
     assert open_fds() != before
     b.close()
     assert open_fds() == before
+
+
+def test_read_error_drops_only_that_instance(backend: PerfBackend, spawn: Spawn) -> None:
+    spawn("instance-ok")
+    spawn("instance-broken")
+    refs = [InstanceRef(UUID_A, "instance-ok"), InstanceRef(UUID_B, "instance-broken")]
+    backend.sync(refs)
+    victim = backend.tracked_fds(UUID_B)[0]
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, victim)  # same fd number, now unreadable: read() gives EBADF
+    finally:
+        os.close(devnull)
+    cycle = backend.sync(refs)
+    assert UUID_A in cycle.readings
+    assert cycle.unmonitored[UUID_B].startswith("perf error")
+    assert backend.tracked_fds(UUID_B) == []
+    assert UUID_B in backend.sync(refs).readings  # reopened next cycle
+
+
+def test_sum_of_mixed_counters() -> None:
+    """The careful path: empty reads, never-run and multiplexed fds add nothing."""
+    pack = struct.Struct("=QQQ").pack
+    assert _sum_chunks([pack(5, 10, 10), pack(7, 3, 3)]) == 12
+    assert _sum_chunks([pack(5, 10, 10), pack(100, 10, 4), b"", pack(9, 0, 0)]) == 5
+    assert _sum_chunks([pack(100, 10, 4), b""]) is None
+    assert _sum_chunks([]) is None
+
+
+def test_steady_state_does_not_list_the_pid_dir(backend: PerfBackend, spawn: Spawn,
+                                                pid_dir: str) -> None:
+    spawn("instance-s")
+    ref = InstanceRef(UUID_A, "instance-s")
+    backend.sync([ref])
+    scans = backend._watch.scans
+    for _ in range(20):
+        assert UUID_A in backend.sync([ref]).readings
+    assert backend._watch.scans == scans  # inotify said nothing changed
+    Path(pid_dir, "other-domain.xml").write_text("<domstatus/>")
+    backend.sync([ref])
+    assert backend._watch.scans == scans + 1
+    backend.sync([ref])
+    assert backend._watch.scans == scans + 1
+
+
+def test_missing_pid_dir_is_no_instance_running(tmp_path: Path) -> None:
+    with PerfBackend(SOFTWARE, "/proc", str(tmp_path / "absent")) as b:
+        for _ in range(2):
+            cycle = b.sync([InstanceRef(UUID_A, "instance-1")])
+            assert cycle.readings == {}
+            assert "no pidfile" in cycle.unmonitored[UUID_A]
 
 
 # ---------------------------------------------------------------- host, probe

@@ -148,6 +148,7 @@ def test_inherit_counts_threads_started_after_open(child: Child) -> None:
                                     flags=pe.ATTR_DISABLED), child.pid) as plain:
         child.spawn("late")
         child.cmd("tburn late")
+        child.wait_asleep(tids={child.pid})  # only the new thread runs
         a, b = grows(inherited)
         assert b is not None and (a or 0) < b
         p1, p2 = grows(plain)
@@ -159,6 +160,7 @@ def test_thread_started_before_open_needs_its_own_counter(child: Child) -> None:
     child.sleep()
     with pe.Counter(TASK_CLOCK, child.pid) as main, pe.Counter(TASK_CLOCK, tid) as own:
         child.cmd("tburn early")
+        child.wait_asleep(tids={child.pid})  # only the old thread runs
         m1, m2 = grows(main)
         o1, o2 = grows(own)
         assert m1 == m2  # inherit does not reach back to existing threads
