@@ -24,8 +24,12 @@ class QemuProcess:
 
 
 def check_domain_name(name: str) -> str:
-    if (not name or name in (".", "..") or any(c in name for c in _FORBIDDEN_IN_NAME)
-            or len(name.encode("utf-8", "surrogateescape")) > 250):
+    try:
+        encoded = name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate no file name can hold
+        encoded = b""
+    if (not encoded or name in (".", "..") or any(c in name for c in _FORBIDDEN_IN_NAME)
+            or len(encoded) > 250):
         raise InstanceGone(f"refusing odd libvirt domain name {name!r}")
     return name
 

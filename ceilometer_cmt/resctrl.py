@@ -77,15 +77,18 @@ def _unescape_mountinfo(field: str) -> str:
 
 def mount_fstype(mountinfo: str, mount_point: str) -> str | None:
     """The fstype of the last mount on ``mount_point`` in a mountinfo text."""
+    # The kernel escapes only space, tab, newline and backslash in mountinfo:
+    # split on "\n" and " " alone, or a mount point holding \r or \x1f could
+    # forge another mount's line.
     found = None
-    for line in mountinfo.splitlines():
+    for line in mountinfo.split("\n"):
         left, sep, right = line.partition(" - ")
-        fields = left.split()
+        fields = left.split(" ")
         if not sep or len(fields) < 5:
             continue
         if _unescape_mountinfo(fields[4]) == mount_point:
-            rfields = right.split()
-            if rfields:
+            rfields = right.split(" ")
+            if rfields and rfields[0]:
                 found = rfields[0]
     return found
 
@@ -96,7 +99,7 @@ def verify_mount(resctrl_root: str, proc_root: str = "/proc") -> str:
     path = os.path.realpath(resctrl_root)
     try:
         with open(os.path.join(proc_root, "self", "mountinfo"), encoding="utf-8",
-                  errors="surrogateescape") as f:
+                  errors="surrogateescape", newline="\n") as f:
             fstype = mount_fstype(f.read(), path)
     except OSError as e:
         raise BackendUnavailable(f"cannot read mountinfo: {e}") from e
@@ -213,7 +216,13 @@ def read_event(group_path: str, domain_dir: str, event: str) -> int:
     subs = [e for e in os.listdir(base) if _SUB_DOMAIN_RE.match(e)]  # ENOENT: group gone
     if not subs:
         raise ValueMissing(f"no {event} in {domain_dir}")
-    return sum(_read_number(os.path.join(base, s, event)) for s in sorted(subs))
+    total = 0
+    for sub in sorted(subs):
+        try:
+            total += _read_number(os.path.join(base, sub, event))
+        except FileNotFoundError as e:  # the group exists: this node has no value
+            raise ValueMissing(f"no {event} in {domain_dir}/{sub}") from e
+    return total
 
 
 class ResctrlOps(Protocol):

@@ -10,7 +10,9 @@ import re
 
 from ceilometer_cmt.readings import CacheDomain, HostCache
 
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMG]?)\s*$")
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMG]?)\s*$", re.ASCII)
+#: Beyond any kernel's NR_CPUS: a larger number is a malformed list, not a cpu.
+MAX_CPU = 1 << 16
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
 
 
@@ -30,10 +32,10 @@ def parse_cpu_list(text: str) -> list[int]:
         return []
     for part in text.split(","):
         lo, sep, hi = part.partition("-")
-        if not lo.isdigit() or (sep and not hi.isdigit()):
+        if not (lo.isascii() and lo.isdigit()) or (sep and not (hi.isascii() and hi.isdigit())):
             raise ValueError(f"not a cpu list: {text!r}")
         first, last = int(lo), int(hi) if sep else int(lo)
-        if last < first:
+        if last < first or last >= MAX_CPU:
             raise ValueError(f"not a cpu list: {text!r}")
         cpus.update(range(first, last + 1))
     return sorted(cpus)

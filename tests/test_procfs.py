@@ -180,9 +180,6 @@ def test_checked_name_stays_in_pid_dir(name: str) -> None:
     assert len(os.fsencode(name + ".pid")) <= 255
 
 
-@pytest.mark.xfail(strict=True, reason="check_domain_name encodes with surrogateescape, "
-                   "which raises UnicodeEncodeError (not InstanceGone) for a lone "
-                   "surrogate outside U+DC80-U+DCFF")
 @pytest.mark.parametrize("name", ["\ud800", "inst-\udbff"])
 def test_check_domain_name_lone_surrogate(name: str) -> None:
     with pytest.raises(InstanceGone):
@@ -191,7 +188,6 @@ def test_check_domain_name_lone_surrogate(name: str) -> None:
 
 @given(st.text(st.characters(exclude_categories=()), max_size=20))
 @example("\ud800")
-@pytest.mark.xfail(strict=True, reason="same bug: any str must give InstanceGone or pass")
 def test_check_domain_name_any_str(name: str) -> None:
     try:
         check_domain_name(name)
@@ -357,8 +353,6 @@ def test_fake_proc_garbage_cmdline(tmp_path, raw: bytes) -> None:  # type: ignor
     assert expected
 
 
-@pytest.mark.xfail(strict=True, reason="a lone surrogate in a domain name escapes "
-                   "check_domain_name as UnicodeEncodeError and stops the whole sync")
 def test_backend_survives_lone_surrogate_name(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from conftest import make_host
 

@@ -152,10 +152,6 @@ def test_mount_fstype_roundtrip(path: str, fstype: str) -> None:
     assert mount_fstype(REAL + line, path + "x") is None
 
 
-@pytest.mark.xfail(strict=True, reason="mount_fstype splits lines with str.splitlines() and "
-                   "fields with str.split(): mount points may hold \\r, \\x0b, \\x0c, "
-                   "\\x1c-\\x1f, \\x85, \\u2028 (the kernel escapes only space, tab, newline, "
-                   "backslash), so one mount's line can forge another's")
 @given(_PATH, st.sampled_from(["resctrl", SIMULATOR_FSTYPE]))
 @example("/x\r1\x1f2\x1f3\x1f/\x1f/sys/fs/resctrl", SIMULATOR_FSTYPE)
 def test_mount_fstype_any_mount_point(path: str, fstype: str) -> None:
@@ -216,9 +212,6 @@ def test_verify_mount_refuses_real_tmpfs(tmp_path, name: str) -> None:  # type: 
     assert not os.path.ismount(str(tmp_path / name))
 
 
-@pytest.mark.xfail(strict=True, reason="see test_mount_fstype_any_mount_point: a real mount "
-                   "whose mount point holds '\\r' and '\\x1f' makes a plain directory "
-                   "look mounted (and open() in text mode also turns \\r into a newline)")
 def test_real_mount_cannot_forge_another_mount_point(tmp_path) -> None:  # type: ignore[no-untyped-def]
     target = tmp_path / "target"
     target.mkdir()
@@ -231,9 +224,6 @@ def test_real_mount_cannot_forge_another_mount_point(tmp_path) -> None:  # type:
         assert mount_fstype(text, str(target)) is None
 
 
-@pytest.mark.xfail(strict=True, reason="forged mountinfo line accepted: verify_mount passes a "
-                   "plain directory as the simulator (fix: split on '\\n' and ' ' only, open "
-                   "mountinfo with newline='\\n')")
 def test_verify_mount_forged_line_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
     target = tmp_path / "plain"
     target.mkdir()
@@ -363,9 +353,6 @@ def test_read_event_snc(tmp_path) -> None:  # type: ignore[no-untyped-def]
         read_event(root, "mon_L3_00", "llc_occupancy")
 
 
-@pytest.mark.xfail(strict=True, reason="read_event on SNC without a top-level file lets "
-                   "FileNotFoundError of a missing sub-node file escape; the backend reads "
-                   "that as 'group vanished' and recreates a group that exists")
 def test_read_event_snc_missing_sub_file_is_value_missing(tmp_path) -> None:  # type: ignore[no-untyped-def]
     root = build_resctrl(str(tmp_path), SNC)
     os.unlink(os.path.join(root, "mon_data", "mon_L3_00", "llc_occupancy"))

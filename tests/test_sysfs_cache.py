@@ -75,8 +75,6 @@ def test_parse_size_accepts_exactly_the_kernel_grammar(text: str) -> None:
             parse_size(text)
 
 
-@pytest.mark.xfail(strict=True, reason="_SIZE_RE uses \\d without re.ASCII: non-ASCII "
-                   "decimal digits such as '\u0663' (ARABIC-INDIC THREE) are accepted")
 @pytest.mark.parametrize("text", ["\u0663K", "\uff11\uff12K", "1\u0660"])
 def test_parse_size_rejects_non_ascii_digits(text: str) -> None:
     with pytest.raises(ValueError):
@@ -151,16 +149,12 @@ def test_parse_cpu_list_text_is_cpus_or_value_error(text: str) -> None:
     assert format_cpu_list(cpus) == format_cpu_list(parse_cpu_list(format_cpu_list(cpus)))
 
 
-@pytest.mark.xfail(strict=True, reason="parse_cpu_list has no upper bound on cpu numbers: "
-                   "a malformed '0-99999999999' expands into a set of 1e11 ints (hang/OOM)")
 @pytest.mark.parametrize("text", ["4194304", "8192-8193,99999999"])
 def test_parse_cpu_list_rejects_impossible_cpu_numbers(text: str) -> None:
     with pytest.raises(ValueError):
         parse_cpu_list(text)
 
 
-@pytest.mark.xfail(strict=True, reason="parse_cpu_list checks str.isdigit() without "
-                   "isascii(): non-ASCII decimal digits are accepted as cpu numbers")
 @pytest.mark.parametrize("text", ["\u0663", "0-\u0663", "\uff11,2"])
 def test_parse_cpu_list_rejects_non_ascii_digits(text: str) -> None:
     with pytest.raises(ValueError):
