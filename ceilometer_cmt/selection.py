@@ -69,6 +69,11 @@ _FACTORIES: dict[str, Callable[[Settings, resctrl.ResctrlOps | None], Backend]] 
 
 def _auto_check(name: str, backend: Backend) -> str | None:
     """Extra condition ``auto`` puts on a backend that opened; None = accept."""
+    if name == "perf":
+        try:
+            backend.probe()  # type: ignore[attr-defined]
+        except CmtError as e:
+            return f"intel_cqm PMU present but does not open: {e}"
     if name == "libvirt":
         probe = getattr(backend, "domains_with_cache_data", None)
         if probe is not None and not probe():
