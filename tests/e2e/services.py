@@ -518,6 +518,53 @@ def ceilometer_notification(rabbit: Rabbit, gnocchi_service: Gnocchi,
             yield Ceilometer(config=config, base=base, resources_file=resources_file)
 
 
+@dataclass
+class PollingAgent:
+    config: Path
+    base: Path
+    daemon: Daemon
+    prometheus_port: int
+
+    def scrape(self) -> str:
+        """The agent's Prometheus exporter page."""
+        url = f"http://{LOOPBACK}:{self.prometheus_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return bytes(resp.read()).decode()
+
+
+@contextlib.contextmanager
+def ceilometer_polling(rabbit: Rabbit, polling_yaml: str,
+                       extra: Mapping[str, Mapping[str, object]] | None = None,
+                       ) -> Iterator[PollingAgent]:
+    """A real ``ceilometer-polling --polling-namespaces compute`` on the bus.
+
+    ``extra`` adds config sections (``[cmt]``, ``libvirt_uri``, ...). The
+    agent's Prometheus exporter listens on loopback.
+    """
+    with workdir("polling") as base:
+        (base / "polling.yaml").write_text(polling_yaml)
+        port = free_port()
+        sections: dict[str, dict[str, object]] = {
+            "polling": {"enable_prometheus_exporter": True,
+                        "prometheus_listen_addresses": f"{LOOPBACK}:{port}"},
+        }
+        for section, options in (extra or {}).items():
+            sections.setdefault(section, {}).update(options)
+        # no gnocchi endpoint: the compute agent talks to the bus only
+        config = ceilometer_config(base, rabbit, "http://127.0.0.1:9", sections)
+        agent = Daemon("ceilometer-polling",
+                       [str(CEILOMETER_BIN / "ceilometer-polling"), "--polling-namespaces",
+                        "compute", "--config-file", str(config)], base / "polling.log",
+                       stop_signal=signal.SIGTERM)
+        with running(agent):
+            polling = PollingAgent(config=config, base=base, daemon=agent,
+                                   prometheus_port=port)
+            with timed("ceilometer-polling"):
+                wait_for("the polling agent's Prometheus exporter", polling.scrape, 60,
+                         logs=[agent.log], daemons=[agent])
+            yield polling
+
+
 def push_samples(ceilometer_conf: Path, samples: Sequence[Mapping[str, Any]],
                  log: Path | None = None) -> None:
     """Send samples over RabbitMQ exactly as ceilometer-polling does (see push_samples.py)."""

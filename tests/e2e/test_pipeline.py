@@ -18,20 +18,27 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import string
 import subprocess
+import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import services
+import yaml
 from services import Stack, push_samples, wait_for
 
 from ceilometer_cmt import gnocchi_resources
+from ceilometer_cmt.sysfs_cache import read_cache_domains
+from ceilometer_cmt.testbed import FakeInstance, StandInQemu, make_instances, write_node_xml
 
 REPO = Path(__file__).resolve().parents[2]
 AODH_EXAMPLES = REPO / "etc" / "aodh"
@@ -291,6 +298,175 @@ def test_example_alarms_are_accepted(stack: Stack) -> None:
             assert _rule(matching[0]) == _rule(matching[1]), expected
             for alarm in matching:  # the CLI's are enabled: stop their evaluation
                 st.aodh.request("DELETE", f"/v2/alarms/{alarm['alarm_id']}")
+
+
+# ------------------------------------------------- the real polling agent on a fake host
+
+COMPUTE_HOST = "cmt-e2e-compute"
+HIGH, LOW = 45, 5  # percent of L3 domain 0 the simulated instance occupies
+SWITCH_AT = 100_000  # simulated second where the instance drops from HIGH to LOW
+
+
+@dataclass
+class FakeCompute:
+    instance: FakeInstance
+    agent_options: dict[str, dict[str, object]]
+    simulator: Any
+    l3_bytes: int
+
+    def drop_occupancy(self) -> None:
+        """Jump the simulated clock past SWITCH_AT: the instance falls to LOW percent."""
+        self.simulator.advance(SWITCH_AT)
+
+
+@contextlib.contextmanager
+def fake_compute() -> Iterator[FakeCompute]:
+    """A compute host for ceilometer-polling: one Nova instance in a libvirt
+    test-driver node, its stand-in qemu process, the resctrl simulator (FUSE) with
+    the matching sysfs cache topology. The simulator's clock is manual and ticks
+    one simulated second per second until the test jumps it."""
+    from ceilometer_cmt.simulator.runner import Simulator, fuse_missing_reason
+    from ceilometer_cmt.simulator.topology import get_topology
+
+    reason = fuse_missing_reason()
+    if reason:
+        pytest.skip(f"resctrl simulator unavailable: {reason}")
+    base = Path(tempfile.mkdtemp(prefix="cmt-e2e-compute-"))
+    stop = threading.Event()
+    with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, base, True)
+        (instance,) = make_instances(1, start=7)
+        node = write_node_xml(str(base / "node.xml"), [instance])
+        topology = get_topology("intel-2s")
+        topology.write_sysfs(str(base / "sys"))
+        qemu = StandInQemu(instance.domain_name, str(base / "run"), extra_threads=1).start()
+        stack.callback(qemu.stop)
+        scenario = {"clock": "manual", "processes": [{
+            "name": "vm", "match": {"cmdline": f"guest={instance.domain_name}"},
+            "interpolate": "step", "timeline": [
+                {"t": 0, "occupancy": {0: f"{HIGH}%"}, "mbm_total": {0: "1GiB"},
+                 "mbm_local": {0: "768MiB"}},
+                {"t": SWITCH_AT, "occupancy": {0: f"{LOW}%"}},
+            ]}]}
+        simulator = Simulator(str(base / "resctrl"), "intel-2s", scenario).start()
+        stack.callback(simulator.stop)
+
+        def tick() -> None:
+            while not stop.wait(1.0):
+                with contextlib.suppress(Exception):
+                    simulator.advance(1)
+
+        ticker = threading.Thread(target=tick, name="sim-clock", daemon=True)
+        ticker.start()
+        stack.callback(ticker.join, 5)
+        stack.callback(stop.set)
+        l3_bytes = sum(d.size for d in read_cache_domains(str(base / "sys")))
+        yield FakeCompute(instance=instance, simulator=simulator, l3_bytes=l3_bytes,
+                          agent_options={
+            "DEFAULT": {"host": COMPUTE_HOST, "libvirt_uri": f"test://{node}"},
+            "cmt": {"resctrl_root": base / "resctrl", "sysfs_root": base / "sys",
+                    "libvirt_pid_dir": base / "run", "privsep": "never"},
+        })
+
+
+def shipped_polling_yaml(cache_interval: int, host_interval: int) -> str:
+    """etc/polling.yaml as shipped, with test-sized intervals."""
+    data = yaml.safe_load((REPO / "etc" / "polling.yaml").read_text())
+    intervals = {"cmt_cache": cache_interval, "cmt_host": host_interval}
+    for source in data["sources"]:
+        source["interval"] = intervals[source["name"]]
+    return yaml.safe_dump(data)
+
+
+def prometheus_value(page: str, metric: str, resource: str) -> float | None:
+    for line in page.splitlines():
+        if line.startswith(metric + "{") and f'resource="{resource}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def test_polling_agent_to_gnocchi_aodh_and_prometheus(stack: Stack) -> None:
+    """ceilometer-polling with this plugin, against the simulator, feeds the whole stack."""
+    st = stack
+    with fake_compute() as compute, diagnostics(st):
+        vm = compute.instance
+        hook = st.webhook.url("/polling-agent")
+        per_instance = st.aodh.create_alarm(example_alarm(
+            "instance-cache-occupancy.json", INSTANCE_ID=vm.uuid, WEBHOOK_URL=hook))
+        per_project = st.aodh.create_alarm(example_alarm(
+            "project-cache-occupancy.json", PROJECT_ID=vm.project_id, WEBHOOK_URL=hook))
+        with services.ceilometer_polling(st.rabbit, shipped_polling_yaml(5, 10),
+                                         compute.agent_options) as agent:
+            try:
+                # -- Gnocchi: the instance resource, its metrics and units
+                point = wait_measures(st, "instance", vm.uuid, "cache.occupancy.percent")
+                assert point[-1][2] == pytest.approx(HIGH, abs=0.5)
+                resource = st.gnocchi.get(f"/v1/resource/instance/{vm.uuid}")
+                assert (resource["display_name"], resource["flavor_id"]) == (
+                    vm.display_name, vm.flavor_id)
+                assert (resource["project_id"], resource["user_id"]) == (
+                    vm.project_id, vm.user_id)
+                expected_units = {
+                    "cache.occupancy": "B", "cache.occupancy.percent": "%",
+                    "cpu_l3_cache": "B", "memory.bandwidth.total.bytes": "B",
+                    "memory.bandwidth.local.bytes": "B", "memory.bandwidth.total": "B/s",
+                    "memory.bandwidth.local": "B/s"}
+                def all_metrics() -> dict[str, str] | None:
+                    got: dict[str, str] = st.gnocchi.get(
+                        f"/v1/resource/instance/{vm.uuid}")["metrics"]
+                    return got if set(expected_units) <= set(got) else None
+
+                metrics = wait_for("every instance meter in Gnocchi", all_metrics, 60,
+                                   interval=1)
+                for meter, unit in expected_units.items():
+                    assert st.gnocchi.get(f"/v1/metric/{metrics[meter]}")["unit"] == unit
+                # Gnocchi's rate of the cumulative counter; the agent's own rate gauge
+                wait_for("a rate:mean point of memory.bandwidth.total.bytes", lambda: any(
+                    p[2] > 0 for p in measures(st, "instance", vm.uuid,
+                                               "memory.bandwidth.total.bytes", "rate:mean")),
+                    60, interval=1)
+                assert wait_measures(st, "instance", vm.uuid,
+                                     "memory.bandwidth.total")[-1][2] > 0
+
+                # -- the host resource
+                size = wait_measures(st, "host", COMPUTE_HOST, "cache.size")
+                assert size[-1][2] == float(compute.l3_bytes)
+                host = st.gnocchi.get(f"/v1/resource/host/{COMPUTE_HOST}")
+                assert host["host_name"] == COMPUTE_HOST
+                assert st.gnocchi.get(f"/v1/metric/{host['metrics']['cache.size']}")[
+                    "unit"] == "B"
+
+                # -- Prometheus exporter: the same samples, scraped
+                page = agent.scrape()
+                assert prometheus_value(page, "ceilometer_cache_occupancy_percent",
+                                        vm.uuid) == pytest.approx(HIGH, abs=0.5)
+                assert prometheus_value(page, "ceilometer_cache_size",
+                                        COMPUTE_HOST) == float(compute.l3_bytes)
+
+                # -- Aodh: above 30% -> alarm, webhook called
+                for alarm in (per_instance, per_project):
+                    wait_for(f"{alarm['name']} -> alarm", lambda a=alarm["alarm_id"]:
+                             st.aodh.state(a) == "alarm", 90, interval=1)
+                    st.webhook.wait(lambda _c, a=alarm["alarm_id"]:
+                                    "alarm" in webhook_states(st, a), 30)
+
+                # -- the instance drops to 5%: the 5-minute mean falls under 30 -> ok
+                compute.drop_occupancy()
+                wait_for("the exporter to show the drop", lambda: prometheus_value(
+                    agent.scrape(), "ceilometer_cache_occupancy_percent",
+                    vm.uuid) == pytest.approx(LOW, abs=0.5), 30, interval=1)
+                alarm_id = per_instance["alarm_id"]
+                wait_for("per-instance alarm -> ok", lambda: st.aodh.state(alarm_id) == "ok",
+                         240, interval=2)
+                st.webhook.wait(lambda _c: webhook_states(st, alarm_id) == ["alarm", "ok"],
+                                30)
+            except BaseException:
+                print(services.tail(agent.daemon.log, 60))
+                raise
+            finally:
+                for alarm in (per_instance, per_project):
+                    with contextlib.suppress(services.ServiceError):
+                        st.aodh.request("DELETE", f"/v2/alarms/{alarm['alarm_id']}")
 
 
 def _rule(alarm: Mapping[str, Any]) -> Mapping[str, Any]:
