@@ -1,0 +1,305 @@
+#!/usr/bin/env python3
+"""Steady-state resctrl cycle over many instances against raw open+read of the same files.
+
+Issue 3's benchmark. Everything lives in a tmpfs (``/dev/shm`` by default, or a
+tmpfs this script mounts and unmounts with ``--mount``): an INTEL_2S resctrl
+fixture tree (tests/kernel_trees.py), a fake ``/proc`` with one qemu process
+per instance (``-name guest=<domain>,debug-threads=on`` and its threads), and
+libvirt-style pidfiles. ``ResctrlBackend`` (``verify_mount=False``, the
+fixture's :class:`KernelOps`) syncs once to create and fill the groups; then,
+in the same run and in alternating order:
+
+- the plugin side: ``CacheMonitor.poll()`` over all instances (backend sync:
+  pidfile stat, ``task/`` listing, value reads; monitor: sums, percent, MBM
+  counters and rates);
+- the raw side: ``os.open`` + ``os.read`` + ``os.close`` of exactly the value
+  files the backend reads (every ``mon_data/mon_L3_*/<event>`` of every group),
+  nothing else.
+
+Prints the medians, their ratio (goal <= 1.5x) and the mkdir/write calls made
+in steady state (goal 0).
+
+    python bench/bench_resctrl.py [--instances 1000] [--threads 4] [--runs 7]
+        [--mount] [--profile] [--write-doc]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import io
+import os
+import platform
+import pstats
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid as uuidlib
+from collections.abc import Callable, Iterator
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+
+from kernel_trees import (  # noqa: E402
+    INTEL_2S,
+    KernelOps,
+    build_proc,
+    build_resctrl,
+    build_sysfs,
+    qemu_cmdline,
+    set_value,
+)
+
+from ceilometer_cmt.monitor import CacheMonitor  # noqa: E402
+from ceilometer_cmt.readings import InstanceRef  # noqa: E402
+from ceilometer_cmt.resctrl_backend import ResctrlBackend  # noqa: E402
+
+DOC = os.path.join(ROOT, "doc", "benchmarks.md")
+SECTION = "## resctrl backend"
+
+
+class IndexedKernelOps(KernelOps):
+    """KernelOps with the same semantics, but tasks membership kept in a dict.
+
+    KernelOps.write_tasks rescans every monitor group's ``tasks`` file for
+    each TID it moves (O(groups) per TID), which makes setting up 1000 groups
+    take minutes; this only changes the setup's cost, never the steady state
+    measured (which calls no ops at all). Every call is still recorded in
+    :attr:`calls`.
+    """
+
+    def __init__(self, *args: object, **kw: object) -> None:
+        super().__init__(*args, **kw)  # type: ignore[arg-type]
+        self._mon_of: dict[int, str] = {}
+
+    def write_tasks(self, tasks_path: str, tids: list[int]) -> list[tuple[int, int]]:
+        self.calls.append(("write", tasks_path))
+        group = os.path.dirname(tasks_path)
+        failures = []
+        for tid in tids:
+            self.calls.append(("write-tid", str(tid)))
+            if not os.path.isdir(os.path.join(self.proc_root, str(tid))):
+                failures.append((tid, 3))  # ESRCH
+                continue
+            old = self._mon_of.get(tid)
+            if old is not None and old != group and os.path.isdir(old):
+                self._remove_tid(old, tid)
+            self._mon_of[tid] = group
+            with open(tasks_path, "a", encoding="ascii") as f:
+                f.write(f"{tid}\n")
+        return failures
+
+
+@contextlib.contextmanager
+def workdir(mount: bool) -> Iterator[str]:
+    """A fresh directory on a tmpfs, removed (and unmounted) afterwards."""
+    if mount:
+        d = tempfile.mkdtemp(prefix="cmt-bench-resctrl-")
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512m", "cmt-bench", d], check=True)
+        try:
+            yield d
+        finally:
+            subprocess.run(["umount", d], check=True)
+            os.rmdir(d)
+    else:
+        base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        d = tempfile.mkdtemp(prefix="cmt-bench-resctrl-", dir=base)
+        try:
+            yield d
+        finally:
+            shutil.rmtree(d)
+
+
+def fstype_of(path: str) -> str:
+    r = subprocess.run(["stat", "-f", "-c", "%T", path], capture_output=True, text=True,
+                       check=False)
+    return r.stdout.strip() or "?"
+
+
+def build_host(work: str, n: int, threads: int) -> tuple[str, str, str, str, list[InstanceRef]]:
+    sysfs = build_sysfs(os.path.join(work, "sys"), INTEL_2S)
+    rc = build_resctrl(os.path.join(work, "resctrl"), INTEL_2S)
+    proc = os.path.join(work, "proc")
+    pid_dir = os.path.join(work, "run", "libvirt", "qemu")
+    os.makedirs(pid_dir)
+    refs = []
+    for i in range(n):
+        name = f"instance-{i + 1:08x}"
+        pid = 10000 + i * (threads + 1)
+        tids = [pid + k for k in range(threads)]
+        build_proc(proc, pid, qemu_cmdline(name), tids)
+        for tid in tids[1:]:
+            os.makedirs(os.path.join(proc, str(tid)), exist_ok=True)  # /proc/<tid> exists too
+        with open(os.path.join(pid_dir, name + ".pid"), "w", encoding="ascii") as f:
+            f.write(f"{pid}\n")
+        refs.append(InstanceRef(str(uuidlib.UUID(int=(0xBE7C << 112) | (i + 1))), name))
+    return sysfs, rc, proc, pid_dir, refs
+
+
+def value_files(backend: ResctrlBackend) -> list[str]:
+    """Every mon_data file the backend reads in one cycle, in its order."""
+    paths = []
+    for uuid in backend._tracked:  # noqa: SLF001 - the benchmark mirrors the backend
+        for _ctrl, group in sorted(backend._tracked[uuid].groups.items()):
+            for _dom, ddir in backend._domains:
+                for ev in backend.events:
+                    paths.append(os.path.join(group, "mon_data", ddir, ev))
+    return paths
+
+
+def raw_read(paths: list[str]) -> int:
+    total = 0
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        total += len(os.read(fd, 64))
+        os.close(fd)
+    return total
+
+
+def syscall_floor(paths: list[str], pidfiles: list[str], task_dirs: list[str]) -> int:
+    """Raw reads plus the two per-instance syscalls the backend cannot avoid
+    (stat of the pidfile, listing of /proc/<pid>/task)."""
+    n = raw_read(paths)
+    for pf, td in zip(pidfiles, task_dirs, strict=True):
+        os.stat(pf)
+        n += len(os.listdir(td))
+    return n
+
+
+def timed(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--instances", type=int, default=1000)
+    ap.add_argument("--threads", type=int, default=4, help="threads per qemu process")
+    ap.add_argument("--runs", type=int, default=7, help="measured cycles per side")
+    ap.add_argument("--mount", action="store_true",
+                    help="mount a private tmpfs (root) instead of using /dev/shm")
+    ap.add_argument("--profile", action="store_true", help="cProfile one steady-state poll")
+    ap.add_argument("--write-doc", action="store_true",
+                    help=f"write the figures to {os.path.relpath(DOC, ROOT)}")
+    args = ap.parse_args()
+
+    with workdir(args.mount) as work:
+        t0 = time.perf_counter()
+        sysfs, rc, proc, pid_dir, refs = build_host(work, args.instances, args.threads)
+        ops = IndexedKernelOps(rc, INTEL_2S, proc_root=proc)
+        backend = ResctrlBackend(rc, sysfs_root=sysfs, proc_root=proc, pid_dir=pid_dir,
+                                 verify_mount=False, ops=ops)
+        monitor = CacheMonitor(backend)
+        first = monitor.poll(refs)
+        setup = time.perf_counter() - t0
+        assert not first.unmonitored, list(first.unmonitored.items())[:3]
+        assert len(first.instances) == args.instances
+        assert backend.mkdirs == args.instances
+        # values as the kernel would show them
+        for i, ref in enumerate(refs):
+            group = backend._tracked[ref.uuid].groups[""]  # noqa: SLF001
+            for dom in INTEL_2S.domains:
+                set_value(group, dom, "llc_occupancy", 1048576 + 4096 * i + dom)
+                set_value(group, dom, "mbm_total_bytes", 10**11 + 12345 * i)
+                set_value(group, dom, "mbm_local_bytes", 10**10 + 321 * i)
+        paths = value_files(backend)
+        monitor.poll(refs)  # warm: counters have a baseline, caches are hot
+
+        pidfiles = [os.path.join(pid_dir, r.domain_name + ".pid") for r in refs]
+        task_dirs = [os.path.join(proc, str(backend._tracked[r.uuid].pid), "task")  # noqa: SLF001
+                     for r in refs]
+        mk0, wr0, rm0, calls0 = backend.mkdirs, backend.writes, backend.rmdirs, len(ops.calls)
+        plugin, raw, sync, floor = [], [], [], []
+        for _ in range(args.runs):
+            plugin.append(timed(lambda: monitor.poll(refs)))
+            raw.append(timed(lambda: raw_read(paths)))
+            sync.append(timed(lambda: backend.sync(refs)))
+            floor.append(timed(lambda: syscall_floor(paths, pidfiles, task_dirs)))
+        res = monitor.poll(refs)
+        steady_mkdirs = backend.mkdirs - mk0
+        steady_writes = backend.writes - wr0
+        steady_rmdirs = backend.rmdirs - rm0
+        steady_calls = ops.calls[calls0:]
+        assert len(res.instances) == args.instances
+        assert all(m.occupancy is not None and m.mbm_total_rate is not None
+                   for m in res.instances.values())
+
+        profile_text = ""
+        if args.profile:
+            prof = cProfile.Profile()
+            prof.enable()
+            monitor.poll(refs)
+            prof.disable()
+            out = io.StringIO()
+            pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(18)
+            profile_text = out.getvalue()
+        fs = fstype_of(work)
+
+    med_p, med_r = statistics.median(plugin), statistics.median(raw)
+    med_s, med_f = statistics.median(sync), statistics.median(floor)
+    ratio = med_p / med_r
+    lines = [
+        f"host: {platform.node()} {platform.machine()}, Python {platform.python_version()}, "
+        f"kernel {platform.release()}, work dir on {fs}",
+        f"instances: {args.instances} x {args.threads} threads, INTEL_2S (2 L3 domains, "
+        f"{len(backend.events)} events) -> {len(paths)} value files per cycle",
+        f"setup (tree + first sync creating {args.instances} groups): {setup:.1f} s",
+        f"plugin cycle (CacheMonitor.poll), median of {args.runs}: {med_p * 1e3:.1f} ms "
+        f"({med_p / args.instances * 1e6:.1f} us/instance)  "
+        f"[min {min(plugin) * 1e3:.1f}, max {max(plugin) * 1e3:.1f}]",
+        f"raw open+read of the same files, median of {args.runs}: {med_r * 1e3:.1f} ms "
+        f"({med_r / len(paths) * 1e6:.2f} us/file)  "
+        f"[min {min(raw) * 1e3:.1f}, max {max(raw) * 1e3:.1f}]",
+        f"  of which backend.sync alone: {med_s * 1e3:.1f} ms; monitor (meters, counters): "
+        f"{(med_p - med_s) * 1e3:.1f} ms",
+        f"  syscall floor (raw reads + per instance stat(pidfile) + listdir(task)): "
+        f"{med_f * 1e3:.1f} ms = {med_f / med_r:.2f}x raw",
+        f"ratio plugin/raw: {ratio:.2f}x (goal <= 1.5x): {'OK' if ratio <= 1.5 else 'ABOVE GOAL'}",
+        f"steady state over {args.runs + 1} cycles: mkdir {steady_mkdirs}, tasks writes "
+        f"{steady_writes}, rmdir {steady_rmdirs}, KernelOps calls {len(steady_calls)} "
+        f"(goal 0)",
+    ]
+    print("\n".join(lines))
+    if profile_text:
+        print("\ncProfile of one steady-state poll (by own time):")
+        print(profile_text)
+    if args.write_doc:
+        write_doc(lines, args)
+    return 0 if steady_mkdirs == steady_writes == len(steady_calls) == 0 else 1
+
+
+def write_doc(lines: list[str], args: argparse.Namespace) -> None:
+    """Replace (or add) only the "resctrl backend" section of doc/benchmarks.md."""
+    cmd = "python bench/bench_resctrl.py" + (
+        f" --instances {args.instances}" if args.instances != 1000 else "") + (
+        " --mount" if args.mount else "")
+    body = [SECTION, "", f"`{cmd}` ({time.strftime('%Y-%m-%d')}):", "", "```",
+            *lines, "```", ""]
+    text = ""
+    if os.path.exists(DOC):
+        with open(DOC, encoding="utf-8") as f:
+            text = f.read()
+    if not text.strip():
+        text = "# Benchmarks\n\n"
+    start = text.find(SECTION + "\n")
+    if start < 0:
+        text = text.rstrip("\n") + "\n\n" + "\n".join(body)
+    else:
+        nxt = text.find("\n## ", start + len(SECTION))
+        end = len(text) if nxt < 0 else nxt + 1
+        text = text[:start] + "\n".join(body) + ("\n" if nxt >= 0 else "") + text[end:]
+    os.makedirs(os.path.dirname(DOC), exist_ok=True)
+    with open(DOC, "w", encoding="utf-8") as f:
+        f.write(text)
+    print(f"wrote {os.path.relpath(DOC, ROOT)} ({SECTION[3:]} section)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
