@@ -1,0 +1,316 @@
+"""Reliability suite: the resctrl backend under what production hosts do to it.
+
+Everything runs against the FUSE resctrl simulator with real syscalls (mkdir,
+rmdir, ``tasks`` writes, value reads) from the plugin's own backend, with the
+mount check on, and real stand-in qemu processes. Each test prints its figures
+(``pytest -s`` shows them) and cleans up every mount and process it made.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid as uuidlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from ceilometer_cmt import resctrl
+from ceilometer_cmt.monitor import CacheMonitor
+from ceilometer_cmt.readings import InstanceRef
+from ceilometer_cmt.resctrl_backend import ResctrlBackend
+from ceilometer_cmt.simulator import Simulator, fuse_missing_reason, mount_fstype
+from ceilometer_cmt.simulator.topology import get_topology
+from ceilometer_cmt.testbed import StandInQemu
+
+_reason = fuse_missing_reason()
+if _reason is None and os.geteuid() != 0:
+    _reason = "mounting the simulator with allow_other needs root"
+pytestmark = pytest.mark.skipif(_reason is not None, reason=f"no FUSE here: {_reason}")
+
+PREFIX = "ceilometer-"
+HERE = os.path.dirname(os.path.abspath(__file__))
+AGENT = os.path.join(HERE, "reliability_agent.py")
+
+#: Churn size: instance starts (each one also stopped) over the whole run.
+CHURN_STARTS = int(os.environ.get("CMT_CHURN_STARTS", "10000"))
+CHURN_POOL = 40  # real stand-in processes
+CHURN_SWAP = 20  # instances replaced per cycle: 20 starts + 20 stops
+
+
+def new_uuid() -> str:
+    return str(uuidlib.uuid4())
+
+
+def load(name: str) -> dict[str, Any]:
+    """Every qemu of domain ``name``: 1 MiB per domain, 1000 B/s total, 100 B/s local."""
+    return {"match": {"cmdline": f"guest={name},"}, "timeline": [
+        {"t": 0, "occupancy": {"*": "1MiB"}, "mbm_total": {"*": 1000}, "mbm_local": {"*": 100}},
+    ]}
+
+
+@dataclass
+class Rig:
+    tmp: str
+    sim: Simulator
+    sysfs: str
+    pid_dir: str
+    qemus: dict[str, StandInQemu] = field(default_factory=dict)
+    others: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def root(self) -> str:
+        return self.sim.mountpoint
+
+    def start_qemu(self, name: str, extra_threads: int = 0) -> StandInQemu:
+        q = StandInQemu(name, self.pid_dir, extra_threads=extra_threads).start()
+        self.qemus[name] = q
+        return q
+
+    def backend(self, **kw: Any) -> ResctrlBackend:
+        return ResctrlBackend(self.root, sysfs_root=self.sysfs, proc_root="/proc",
+                              pid_dir=self.pid_dir, prefix=PREFIX, verify_mount=True, **kw)
+
+    def our_groups(self) -> list[str]:
+        """Paths (relative to the mount) of every group with our prefix."""
+        out = []
+        for ctrl in resctrl.list_ctrl_groups(self.root):
+            for name in resctrl.list_mon_groups(self.root, ctrl):
+                if name.startswith(PREFIX):
+                    out.append(os.path.join(ctrl, "mon_groups", name) if ctrl
+                               else os.path.join("mon_groups", name))
+        return sorted(out)
+
+    def kernel_mbm_total(self, uuid: str) -> int:
+        """Sum of mbm_total_bytes of the instance's group(s), read from the mount."""
+        total = 0
+        for rel in self.our_groups():
+            if rel.endswith(PREFIX + uuid):
+                for _dom, dom_dir in resctrl.list_domains(self.root):
+                    v = resctrl.read_event(os.path.join(self.root, rel), dom_dir,
+                                           "mbm_total_bytes")
+                    total += v
+        return total
+
+
+@pytest.fixture
+def rig(tmp_path: Any) -> Iterator[Callable[..., Rig]]:
+    made: list[Rig] = []
+
+    def _make(scenario: dict[str, Any] | None = None, topology: str = "intel-2s") -> Rig:
+        tmp = str(tmp_path)
+        sysfs = os.path.join(tmp, "sys")
+        get_topology(topology).write_sysfs(sysfs)
+        pid_dir = os.path.join(tmp, "run")
+        os.makedirs(pid_dir, exist_ok=True)
+        sc = {"clock": "manual", "limbo_seconds": 0}
+        sc.update(scenario or {})
+        sim = Simulator(os.path.join(tmp, "resctrl"), topology, sc)
+        r = Rig(tmp, sim, sysfs, pid_dir)
+        made.append(r)
+        sim.start()
+        return r
+
+    yield _make
+    for r in made:
+        for q in r.qemus.values():
+            q.stop()
+        for p in r.others:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+        r.sim.stop()
+        assert mount_fstype(r.sim.mountpoint) is None
+
+
+def fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+# --------------------------------------------------------------------- churn
+def test_churn_groups_follow_instances_fds_constant(rig: Callable[..., Rig]) -> None:
+    names = [f"instance-{i:08x}" for i in range(CHURN_POOL)]
+    r = rig({"processes": [load(n) for n in names]})
+    for n in names:
+        r.start_qemu(n)
+    backend = r.backend()
+    mon = CacheMonitor(backend)
+    # cycle 0: the first half of the pool runs; then every cycle the running half
+    # stops and the other half starts under new uuids (new instances, new groups)
+    running = {n: new_uuid() for n in names[:CHURN_SWAP]}
+    starts = len(running)
+    stops = 0
+    cycles = 0
+    fd_counts: set[int] = set()
+    fds_first: int | None = None
+    t0 = time.monotonic()
+    try:
+        while True:
+            refs = [InstanceRef(u, n) for n, u in running.items()]
+            res = mon.poll(refs)
+            r.sim.advance(1)
+            cycles += 1
+            want = sorted(f"mon_groups/{PREFIX}{u}" for u in running.values())
+            assert r.our_groups() == want, f"cycle {cycles}"
+            assert res.unmonitored == {}, f"cycle {cycles}"
+            assert set(res.instances) == set(running.values()), f"cycle {cycles}"
+            for u, m in res.instances.items():
+                assert m.occupancy is not None and m.occupancy > 0, (cycles, u)
+                assert m.mbm_total_bytes is not None, (cycles, u)
+            n_fds = fds()
+            if fds_first is None:
+                fds_first = n_fds
+            fd_counts.add(n_fds)
+            assert n_fds == fds_first, f"cycle {cycles}: {n_fds} fds, first {fds_first}"
+            if starts >= CHURN_STARTS:
+                break
+            idle = [n for n in names if n not in running]
+            stops += len(running)
+            running = {n: new_uuid() for n in idle[:CHURN_SWAP]}
+            starts += len(running)
+        mon.poll([])
+        stops += len(running)
+        assert r.our_groups() == []
+        elapsed = time.monotonic() - t0
+    finally:
+        mon.close()
+    print(f"\nchurn: {starts} instance starts, {stops} stops in {cycles + 1} cycles, "
+          f"{elapsed:.1f} s ({starts / elapsed:.0f} starts/s), mkdir {backend.mkdirs}, "
+          f"rmdir {backend.rmdirs}, tasks writes {backend.writes}, fds {sorted(fd_counts)}")
+    assert backend.mkdirs == starts and backend.rmdirs == stops == starts
+
+
+# ------------------------------------------------------------ agent processes
+@dataclass
+class Agent:
+    proc: subprocess.Popen[bytes]
+    out: str
+
+    def lines(self) -> list[dict[str, Any]]:
+        try:
+            with open(self.out, encoding="utf-8") as f:
+                return [json.loads(ln) for ln in f if ln.endswith("\n")]
+        except FileNotFoundError:
+            return []
+
+    def wait_lines(self, n: int, timeout: float = 60.0) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            got = self.lines()
+            if len(got) >= n:
+                return got
+            if self.proc.poll() is not None and len(self.lines()) < n:
+                raise AssertionError(f"agent exited with {self.proc.returncode} after "
+                                     f"{len(got)} cycles: {self.proc.stderr and ''}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"agent made {len(got)} cycles, wanted {n}")
+            time.sleep(0.01)
+
+
+def write_refs(path: str, refs: list[tuple[str, str]]) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(refs, f)
+    os.replace(tmp, path)
+
+
+def start_agent(r: Rig, name: str, refs_path: str, *, cycles: int = 1000000,
+                sleep: float = 0.0, go: str | None = None) -> Agent:
+    cfg = os.path.join(r.tmp, f"{name}.json")
+    out = os.path.join(r.tmp, f"{name}.jsonl")
+    with open(cfg, "w", encoding="utf-8") as f:
+        json.dump({"root": r.root, "sysfs": r.sysfs, "pid_dir": r.pid_dir, "refs": refs_path,
+                   "out": out, "cycles": cycles, "sleep": sleep, "go": go}, f)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (os.path.dirname(HERE), env.get("PYTHONPATH", "")) if p)
+    proc = subprocess.Popen([sys.executable, AGENT, cfg], env=env, stdin=subprocess.DEVNULL)
+    r.others.append(proc)
+    return Agent(proc, out)
+
+
+def uuid_of(rel: str) -> str:
+    return os.path.basename(rel)[len(PREFIX):]
+
+
+def test_kill9_mid_cycle_then_restart_adopts_sweeps_and_continues(
+        rig: Callable[..., Rig]) -> None:
+    a_names = [f"instance-a{i:07x}" for i in range(8)]
+    b_names = [f"instance-b{i:07x}" for i in range(24)]
+    r = rig({"processes": [load(n) for n in a_names + b_names]})
+    for n in a_names:
+        r.start_qemu(n)
+    for n in b_names:
+        r.start_qemu(n, extra_threads=3)  # 4 tasks writes each: a longer cycle to land in
+    ua = {n: new_uuid() for n in a_names}
+    ub = {n: new_uuid() for n in b_names}
+    refs = os.path.join(r.tmp, "refs.json")
+    write_refs(refs, [(ua[n], n) for n in a_names])
+    first = start_agent(r, "agent1", refs, sleep=0.01)
+    n0 = len(first.wait_lines(1))
+    assert first.lines()[0]["unmonitored"] == {}
+    r.sim.advance(10)  # 10 s of 2 x 1000 B/s per instance
+    old = first.wait_lines(n0 + 2)[-1]
+    assert set(old["instances"]) == set(ua.values())
+    old_mbm = {u: v["mbm_total"] for u, v in old["instances"].items()}
+    assert all(v == 20000 for v in old_mbm.values()), old_mbm
+
+    # The agent gets 24 new instances and loses two; kill -9 it while it makes groups.
+    write_refs(refs, [(ua[n], n) for n in a_names[2:]] + [(ub[n], n) for n in b_names])
+    b_uuids = set(ub.values())
+    polls = 0
+    deadline = time.monotonic() + 30
+    while True:
+        made = sum(1 for g in os.listdir(os.path.join(r.root, "mon_groups"))
+                   if g[len(PREFIX):] in b_uuids)
+        polls += 1
+        if made >= 1:
+            os.kill(first.proc.pid, signal.SIGKILL)
+            break
+        assert time.monotonic() < deadline, "the agent never started making groups"
+    first.proc.wait()
+    assert first.proc.returncode == -signal.SIGKILL
+    time.sleep(0.2)  # a mkdir already in the daemon completes
+    at_kill = r.our_groups()
+    b_made = [g for g in at_kill if uuid_of(g) in b_uuids]
+    print(f"\nkill -9: agent killed after {polls} listings with {len(b_made)}/{len(b_names)} "
+          f"new groups made, {len(at_kill)} groups of ours in the mount")
+    assert 1 <= len(b_made) < len(b_names), "not killed mid-cycle"
+
+    # The new agent: A[4:] and every B; A[2:4] (still had groups) are now orphans.
+    r.sim.advance(5)
+    kept = a_names[4:]
+    orphans = [g for g in at_kill if uuid_of(g) in {ua[n] for n in a_names[:4]}]
+    assert {uuid_of(g) for g in orphans} >= {ua[n] for n in a_names[2:4]}
+    kernel = {ua[n]: r.kernel_mbm_total(ua[n]) for n in kept}
+    write_refs(refs, [(ua[n], n) for n in kept] + [(ub[n], n) for n in b_names])
+    second = start_agent(r, "agent2", refs, cycles=3)
+    assert second.proc.wait(timeout=120) == 0
+    lines = second.lines()
+    assert len(lines) == 3 and not any("error" in ln for ln in lines)
+    want = {ua[n] for n in kept} | b_uuids
+    for ln in lines:
+        assert ln["unmonitored"] == {} and set(ln["instances"]) == want
+    assert {uuid_of(g) for g in r.our_groups()} == want and len(r.our_groups()) == len(want)
+    # adopted: only the missing B groups were made; orphans swept
+    assert lines[0]["mkdirs"] == len(b_names) - len(b_made)
+    assert lines[0]["rmdirs"] == len(orphans)
+    # every thread of every instance sits in its group
+    for n in kept + b_names:
+        u = ua.get(n) or ub[n]
+        g = os.path.join(r.root, "mon_groups", PREFIX + u)
+        assert resctrl.read_tasks(g) == set(r.qemus[n].tids), n
+    # MBM cumulative continues from the kernel counter, not from 0
+    for n in kept:
+        u = ua[n]
+        new = lines[0]["instances"][u]["mbm_total"]
+        assert new == kernel[u] == old_mbm[u] + 10000, (n, new, kernel[u], old_mbm[u])
+    print(f"restart: adopted {len(kept)} + {len(b_made)} groups, made "
+          f"{lines[0]['mkdirs']}, swept {lines[0]['rmdirs']} orphans; MBM "
+          f"{old_mbm[ua[kept[0]]]} -> {lines[0]['instances'][ua[kept[0]]]['mbm_total']}")
