@@ -47,6 +47,7 @@ class _Tracked:
     assigned: set[int] = field(default_factory=set)
     #: control group name ("" = default) -> absolute path of our monitor group
     groups: dict[str, str] = field(default_factory=dict)
+    generation: int = 0  # bumped when our groups are recreated: new counter keys
 
 
 class ResctrlBackend:
@@ -82,6 +83,8 @@ class ResctrlBackend:
         self.events = self.info.mon_features
         self._domains: list[tuple[int, str]] = resctrl.list_domains(resctrl_root)
         self._tracked: dict[str, _Tracked] = {}
+        #: group path -> its value files (see _value_files)
+        self._files: dict[str, list[tuple[int, str, str, str]]] = {}
         self._adopted = False
         #: counters for tests and the benchmark
         self.mkdirs = 0
@@ -143,6 +146,8 @@ class ResctrlBackend:
         gone = [u for u in self._tracked if u not in wanted]
         if gone:
             paths = [p for u in gone for p in self._tracked.pop(u).groups.values()]
+            for p in paths:
+                self._files.pop(p, None)
             self.remove_groups(paths)
         ctx = _CycleContext(self)
         try:
@@ -162,6 +167,7 @@ class ResctrlBackend:
                         LOG.warning("instance %s: %s; recreating it", uuid, e)
                         tracked.groups.clear()
                         tracked.assigned.clear()
+                        tracked.generation += 1
                         self._ensure(tracked, ctx)
                         cycle.readings[uuid] = self._read(tracked)
                 except (InstanceGone, NotMonitored, _GroupVanished) as e:
@@ -274,28 +280,57 @@ class ResctrlBackend:
         t.groups[ctrl] = path
         return path
 
+    def _value_files(self, ctrl: str, path: str) -> list[tuple[int, str, str, str]]:
+        """(domain id, domain dir, event, file path) of a group, computed once."""
+        files = self._files.get(path)
+        if files is None:
+            if not self._domains:
+                self._domains = resctrl.list_domains(self.root)
+            files = [(dom_id, dom_dir, event, os.path.join(path, "mon_data", dom_dir, event))
+                     for dom_id, dom_dir in self._domains for event in self.events]
+            self._files[path] = files
+        return files
+
     def _read(self, t: _Tracked) -> InstanceReading:
         reading = InstanceReading()
-        if not self._domains:
-            self._domains = resctrl.list_domains(self.root)
+        occupancy, mbm_total, mbm_local = (reading.occupancy, reading.mbm_total,
+                                           reading.mbm_local)
+        gen = f"#{t.generation}" if t.generation else ""
         for ctrl, path in sorted(t.groups.items()):
-            for dom_id, dom_dir in self._domains:
-                for event in self.events:
+            for dom_id, dom_dir, event, fpath in self._value_files(ctrl, path):
+                value: int | None
+                try:
+                    fd = os.open(fpath, os.O_RDONLY)
                     try:
-                        value: int | None = resctrl.read_event(path, dom_dir, event)
+                        data = os.read(fd, 64)
+                    finally:
+                        os.close(fd)
+                    body = data.strip()
+                    if body.isdigit():  # bytes.isdigit: ASCII digits only
+                        value = int(body)
+                    else:
+                        value = resctrl.parse_value(data.decode("ascii", "replace"))
+                except resctrl.ValueMissing as e:
+                    value = None
+                    LOG.debug("instance %s %s %s: %s", t.uuid, dom_dir, event, e.reason)
+                except FileNotFoundError:
+                    # SNC layout without the top-level file, or the group is gone
+                    try:
+                        value = resctrl.read_event(path, dom_dir, event)
                     except resctrl.ValueMissing as e:
                         value = None
                         LOG.debug("instance %s %s %s: %s", t.uuid, dom_dir, event, e.reason)
                     except FileNotFoundError as e:
+                        self._files.pop(path, None)
                         raise _GroupVanished(f"monitor group {path} vanished") from e
-                    if event == "llc_occupancy":
-                        prev = reading.occupancy.get(dom_id, 0)
-                        reading.occupancy[dom_id] = (None if value is None or prev is None
-                                                     else prev + value)
-                    else:
-                        counters = (reading.mbm_total if event == "mbm_total_bytes"
-                                    else reading.mbm_local)
-                        counters[f"{ctrl}/{dom_id}"] = value
+                if event == "llc_occupancy":
+                    prev = occupancy.get(dom_id, 0)
+                    occupancy[dom_id] = (None if value is None or prev is None
+                                         else prev + value)
+                elif event == "mbm_total_bytes":
+                    mbm_total[f"{ctrl}/{dom_id}{gen}"] = value
+                else:
+                    mbm_local[f"{ctrl}/{dom_id}{gen}"] = value
         return reading
 
 
