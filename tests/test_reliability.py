@@ -314,3 +314,154 @@ def test_kill9_mid_cycle_then_restart_adopts_sweeps_and_continues(
     print(f"restart: adopted {len(kept)} + {len(b_made)} groups, made "
           f"{lines[0]['mkdirs']}, swept {lines[0]['rmdirs']} orphans; MBM "
           f"{old_mbm[ua[kept[0]]]} -> {lines[0]['instances'][ua[kept[0]]]['mbm_total']}")
+
+
+# ------------------------------------------------------- RMIDs run out
+def unmonitored_meter(res: Any) -> tuple[Any, Any]:
+    """cache.instances.unmonitored (volume, metadata['unmonitored']) for this cycle."""
+    from ceilometer_cmt.pollsters import runtime
+    from ceilometer_cmt.pollsters.host import CacheInstancesUnmonitoredPollster
+
+    # measure() only reads the cycle shared in the polling cache: no agent needed
+    pollster = CacheInstancesUnmonitoredPollster.__new__(CacheInstancesUnmonitoredPollster)
+    volume, meta = pollster.measure(None, {runtime.CACHE_KEY: res})
+    return volume, meta["unmonitored"]
+
+
+def test_more_instances_than_rmids_stable_then_limbo(rig: Callable[..., Rig]) -> None:
+    names = [f"instance-{i:08x}" for i in range(8)]
+    r = rig({"processes": [load(n) for n in names]})
+    for n in names:
+        r.start_qemu(n)
+    r.sim.set_rmids(4)  # RMID 0 is the default group's: 3 monitor groups fit
+    uuids = {n: f"{i:08x}-0000-4000-8000-000000000000" for i, n in enumerate(names)}
+    refs = [InstanceRef(uuids[n], n) for n in names]
+    backend = r.backend()
+    mon = CacheMonitor(backend)
+    try:
+        monitored_sets = []
+        for cycle in range(20):
+            res = mon.poll(refs)
+            r.sim.advance(1)
+            monitored_sets.append(frozenset(res.instances))
+            assert len(res.instances) == 3, cycle
+            assert set(res.unmonitored) == set(uuids.values()) - set(res.instances)
+            assert all(reason == "no free RMID (ENOSPC)"
+                       for reason in res.unmonitored.values()), res.unmonitored
+            assert res.monitors_used == 4
+            assert {uuid_of(g) for g in r.our_groups()} == set(res.instances)
+            assert unmonitored_meter(res) == (5, res.unmonitored)
+        assert len(set(monitored_sets)) == 1, "the monitored set flapped"
+        first3 = {uuids[n] for n in names[:3]}
+        assert monitored_sets[0] == first3
+        assert backend.mkdirs == 3  # one failing mkdir per cycle, never a retry storm
+        # EBUSY: one instance leaves while freed RMIDs sit in limbo for 30 s
+        r.sim.set_limbo(30)
+        refs = refs[1:]
+        res = mon.poll(refs)
+        busy = res.unmonitored
+        assert set(res.instances) == {uuids[n] for n in names[1:3]}
+        assert busy and all(v == "RMIDs in limbo (EBUSY)" for v in busy.values()), busy
+        assert r.sim.state()["limbo_rmids"] == 1
+        r.sim.advance(10)
+        assert mon.poll(refs).unmonitored == busy  # still in limbo
+        r.sim.advance(21)  # limbo over: the next instance in line gets the RMID
+        res = mon.poll(refs)
+        assert set(res.instances) == {uuids[n] for n in names[1:4]}
+        assert all(v == "no free RMID (ENOSPC)" for v in res.unmonitored.values())
+        assert set(res.unmonitored) == {uuids[n] for n in names[4:]}
+        print(f"\nrmids 4, 8 instances: 3 monitored in each of 20 cycles (same set), "
+              f"5 unmonitored (ENOSPC), mkdirs {backend.mkdirs}; limbo 30 s: "
+              f"{len(busy)} EBUSY until the clock passed it, then {names[3]} monitored")
+    finally:
+        mon.close()
+
+
+# ------------------------------------------------------- faults and resets
+def instance_meter_values(m: Any) -> dict[str, Any]:
+    """What every per-instance pollster would publish (None: no sample)."""
+    from ceilometer_cmt.pollsters import instance
+
+    return {cls.meter: cls.value(m) for cls in vars(instance).values()
+            if isinstance(cls, type) and issubclass(cls, instance._InstancePollster)
+            and cls is not instance._InstancePollster}
+
+
+@pytest.mark.parametrize("value", ["Unavailable", "Error", "Unassigned"])
+def test_fault_values_give_no_sample_and_cumulative_stays_monotonic(
+        rig: Callable[..., Rig], value: str) -> None:
+    names = ["instance-00000001", "instance-00000002"]
+    r = rig({"processes": [load(n) for n in names]})
+    for n in names:
+        r.start_qemu(n)
+    u1, u2 = "11111111-1111-4111-8111-111111111111", "22222222-2222-4222-8222-222222222222"
+    refs = [InstanceRef(u1, names[0]), InstanceRef(u2, names[1])]
+    now = [0.0]
+    mon = CacheMonitor(r.backend(), clock=lambda: now[0])
+    history: dict[tuple[str, str], list[int]] = {}
+
+    def poll() -> dict[str, Any]:
+        res = mon.poll(refs)
+        assert res.unmonitored == {}
+        out = {}
+        for u in (u1, u2):
+            vals = instance_meter_values(res.instances[u])
+            for meter, v in vals.items():
+                assert v is None or v != 0 or meter.startswith("memory.bandwidth"), (meter, v)
+                if meter.endswith(".bytes") and v is not None:
+                    seq = history.setdefault((u, meter), [])
+                    assert not seq or v >= seq[-1], (u, meter, seq[-1], v)  # monotonic
+                    seq.append(v)
+            out[u] = vals
+        return out
+
+    def tick(seconds: float = 60) -> None:
+        r.sim.advance(seconds)
+        now[0] += seconds
+
+    poll()
+    tick()
+    clean = poll()
+    assert clean[u1]["cache.occupancy"] == 2 * (2**20 // 49152 * 49152)
+    assert clean[u1]["memory.bandwidth.total.bytes"] == 120000
+    assert clean[u1]["memory.bandwidth.total"] == pytest.approx(2000.0)
+    gone = {"llc_occupancy": {"cache.occupancy", "cache.occupancy.percent", "cpu_l3_cache"},
+            "mbm_total_bytes": {"memory.bandwidth.total.bytes", "memory.bandwidth.total"},
+            "mbm_local_bytes": {"memory.bandwidth.local.bytes", "memory.bandwidth.local"}}
+    none_seen = 0
+    for event, meters in gone.items():
+        r.sim.fault(group=f"mon_groups/{PREFIX}{u1}", domain=0, event=event, value=value)
+        tick()
+        got = poll()
+        for meter in meters:
+            assert got[u1][meter] is None, (event, meter, got[u1][meter])
+            none_seen += 1
+        others = set(got[u1]) - meters - {"memory.bandwidth.total", "memory.bandwidth.local"}
+        assert all(got[u1][m] is not None for m in others), (event, got[u1])
+        assert all(v is not None for v in got[u2].values()), got[u2]  # the other instance
+        r.sim.clear_faults()
+    tick()
+    back = poll()
+    for u in (u1, u2):  # the fault hid nothing from the cumulative value
+        assert back[u]["memory.bandwidth.total.bytes"] == r.kernel_mbm_total(u) == 5 * 120000
+    # a rate needs two complete reads in a row: none yet after the faulted read
+    assert back[u1]["memory.bandwidth.local"] is None
+    tick()
+    back = poll()
+    assert all(v is not None for v in back[u1].values())
+    # counters reset under us: cumulative carries on, no rate across the reset
+    before = back[u1]["memory.bandwidth.total.bytes"]
+    assert r.sim.reset_counters("*") >= 2
+    at_reset = poll()
+    assert at_reset[u1]["memory.bandwidth.total.bytes"] == before
+    assert at_reset[u1]["memory.bandwidth.total"] is None  # no rate across the reset
+    tick()
+    after = poll()
+    assert after[u1]["memory.bandwidth.total.bytes"] == before + r.kernel_mbm_total(u1) \
+        == before + 120000
+    assert after[u1]["memory.bandwidth.total"] == pytest.approx(2000.0)
+    mon.close()
+    print(f"\n{value}: {none_seen} faulted meters gave no sample (None, never 0); the other "
+          f"instance unaffected; cumulative {before} -> {after[u1]['memory.bandwidth.total.bytes']}"
+          " across a counter reset, monotonic over "
+          f"{sum(len(s) for s in history.values())} cumulative values")
