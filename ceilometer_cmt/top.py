@@ -421,14 +421,20 @@ def default_config_files() -> list[str]:
     return files
 
 
-def parse_overrides(items: Sequence[str]) -> dict[tuple[str | None, str], Any]:
-    overrides: dict[tuple[str | None, str], Any] = {}
+def overrides_conf(items: Sequence[str]) -> str:
+    """``--set NAME=VALUE`` items as a ``[cmt]`` config file text (given last, it wins).
+
+    A file rather than ``set_override``: the plugin registers ``[cmt]`` only
+    when its pollsters load, after the config is parsed.
+    """
+    lines = ["[cmt]"]
     for item in items:
         name, sep, value = item.partition("=")
-        if not sep or not name:
+        name = name.strip()
+        if not sep or not name or not name.replace("_", "").isalnum() or "\n" in value:
             raise SystemExit(f"--set takes NAME=VALUE, not {item!r}")
-        overrides[("cmt", name.strip())] = value
-    return overrides
+        lines.append(f"{name} = {value}")
+    return "\n".join(lines) + "\n"
 
 
 def print_log_problems(path: str, out: TextIO) -> None:
@@ -445,18 +451,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("ceilometer-cmt top: --interval must be >= 0 and --cycles >= 1", file=sys.stderr)
         return 2
     config_files = args.config_file or default_config_files()
-    overrides = parse_overrides(args.set)
+    overrides = overrides_conf(args.set)
     live = not args.json and sys.stdout.isatty()
     tmp = tempfile.mkdtemp(prefix="cmt-top-")
     log_file = args.log_file or (os.path.join(tmp, "agent.log") if live else None)
     try:
         extra = []
+        if args.set:
+            extra.append(os.path.join(tmp, "set.conf"))
+            with open(extra[-1], "w", encoding="utf-8") as f:
+                f.write(overrides)
         if log_file:
             extra_conf = os.path.join(tmp, "log.conf")
             with open(extra_conf, "w", encoding="utf-8") as f:
                 f.write(f"[DEFAULT]\nlog_file = {log_file}\nuse_stderr = false\n")
             extra.append(extra_conf)
-        return _run(args, [*config_files, *extra], overrides, live)
+        return _run(args, [*config_files, *extra], live)
     except KeyboardInterrupt:
         return 130
     finally:
@@ -465,11 +475,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _run(args: argparse.Namespace, config_files: list[str],
-         overrides: dict[tuple[str | None, str], Any], live: bool) -> int:
+def _run(args: argparse.Namespace, config_files: list[str], live: bool) -> int:
     from ceilometer_cmt import pollrun
 
-    with pollrun.polling_agent(config_files, overrides=overrides) as agent:
+    with pollrun.polling_agent(config_files) as agent:
         if args.log_file or live:
             log_to_file_only(agent)
         if args.once:
