@@ -151,6 +151,11 @@ class Daemon:
     def stop(self, timeout: float = 15) -> None:
         if self.proc is None:
             return
+        with timed(f"stop {self.name}"):
+            self._stop(timeout)
+
+    def _stop(self, timeout: float) -> None:
+        assert self.proc is not None
         pgid = self.proc.pid  # start_new_session: the process group id is its pid
         for sig, wait in ((self.stop_signal, timeout), (signal.SIGKILL, 10.0)):
             try:

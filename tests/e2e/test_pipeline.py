@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import string
 import subprocess
 import tempfile
@@ -57,6 +58,14 @@ def stack() -> Iterator[Stack]:
     with services.telemetry_stack(gnocchi_resources.merged_text()) as st:
         yield st
     print(f"e2e stack timings (s): {services.TIMINGS}")
+    # stopped and removed: nothing listens any more, no data left behind
+    for port in (st.pg.port, st.rabbit.port, st.gnocchi.port, st.aodh.port, st.webhook.port):
+        with socket.socket() as s, contextlib.suppress(OSError):
+            s.settimeout(1)
+            assert s.connect_ex((services.LOOPBACK, port)) != 0, f"port {port} still open"
+    for path in (st.pg.datadir, st.rabbit.base, st.gnocchi.base, st.ceilometer.base,
+                 st.aodh.base):
+        assert not path.exists(), f"{path} left behind"
 
 
 @contextlib.contextmanager
@@ -87,7 +96,7 @@ def now_clear_of_boundary(margin: float = 45) -> datetime:
         time.sleep(left + 0.5)
 
 
-def instance_metadata(name: str, host: str = "cmt-e2e-compute") -> dict[str, Any]:
+def instance_metadata(name: str, host: str = "cmt-e2e-pushed") -> dict[str, Any]:
     """The metadata make_sample_from_instance gives (what gnocchi's instance type needs)."""
     return {"display_name": name, "name": f"instance-{name}", "host": host,
             "instance_host": host, "flavor": {"id": "f-small", "name": "m1.small"},
@@ -160,7 +169,7 @@ def test_samples_reach_gnocchi_on_instance_and_host(stack: Stack) -> None:
                                        1000 + 60000 * i, vm, project, t))
         samples.append(instance_sample("memory.bandwidth.local.bytes", "cumulative", "B",
                                        500 + 30000 * i, vm, project, t))
-    host = "cmt-e2e-compute"
+    host = "cmt-e2e-pushed"  # not COMPUTE_HOST: the polling agent's test owns that one
     host_meta = {"host": host, "cache_domains": [{"id": 0, "size": 33554432}]}
     for meter, unit, volume in (("cache.size", "B", 33554432), ("cache.monitors.total",
                                 "monitor", 224), ("cache.monitors.used", "monitor", 3),
