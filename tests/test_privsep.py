@@ -1,0 +1,384 @@
+"""The agent as an unprivileged user, its resctrl changes through oslo.privsep.
+
+A throwaway system user runs ``ceilometer-cmt poll`` (ceilometer's real
+polling manager, real discovery over a libvirt test-driver node) against the
+FUSE resctrl simulator, which, like the kernel, refuses mkdir and ``tasks``
+writes to anybody but root. ``[cmt] privsep = always``: oslo.privsep starts
+``privsep-helper`` through sudo, as deployments do (a sudoers drop-in allows
+exactly that one command). Everything the test makes is removed, pass or
+fail: the user, the sudoers file, the mount, the stand-in qemus, the files.
+
+Needs root, FUSE (Debian fuse3), sudo and useradd/userdel (Debian sudo, passwd).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import pwd
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from ceilometer_cmt.simulator import Simulator, fuse_missing_reason, mount_fstype
+from ceilometer_cmt.simulator.topology import get_topology
+from ceilometer_cmt.testbed import FakeInstance, StandInQemu, make_instances, write_node_xml
+
+VENV_BIN = os.path.dirname(sys.executable)
+CLI = os.path.join(VENV_BIN, "ceilometer-cmt")
+HELPER = os.path.join(VENV_BIN, "privsep-helper")
+CONTEXT = "ceilometer_cmt.privileged.cmt_pctxt"
+PREFIX = "ceilometer-"
+
+
+def _missing() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (creates a user, a sudoers file and a FUSE mount)"
+    reason = fuse_missing_reason()
+    if reason:
+        return f"no FUSE: {reason}"
+    for tool in ("sudo", "visudo", "useradd", "userdel"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (Debian packages sudo, passwd)"
+    if not os.path.exists(HELPER):
+        return f"{HELPER} is missing (oslo.privsep)"
+    return None
+
+
+_reason = _missing()
+pytestmark = pytest.mark.skipif(_reason is not None, reason=str(_reason))
+
+
+@dataclass
+class Host:
+    work: str  # 0755, readable by the agent's user
+    sim: Simulator
+    instances: list[FakeInstance]
+    qemus: list[StandInQemu]
+    node: str
+
+    @property
+    def resctrl(self) -> str:
+        return self.sim.mountpoint
+
+    def group(self, inst: FakeInstance) -> str:
+        return os.path.join(self.resctrl, "mon_groups", PREFIX + inst.uuid)
+
+    def config(self, name: str, privsep_section: str) -> str:
+        path = os.path.join(self.work, name)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(textwrap.dedent(f"""\
+                [DEFAULT]
+                host = compute-1
+                libvirt_uri = test://{self.node}
+                [cmt]
+                backend = resctrl
+                resctrl_root = {self.resctrl}
+                sysfs_root = {self.work}/sys
+                libvirt_pid_dir = {self.work}/run
+                privsep = always
+            """) + privsep_section)
+        os.chmod(path, 0o644)
+        return path
+
+
+@pytest.fixture
+def host() -> Iterator[Host]:
+    work = tempfile.mkdtemp(prefix="cmt-privsep-")
+    os.chmod(work, 0o755)
+    qemus: list[StandInQemu] = []
+    sim = Simulator(os.path.join(work, "resctrl"), "intel-2s", {
+        "processes": [{"match": {"cmdline": "guest="}, "timeline": [
+            {"t": 0, "occupancy": {0: "3MiB"}, "mbm_total": {0: 1000}, "mbm_local": {0: 10}}]}],
+    })
+    try:
+        get_topology("intel-2s").write_sysfs(os.path.join(work, "sys"))
+        instances = make_instances(2)
+        node = write_node_xml(os.path.join(work, "node.xml"), instances)
+        for inst in instances:
+            qemus.append(StandInQemu(inst.domain_name, os.path.join(work, "run"),
+                                     extra_threads=1).start())
+        sim.start()
+        yield Host(work, sim, instances, qemus, node)
+    finally:
+        with contextlib.suppress(Exception):
+            sim.stop()
+        for q in qemus:
+            q.stop()
+        mounted = mount_fstype(sim.mountpoint) is not None
+        shutil.rmtree(work, ignore_errors=True)
+        assert not mounted, "simulator still mounted"
+        assert not os.path.exists(work)
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    uid: int
+    gid: int
+    tmp: str  # its TMPDIR: where oslo.privsep puts its socket directory
+
+
+@pytest.fixture
+def agent_user(host: Host) -> Iterator[User]:
+    """A system user made for this test, allowed ``sudo privsep-helper`` only."""
+    name = "cmtps" + secrets.token_hex(4)
+    sudoers = f"/etc/sudoers.d/ceilometer-cmt-test-{name}"
+    subprocess.run(["useradd", "--system", "--no-create-home", "--user-group",
+                    "--shell", "/usr/sbin/nologin", name], check=True)
+    try:
+        pw = pwd.getpwnam(name)
+        tmp = os.path.join(host.work, "tmp-" + name)
+        os.mkdir(tmp, 0o700)
+        os.chown(tmp, pw.pw_uid, pw.pw_gid)
+        # What a deployment grants the agent's user: privsep-helper as root, nothing else.
+        # secure_path lets the oslo.privsep default command ("sudo privsep-helper ...")
+        # find the venv's helper as well.
+        rules = (f'Defaults:{name} secure_path="{VENV_BIN}:/usr/sbin:/usr/bin:/sbin:/bin"\n'
+                 f"{name} ALL=(root) NOPASSWD: {HELPER} *\n")
+        fd = os.open(sudoers + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o440)
+        with os.fdopen(fd, "w") as f:
+            f.write(rules)
+        subprocess.run(["visudo", "-c", "-q", "-f", sudoers + ".tmp"], check=True)
+        os.rename(sudoers + ".tmp", sudoers)
+        yield User(name, pw.pw_uid, pw.pw_gid, tmp)
+    finally:
+        for path in (sudoers, sudoers + ".tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        _kill_user_processes(name)
+        subprocess.run(["userdel", name], check=False)
+        assert not os.path.exists(sudoers)
+        with pytest.raises(KeyError):
+            pwd.getpwnam(name)
+
+
+def _kill_user_processes(name: str) -> None:
+    with contextlib.suppress(KeyError):
+        uid = pwd.getpwnam(name).pw_uid
+        for pid in _pids():
+            with contextlib.suppress(OSError):
+                if os.stat(f"/proc/{pid}").st_uid == uid:
+                    os.kill(pid, 9)
+
+
+def _pids() -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def privsep_daemons(marker: str) -> list[int]:
+    """privsep-helper processes whose command line mentions ``marker``."""
+    return [p for p in _pids() if "privsep-helper" in (c := _cmdline(p)) and marker in c]
+
+
+def wait_no_daemons(marker: str) -> list[int]:
+    """The daemon exits when its client's socket closes; wait for that, then
+    kill (and report) whatever is left."""
+    deadline = time.monotonic() + 20
+    while (left := privsep_daemons(marker)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in left:
+        with contextlib.suppress(OSError):
+            os.kill(pid, 9)
+    return left
+
+
+def _blocked_ancestor(path: str) -> tuple[str, str] | None:
+    """(dir, child) where ``dir`` is the first ancestor of ``path`` others may
+    not search (pyenv's Python under /root here), else None."""
+    parts = os.path.realpath(path).split(os.sep)[1:]
+    cur = "/"
+    for part in parts[:-1]:
+        if not os.stat(cur).st_mode & 0o001:
+            return cur, os.path.join(cur, part)
+        cur = os.path.join(cur, part)
+    return None
+
+
+# Run as the user in a private mount namespace. Where the interpreter sits below a
+# directory others may not search (a pyenv Python in /root), that directory is
+# covered there by a tmpfs holding only the interpreter's tree, so the host's
+# permissions stay as they are and nothing outlives the command.
+_WRAP = """\
+set -e
+if [ -n "$CMT_BLOCKED" ]; then
+  hold=$(mktemp -d)
+  mount --bind "$CMT_CHILD" "$hold"
+  mount -t tmpfs -o mode=0755,size=64k cmt-privsep-test "$CMT_BLOCKED"
+  mkdir -p "$CMT_CHILD"
+  mount --move "$hold" "$CMT_CHILD"
+  rmdir "$hold"
+fi
+exec setpriv --reuid="$CMT_UID" --regid="$CMT_GID" --clear-groups -- \
+  env -i PATH="$CMT_PATH" HOME="$CMT_HOME" TMPDIR="$CMT_TMP" LANG=C.UTF-8 \
+  PYTHONWARNINGS=ignore "$@"
+"""
+
+
+def run_as(user: User, argv: list[str], cwd: str) -> subprocess.CompletedProcess[str]:
+    blocked = _blocked_ancestor(sys.executable)
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CMT_UID": str(user.uid),
+           "CMT_GID": str(user.gid), "CMT_PATH": f"{VENV_BIN}:/usr/bin:/bin",
+           "CMT_HOME": cwd, "CMT_TMP": user.tmp,
+           "CMT_BLOCKED": blocked[0] if blocked else "", "CMT_CHILD": blocked[1] if blocked
+           else ""}
+    return subprocess.run(["unshare", "--mount", "--propagation", "private", "--",
+                           "sh", "-c", _WRAP, "sh", *argv], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=180, check=False)
+
+
+def samples_by_cycle(stdout: str) -> dict[int, dict[tuple[str, str], dict[str, Any]]]:
+    out: dict[int, dict[tuple[str, str], dict[str, Any]]] = {}
+    for line in stdout.splitlines():
+        row = json.loads(line)
+        key = (row["name"], row["resource_id"])
+        assert key not in out.setdefault(row["cycle"], {}), f"duplicate sample {key}"
+        out[row["cycle"]][key] = row
+    return out
+
+
+PROBE = """\
+import errno, json, os, sys
+root = sys.argv[1]
+out = {"euid": os.geteuid()}
+try:
+    os.mkdir(os.path.join(root, "mon_groups", "ceilometer-direct"))
+    out["mkdir"] = 0
+except OSError as e:
+    out["mkdir"] = e.errno
+try:
+    fd = os.open(os.path.join(root, "tasks"), os.O_WRONLY)
+    os.close(fd)
+    out["open_tasks"] = 0
+except OSError as e:
+    out["open_tasks"] = e.errno
+print(json.dumps(out))
+"""
+
+# Calls the daemon's entrypoints directly, as a compromised agent could.
+ATTACK = """\
+import json, os, sys
+from oslo_config import cfg
+from ceilometer_cmt import privileged
+root, outside = sys.argv[1], sys.argv[2]
+cfg.CONF(args=[], project="ceilometer-cmt-test", default_config_files=[])
+cfg.CONF.set_override("helper_command", "sudo privsep-helper", group="cmt_privsep")
+P = "ceilometer-"
+results = {}
+def attempt(label, fn, *args):
+    try:
+        fn(*args)
+        results[label] = "done"
+    except Exception as e:
+        results[label] = type(e).__name__ + ": " + str(e)
+attempt("good_mkdir", privileged.mkdir_group, root, "mon_groups/ceilometer-probe", P)
+results["good_exists"] = os.path.isdir(os.path.join(root, "mon_groups", "ceilometer-probe"))
+attempt("good_rmdir", privileged.rmdir_group, root, "mon_groups/ceilometer-probe", P)
+attempt("no_prefix", privileged.mkdir_group, root, "mon_groups/foreign-group", P)
+attempt("ctrl_group", privileged.mkdir_group, root, "ceilometer-ctrl", P)
+attempt("dotdot", privileged.mkdir_group, root, "mon_groups/../../ceilometer-x", P)
+attempt("nested", privileged.mkdir_group, root, "a/b/mon_groups/ceilometer-x", P)
+attempt("absolute", privileged.mkdir_group, root, outside + "/mon_groups/ceilometer-x", P)
+attempt("tasks_no_prefix", privileged.write_group_tasks, root, "mon_groups/foreign-group",
+        P, [1])
+attempt("tasks_of_root", privileged.write_group_tasks, root, ".", P, [1])
+attempt("not_resctrl_root", privileged.mkdir_group, outside, "mon_groups/ceilometer-x", P)
+results["outside_left"] = sorted(os.listdir(outside))
+print(json.dumps(results))
+"""
+
+
+def test_unprivileged_agent_polls_through_privsep_daemon(host: Host, agent_user: User) -> None:
+    work = host.work
+    marker = agent_user.tmp  # privsep's socket directory sits there: in the helper's argv
+    for name, text in (("probe.py", PROBE), ("attack.py", ATTACK)):
+        with open(os.path.join(work, name), "w", encoding="utf-8") as f:
+            f.write(text)
+    # The unprivileged user can read the simulator but not change it, like the kernel's.
+    probe = run_as(agent_user, [sys.executable, os.path.join(work, "probe.py"), host.resctrl],
+                   work)
+    assert probe.returncode == 0, probe.stderr
+    assert json.loads(probe.stdout) == {"euid": agent_user.uid, "mkdir": errno.EACCES,
+                                        "open_tasks": errno.EACCES}
+    assert os.listdir(os.path.join(host.resctrl, "mon_groups")) == []
+
+    conf = host.config("ceilometer.conf", textwrap.dedent(f"""\
+        [cmt_privsep]
+        helper_command = sudo {HELPER} --config-file {work}/ceilometer.conf
+    """))
+    try:
+        agent = run_as(agent_user, [CLI, "poll", "--config-file", conf, "--cycles", "2",
+                                    "--json"], work)
+        left = wait_no_daemons(marker)
+    finally:
+        _kill_user_processes(agent_user.name)
+    assert agent.returncode == 0, agent.stderr
+    assert not left, f"privsep daemon(s) outlived the agent: {left}"
+    assert "Traceback" not in agent.stderr, agent.stderr
+    # oslo.privsep logged the daemon's start; its helper ran through sudo
+    assert "privsep daemon starting" in agent.stderr or "Spawned new privsep daemon" in \
+        agent.stderr, agent.stderr
+
+    cycles = samples_by_cycle(agent.stdout)
+    assert sorted(cycles) == [1, 2]
+    second = cycles[2]
+    for inst in host.instances:
+        occ = second[("cache.occupancy", inst.uuid)]
+        assert (occ["type"], occ["unit"]) == ("gauge", "B")
+        assert occ["volume"] >= 0
+        assert ("memory.bandwidth.total.bytes", inst.uuid) in second
+    un = second[("cache.instances.unmonitored", "compute-1")]
+    assert un["volume"] == 0
+    assert second[("cache.monitors.used", "compute-1")]["volume"] == 3  # default + 2 groups
+
+    # The groups exist (made by the daemon: the user itself got EACCES above)
+    # and hold the stand-in qemus' threads.
+    assert sorted(os.listdir(os.path.join(host.resctrl, "mon_groups"))) == sorted(
+        PREFIX + i.uuid for i in host.instances)
+    for inst, qemu in zip(host.instances, host.qemus):
+        with open(os.path.join(host.group(inst), "tasks"), encoding="ascii") as f:
+            assert sorted(int(t) for t in f.read().split()) == sorted(qemu.tids)
+
+    # The daemon checks every request itself.
+    outside = os.path.join(work, "outside")
+    os.mkdir(outside)
+    os.mkdir(os.path.join(outside, "mon_groups"))
+    try:
+        attack = run_as(agent_user, [sys.executable, os.path.join(work, "attack.py"),
+                                     host.resctrl, outside], work)
+        left = wait_no_daemons(marker)
+    finally:
+        _kill_user_processes(agent_user.name)
+    assert attack.returncode == 0, attack.stderr
+    assert not left, f"privsep daemon(s) outlived their client: {left}"
+    r = json.loads(attack.stdout.strip().splitlines()[-1])
+    assert (r["good_mkdir"], r["good_exists"], r["good_rmdir"]) == ("done", True, "done")
+    for label in ("no_prefix", "ctrl_group", "dotdot", "nested", "absolute",
+                  "tasks_no_prefix", "tasks_of_root"):
+        assert r[label].startswith("PermissionError: refusing resctrl path"), (label, r[label])
+    assert r["not_resctrl_root"] != "done" and "not a mount point" in r["not_resctrl_root"]
+    assert r["outside_left"] == ["mon_groups"]
+    assert os.listdir(os.path.join(outside, "mon_groups")) == []
+    assert sorted(os.listdir(os.path.join(host.resctrl, "mon_groups"))) == sorted(
+        PREFIX + i.uuid for i in host.instances)
+    # nothing of privsep's is left in the user's TMPDIR (socket directories)
+    assert os.listdir(agent_user.tmp) == []
