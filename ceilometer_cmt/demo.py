@@ -99,14 +99,14 @@ def scenario_for(instances: Sequence[FakeInstance], noisy: FakeInstance,
 
 
 def ceilometer_conf(*, node_xml: str, resctrl: str, sysfs: str, pid_dir: str,
-                    log_file: str) -> str:
+                    log_config: str) -> str:
     """The agent's config: ceilometer's [DEFAULT] plus the plugin's [cmt]."""
     return (
         "[DEFAULT]\n"
         f"host = {HOST_NAME}\n"
         f"libvirt_uri = test://{node_xml}\n"
-        f"log_file = {log_file}\n"
-        "use_stderr = false\n"
+        # the agent logs to the demo's directory only (see top.logging_conf)
+        f"log_config_append = {log_config}\n"
         "[cmt]\n"
         "backend = resctrl\n"
         f"resctrl_root = {resctrl}\n"
@@ -175,11 +175,16 @@ class DemoHost:
                 self.qemus.append(q)
                 q.start()
                 self._pids.append(q.pid)
+        from ceilometer_cmt.top import logging_conf
+
         self.log_file = self.path("agent.log")
+        log_config = self.path("logging.conf")
+        with open(log_config, "w", encoding="utf-8") as f:
+            f.write(logging_conf(self.log_file))
         self.conf = self.path("ceilometer.conf")
         with open(self.conf, "w", encoding="utf-8") as f:
             f.write(ceilometer_conf(node_xml=node, resctrl=self.mountpoint, sysfs=sysfs,
-                                    pid_dir=pid_dir, log_file=self.log_file))
+                                    pid_dir=pid_dir, log_config=log_config))
         return self
 
     def describe(self) -> dict[str, Any]:
@@ -276,6 +281,41 @@ def _restore_signals() -> None:
         signal.signal(s, signal.SIG_DFL if s != signal.SIGINT else signal.default_int_handler)
 
 
+class SignalSafeOut:
+    """A text stream whose writes are never cut by a stop signal.
+
+    The stop signals are blocked during each write and flush, so a JSON line
+    is written whole and the signal's exception comes after it.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def _blocked(self) -> contextlib.AbstractContextManager[None]:
+        @contextlib.contextmanager
+        def block() -> Iterator[None]:
+            old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+            try:
+                yield
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+        return block()
+
+    def write(self, text: str) -> int:
+        with self._blocked():
+            n = self.stream.write(text)
+            self.stream.flush()
+            return n
+
+    def flush(self) -> None:
+        with self._blocked():
+            self.stream.flush()
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+
 def _parser() -> argparse.ArgumentParser:
     from ceilometer_cmt.top import SORT_KEYS
 
@@ -329,7 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # with --cycles the last cycle is at least (cycles - 1) * interval after the
         # simulator started: the noisy neighbour is past 30% by then, whatever the speed
         ramp = (args.cycles - 1) * args.interval if args.cycles else 30.0
-    out = sys.stdout
+    out: Any = SignalSafeOut(sys.stdout) if args.json else sys.stdout
     host = DemoHost(args.topology, args.instances, args.stopped, ramp)
     rc = 1
     with stop_on_signals():
@@ -379,7 +419,6 @@ def _run(host: DemoHost, args: argparse.Namespace, out: TextIO) -> int:
         host.cycles_done += 1
 
     with pollrun.polling_agent([host.conf]) as agent:
-        top.log_to_file_only(agent)  # the agent's log is in the demo's directory
         mode = "jsonl" if args.json else ("live" if out.isatty() else "print")
         top.watch(agent, interval=args.interval, cycles=args.cycles, sort=args.sort, out=out,
                   mode=mode, title="ceilometer-cmt demo", footer=footer, on_cycle=count)

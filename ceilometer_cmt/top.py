@@ -332,11 +332,11 @@ def watch(agent: Any, *, interval: float, cycles: int | None = None,
             samples, view = poller.poll()
             last = replace(view, rows=sort_rows(view.rows, sort))
             n += 1
-            if mode == "jsonl":
-                for s in samples:
-                    out.write(json.dumps({"cycle": n, **pollrun.sample_row(s),
-                                          "resource_metadata": s.get("resource_metadata")},
-                                         sort_keys=True, default=str) + "\n")
+            if mode == "jsonl":  # one write per cycle: see demo.SignalSafeOut
+                out.write("".join(
+                    json.dumps({"cycle": n, **pollrun.sample_row(s),
+                                "resource_metadata": s.get("resource_metadata")},
+                               sort_keys=True, default=str) + "\n" for s in samples))
                 out.flush()
             elif mode == "views":
                 out.write(json.dumps(view_json(last), sort_keys=True) + "\n")
@@ -367,20 +367,30 @@ def _live(mode: str, out: TextIO) -> Iterator[Callable[[Any], None]]:
         yield lambda r: live.update(r, refresh=True)
 
 
-def log_to_file_only(agent: Any) -> None:
-    """With a ``log_file`` configured, drop the root logger's stderr handlers.
+def logging_conf(log_file: str) -> str:
+    """A Python logging config (oslo.log ``log_config_append``) sending all to ``log_file``.
 
-    pollrun forces oslo.log's ``use_stderr`` (right for ``poll``, whose
-    stdout carries samples), which would scribble over a live view.
+    It replaces oslo.log's handlers, stderr included, so nothing scribbles
+    over a live view (pollrun turns ``use_stderr`` on for ``poll``).
     """
-    import logging
+    return (
+        "[loggers]\nkeys = root\n[handlers]\nkeys = file\n[formatters]\nkeys = plain\n"
+        "[logger_root]\nlevel = INFO\nhandlers = file\n"
+        f"[handler_file]\nclass = FileHandler\nargs = ({log_file!r},)\nformatter = plain\n"
+        "[formatter_plain]\n"
+        "format = %(asctime)s %(process)d %(levelname)s %(name)s [-] %(message)s\n"
+    )
 
-    if not getattr(agent.conf, "log_file", None):
-        return
-    root = logging.getLogger()
-    for h in list(root.handlers):
-        if type(h) is logging.StreamHandler and h.stream in (sys.stderr, sys.__stderr__):
-            root.removeHandler(h)
+
+def write_log_config(directory: str, log_file: str) -> str:
+    """Write :func:`logging_conf` and a ceilometer config file using it; returns the latter."""
+    logging_path = os.path.join(directory, "logging.conf")
+    with open(logging_path, "w", encoding="utf-8") as f:
+        f.write(logging_conf(log_file))
+    conf = os.path.join(directory, "log.conf")
+    with open(conf, "w", encoding="utf-8") as f:
+        f.write(f"[DEFAULT]\nlog_config_append = {logging_path}\n")
+    return conf
 
 
 # --------------------------------------------------------------------- CLI
@@ -462,10 +472,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             with open(extra[-1], "w", encoding="utf-8") as f:
                 f.write(overrides)
         if log_file:
-            extra_conf = os.path.join(tmp, "log.conf")
-            with open(extra_conf, "w", encoding="utf-8") as f:
-                f.write(f"[DEFAULT]\nlog_file = {log_file}\nuse_stderr = false\n")
-            extra.append(extra_conf)
+            extra.append(write_log_config(tmp, log_file))
         return _run(args, [*config_files, *extra], live)
     except KeyboardInterrupt:
         return 130
@@ -479,8 +486,6 @@ def _run(args: argparse.Namespace, config_files: list[str], live: bool) -> int:
     from ceilometer_cmt import pollrun
 
     with pollrun.polling_agent(config_files) as agent:
-        if args.log_file or live:
-            log_to_file_only(agent)
         if args.once:
             last = watch(agent, interval=args.interval, cycles=2, sort=args.sort,
                          mode="quiet")
