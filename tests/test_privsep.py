@@ -354,7 +354,7 @@ def test_unprivileged_agent_polls_through_privsep_daemon(host: Host, agent_user:
     # and hold the stand-in qemus' threads.
     assert sorted(os.listdir(os.path.join(host.resctrl, "mon_groups"))) == sorted(
         PREFIX + i.uuid for i in host.instances)
-    for inst, qemu in zip(host.instances, host.qemus):
+    for inst, qemu in zip(host.instances, host.qemus, strict=True):
         with open(os.path.join(host.group(inst), "tasks"), encoding="ascii") as f:
             assert sorted(int(t) for t in f.read().split()) == sorted(qemu.tids)
 
@@ -382,3 +382,80 @@ def test_unprivileged_agent_polls_through_privsep_daemon(host: Host, agent_user:
         PREFIX + i.uuid for i in host.instances)
     # nothing of privsep's is left in the user's TMPDIR (socket directories)
     assert os.listdir(agent_user.tmp) == []
+
+
+MISSING_HELPER = "/nonexistent/cmt-privsep-helper"
+
+
+@pytest.mark.xfail(strict=True, reason="runtime ignores [cmt_privsep] in the agent's config and "
+                   "lets the privsep start failure escape each pollster (see report)")
+def test_privsep_unavailable_is_named_once_and_instances_unmonitored(host: Host) -> None:
+    """[cmt] privsep = always, the helper cannot start: one clear error naming it,
+    every instance unmonitored with that reason, no crash, no group made."""
+    conf = host.config("missing.conf", f"[cmt_privsep]\nhelper_command = {MISSING_HELPER}\n")
+    agent = subprocess.run([CLI, "poll", "--config-file", conf, "--cycles", "2", "--json"],
+                           capture_output=True, text=True, timeout=180, check=False,
+                           env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert agent.returncode == 0, agent.stderr
+    assert "Traceback" not in agent.stderr, agent.stderr
+    errors = [line for line in agent.stderr.splitlines()
+              if " ERROR " in line and "ceilometer_cmt" in line]
+    assert len(errors) == 1, agent.stderr
+    assert MISSING_HELPER in errors[0] and "privsep" in errors[0], errors[0]
+    cycles = samples_by_cycle(agent.stdout)
+    assert sorted(cycles) == [1, 2]
+    for n in (1, 2):
+        un = cycles[n][("cache.instances.unmonitored", "compute-1")]
+        assert un["volume"] == len(host.instances)
+        reasons = un["metadata"]["unmonitored"] if "metadata" in un else None
+        assert reasons is None or all("privsep" in r for r in reasons.values())
+        assert not [k for k in cycles[n] if k[0] == "cache.occupancy"]
+    assert os.listdir(os.path.join(host.resctrl, "mon_groups")) == []
+    assert not privsep_daemons(host.work)
+
+
+def test_guarded_privsep_ops_name_the_missing_helper_once(host: Host, monkeypatch: Any) -> None:
+    """The change proposed for runtime.resctrl_ops, in process: [cmt_privsep] of the
+    agent's config honoured, one ERROR naming the helper, instances unmonitored
+    with that reason over two cycles, the pollsters keep running."""
+    from oslo_config import cfg
+
+    from ceilometer_cmt import pollrun, privsep_guard
+    from ceilometer_cmt.pollsters import runtime
+    from ceilometer_cmt.privileged import PrivsepOps, cmt_pctxt
+
+    log = os.path.join(host.work, "agent.log")
+    conf = host.config("guarded.conf", f"[cmt_privsep]\nhelper_command = {MISSING_HELPER}\n")
+    with open(conf, "a", encoding="utf-8") as f:
+        f.write(f"[DEFAULT]\nlog_file = {log}\n")
+    guards: list[privsep_guard.GuardedOps] = []
+
+    def resctrl_ops(conf: Any, settings: Any) -> privsep_guard.GuardedOps:
+        privsep_guard.configure(conf)
+        guards.append(privsep_guard.GuardedOps(
+            PrivsepOps(settings.resctrl_root, settings.resctrl_group_prefix)))
+        return guards[-1]
+
+    monkeypatch.setattr(runtime, "resctrl_ops", resctrl_ops)
+    try:
+        with pollrun.polling_agent([conf]) as agent:
+            cycles = pollrun.run_cycles(agent, 2)
+    finally:
+        cmt_pctxt.stop()
+        cfg.CONF.clear_override("helper_command", group="cmt_privsep")
+    with open(log, encoding="utf-8") as f:
+        text = f.read()
+    assert "Traceback" not in text, text
+    errors = [line for line in text.splitlines() if " ERROR ceilometer_cmt" in line]
+    assert len(errors) == 1, text
+    assert f"helper command '{MISSING_HELPER}' cannot be run" in errors[0], errors[0]
+    assert len(guards) == 1 and guards[0].reason is not None
+    for samples in cycles:
+        un = [s for s in samples if s["counter_name"] == "cache.instances.unmonitored"]
+        assert len(un) == 1 and un[0]["counter_volume"] == len(host.instances)
+        reasons = un[0]["resource_metadata"]["unmonitored"]
+        assert sorted(reasons) == sorted(i.uuid for i in host.instances)
+        assert all(r == guards[0].reason for r in reasons.values()), reasons
+        assert not [s for s in samples if s["counter_name"] == "cache.occupancy"]
+        assert [s["counter_volume"] for s in samples if s["counter_name"] == "cache.size"]
+    assert os.listdir(os.path.join(host.resctrl, "mon_groups")) == []

@@ -1,0 +1,135 @@
+"""Starting the privsep daemon, and saying clearly why when it cannot start.
+
+Two things the bare :class:`ceilometer_cmt.privileged.PrivsepOps` lacks:
+
+- ceilometer parses its configuration into its own ``ConfigOpts``, never into
+  ``cfg.CONF``, while oslo.privsep reads its ``[cmt_privsep]`` section from
+  ``cfg.CONF``: :func:`configure` copies the agent's section over, so that
+  ``helper_command`` (and ``user``/``group``) in ceilometer.conf are honoured;
+- when the daemon cannot start, oslo.privsep raises (``FailedToDropPrivileges``
+  "exited non-zero (1)", or ``FileNotFoundError`` from ``Popen``) on every
+  call: :class:`GuardedOps` logs one error naming the helper command and what
+  to do, and every instance becomes unmonitored with that reason (``NotMonitored``)
+  instead of each pollster failing. It tries again at most every ``retry`` seconds.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import shlex
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from ceilometer_cmt.errors import NotMonitored
+from ceilometer_cmt.resctrl import ResctrlOps
+
+LOG = logging.getLogger(__name__)
+SECTION = "cmt_privsep"
+#: options copied from the agent's config to cfg.CONF (capabilities stay the context's)
+COPIED = ("helper_command", "user", "group", "thread_pool_size", "logger_name",
+          "log_daemon_traceback")
+T = TypeVar("T")
+
+
+def configure(conf: Any) -> None:
+    """Register ``[cmt_privsep]`` on the agent's ``conf`` and hand its values
+    to oslo.privsep (which reads ``cfg.CONF``)."""
+    from oslo_config import cfg
+    from oslo_privsep import priv_context
+
+    import ceilometer_cmt.privileged  # noqa: F401  (registers the section on cfg.CONF)
+
+    if conf is cfg.CONF:
+        return
+    conf.register_opts(copy.deepcopy(priv_context.OPTS), group=SECTION)
+    for name in COPIED:
+        value = conf[SECTION][name]
+        if value is not None and value != cfg.CONF[SECTION][name]:
+            cfg.CONF.set_override(name, value, group=SECTION)
+
+
+def helper_argv() -> list[str]:
+    """The command oslo.privsep will run, without its socket arguments."""
+    from ceilometer_cmt.privileged import cmt_pctxt
+
+    return cmt_pctxt.helper_command("SOCK")[:-4]
+
+
+def why_not_started(exc: BaseException, argv: list[str]) -> str:
+    cmd = shlex.join(argv)
+    what = f"the privsep daemon did not start: helper command '{cmd}'"
+    exe = argv[0] if argv else ""
+    if isinstance(exc, OSError) or (exe and shutil.which(exe) is None):
+        what += f" cannot be run ({exe} not found or not executable)"
+    else:
+        what += f" failed ({exc})"
+    if exe == "sudo" or exe.endswith("/sudo"):
+        what += "; the agent's user needs a sudoers (or rootwrap) rule for privsep-helper"
+    return (what + "; set [cmt_privsep] helper_command, or [cmt] privsep = never with "
+            "the agent running as root")
+
+
+class GuardedOps:
+    """:class:`ResctrlOps` that start the daemon first and fail cleanly."""
+
+    def __init__(self, ops: ResctrlOps, *, retry: float = 300.0,
+                 start: Callable[[], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.ops = ops
+        self.retry = retry
+        self._start = start or _start_context
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._started = False
+        self._failed_at: float | None = None
+        self.reason: str | None = None
+
+    def _ready(self) -> None:
+        with self._lock:
+            if self._started:
+                return
+            if self._failed_at is not None and self._clock() - self._failed_at < self.retry:
+                raise NotMonitored(str(self.reason))
+            try:
+                self._start()
+            except Exception as e:  # FailedToDropPrivileges, OSError from Popen, ...
+                first = self.reason is None
+                self.reason = why_not_started(e, helper_argv())
+                self._failed_at = self._clock()
+                if first:
+                    LOG.error("ceilometer-cmt: %s. Instances stay unmonitored until it "
+                              "starts (retried every %.0f s).", self.reason, self.retry)
+                raise NotMonitored(self.reason) from e
+            if self.reason is not None:
+                LOG.info("ceilometer-cmt: the privsep daemon started")
+            self._started = True
+            self.reason = None
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        self._ready()
+        return fn()
+
+    def mkdir(self, path: str) -> None:
+        self._call(lambda: self.ops.mkdir(path))
+
+    def rmdir(self, path: str) -> None:
+        try:
+            self._ready()
+        except NotMonitored as e:  # remove_groups handles OSError only
+            raise PermissionError(1, str(e)) from e
+        self.ops.rmdir(path)
+
+    def write_tasks(self, tasks_path: str, tids: list[int]) -> list[tuple[int, int]]:
+        return self._call(lambda: self.ops.write_tasks(tasks_path, tids))
+
+
+def _start_context() -> None:
+    from ceilometer_cmt.privileged import cmt_pctxt
+
+    if cmt_pctxt.channel is None or not cmt_pctxt.channel.running:
+        cmt_pctxt.stop()
+        cmt_pctxt.start()
