@@ -459,3 +459,44 @@ def test_guarded_privsep_ops_name_the_missing_helper_once(host: Host, monkeypatc
         assert not [s for s in samples if s["counter_name"] == "cache.occupancy"]
         assert [s["counter_volume"] for s in samples if s["counter_name"] == "cache.size"]
     assert os.listdir(os.path.join(host.resctrl, "mon_groups")) == []
+
+
+FOREIGN = """\
+import json, sys
+from oslo_config import cfg
+from ceilometer_cmt import privileged
+cfg.CONF(args=[], project="ceilometer-cmt-test", default_config_files=[])
+cfg.CONF.set_override("helper_command", "sudo privsep-helper", group="cmt_privsep")
+out = {}
+for prefix in ("", "foreign-"):
+    try:
+        privileged.rmdir_group(sys.argv[1], "mon_groups/foreign-" + str(len(out)), prefix)
+        out[prefix] = "done"
+    except Exception as e:
+        out[prefix] = type(e).__name__
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.xfail(strict=True, reason="the daemon trusts the prefix its client sends; it "
+                   "should use its own [cmt] resctrl_group_prefix (see report)")
+def test_daemon_keeps_other_tools_groups_whatever_prefix_the_client_claims(
+        host: Host, agent_user: User) -> None:
+    """Another tool's monitor groups stay, even when the client passes the
+    prefix "" or "foreign-" with its request."""
+    groups = os.path.join(host.resctrl, "mon_groups")
+    os.mkdir(os.path.join(groups, "foreign-0"))  # another tool's groups, made by root
+    os.mkdir(os.path.join(groups, "foreign-1"))
+    script = os.path.join(host.work, "foreign.py")
+    with open(script, "w", encoding="utf-8") as f:
+        f.write(FOREIGN)
+    try:
+        r = run_as(agent_user, [sys.executable, script, host.resctrl], host.work)
+        left = wait_no_daemons(agent_user.tmp)
+    finally:
+        _kill_user_processes(agent_user.name)
+    assert r.returncode == 0, r.stderr
+    assert not left
+    assert sorted(os.listdir(groups)) == ["foreign-0", "foreign-1"]
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == {"": "PermissionError",
+                                                             "foreign-": "PermissionError"}
