@@ -18,6 +18,7 @@ import errno
 import json
 import os
 import pwd
+import re
 import secrets
 import shutil
 import subprocess
@@ -146,11 +147,17 @@ def agent_user(host: Host) -> Iterator[User]:
         tmp = os.path.join(host.work, "tmp-" + name)
         os.mkdir(tmp, 0o700)
         os.chown(tmp, pw.pw_uid, pw.pw_gid)
-        # What a deployment grants the agent's user: privsep-helper as root, nothing else.
-        # secure_path lets the oslo.privsep default command ("sudo privsep-helper ...")
-        # find the venv's helper as well.
+        # What a deployment grants the agent's user: privsep-helper as root with our
+        # context only, a fixed config file (it holds the daemon's capabilities) and a
+        # socket in the user's TMPDIR (sudo >= 1.9.10 regular expression). secure_path
+        # lets oslo.privsep's default command ("sudo privsep-helper ...") find the venv's.
+        assert re.fullmatch(r"[A-Za-z0-9_/.-]+", host.work + tmp), (host.work, tmp)
+        conf = (host.work + "/ceilometer.conf").replace(".", "[.]")
+        sock = tmp.replace(".", "[.]") + "/[A-Za-z0-9_]+/privsep[.]sock"
+        ctx = CONTEXT.replace(".", "[.]")
         rules = (f'Defaults:{name} secure_path="{VENV_BIN}:/usr/sbin:/usr/bin:/sbin:/bin"\n'
-                 f"{name} ALL=(root) NOPASSWD: {HELPER} *\n")
+                 f"{name} ALL=(root) NOPASSWD: {HELPER} ^(--config-file {conf} )?"
+                 f"--privsep_context {ctx} --privsep_sock_path {sock}$\n")
         fd = os.open(sudoers + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o440)
         with os.fdopen(fd, "w") as f:
             f.write(rules)
@@ -325,6 +332,18 @@ def test_unprivileged_agent_polls_through_privsep_daemon(host: Host, agent_user:
                                         "open_tasks": errno.EACCES}
     assert os.listdir(os.path.join(host.resctrl, "mon_groups")) == []
 
+    # sudo runs the helper for our context only
+    other = run_as(agent_user, ["sudo", "-n", HELPER, "--privsep_context",
+                                "ceilometer.privsep.sys_admin_pctxt", "--privsep_sock_path",
+                                os.path.join(agent_user.tmp, "x", "privsep.sock")], work)
+    assert other.returncode != 0 and "a password is required" in other.stderr, other
+    sock = ["--privsep_sock_path", os.path.join(agent_user.tmp, "tmpab_1", "privsep.sock")]
+    for args, allowed in (([], True), (["--config-file", f"{work}/ceilometer.conf"], True),
+                          (["--config-file", f"{work}/evil.conf"], False)):
+        check = subprocess.run(["sudo", "-l", "-U", agent_user.name, HELPER, *args,
+                                "--privsep_context", CONTEXT, *sock],
+                               capture_output=True, text=True, check=False)
+        assert (check.returncode == 0) == allowed, (args, check)
     conf = host.config("ceilometer.conf", textwrap.dedent(f"""\
         [cmt_privsep]
         helper_command = sudo {HELPER} --config-file {work}/ceilometer.conf
