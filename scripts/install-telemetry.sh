@@ -47,14 +47,19 @@ if ((${#missing[@]})); then
     apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# every transitive dependency pinned too (server stacks break on new SQLAlchemy,
+# numpy, ... releases): the versions the end-to-end tests passed with
+constraints=$repo/scripts/telemetry-constraints.txt
+
 stamp=$venv/.cmt-telemetry-requirements
-wanted=$(printf '%s\n' "${pip_requirements[@]}")
+wanted=$(printf '%s\n' "${pip_requirements[@]}"; cat "$constraints")
 if [[ -x $venv/bin/python && -f $stamp && "$(cat "$stamp")" == "$wanted" ]]; then
     echo "install-telemetry: $venv is current" >&2
 else
     [[ -x $venv/bin/python ]] || "$python" -m venv "$venv"
     "$venv/bin/python" -m pip install -q --upgrade pip setuptools wheel
-    "$venv/bin/python" -m pip install -q --no-binary psycopg2 "${pip_requirements[@]}"
+    "$venv/bin/python" -m pip install -q --no-binary psycopg2 -c "$constraints" \
+        "${pip_requirements[@]}"
     "$venv/bin/python" -c 'import gnocchi, aodh, psycopg2'
     printf '%s\n' "$wanted" >"$stamp"
 fi
