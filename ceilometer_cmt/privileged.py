@@ -12,10 +12,14 @@ from __future__ import annotations
 import os
 import re
 
+from oslo_config import cfg
 from oslo_privsep import capabilities as caps
 from oslo_privsep import priv_context
 
-from ceilometer_cmt import resctrl
+from ceilometer_cmt import options, resctrl
+
+# The daemon judges requests by its own configuration, never by the client's word.
+options.register_opts(cfg.CONF)
 
 cmt_pctxt = priv_context.PrivContext(
     "ceilometer_cmt",
@@ -32,6 +36,9 @@ _verified: set[str] = set()
 
 
 def _check(root: str, rel: str, prefix: str) -> str:
+    own = cfg.CONF.cmt.resctrl_group_prefix
+    if not own or prefix != own:
+        raise PermissionError(f"refusing prefix {prefix!r}: this daemon owns only {own!r}")
     m = _GROUP_RE.match(rel)
     if not m or not m.group(1).startswith(prefix) or ".." in rel.split("/"):
         raise PermissionError(f"refusing resctrl path {rel!r} (prefix {prefix!r})")

@@ -410,8 +410,6 @@ def test_unprivileged_agent_polls_through_privsep_daemon(host: Host, agent_user:
 MISSING_HELPER = "/nonexistent/cmt-privsep-helper"
 
 
-@pytest.mark.xfail(strict=True, reason="runtime ignores [cmt_privsep] in the agent's config and "
-                   "lets the privsep start failure escape each pollster (see report)")
 def test_privsep_unavailable_is_named_once_and_instances_unmonitored(host: Host) -> None:
     """[cmt] privsep = always, the helper cannot start: one clear error naming it,
     every instance unmonitored with that reason, no crash, no group made."""
@@ -501,8 +499,6 @@ print(json.dumps(out))
 """
 
 
-@pytest.mark.xfail(strict=True, reason="the daemon trusts the prefix its client sends; it "
-                   "should use its own [cmt] resctrl_group_prefix (see report)")
 def test_daemon_keeps_other_tools_groups_whatever_prefix_the_client_claims(
         host: Host, agent_user: User) -> None:
     """Another tool's monitor groups stay, even when the client passes the

@@ -61,10 +61,13 @@ def resctrl_ops(conf: Any, settings: selection.Settings) -> ResctrlOps:
     if mode == "never" or (mode == "auto" and os.geteuid() == 0):
         return DirectOps()
     try:
+        from ceilometer_cmt import privsep_guard
         from ceilometer_cmt.privileged import PrivsepOps
     except ImportError as e:  # pragma: no cover - oslo.privsep is a dependency
         raise RuntimeError(f"[cmt] privsep={mode} needs oslo.privsep: {e}") from e
-    return PrivsepOps(settings.resctrl_root, settings.resctrl_group_prefix)
+    privsep_guard.configure(conf)  # the agent's [cmt_privsep] reaches oslo.privsep
+    return privsep_guard.GuardedOps(PrivsepOps(settings.resctrl_root,
+                                               settings.resctrl_group_prefix))
 
 
 def get_runtime(conf: Any) -> Runtime:
