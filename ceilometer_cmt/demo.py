@@ -32,7 +32,7 @@ import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, TextIO
@@ -61,13 +61,22 @@ def fuse_problem() -> str | None:
 
 
 def scenario_for(instances: Sequence[FakeInstance], noisy: FakeInstance,
-                 domains: Sequence[int], ramp: float) -> dict[str, Any]:
+                 domains: Sequence[int], ramp: float,
+                 pids: Mapping[str, int] | None = None) -> dict[str, Any]:
     """The simulator scenario: modest steady load everywhere, one noisy neighbour.
 
     Instance ``i`` lives mostly on domain ``domains[i % len(domains)]``; the
     noisy one on ``domains[0]``, its occupancy ramping linearly from
     ``NOISY_FROM`` to ``NOISY_TO`` percent of that domain over ``ramp`` seconds.
+    An instance's qemu is matched by its pid when ``pids`` (domain name -> pid)
+    has it, else by ``guest=<domain name>,`` in its cmdline.
     """
+
+    def match(inst: FakeInstance) -> dict[str, Any]:
+        if pids and inst.domain_name in pids:
+            return {"pid": pids[inst.domain_name]}
+        return {"cmdline": f"guest={inst.domain_name},"}
+
     mib = 1024 * 1024
     processes = []
     quiet = [i for i in instances if i.running and i != noisy]
@@ -81,7 +90,7 @@ def scenario_for(instances: Sequence[FakeInstance], noisy: FakeInstance,
             "mbm_local": {home: 140 * mib * (n + 1)},
         }
         processes.append({"name": inst.display_name,
-                          "match": {"cmdline": f"guest={inst.domain_name},"},
+                          "match": match(inst),
                           "timeline": [point]})
     hot = domains[0]
     start = {"t": 0, "occupancy": {hot: f"{NOISY_FROM}%"},
@@ -89,7 +98,7 @@ def scenario_for(instances: Sequence[FakeInstance], noisy: FakeInstance,
     end = {**start, "t": ramp, "occupancy": {hot: f"{NOISY_TO}%"},
            "mbm_total": {hot: 6 * 1024 * mib}, "mbm_local": {hot: 5600 * mib}}
     processes.append({"name": noisy.display_name + " (noisy neighbour)",
-                      "match": {"cmdline": f"guest={noisy.domain_name},"},
+                      "match": match(noisy),
                       "timeline": [start, end] if ramp > 0 else [end | {"t": 0}]})
     return {
         "limbo_seconds": 1.0,
@@ -148,7 +157,8 @@ class DemoHost:
         from ceilometer_cmt.simulator import Simulator
         from ceilometer_cmt.simulator.topology import get_topology
 
-        self.tmp = tempfile.mkdtemp(prefix="cmt-demo-", dir=self.tmp_parent)
+        with uninterrupted():
+            self.tmp = tempfile.mkdtemp(prefix="cmt-demo-", dir=self.tmp_parent)
         topo = get_topology(self.topology)
         sysfs = self.path("sys")
         topo.write_sysfs(sysfs)
@@ -159,22 +169,27 @@ class DemoHost:
                                            start=self.running + 1))
         self.noisy = self.instances[1 if self.running > 1 else 0]
         node = write_node_xml(self.path("node.xml"), self.instances)
-        scenario = self.path("scenario.json")
-        with open(scenario, "w", encoding="utf-8") as f:
-            json.dump(scenario_for(self.instances, self.noisy,
-                                   [d.id for d in topo.mon_domains], self.ramp), f, indent=2)
-        self.mountpoint = self.path("resctrl")
-        os.mkdir(self.mountpoint)
-        self.simulator = Simulator(self.mountpoint, self.topology, scenario)
-        self.simulator.start()
-        if self.simulator.pid is not None:
-            self._pids.append(self.simulator.pid)
+        # the stand-ins first: the scenario names their pids (a cmdline match
+        # would also catch look-alike processes of anything else on this host)
         for inst in self.instances:
             if inst.running:
-                q = StandInQemu(inst.domain_name, pid_dir, extra_threads=1)
-                self.qemus.append(q)
-                q.start()
-                self._pids.append(q.pid)
+                with uninterrupted():  # every child is recorded before a stop can end us
+                    q = StandInQemu(inst.domain_name, pid_dir, extra_threads=1)
+                    self.qemus.append(q)
+                    q.start()
+                    self._pids.append(q.pid)
+        pids = {q.domain_name: q.pid for q in self.qemus}
+        scenario = self.path("scenario.json")
+        with open(scenario, "w", encoding="utf-8") as f:
+            json.dump(scenario_for(self.instances, self.noisy, [d.id for d in topo.mon_domains],
+                                   self.ramp, pids), f, indent=2)
+        self.mountpoint = self.path("resctrl")
+        os.mkdir(self.mountpoint)
+        with uninterrupted():
+            self.simulator = Simulator(self.mountpoint, self.topology, scenario)
+            self.simulator.start()
+            if self.simulator.pid is not None:
+                self._pids.append(self.simulator.pid)
         from ceilometer_cmt.top import logging_conf
 
         self.log_file = self.path("agent.log")
@@ -259,20 +274,52 @@ class Stop(BaseException):
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-@contextlib.contextmanager
-def stop_on_signals() -> Iterator[None]:
-    def handler(signum: int, _frame: FrameType | None) -> None:
-        # one stop only: the cleanup that follows must not be interrupted
-        for s in STOP_SIGNALS:
-            signal.signal(s, signal.SIG_IGN)
-        raise Stop(signum)
+class _Signals:
+    """Stop signals become :class:`Stop`, except inside :func:`uninterrupted`.
 
+    There they are held and raised at its end: a child process is always
+    recorded before the demo can be stopped (a ``Stop`` raised inside
+    ``Popen`` would leak the child), a JSON line is always written whole.
+    Blocking signals with ``pthread_sigmask`` instead would be inherited by
+    the children started meanwhile.
+    """
+
+    depth = 0
+    pending: int | None = None
+
+
+def _on_signal(signum: int, _frame: FrameType | None) -> None:
+    if _Signals.depth:
+        if _Signals.pending is None:
+            _Signals.pending = signum
+        return
+    # one stop only: the cleanup that follows must not be interrupted
     for s in STOP_SIGNALS:
-        signal.signal(s, handler)
+        signal.signal(s, signal.SIG_IGN)
+    raise Stop(signum)
+
+
+@contextlib.contextmanager
+def uninterrupted() -> Iterator[None]:
+    _Signals.depth += 1
     try:
         yield
     finally:
-        for s in STOP_SIGNALS:  # ignore during cleanup, restore after
+        _Signals.depth -= 1
+        signum, _Signals.pending = _Signals.pending, None
+        if signum is not None and not _Signals.depth \
+                and signal.getsignal(signum) is _on_signal:
+            _on_signal(signum, None)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    for s in STOP_SIGNALS:
+        signal.signal(s, _on_signal)
+    try:
+        yield
+    finally:
+        for s in STOP_SIGNALS:  # ignore during cleanup, restored by main
             signal.signal(s, signal.SIG_IGN)
 
 
@@ -282,34 +329,19 @@ def _restore_signals() -> None:
 
 
 class SignalSafeOut:
-    """A text stream whose writes are never cut by a stop signal.
-
-    The stop signals are blocked during each write and flush, so a JSON line
-    is written whole and the signal's exception comes after it.
-    """
+    """A text stream whose writes are never cut by a stop signal."""
 
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
 
-    def _blocked(self) -> contextlib.AbstractContextManager[None]:
-        @contextlib.contextmanager
-        def block() -> Iterator[None]:
-            old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-            try:
-                yield
-            finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-        return block()
-
     def write(self, text: str) -> int:
-        with self._blocked():
+        with uninterrupted():
             n = self.stream.write(text)
             self.stream.flush()
             return n
 
     def flush(self) -> None:
-        with self._blocked():
+        with uninterrupted():
             self.stream.flush()
 
     def isatty(self) -> bool:
@@ -385,6 +417,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print_log_problems(host.log_file, sys.stderr)
             rc = 1
         finally:
+            for s in STOP_SIGNALS:  # nothing may interrupt the cleanup
+                signal.signal(s, signal.SIG_IGN)
             leftovers = host.stop(keep_log=args.keep_log)
             for item in leftovers:
                 print(f"ceilometer-cmt demo: left behind: {item}", file=sys.stderr)

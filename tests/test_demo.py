@@ -7,6 +7,7 @@ go there).
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 
 from ceilometer_cmt.demo import fuse_problem
+from ceilometer_cmt.testbed import StandInQemu
 
 FSTYPE = "fuse.cmt-resctrl-sim"
 pytestmark = pytest.mark.skipif(fuse_problem() is not None,
@@ -32,17 +34,57 @@ def demo_argv(*args: str) -> list[str]:
     return [*base, "demo", *args]
 
 
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def set_subreaper(on: bool) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def orphans() -> list[int]:
+    """Live processes whose parent is this test process.
+
+    With this process a child subreaper, anything the demo started and left
+    running when it exited (stand-in qemus, the simulator) is re-parented here.
+    """
+    me = os.getpid()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == me and fields[0] != "Z":
+            found.append(int(entry))
+    return found
+
+
 @pytest.fixture
 def run_env(tmp_path) -> Iterator[tuple[dict[str, str], str]]:  # type: ignore[no-untyped-def]
     tmpdir = str(tmp_path / "tmp")
     os.mkdir(tmpdir)
     env = dict(os.environ, TMPDIR=tmpdir, COLUMNS="200")
-    yield env, tmpdir
-    # whatever happened, nothing of a run may outlive the test
-    for pid in processes_mentioning(tmpdir):
-        os.kill(pid, signal.SIGKILL)
-    for mnt in sim_mounts_under(tmpdir):
-        subprocess.run(["umount", "-l", mnt], check=False)
+    set_subreaper(True)
+    try:
+        yield env, tmpdir
+    finally:
+        set_subreaper(False)
+        # whatever happened, nothing of a run may outlive the test
+        for pid in {*processes_mentioning(tmpdir), *orphans()}:
+            os.kill(pid, signal.SIGKILL)
+        for mnt in sim_mounts_under(tmpdir):
+            subprocess.run(["umount", "-l", mnt], check=False)
+        while True:  # reap what was re-parented here
+            try:
+                if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                    break
+            except ChildProcessError:
+                break
 
 
 def sim_mounts_under(path: str) -> list[str]:
@@ -84,6 +126,7 @@ def assert_nothing_left(start: dict[str, Any], tmpdir: str) -> None:
     for pid in [start["simulator_pid"], *start["qemu_pids"]]:
         assert not alive(pid), f"process {pid} survived the demo"
     assert processes_mentioning(tmpdir) == []
+    assert orphans() == []
     assert not os.path.exists(start["tmpdir"])
     assert os.listdir(tmpdir) == []
 
@@ -97,10 +140,18 @@ def parse(stdout: str) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, 
     return start, samples, stop
 
 
-def test_demo_cycles_json(run_env) -> None:  # type: ignore[no-untyped-def]
+def test_demo_cycles_json(run_env, tmp_path) -> None:  # type: ignore[no-untyped-def]
     env, tmpdir = run_env
-    proc = subprocess.run(demo_argv("--cycles", "3", "--interval", "0.2", "--json"),
-                          env=env, capture_output=True, text=True, timeout=240)
+    # look-alikes of the demo's qemus elsewhere on the host (other tests, a real
+    # compute node): the demo's load must land on its own processes only
+    others = [StandInQemu(f"instance-{n:08x}", str(tmp_path / "other-run")).start()
+              for n in (1, 2, 2, 3)]
+    try:
+        proc = subprocess.run(demo_argv("--cycles", "3", "--interval", "0.2", "--json"),
+                              env=env, capture_output=True, text=True, timeout=240)
+    finally:
+        for q in others:
+            q.stop()
     assert proc.returncode == 0, proc.stderr[-3000:]
     start, samples, stop = parse(proc.stdout)
     assert stop == {"event": "stop", "clean": True, "leftovers": [], "cycles": 3}
@@ -208,3 +259,22 @@ def test_without_fuse_says_what_to_install(run_env) -> None:  # type: ignore[no-
     for package in ("fuse3", "libfuse3-3", "mfusepy"):
         assert package in proc.stderr
     assert proc.stdout == "" and os.listdir(tmpdir) == []
+
+
+def test_stopped_while_setting_up_leaves_nothing(run_env) -> None:  # type: ignore[no-untyped-def]
+    env, tmpdir = run_env
+    proc = subprocess.Popen(demo_argv("--cycles", "5", "--json"), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while not any(n.startswith("cmt-demo-") for n in os.listdir(tmpdir)):
+            assert proc.poll() is None, "the demo ended before making its host"
+        proc.send_signal(signal.SIGTERM)  # somewhere in the middle of the set-up
+        assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert sim_mounts_under(tmpdir) == []
+    assert processes_mentioning(tmpdir) == []
+    assert orphans() == []
+    assert os.listdir(tmpdir) == []
