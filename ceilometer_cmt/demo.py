@@ -362,7 +362,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--stopped", type=int, default=1, help="shut-off instances (default 1)")
     p.add_argument("--interval", type=float, default=2.0,
                    help="seconds between polling cycles (default 2)")
-    p.add_argument("--cycles", type=int, help="stop after N cycles (default: until Ctrl-C)")
+    p.add_argument("--cycles", type=int, help="stop after N cycles (default, or 0: until Ctrl-C)")
     p.add_argument("--ramp", type=float,
                    help="seconds for the noisy neighbour to climb from 12%% to 42%% of its L3 "
                         "(default: the whole run with --cycles, else 30)")
@@ -381,10 +381,12 @@ def _emit(out: TextIO, doc: dict[str, Any]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.instances < 1 or args.stopped < 0 or args.interval < 0 \
-            or (args.cycles is not None and args.cycles < 1):
+            or (args.cycles is not None and args.cycles < 0):
         print("ceilometer-cmt demo: need --instances >= 1, --stopped >= 0, --interval >= 0, "
-              "--cycles >= 1", file=sys.stderr)
+              "--cycles >= 0", file=sys.stderr)
         return 2
+    if args.cycles == 0:
+        args.cycles = None
     from ceilometer_cmt.simulator.topology import PRESETS
 
     if args.topology not in PRESETS:
@@ -445,8 +447,9 @@ def _run(host: DemoHost, args: argparse.Namespace, out: TextIO) -> int:
               f"instance(s); config {host.conf}", file=out)
     noisy = host.noisy
     assert noisy is not None
-    footer = (f"{noisy.display_name} is a noisy neighbour: {NOISY_FROM:.0f}% -> "
-              f"{NOISY_TO:.0f}% of an L3 over {host.ramp:g} s (red: >= 30%).  "
+    climb = (f"{NOISY_FROM:.0f}% -> {NOISY_TO:.0f}% of an L3 over {host.ramp:g} s"
+             if host.ramp > 0 else f"{NOISY_TO:.0f}% of an L3")
+    footer = (f"{noisy.display_name} is a noisy neighbour: {climb} (red: >= 30%).  "
               + ("Ctrl-C to stop." if args.cycles is None else f"{args.cycles} cycles."))
 
     def count(_view: top.HostView) -> None:

@@ -233,13 +233,27 @@ def view_json(view: HostView) -> dict[str, Any]:
     }
 
 
+def short_uuids(rows: Sequence[InstanceRow]) -> dict[str, str]:
+    """uuid -> its first 8 characters, or ``…`` and its last 8 when those are not unique."""
+    heads = [r.uuid[:8] for r in rows]
+    if len(set(heads)) == len(heads):
+        return {r.uuid: r.uuid[:8] for r in rows}
+    return {r.uuid: "\u2026" + r.uuid[-8:] for r in rows}
+
+
 def render(view: HostView, *, title: str = "ceilometer-cmt top", alert_percent: float = 30.0,
-           footer: str | None = None) -> Any:
-    """The view as a ``rich`` renderable (a header line and a table)."""
+           footer: str | None = None, width: int | None = None) -> Any:
+    """The view as a ``rich`` renderable (a header line and a table).
+
+    ``width`` (the terminal's): below 150 columns uuids are shortened, below
+    120 the per-domain column is left out and headers are terse.
+    """
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
 
+    short = short_uuids(view.rows) if width is not None and width < 150 else None
+    narrow = width is not None and width < 120
     doms = ", ".join(f"L3#{k} {human_bytes(v)}" for k, v in sorted(view.domain_sizes.items()))
     head = Text.assemble(
         (title, "bold"), f"  host {view.host or '?'}  backend {view.backend or 'none'}  ",
@@ -249,25 +263,35 @@ def render(view: HostView, *, title: str = "ceilometer-cmt top", alert_percent: 
         f"unmonitored {view.unmonitored if view.unmonitored is not None else '-'}",
         f"  cycle {view.cycle}" if view.cycle is not None else "",
         f"  {view.timestamp}" if view.timestamp else "")
-    table = Table(expand=False, show_lines=False)
-    table.add_column("instance", no_wrap=True)
+    from rich import box
+
+    table = Table(expand=False, show_lines=False, box=box.SIMPLE_HEAD if narrow else box.HEAVY_HEAD)
+    table.add_column("instance", no_wrap=True, max_width=16 if narrow else None)
     table.add_column("uuid", no_wrap=True, style="dim")
     table.add_column("occupancy", justify="right", no_wrap=True)
-    table.add_column("% busiest L3", justify="right", no_wrap=True)
+    table.add_column("%L3" if narrow else "% busiest L3", justify="right", no_wrap=True)
     table.add_column("MBM total", justify="right", no_wrap=True)
     table.add_column("MBM local", justify="right", no_wrap=True)
-    table.add_column("per domain", no_wrap=True)
-    table.add_column("status")
+    if not narrow:
+        table.add_column("per domain", no_wrap=True)
+    table.add_column("status", min_width=6, overflow="ellipsis", no_wrap=narrow)
     for r in view.rows:
         hot = r.occupancy_percent is not None and r.occupancy_percent >= alert_percent
-        table.add_row(
-            r.name or r.domain_name or "?", r.uuid, human_bytes(r.occupancy),
+        cells: list[Any] = [
+            r.name or r.domain_name or "?", short[r.uuid] if short else r.uuid,
+            human_bytes(r.occupancy),
             Text(_pct(r.occupancy_percent), style="bold red" if hot else ""),
-            human_bytes(r.mbm_total_rate, "/s"), human_bytes(r.mbm_local_rate, "/s"),
-            domain_breakdown(view, r),
-            Text(r.status, style="green" if r.status == "monitored" else "yellow"))
+            human_bytes(r.mbm_total_rate, "/s"), human_bytes(r.mbm_local_rate, "/s")]
+        if not narrow:
+            cells.append(domain_breakdown(view, r))
+        status = r.status
+        if narrow:
+            status = {"monitored": "ok", "monitored, no data": "no data"}.get(
+                status, status.replace("not monitored", "off"))
+        cells.append(Text(status, style="green" if r.status == "monitored" else "yellow"))
+        table.add_row(*cells)
     if not view.rows:
-        table.add_row("(no running instance)", "", "", "", "", "", "", "")
+        table.add_row("(no running instance)")
     parts: list[Any] = [head, table]
     if footer:
         parts.append(Text(footer, style="dim"))
@@ -324,7 +348,7 @@ def watch(agent: Any, *, interval: float, cycles: int | None = None,
     out = out or sys.stdout
     poller = Poller(agent)
     last: HostView | None = None
-    with _live(mode, out) as show:
+    with _live(mode, out) as (show, width):
         n = 0
         while cycles is None or n < cycles:
             if n:
@@ -342,16 +366,18 @@ def watch(agent: Any, *, interval: float, cycles: int | None = None,
                 out.write(json.dumps(view_json(last), sort_keys=True) + "\n")
                 out.flush()
             elif mode != "quiet":
-                show(render(last, title=title, footer=footer))
+                show(render(last, title=title, footer=footer, width=width()))
             if on_cycle is not None:
                 on_cycle(last)
     return last
 
 
 @contextlib.contextmanager
-def _live(mode: str, out: TextIO) -> Iterator[Callable[[Any], None]]:
+def _live(mode: str, out: TextIO
+          ) -> Iterator[tuple[Callable[[Any], None], Callable[[], int | None]]]:
+    """(show a renderable, the output's width now) for ``mode``."""
     if mode not in ("live", "print"):
-        yield lambda _r: None
+        yield (lambda _r: None), (lambda: None)
         return
     from rich.console import Console
 
@@ -359,12 +385,12 @@ def _live(mode: str, out: TextIO) -> Iterator[Callable[[Any], None]]:
     if not console.is_terminal and "COLUMNS" not in os.environ:
         console = Console(file=out, width=160)  # a pipe or a file: room for every column
     if mode == "print" or not console.is_terminal:
-        yield console.print
+        yield console.print, (lambda: console.width)
         return
     from rich.live import Live
 
     with Live(console=console, auto_refresh=False, transient=False) as live:
-        yield lambda r: live.update(r, refresh=True)
+        yield (lambda r: live.update(r, refresh=True)), (lambda: console.width)
 
 
 def logging_conf(log_file: str) -> str:
@@ -408,7 +434,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="override a [cmt] option, e.g. --set backend=resctrl")
     p.add_argument("--interval", type=float, default=2.0,
                    help="seconds between polling cycles (default 2)")
-    p.add_argument("--cycles", type=int, help="stop after N cycles (default: until Ctrl-C)")
+    p.add_argument("--cycles", type=int, help="stop after N cycles (default, or 0: until Ctrl-C)")
     p.add_argument("--sort", choices=sorted(SORT_KEYS), default="occupancy-percent",
                    help="row order (default occupancy-percent, largest first)")
     p.add_argument("--once", action="store_true",
@@ -457,9 +483,11 @@ def print_log_problems(path: str, out: TextIO) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    if args.interval < 0 or (args.cycles is not None and args.cycles < 1):
-        print("ceilometer-cmt top: --interval must be >= 0 and --cycles >= 1", file=sys.stderr)
+    if args.interval < 0 or (args.cycles is not None and args.cycles < 0):
+        print("ceilometer-cmt top: --interval must be >= 0 and --cycles >= 0", file=sys.stderr)
         return 2
+    if args.cycles == 0:
+        args.cycles = None
     config_files = args.config_file or default_config_files()
     overrides = overrides_conf(args.set)
     live = not args.json and sys.stdout.isatty()

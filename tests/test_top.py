@@ -172,7 +172,7 @@ def test_bad_set_and_bad_arguments(cloud):  # type: ignore[no-untyped-def]
     _host, _running, _stopped, conf = cloud
     with pytest.raises(SystemExit, match="NAME=VALUE"):
         top.main(["--config-file", conf, "--once", "--set", "nonsense"])
-    assert top.main(["--config-file", conf, "--cycles", "0"]) == 2
+    assert top.main(["--config-file", conf, "--cycles", "-1"]) == 2
 
 
 def test_set_overrides_reach_the_plugin(cloud, capsys, tmp_path
@@ -185,3 +185,16 @@ def test_set_overrides_reach_the_plugin(cloud, capsys, tmp_path
     # no resctrl there: per-instance meters are off, only the host's cache size remains
     assert doc["instances"] == [] and doc["backend"] is None
     assert doc["cache"]["size"] == 2 * L3
+
+
+def test_narrow_terminal_fits(cloud):  # type: ignore[no-untyped-def]
+    _host, (a, b, c), _stopped, _conf = cloud
+    view = top.build_view(two_cycles(cloud))
+    console = Console(file=io.StringIO(), width=80, color_system=None)
+    console.print(top.render(view, width=80))
+    lines = console.file.getvalue().splitlines()  # type: ignore[attr-defined]
+    table = [ln for ln in lines if "\u2026" in ln]
+    assert len(table) == 3 and all(len(ln) <= 80 for ln in lines)
+    # the demo-style uuids share their first 8 characters: the tail tells them apart
+    assert b.uuid[-8:] in table[0] and b.display_name in table[0] and " ok" in table[0]
+    assert "33.6%" in table[0] and "L3#0" not in table[0]  # per-domain column left out
