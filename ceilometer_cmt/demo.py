@@ -62,11 +62,13 @@ def fuse_problem() -> str | None:
 
 def scenario_for(instances: Sequence[FakeInstance], noisy: FakeInstance,
                  domains: Sequence[int], ramp: float,
-                 pids: Mapping[str, int] | None = None) -> dict[str, Any]:
+                 pids: Mapping[str, int] | None = None,
+                 hot: Sequence[int] | None = None) -> dict[str, Any]:
     """The simulator scenario: modest steady load everywhere, one noisy neighbour.
 
     Instance ``i`` lives mostly on domain ``domains[i % len(domains)]``; the
-    noisy one on ``domains[0]``, its occupancy ramping linearly from
+    noisy one on ``hot`` (default ``domains[0]``; with SNC every node of one L3,
+    so that it fills that L3 as the plugin sees it), its occupancy ramping from
     ``NOISY_FROM`` to ``NOISY_TO`` percent of that domain over ``ramp`` seconds.
     An instance's qemu is matched by its pid when ``pids`` (domain name -> pid)
     has it, else by ``guest=<domain name>,`` in its cmdline.
@@ -92,11 +94,15 @@ def scenario_for(instances: Sequence[FakeInstance], noisy: FakeInstance,
         processes.append({"name": inst.display_name,
                           "match": match(inst),
                           "timeline": [point]})
-    hot = domains[0]
-    start = {"t": 0, "occupancy": {hot: f"{NOISY_FROM}%"},
-             "mbm_total": {hot: 3 * 1024 * mib}, "mbm_local": {hot: 2800 * mib}}
-    end = {**start, "t": ramp, "occupancy": {hot: f"{NOISY_TO}%"},
-           "mbm_total": {hot: 6 * 1024 * mib}, "mbm_local": {hot: 5600 * mib}}
+    hot = list(hot or domains[:1])
+
+    def each(value: Any) -> dict[int, Any]:
+        return {d: value for d in hot}
+
+    start = {"t": 0, "occupancy": each(f"{NOISY_FROM}%"),
+             "mbm_total": each(3 * 1024 * mib), "mbm_local": each(2800 * mib)}
+    end = {**start, "t": ramp, "occupancy": each(f"{NOISY_TO}%"),
+           "mbm_total": each(6 * 1024 * mib), "mbm_local": each(5600 * mib)}
     processes.append({"name": noisy.display_name + " (noisy neighbour)",
                       "match": match(noisy),
                       "timeline": [start, end] if ramp > 0 else [end | {"t": 0}]})
@@ -182,7 +188,8 @@ class DemoHost:
         scenario = self.path("scenario.json")
         with open(scenario, "w", encoding="utf-8") as f:
             json.dump(scenario_for(self.instances, self.noisy, [d.id for d in topo.mon_domains],
-                                   self.ramp, pids), f, indent=2)
+                                   self.ramp, pids,
+                                   [d.id for d in topo.domains_of(topo.l3[0].id)]), f, indent=2)
         self.mountpoint = self.path("resctrl")
         os.mkdir(self.mountpoint)
         with uninterrupted():

@@ -204,10 +204,15 @@ def _pct(p: float | None) -> str:
 
 
 def domain_breakdown(view: HostView, row: InstanceRow) -> str:
+    """One line per domain; with more than two domains, those at 0 B are counted."""
     parts = []
-    for dom, value in sorted(row.domains.items()):
+    shown = row.domains if len(row.domains) <= 2 else {
+        k: v for k, v in row.domains.items() if v}
+    for dom, value in sorted(shown.items()):
         label = "host" if dom == HOST_WIDE else f"L3#{dom}"
         parts.append(f"{label} {human_bytes(value)} {_pct(view.domain_percent(dom, value))}")
+    if len(shown) < len(row.domains):
+        parts.append(f"{len(row.domains) - len(shown)} more at 0 B")
     return "\n".join(parts) or "-"
 
 
