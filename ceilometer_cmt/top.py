@@ -296,8 +296,11 @@ def render(view: HostView, *, title: str = "ceilometer-cmt top", alert_percent: 
         cells.append(Text(status, style="green" if r.status == "monitored" else "yellow"))
         table.add_row(*cells)
     if not view.rows:
-        table.add_row("(no running instance)")
+        table.add_row("(none)")
     parts: list[Any] = [head, table]
+    if view.backend is None:
+        parts.append(Text("No cache monitoring backend: per-instance meters are off on this "
+                          "host. 'ceilometer-cmt probe' says why.", style="yellow"))
     if footer:
         parts.append(Text(footer, style="dim"))
     return Group(*parts)
