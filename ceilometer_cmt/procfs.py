@@ -8,6 +8,7 @@ guards against a stale pidfile whose pid was reused by another process.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 
 from ceilometer_cmt.errors import InstanceGone
@@ -99,8 +100,14 @@ def find_qemu_process(pid_dir: str, proc_root: str, domain_name: str) -> QemuPro
     check_domain_name(domain_name)
     pidfile = os.path.join(pid_dir, domain_name + ".pid")
     try:
-        with open(pidfile, "rb") as f:
-            raw = f.read(64)
+        # O_NONBLOCK: a FIFO must not block the cycle; only a regular file is a pidfile.
+        fd = os.open(pidfile, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise InstanceGone(f"cannot read pidfile {pidfile}: not a regular file")
+            raw = os.read(fd, 64)
+        finally:
+            os.close(fd)
     except FileNotFoundError as e:
         raise InstanceGone(f"no pidfile {pidfile} (instance not running)") from e
     except OSError as e:

@@ -44,6 +44,7 @@ class _Tracked:
     domain_name: str
     pid: int | None = None
     pidfile_sig: tuple[int, int] | None = None
+    start_time: bytes | None = None  # /proc/<pid>/stat field 22: tells a reused pid
     assigned: set[int] = field(default_factory=set)
     #: control group name ("" = default) -> absolute path of our monitor group
     groups: dict[str, str] = field(default_factory=dict)
@@ -216,7 +217,8 @@ class ResctrlBackend:
         if t.pid is not None:
             try:
                 st = os.stat(pidfile)
-                if (st.st_ino, st.st_mtime_ns) == t.pidfile_sig:
+                if ((st.st_ino, st.st_mtime_ns) == t.pidfile_sig
+                        and _start_time(self.proc_root, t.pid) == t.start_time):
                     return list(procfs.list_tids(self.proc_root, t.pid))
             except (FileNotFoundError, InstanceGone):
                 pass
@@ -224,6 +226,7 @@ class ResctrlBackend:
         proc = procfs.find_qemu_process(self.pid_dir, self.proc_root, t.domain_name)
         st = os.stat(pidfile)
         t.pid, t.pidfile_sig = proc.pid, (st.st_ino, st.st_mtime_ns)
+        t.start_time = _start_time(self.proc_root, proc.pid)
         return list(proc.tids)
 
     def _ensure(self, t: _Tracked, ctx: _CycleContext) -> None:
@@ -332,6 +335,16 @@ class ResctrlBackend:
                 else:
                     mbm_local[f"{ctrl}/{dom_id}{gen}"] = value
         return reading
+
+
+def _start_time(proc_root: str, pid: int) -> bytes | None:
+    """Start time of ``pid`` (clock ticks since boot), None when it is gone."""
+    try:
+        with open(os.path.join(proc_root, str(pid), "stat"), "rb") as f:
+            fields = f.read().rpartition(b")")[2].split()
+    except OSError:
+        return None
+    return fields[19] if len(fields) > 19 else None
 
 
 class _GroupVanished(Exception):

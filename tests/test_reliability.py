@@ -471,15 +471,7 @@ def test_fault_values_give_no_sample_and_cumulative_stays_monotonic(
 
 
 # ------------------------------------------------------- two agents, one host
-SIM_HIDES_CTRL_GROUPS = (
-    "simulator bug: readdir of the mount root omits control groups made by mkdir "
-    "(simulator/tree.py _in_group lists only files, mon_data, mon_groups, info), so "
-    "resctrl.list_ctrl_groups never sees libvirt's cachetune group and the vCPU threads "
-    "cannot be placed (EINVAL 'Can't move task to different control group')")
-
-
-@pytest.mark.parametrize("with_cachetune", [
-    False, pytest.param(True, marks=pytest.mark.xfail(strict=True, reason=SIM_HIDES_CTRL_GROUPS))])
+@pytest.mark.parametrize("with_cachetune", [False, True])
 def test_two_agents_share_the_host_and_leave_foreign_groups_alone(
         rig: Callable[..., Rig], with_cachetune: bool) -> None:
     names = [f"instance-{i:08x}" for i in range(16)]
@@ -667,10 +659,6 @@ def test_hostile_names_pidfiles_and_cmdlines_stay_unmonitored(rig: Callable[...,
           f"cycles, {len(good)} good ones read every cycle, nothing raised")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "resctrl_backend._resolve trusts a remembered pid while the pidfile is unchanged: a qemu "
-    "that died leaving its pidfile, whose pid was reused before the next cycle, gets the new "
-    "process's threads written into the instance's group"))
 def test_pid_reused_between_cycles_is_not_adopted(rig: Callable[..., Rig]) -> None:
     name = "instance-00000001"
     r = rig({"processes": [load(name)]})
@@ -708,9 +696,6 @@ def test_pid_reused_between_cycles_is_not_adopted(rig: Callable[..., Rig]) -> No
         backend.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "procfs.find_qemu_process opens the pidfile with a blocking open(): a FIFO (or a symlink "
-    "to one) in pid_dir blocks the polling thread forever"))
 def test_fifo_pidfile_does_not_block_the_cycle(rig: Callable[..., Rig]) -> None:
     import threading
 

@@ -73,6 +73,7 @@ def _in_group(model: Model, group: Group, rest: tuple[str, ...]) -> Node:
             names.append("mon_groups")
         if group.is_root:
             names.append("info")
+            names.extend(model.ctrl_groups)
         return Dir(tuple(sorted(names)))
     head = rest[0]
     if len(rest) == 1 and head in files:
