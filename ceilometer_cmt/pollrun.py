@@ -33,8 +33,10 @@ def polling_agent(config_files: Sequence[str], polling_file: str | None = None,
         # notifier options are registered only when the agent opens its transport.
         extra = os.path.join(tmp, "cmt-poll.conf")
         with open(extra, "w", encoding="utf-8") as f:
-            # use_stderr: oslo.log would otherwise log to stdout, among the samples.
-            f.write("[DEFAULT]\ntransport_url = fake://\nuse_stderr = true\n"
+            # oslo.log logs to stdout when nothing else is configured: keep the
+            # samples alone there.
+            stderr = "" if _logs_elsewhere(config_files) else "use_stderr = true\n"
+            f.write(f"[DEFAULT]\ntransport_url = fake://\n{stderr}"
                     "[publisher_notifier]\ntelemetry_driver = test\n"
                     f"[polling]\ncfg_file = {polling_file or default_polling_file()}\n"
                     f"heartbeat_socket_dir = {tmp}\n")
@@ -42,6 +44,9 @@ def polling_agent(config_files: Sequence[str], polling_file: str | None = None,
         for cf in [*config_files, extra]:
             argv += ["--config-file", cf]
         conf = service.prepare_service(argv, [], conf=cfg.ConfigOpts())
+        from ceilometer_cmt import options
+
+        options.register_opts(conf)  # so that [cmt] overrides apply before pollsters load
         for (group, name), value in (overrides or {}).items():
             conf.set_override(name, value, group=group)
         agent = polling_manager.AgentManager(0, conf, ["compute"])
@@ -52,6 +57,18 @@ def polling_agent(config_files: Sequence[str], polling_file: str | None = None,
             from ceilometer_cmt.pollsters import runtime
 
             runtime.reset()
+
+
+def _logs_elsewhere(config_files: Sequence[str]) -> bool:
+    """True when the given config files already send logs somewhere else."""
+    from oslo_config import cfg
+    from oslo_log import log
+
+    probe = cfg.ConfigOpts()
+    log.register_options(probe)
+    probe(args=[], default_config_files=list(config_files))
+    return bool(probe.log_file or probe.log_config_append or probe.use_stderr
+                or probe.use_journal or probe.use_syslog)
 
 
 def run_cycles(agent: Any, cycles: int) -> list[list[dict[str, Any]]]:

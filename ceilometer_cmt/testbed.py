@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from xml.sax.saxutils import escape, quoteattr
 
+from ceilometer_cmt.childproc import die_with_parent
 from ceilometer_cmt.readings import InstanceRef
 
 NOVA_NS = "http://openstack.org/xmlns/libvirt/nova/1.1"
@@ -439,7 +440,8 @@ class StandInQemu:
                 "--cmt-mode", "burn" if self._burn else "sleep",
                 "--cmt-threads", str(self.extra_threads)]
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+                                     env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+                                     preexec_fn=die_with_parent)
         try:
             assert self.proc.stdout is not None
             line = self.proc.stdout.readline()

@@ -104,7 +104,10 @@ def test_poll_json_prints_samples(host, tmp_path, capsys, monkeypatch
         privsep = never
     """))
     monkeypatch.setattr(runtime, "resctrl_ops", lambda conf, settings: host.ops)
-    assert cli.main(["poll", "--config-file", str(conf), "--cycles", "2", "--json"]) == 0
+    # --set reaches [cmt] before the pollsters load (here: the prefix of our groups)
+    assert cli.main(["poll", "--config-file", str(conf), "--cycles", "2", "--json",
+                     "--set", "resctrl_group_prefix=cmt-test-"]) == 0
+    assert os.listdir(os.path.join(host.resctrl, "mon_groups")) == ["cmt-test-" + inst[0].uuid]
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     occ = [r for r in rows if r["name"] == "cache.occupancy"]
     assert [r["cycle"] for r in occ] == [1, 2]

@@ -25,11 +25,11 @@ from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import Any
 
+from ceilometer_cmt.childproc import die_with_parent
 from ceilometer_cmt.simulator.topology import PRESETS
 
 SUBTYPE = "cmt-resctrl-sim"
 FSTYPE = f"fuse.{SUBTYPE}"
-_PR_SET_PDEATHSIG = 1
 
 
 def _unescape(field: str) -> str:
@@ -75,9 +75,7 @@ def fuse_missing_reason() -> str | None:
     return None
 
 
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+_die_with_parent = die_with_parent
 
 
 class Simulator:
