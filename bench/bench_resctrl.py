@@ -33,6 +33,7 @@ import os
 import platform
 import pstats
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -142,6 +143,37 @@ def build_host(work: str, n: int, threads: int) -> tuple[str, str, str, str, lis
     return sysfs, rc, proc, pid_dir, refs
 
 
+@contextlib.contextmanager
+def real_processes(work: str, n: int) -> Iterator[tuple[str, str, list[InstanceRef]]]:
+    """``n`` real processes whose cmdline is a qemu's (``-name guest=<domain>,...``):
+    a ``sh -c 'sleep ...; :'`` (not the last command, so dash stays and keeps its
+    argv) per instance, with libvirt-style pidfiles; all killed on exit."""
+    from ceilometer_cmt.childproc import die_with_parent
+
+    pid_dir = os.path.join(work, "run", "libvirt", "qemu")
+    os.makedirs(pid_dir)
+    procs: list[subprocess.Popen[bytes]] = []
+    refs = []
+    try:
+        for i in range(n):
+            name = f"instance-{i + 1:08x}"
+            p = subprocess.Popen(["/bin/sh", "-c", "sleep 100000; :", "-name",
+                                  f"guest={name},debug-threads=on"],
+                                 stdin=subprocess.DEVNULL, preexec_fn=die_with_parent,
+                                 start_new_session=True)
+            procs.append(p)
+            with open(os.path.join(pid_dir, name + ".pid"), "w", encoding="ascii") as f:
+                f.write(f"{p.pid}\n")
+            refs.append(InstanceRef(str(uuidlib.UUID(int=(0xBE7C << 112) | (i + 1))), name))
+        yield "/proc", pid_dir, refs
+    finally:
+        for p in procs:  # the sh and its sleep: one session each
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+        for p in procs:
+            p.wait()
+
+
 def value_files(backend: ResctrlBackend) -> list[str]:
     """Every mon_data file the backend reads in one cycle, in its order."""
     paths = []
@@ -181,7 +213,11 @@ def timed(fn: Callable[[], object]) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--instances", type=int, default=1000)
-    ap.add_argument("--threads", type=int, default=4, help="threads per qemu process")
+    ap.add_argument("--threads", type=int, default=4,
+                    help="threads per qemu process (fake /proc only)")
+    ap.add_argument("--proc", choices=["real", "fake"], default="real",
+                    help="real: real processes on the host's /proc (pidfd path, as in "
+                         "production); fake: a /proc fixture tree (start-time path)")
     ap.add_argument("--runs", type=int, default=7, help="measured cycles per side")
     ap.add_argument("--mount", action="store_true",
                     help="mount a private tmpfs (root) instead of using /dev/shm")
@@ -190,9 +226,12 @@ def main() -> int:
                     help=f"write the figures to {os.path.relpath(DOC, ROOT)}")
     args = ap.parse_args()
 
-    with workdir(args.mount) as work:
+    with workdir(args.mount) as work, contextlib.ExitStack() as stack:
         t0 = time.perf_counter()
         sysfs, rc, proc, pid_dir, refs = build_host(work, args.instances, args.threads)
+        if args.proc == "real":
+            shutil.rmtree(pid_dir)
+            proc, pid_dir, refs = stack.enter_context(real_processes(work, args.instances))
         ops = IndexedKernelOps(rc, INTEL_2S, proc_root=proc)
         backend = ResctrlBackend(rc, sysfs_root=sysfs, proc_root=proc, pid_dir=pid_dir,
                                  verify_mount=False, ops=ops)
@@ -248,7 +287,8 @@ def main() -> int:
     lines = [
         f"host: {platform.node()} {platform.machine()}, Python {platform.python_version()}, "
         f"kernel {platform.release()}, work dir on {fs}",
-        f"instances: {args.instances} x {args.threads} threads, INTEL_2S (2 L3 domains, "
+        f"/proc: {args.proc}; instances: {args.instances} x "
+        f"{args.threads if args.proc == 'fake' else 1} threads, INTEL_2S (2 L3 domains, "
         f"{len(backend.events)} events) -> {len(paths)} value files per cycle",
         f"setup (tree + first sync creating {args.instances} groups): {setup:.1f} s",
         f"plugin cycle (CacheMonitor.poll), median of {args.runs}: {med_p * 1e3:.1f} ms "
@@ -259,7 +299,8 @@ def main() -> int:
         f"[min {min(raw) * 1e3:.1f}, max {max(raw) * 1e3:.1f}]",
         f"  of which backend.sync alone: {med_s * 1e3:.1f} ms; monitor (meters, counters): "
         f"{(med_p - med_s) * 1e3:.1f} ms",
-        f"  syscall floor (raw reads + per instance stat(pidfile) + listdir(task)): "
+        f"  for comparison, raw reads + per instance stat(pidfile) + listdir(task) (what "
+        f"the backend pays without pidfds, e.g. on fixture trees): "
         f"{med_f * 1e3:.1f} ms = {med_f / med_r:.2f}x raw",
         f"ratio plugin/raw: {ratio:.2f}x (goal <= 1.5x): {'OK' if ratio <= 1.5 else 'ABOVE GOAL'}",
         f"steady state over {args.runs + 1} cycles: mkdir {steady_mkdirs}, tasks writes "
@@ -275,13 +316,30 @@ def main() -> int:
     return 0 if steady_mkdirs == steady_writes == len(steady_calls) == 0 else 1
 
 
+READING = """Reading:
+
+- Steady state makes no mkdir, no write, no rmdir and takes no lock.
+- Per instance and cycle the backend makes no syscall besides the value reads:
+  each qemu is held by a pidfd and one `poll()` over all of them tells exits
+  (a pidfd never names a later process with the same pid); threads are listed
+  again only every 10th cycle (staggered per instance) or after a change.
+- The goal of <= 1.5x raw is NOT met: ~2.1-2.4x on tmpfs over runs. What is
+  left is CPython per-file and per-instance work (about 1.3x on the reads alone:
+  strip/isdigit/int and dict stores per file; the rest: one InstanceReading,
+  percent, two counters and one InstanceMeters per instance). On tmpfs a read
+  costs ~3 us; on real resctrl each value read makes the kernel read an MSR on
+  a CPU of that domain (an IPI), so the same fixed Python cost is a smaller
+  share there, but that was not measurable on these machines. Reaching 1.5x
+  on tmpfs would need the reads and sums batched outside Python."""
+
+
 def write_doc(lines: list[str], args: argparse.Namespace) -> None:
     """Replace (or add) only the "resctrl backend" section of doc/benchmarks.md."""
     cmd = "python bench/bench_resctrl.py" + (
         f" --instances {args.instances}" if args.instances != 1000 else "") + (
         " --mount" if args.mount else "")
     body = [SECTION, "", f"`{cmd}` ({time.strftime('%Y-%m-%d')}):", "", "```",
-            *lines, "```", ""]
+            *lines, "```", "", READING, ""]
     text = ""
     if os.path.exists(DOC):
         with open(DOC, encoding="utf-8") as f:

@@ -31,6 +31,22 @@ class ByteCounter:
     def update(self, raw: Mapping[str, int | None], now: float) -> CounterValue:
         if not raw:
             return CounterValue(None, None)
+        last = self._last
+        if raw.keys() == last.keys() and None not in raw.values():
+            # Steady state: the same counters, all present; none went back.
+            delta = 0
+            for key, value in raw.items():
+                prev = last[key]
+                if value < prev:  # type: ignore[operator]
+                    break
+                delta += value - prev  # type: ignore[operator]
+            else:
+                last.update(raw)  # type: ignore[arg-type]
+                self._total += delta
+                return self._emit(now, reset=False)
+        return self._update_slow(raw, now)
+
+    def _update_slow(self, raw: Mapping[str, int | None], now: float) -> CounterValue:
         complete = all(v is not None for v in raw.values())
         reset = set(raw) != set(self._last) or not complete
         for key, value in raw.items():
@@ -52,6 +68,9 @@ class ByteCounter:
             # Part of the counters gave nothing: the sum would undercount.
             self._last_time = None
             return CounterValue(None, None)
+        return self._emit(now, reset)
+
+    def _emit(self, now: float, reset: bool) -> CounterValue:
         rate = None
         if (not reset and self._last_time is not None
                 and self._last_cumulative is not None):

@@ -67,16 +67,18 @@ def occupancy_meters(reading: InstanceReading, host: HostCache
     understate the instance's footprint.
     """
     occ = reading.occupancy
-    if not occ or any(v is None for v in occ.values()):
+    if not occ or None in occ.values():
         return None, None, None
-    domains = {k: v for k, v in occ.items() if v is not None}
-    total = sum(domains.values())
-    percents = []
+    domains: dict[int, int] = occ  # type: ignore[assignment]  # no None left
+    sizes = host.sizes
+    best = None
     for dom, value in domains.items():
-        size = host.domain_size(dom)
+        size = sizes.get(dom)
         if size:
-            percents.append(100.0 * value / size)
-    return total, domains, (max(percents) if percents else None)
+            pct = 100.0 * value / size
+            if best is None or pct > best:
+                best = pct
+    return sum(domains.values()), dict(domains), best
 
 
 class CacheMonitor:
@@ -86,7 +88,8 @@ class CacheMonitor:
         self.clock = clock
         self.host = backend.host_cache()
         self.nodata = RateLimitedLog(log_interval, clock)
-        self._counters: dict[tuple[str, str], ByteCounter] = {}
+        #: uuid -> (mbm_total, mbm_local) counters
+        self._counters: dict[str, tuple[ByteCounter, ByteCounter]] = {}
         self.lock = threading.RLock()
         self.last: CycleResult | None = None
 
@@ -101,28 +104,25 @@ class CacheMonitor:
                 self.nodata(uuid, f"not monitored: {reason}")
             for uuid, reading in cycle.readings.items():
                 result.instances[uuid] = self._meters(uuid, reading, now)
-            live = set(cycle.readings) | set(cycle.unmonitored)
-            for key in [k for k in self._counters if k[0] not in live]:
-                del self._counters[key]
+            stale = self._counters.keys() - cycle.readings.keys() - cycle.unmonitored.keys()
+            for uuid in stale:
+                del self._counters[uuid]
             self.last = result
             return result
-
-    def _counter(self, uuid: str, event: str) -> ByteCounter:
-        key = (uuid, event)
-        if key not in self._counters:
-            self._counters[key] = ByteCounter()
-        return self._counters[key]
 
     def _meters(self, uuid: str, reading: InstanceReading, now: float) -> InstanceMeters:
         total, domains, percent = occupancy_meters(reading, self.host)
         if total is None and reading.occupancy:
             self.nodata(uuid, "llc_occupancy gave no value (Unavailable/Error)")
-        mbm_t = self._counter(uuid, "total").update(reading.mbm_total, now)
-        mbm_l = self._counter(uuid, "local").update(reading.mbm_local, now)
-        for name, raw, value in (("mbm_total_bytes", reading.mbm_total, mbm_t),
-                                 ("mbm_local_bytes", reading.mbm_local, mbm_l)):
-            if raw and value.cumulative is None:
-                self.nodata(uuid, f"{name} gave no value (Unavailable/Error/Unassigned)")
+        counters = self._counters.get(uuid)
+        if counters is None:
+            counters = self._counters[uuid] = (ByteCounter(), ByteCounter())
+        mbm_t = counters[0].update(reading.mbm_total, now)
+        mbm_l = counters[1].update(reading.mbm_local, now)
+        if mbm_t.cumulative is None and reading.mbm_total:
+            self.nodata(uuid, "mbm_total_bytes gave no value (Unavailable/Error/Unassigned)")
+        if mbm_l.cumulative is None and reading.mbm_local:
+            self.nodata(uuid, "mbm_local_bytes gave no value (Unavailable/Error/Unassigned)")
         return InstanceMeters(total, domains, percent, mbm_t.cumulative, mbm_l.cumulative,
                               mbm_t.rate, mbm_l.rate)
 

@@ -6,6 +6,7 @@ gave no value"; it is never replaced by 0.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -39,13 +40,16 @@ class HostCache:
     def size(self) -> int | None:
         return sum(d.size for d in self.domains) if self.domains else None
 
+    @functools.cached_property
+    def sizes(self) -> dict[int, int]:
+        """Domain id (and HOST_WIDE, the total) -> bytes."""
+        out = {d.id: d.size for d in self.domains}
+        if self.domains:
+            out[HOST_WIDE] = sum(out.values())
+        return out
+
     def domain_size(self, domain_id: int) -> int | None:
-        if domain_id == HOST_WIDE:
-            return self.size
-        for d in self.domains:
-            if d.id == domain_id:
-                return d.size
-        return None
+        return self.sizes.get(domain_id)
 
 
 @dataclass(frozen=True)

@@ -18,11 +18,14 @@ import errno
 import logging
 import os
 import re
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ceilometer_cmt import procfs, resctrl
 from ceilometer_cmt.errors import BackendUnavailable, InstanceGone, NotMonitored
+from ceilometer_cmt.process_watch import PidfdWatch, start_time
 from ceilometer_cmt.readings import BackendCycle, HostCache, InstanceReading, InstanceRef
 from ceilometer_cmt.sysfs_cache import read_host_cache
 
@@ -30,6 +33,10 @@ LOG = logging.getLogger(__name__)
 
 _UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+#: With a pidfd, threads are listed again every RELIST cycles (threads that
+#: qemu forks later join the group by themselves; this catches threads
+#: another tool moved away).
+RELIST = 10
 _NO_RMID = {errno.ENOSPC: "no free RMID (ENOSPC)", errno.EBUSY: "RMIDs in limbo (EBUSY)"}
 
 
@@ -45,6 +52,10 @@ class _Tracked:
     pid: int | None = None
     pidfile_sig: tuple[int, int] | None = None
     start_time: bytes | None = None  # /proc/<pid>/stat field 22: tells a reused pid
+    pidfd: int | None = None  # holds the very process (see process_watch)
+    settled: bool = False  # the last thread listing found nothing new
+    foreign: set[int] = field(default_factory=set)  # threads left in others' groups
+    stagger: int = 0  # spreads the periodic re-listing over cycles
     assigned: set[int] = field(default_factory=set)
     #: control group name ("" = default) -> absolute path of our monitor group
     groups: dict[str, str] = field(default_factory=dict)
@@ -84,8 +95,12 @@ class ResctrlBackend:
         self.events = self.info.mon_features
         self._domains: list[tuple[int, str]] = resctrl.list_domains(resctrl_root)
         self._tracked: dict[str, _Tracked] = {}
+        self._watch = PidfdWatch(proc_root)
+        self._uuids: dict[str, str | None] = {}  # instance id -> validated uuid
+        self._cycle_no = 0
+        self._exited: set[int] = set()
         #: group path -> its value files (see _value_files)
-        self._files: dict[str, list[tuple[int, str, str, str]]] = {}
+        self._files: dict[str, list[_ValueFile]] = {}
         self._adopted = False
         #: counters for tests and the benchmark
         self.mkdirs = 0
@@ -137,7 +152,11 @@ class ResctrlBackend:
         cycle = BackendCycle()
         wanted: dict[str, InstanceRef] = {}
         for ref in instances:
-            uuid = valid_uuid(ref.uuid)
+            uuid = self._uuids.get(ref.uuid, "")
+            if uuid == "":
+                uuid = self._uuids[ref.uuid] = valid_uuid(ref.uuid)
+                if len(self._uuids) > 4 * len(instances) + 1024:
+                    self._uuids.clear()  # bounded: ids of long-gone instances
             if uuid is None:
                 cycle.unmonitored[ref.uuid] = "instance id is not a UUID"
                 continue
@@ -145,21 +164,30 @@ class ResctrlBackend:
         if not self._adopted:
             self._adopt(wanted)
         gone = [u for u in self._tracked if u not in wanted]
+        for u in gone:
+            self._watch.unwatch(self._tracked[u].pidfd)
         if gone:
             paths = [p for u in gone for p in self._tracked.pop(u).groups.values()]
             for p in paths:
                 self._files.pop(p, None)
             self.remove_groups(paths)
         ctx = _CycleContext(self)
+        self._cycle_no += 1
+        self._exited = self._watch.exited()
         try:
             for uuid, ref in wanted.items():
                 tracked = self._tracked.get(uuid)
                 if tracked is None or tracked.domain_name != ref.domain_name:
-                    tracked = self._tracked[uuid] = _Tracked(uuid, ref.domain_name,
-                                                             groups=tracked.groups
-                                                             if tracked else {})
+                    if tracked is not None:
+                        self._watch.unwatch(tracked.pidfd)
+                    tracked = self._tracked[uuid] = _Tracked(
+                        uuid, ref.domain_name, groups=tracked.groups if tracked else {},
+                        stagger=zlib.crc32(uuid.encode()) % RELIST)
                 try:
-                    self._ensure(tracked, ctx)
+                    if not (tracked.settled and tracked.pidfd is not None and tracked.groups
+                            and tracked.pidfd not in self._exited
+                            and (self._cycle_no + tracked.stagger) % RELIST):
+                        self._ensure(tracked, ctx)  # else: steady, see _resolve
                     try:
                         cycle.readings[uuid] = self._read(tracked)
                     except _GroupVanished as e:
@@ -185,7 +213,8 @@ class ResctrlBackend:
         return cycle
 
     def close(self) -> None:
-        """Groups stay for the next agent to adopt; nothing else is held."""
+        """Groups stay for the next agent to adopt; pidfds are closed."""
+        self._watch.close()
         self._tracked.clear()
         self._adopted = False
 
@@ -211,29 +240,52 @@ class ResctrlBackend:
                      self.prefix)
         self._adopted = True
 
-    def _resolve(self, t: _Tracked) -> list[int]:
-        """Current TIDs of the instance's qemu; re-resolve when the pidfile changed."""
-        pidfile = os.path.join(self.pid_dir, t.domain_name + ".pid")
+    def _resolve(self, t: _Tracked) -> list[int] | None:
+        """Current TIDs of the instance's qemu, re-resolved when the process
+        changed; None when nothing needs listing this cycle (pidfd says the
+        process lives, its threads settled, not its re-listing cycle)."""
         if t.pid is not None:
-            try:
-                st = os.stat(pidfile)
-                if ((st.st_ino, st.st_mtime_ns) == t.pidfile_sig
-                        and _start_time(self.proc_root, t.pid) == t.start_time):
-                    return list(procfs.list_tids(self.proc_root, t.pid))
-            except (FileNotFoundError, InstanceGone):
-                pass
-        t.pid = None
+            if t.pidfd is not None:
+                if t.pidfd not in self._exited:
+                    if t.settled and t.groups and (self._cycle_no + t.stagger) % RELIST:
+                        return None
+                    try:
+                        return list(procfs.list_tids(self.proc_root, t.pid))
+                    except InstanceGone:
+                        pass
+            else:
+                try:
+                    st = os.stat(os.path.join(self.pid_dir, t.domain_name + ".pid"))
+                    if ((st.st_ino, st.st_mtime_ns) == t.pidfile_sig
+                            and start_time(self.proc_root, t.pid) == t.start_time):
+                        return list(procfs.list_tids(self.proc_root, t.pid))
+                except (FileNotFoundError, InstanceGone):
+                    pass
+        self._watch.unwatch(t.pidfd)
+        t.pid = t.pidfd = None
+        t.settled = False
         proc = procfs.find_qemu_process(self.pid_dir, self.proc_root, t.domain_name)
-        st = os.stat(pidfile)
-        t.pid, t.pidfile_sig = proc.pid, (st.st_ino, st.st_mtime_ns)
-        t.start_time = _start_time(self.proc_root, proc.pid)
+        st = os.stat(os.path.join(self.pid_dir, t.domain_name + ".pid"))
+        t.pidfile_sig = (st.st_ino, st.st_mtime_ns)
+        t.start_time = start_time(self.proc_root, proc.pid)
+        t.pidfd = self._watch.watch(proc.pid)
+        t.pid = proc.pid
         return list(proc.tids)
 
     def _ensure(self, t: _Tracked, ctx: _CycleContext) -> None:
+        periodic = t.settled
         tids = self._resolve(t)
+        if tids is None:
+            return
+        if periodic and t.groups:
+            # A periodic check: trust the kernel's lists, not our memory, so a
+            # thread another tool moved out is written back.
+            t.assigned = set().union(*(resctrl.read_tasks(p) for p in t.groups.values()))
         live = set(tids)
         t.assigned &= live
-        new = [tid for tid in tids if tid not in t.assigned]
+        t.foreign &= live
+        new = [tid for tid in tids if tid not in t.assigned and tid not in t.foreign]
+        t.settled = not new
         if not new and t.groups:
             return
         ctx.lock()
@@ -245,7 +297,7 @@ class ResctrlBackend:
             if skipped:
                 LOG.warning("instance %s: %d thread(s) sit in another tool's monitor group; "
                             "left there, their cache use is not counted", t.uuid, len(skipped))
-                t.assigned.update(skipped)
+                t.foreign.update(skipped)
             if not mine:
                 continue
             path = t.groups.get(ctrl) or self._make_group(t, ctrl, ctx)
@@ -283,24 +335,34 @@ class ResctrlBackend:
         t.groups[ctrl] = path
         return path
 
-    def _value_files(self, ctrl: str, path: str) -> list[tuple[int, str, str, str]]:
-        """(domain id, domain dir, event, file path) of a group, computed once."""
+    def _value_files(self, ctrl: str, path: str, gen: str) -> list[_ValueFile]:
+        """The value files of one group, with where each value goes; made once
+        per group (dropped when the group goes or vanishes)."""
         files = self._files.get(path)
         if files is None:
             if not self._domains:
                 self._domains = resctrl.list_domains(self.root)
-            files = [(dom_id, dom_dir, event, os.path.join(path, "mon_data", dom_dir, event))
-                     for dom_id, dom_dir in self._domains for event in self.events]
+            files = []
+            for dom_id, dom_dir in self._domains:
+                for event in self.events:
+                    kind = _KINDS[event]
+                    key: int | str = dom_id if kind == 0 else f"{ctrl}/{dom_id}{gen}"
+                    files.append((os.path.join(path, "mon_data", dom_dir, event), kind, key,
+                                  dom_dir, event))
             self._files[path] = files
         return files
 
     def _read(self, t: _Tracked) -> InstanceReading:
+        """One open/read/close per value file; ``None`` where the kernel gave
+        no number. Occupancy is summed over the instance's groups."""
         reading = InstanceReading()
-        occupancy, mbm_total, mbm_local = (reading.occupancy, reading.mbm_total,
-                                           reading.mbm_local)
+        targets: tuple[dict[Any, int | None], ...] = (
+            reading.occupancy, reading.mbm_total, reading.mbm_local)
+        occupancy = reading.occupancy
         gen = f"#{t.generation}" if t.generation else ""
+        several = len(t.groups) > 1
         for ctrl, path in sorted(t.groups.items()):
-            for dom_id, dom_dir, event, fpath in self._value_files(ctrl, path):
+            for fpath, kind, key, dom_dir, event in self._value_files(ctrl, path, gen):
                 value: int | None
                 try:
                     fd = os.open(fpath, os.O_RDONLY)
@@ -326,25 +388,16 @@ class ResctrlBackend:
                     except FileNotFoundError as e:
                         self._files.pop(path, None)
                         raise _GroupVanished(f"monitor group {path} vanished") from e
-                if event == "llc_occupancy":
-                    prev = occupancy.get(dom_id, 0)
-                    occupancy[dom_id] = (None if value is None or prev is None
-                                         else prev + value)
-                elif event == "mbm_total_bytes":
-                    mbm_total[f"{ctrl}/{dom_id}{gen}"] = value
-                else:
-                    mbm_local[f"{ctrl}/{dom_id}{gen}"] = value
+                if kind == 0 and several and key in occupancy:
+                    prev = occupancy[key]  # type: ignore[index]
+                    value = None if value is None or prev is None else prev + value
+                targets[kind][key] = value
         return reading
 
 
-def _start_time(proc_root: str, pid: int) -> bytes | None:
-    """Start time of ``pid`` (clock ticks since boot), None when it is gone."""
-    try:
-        with open(os.path.join(proc_root, str(pid), "stat"), "rb") as f:
-            fields = f.read().rpartition(b")")[2].split()
-    except OSError:
-        return None
-    return fields[19] if len(fields) > 19 else None
+#: (file path, 0/1/2 = occupancy/mbm_total/mbm_local, key, domain dir, event)
+_ValueFile = tuple[str, int, "int | str", str, str]
+_KINDS = {"llc_occupancy": 0, "mbm_total_bytes": 1, "mbm_local_bytes": 2}
 
 
 class _GroupVanished(Exception):

@@ -301,3 +301,62 @@ def test_hostile_instances_do_not_disturb_others(host):  # type: ignore[no-untyp
     assert "pid reused" in cycle.unmonitored["55555555-5555-4555-8555-555555555555"]
     assert "bad pidfile" in cycle.unmonitored["44444444-4444-4444-8444-444444444444"]
     assert os.listdir(os.path.join(host.resctrl, "mon_groups")) == ["ceilometer-" + U1]
+
+
+def _pidfds() -> set[str]:
+    out = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:[pidfd]":
+                out.add(fd)
+        except FileNotFoundError:
+            pass  # the fd of the listing itself
+    return out
+
+
+def test_real_proc_holds_one_pidfd_per_instance_and_releases_it(host
+                                                                 ):  # type: ignore[no-untyped-def]
+    host.start_qemu("instance-1")
+    host.start_qemu("instance-2")
+    b = host.backend()
+    before = _pidfds()
+    b.sync([InstanceRef(U1, "instance-1"), InstanceRef(U2, "instance-2")])
+    assert len(_pidfds() - before) == 2
+    b.sync([InstanceRef(U2, "instance-2")])  # instance 1 leaves: its pidfd goes
+    assert len(_pidfds() - before) == 1
+    b.close()
+    assert _pidfds() - before == set()
+
+
+def test_pidfd_notices_exit_although_the_pidfile_stays(host):  # type: ignore[no-untyped-def]
+    q = host.start_qemu("instance-1")
+    b = host.backend()
+    refs = [InstanceRef(U1, "instance-1")]
+    assert U1 in b.sync(refs).readings
+    pidfile = q.pidfile
+    with open(pidfile) as f:
+        stale = f.read()
+    q.stop()  # removes the pidfile: put it back, as a crashed qemu leaves it
+    with open(pidfile, "w") as f:
+        f.write(stale)
+    cycle = b.sync(refs)
+    assert U1 not in cycle.readings and U1 in cycle.unmonitored
+
+
+def test_thread_moved_away_is_put_back_within_relist_cycles(host
+                                                           ):  # type: ignore[no-untyped-def]
+    from ceilometer_cmt.resctrl_backend import RELIST
+
+    q = host.start_qemu("instance-1", extra_threads=1)
+    b = host.backend()
+    refs = [InstanceRef(U1, "instance-1")]
+    b.sync(refs)
+    b.sync(refs)  # settled: nothing new
+    g = group(host, U1)
+    moved = q.tids[1]
+    host.ops._remove_tid(g, moved)  # another tool moved it back to the default group
+    writes = b.writes
+    for _ in range(RELIST):
+        b.sync(refs)
+    assert moved in resctrl.read_tasks(g)
+    assert b.writes == writes + 1
