@@ -51,6 +51,12 @@ What the kernel (``arch/x86/events/intel/cqm.c``, 4.1 - 4.13) does with this:
   needs ``perf_event_paranoid`` <= 1 or CAP_SYS_ADMIN/CAP_PERFMON, plus
   ptrace access to the qemu process.
 
+Counters come from a :class:`CounterProvider`: :class:`DirectCounters`
+(``perf_event_open`` in this process, the handles are the fds) by default, or
+the privsep daemon's (:class:`ceilometer_cmt.privileged.PrivsepCounters`),
+which holds the fds for an unprivileged agent and answers one batched read
+per cycle.
+
 Values: per event, the reads of all the instance's fds are summed; an fd
 that gave no data (thread never ran since the open) adds nothing, and an
 event where no fd gave data is ``None``.
@@ -66,6 +72,7 @@ import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import compress
+from typing import Protocol
 
 from ceilometer_cmt import perf_events, perf_pmu, procfs
 from ceilometer_cmt.errors import BackendUnavailable, InstanceGone, NotMonitored
@@ -109,6 +116,58 @@ _UNPACK = struct.Struct("=QQQ").unpack
 _ZERO_U64 = bytes(8)
 
 
+class CounterProvider(Protocol):
+    """Where counters are opened, read and closed; counters are int handles."""
+
+    def open(self, specs: Sequence[EventSpec], pid: int, tid: int,
+             domain_name: str) -> list[int]:
+        """One enabled counter per spec on thread ``tid`` of qemu ``pid``, all or
+        none; PerfProcessGone when the thread exited."""
+
+    def read(self, handles: Sequence[int], sizes: Sequence[int]) -> list[bytes]:
+        """One raw ``read`` per handle; OSError when any of them fails."""
+
+    def close(self, handles: Sequence[int]) -> None:
+        """Release the handles (idempotent, never raises OSError)."""
+
+    def probe(self, specs: Sequence[EventSpec]) -> None:
+        """Open, read and close each event once: raises when counting cannot work."""
+
+
+class DirectCounters:
+    """The counters in this process: handles are the perf fds themselves."""
+
+    def open(self, specs: Sequence[EventSpec], pid: int, tid: int,
+             domain_name: str) -> list[int]:
+        opened: list[Counter] = []
+        try:
+            for spec in specs:
+                opened.append(Counter(spec, tid))
+        except BaseException:
+            for c in opened:
+                c.close()
+            raise
+        fds = [c.fd for c in opened]
+        for c in opened:
+            c.fd = -1  # owned by the backend now, closed by close()
+        return fds
+
+    def read(self, handles: Sequence[int], sizes: Sequence[int]) -> list[bytes]:
+        return list(map(os.read, handles, sizes))
+
+    def close(self, handles: Sequence[int]) -> None:
+        for fd in handles:
+            try:
+                os.close(fd)
+            except OSError:  # EINTR/EIO: Linux has released the fd anyway
+                pass
+
+    def probe(self, specs: Sequence[EventSpec]) -> None:
+        for spec in specs:
+            with Counter(spec, os.getpid()) as c:
+                c.read_raw()
+
+
 @dataclass
 class _Role:
     """One event of one instance: the fds to sum and how to turn them into bytes."""
@@ -131,7 +190,7 @@ class _Tracked:
     pidfile_fd: int
     ino: int
     generation: int
-    counters: list[Counter] = field(default_factory=list)
+    counters: list[int] = field(default_factory=list)  # handles
     roles: list[_Role] = field(default_factory=list)
     tids: set[int] = field(default_factory=set)
     # the read plan, built by freeze() once every counter is open
@@ -169,10 +228,10 @@ class _Tracked:
             {key: sums[loc]} if loc >= 0 else {},
         )
 
-    def close(self) -> None:
+    def close(self, provider: CounterProvider) -> None:
         counters, self.counters = self.counters, []
-        for c in counters:
-            c.close()
+        if counters:
+            provider.close(counters)
         for role in self.roles:
             role.fds.clear()
         self.all_fds = self.sizes = ()
@@ -321,6 +380,7 @@ class PerfBackend:
         *,
         pmu: CqmPmu | None = None,
         events: Mapping[str, str] | None = None,
+        counters: CounterProvider | None = None,
     ) -> None:
         self.sysfs_root = sysfs_root
         self.proc_root = proc_root
@@ -339,6 +399,7 @@ class PerfBackend:
                 f"{', '.join(sorted(wanted.values()))}")
         self.specs: dict[str, EventSpec] = {
             role: ev.spec(self.pmu.type) for role, ev in self.events.items()}
+        self.counters: CounterProvider = counters if counters is not None else DirectCounters()
         self._tracked: dict[str, _Tracked] = {}
         self._plan: _Plan | None = None
         self._watch = _PidDirWatch(libvirt_pid_dir)
@@ -358,9 +419,7 @@ class PerfBackend:
         Raises PerfPermissionError / PerfUnsupported (both BackendUnavailable)
         when the kernel refuses, which is what ``auto`` selection needs.
         """
-        for spec in self.specs.values():
-            with Counter(spec, os.getpid()) as c:
-                c.read_raw()
+        self.counters.probe(list(self.specs.values()))
 
     def sync(self, instances: Sequence[InstanceRef]) -> BackendCycle:
         cycle = BackendCycle()
@@ -404,7 +463,7 @@ class PerfBackend:
     # ----------------------------------------------------------- introspection
     def tracked_fds(self, uuid: str) -> list[int]:
         t = self._tracked.get(uuid)
-        return [c.fd for c in t.counters] if t else []
+        return list(t.counters) if t else []
 
     def tracked_tids(self, uuid: str) -> set[int]:
         t = self._tracked.get(uuid)
@@ -420,7 +479,7 @@ class PerfBackend:
         if t is not None:
             self._plan = None
             self.closes += len(t.counters)
-            t.close()
+            t.close(self.counters)
 
     def _failed(self, cycle: BackendCycle, uuid: str, e: Exception) -> None:
         self._drop(uuid)
@@ -483,33 +542,26 @@ class PerfBackend:
             t.freeze()
         except PerfTooManyFiles as e:
             self.closes += len(t.counters)
-            t.close()
+            t.close(self.counters)
             raise NotMonitored(
                 f"out of file descriptors opening {len(self.events)} perf counter(s) "
                 f"per thread for qemu {proc.pid}: {e}") from e
         except BaseException:
             self.closes += len(t.counters)
-            t.close()
+            t.close(self.counters)
             raise
         return t
 
     def _open_tid(self, t: _Tracked, tid: int) -> None:
-        opened: list[tuple[_Role, Counter]] = []
         try:
-            for role in t.roles:
-                opened.append((role, Counter(self.specs[role.name], tid)))
+            handles = self.counters.open([self.specs[r.name] for r in t.roles], t.pid, tid,
+                                         t.domain_name)
         except PerfProcessGone:
-            for _, c in opened:
-                c.close()
             return  # thread exited between listing and open
-        except BaseException:
-            for _, c in opened:
-                c.close()
-            raise
-        self.opens += len(opened)
-        for role, c in opened:
-            t.counters.append(c)
-            role.fds.append(c.fd)
+        self.opens += len(handles)
+        t.counters.extend(handles)
+        for role, h in zip(t.roles, handles, strict=True):
+            role.fds.append(h)
         t.tids.add(tid)
 
     def _read_all(self, cycle: BackendCycle) -> dict[str, InstanceReading]:
@@ -524,7 +576,7 @@ class PerfBackend:
             plan = self._plan = _Plan.build(list(self._tracked.values()))
         out: dict[str, InstanceReading] = {}
         try:
-            chunks = list(map(os.read, plan.fds, plan.sizes))
+            chunks = self.counters.read(plan.fds, plan.sizes)
         except OSError:
             chunks = []
         data = b"".join(chunks)
@@ -569,10 +621,11 @@ class PerfBackend:
     def _read(self, t: _Tracked) -> InstanceReading:
         """The instance on its own (slow path)."""
         try:
-            chunks = list(map(os.read, t.all_fds, t.sizes))
+            chunks = self.counters.read(t.all_fds, t.sizes)
         except OSError as e:
             raise PerfError(f"read of qemu {t.pid} counters: {e.strerror}",
                             e.errno or errno.EIO) from e
         return t.reading([_sum_chunks(chunks[a:b]) for a, b in t.bounds])
 
-__all__ = ["PerfBackend", "PerfPermissionError", "PerfUnsupported", "DEFAULT_EVENTS"]
+__all__ = ["PerfBackend", "PerfPermissionError", "PerfUnsupported", "DEFAULT_EVENTS",
+           "CounterProvider", "DirectCounters"]

@@ -5,18 +5,29 @@ and writes to ``tasks`` happen in the privsep daemon (started the way
 deployments start it: ``privsep-helper`` through sudo or rootwrap, or by root).
 The daemon checks every request itself: the root must be a resctrl mount (or
 the simulator) and the path a monitor group whose name carries the prefix.
+
+perf counters (the perf backend) live in the daemon too, since privsep cannot
+pass fds back: :mod:`ceilometer_cmt.perf_registry` holds them by handle and
+checks events and threads against the daemon's own ``[cmt] sysfs_root`` and
+``proc_root``; :class:`PrivsepCounters` is the agent's side.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import threading
+from collections.abc import Sequence
 
 from oslo_config import cfg
 from oslo_privsep import capabilities as caps
 from oslo_privsep import priv_context
 
-from ceilometer_cmt import options, resctrl
+from ceilometer_cmt import options, perf_registry, resctrl
+from ceilometer_cmt.perf_events import EventSpec
+
+LOG = logging.getLogger(__name__)
 
 # The daemon judges requests by its own configuration, never by the client's word.
 options.register_opts(cfg.CONF)
@@ -84,3 +95,78 @@ class PrivsepOps:
         rel = self._rel(os.path.dirname(tasks_path))
         return [(int(t), int(e)) for t, e in write_group_tasks(self.root, rel, self.prefix,
                                                                 list(tids))]
+
+
+# ---------------------------------------------------------------- perf counters
+
+_registry: perf_registry.CounterRegistry | None = None
+_registry_lock = threading.Lock()
+
+
+def counter_registry() -> perf_registry.CounterRegistry:
+    """The daemon's counters, judged by the daemon's own [cmt] sysfs/proc roots."""
+    global _registry
+    with _registry_lock:
+        if _registry is None:
+            _registry = perf_registry.CounterRegistry(
+                cfg.CONF.cmt.sysfs_root, cfg.CONF.cmt.proc_root, raise_nofile=True)
+        return _registry
+
+
+@cmt_pctxt.entrypoint
+def perf_open(events: list[list[int]], pid: int, tid: int, domain_name: str) -> list[int]:
+    return counter_registry().open(events, pid, tid, domain_name)
+
+
+@cmt_pctxt.entrypoint
+def perf_read(handles: list[int]) -> bytes:
+    return counter_registry().read(handles)
+
+
+@cmt_pctxt.entrypoint
+def perf_close(handles: list[int]) -> None:
+    counter_registry().close(handles)
+
+
+@cmt_pctxt.entrypoint
+def perf_close_all() -> None:
+    counter_registry().close_all()
+
+
+@cmt_pctxt.entrypoint
+def perf_probe(events: list[list[int]]) -> None:
+    counter_registry().probe(events)
+
+
+def _wire(specs: Sequence[EventSpec]) -> list[list[int]]:
+    return [list(perf_registry.to_wire(s)) for s in specs]
+
+
+class PrivsepCounters:
+    """:class:`ceilometer_cmt.perf_backend.CounterProvider` in the privsep daemon:
+    handles are the daemon's, one round trip per thread opened and one per cycle
+    for all reads."""
+
+    def open(self, specs: Sequence[EventSpec], pid: int, tid: int,
+             domain_name: str) -> list[int]:
+        return [int(h) for h in perf_open(_wire(specs), int(pid), int(tid), domain_name)]
+
+    def read(self, handles: Sequence[int], sizes: Sequence[int]) -> list[bytes]:
+        if not handles:
+            return []
+        if any(n != perf_registry.READ_SIZE for n in sizes):
+            raise ValueError("the privsep daemon reads 24 bytes per counter")
+        blob = bytes(perf_read(list(handles)))
+        size = perf_registry.READ_SIZE
+        return [blob[i:i + size] for i in range(0, len(blob), size)]
+
+    def close(self, handles: Sequence[int]) -> None:
+        if not handles:
+            return
+        try:
+            perf_close(list(handles))
+        except Exception as e:  # the daemon is gone: so are its fds
+            LOG.debug("perf_close through privsep failed: %s", e)
+
+    def probe(self, specs: Sequence[EventSpec]) -> None:
+        perf_probe(_wire(specs))

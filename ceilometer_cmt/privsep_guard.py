@@ -11,21 +11,29 @@ Two things the bare :class:`ceilometer_cmt.privileged.PrivsepOps` lacks:
   call: :class:`GuardedOps` logs one error naming the helper command and what
   to do, and every instance becomes unmonitored with that reason (``NotMonitored``)
   instead of each pollster failing. It tries again at most every ``retry`` seconds.
+
+:class:`GuardedCounters` does the same for the perf backend's counters in the
+daemon; given the resctrl ops' guard it shares it (one daemon, one error).
 """
 
 from __future__ import annotations
 
 import copy
+import errno
 import logging
 import shlex
 import shutil
 import threading
 import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from ceilometer_cmt.errors import NotMonitored
+from ceilometer_cmt.errors import CmtError, NotMonitored
+from ceilometer_cmt.perf_events import EventSpec
 from ceilometer_cmt.resctrl import ResctrlOps
+
+if TYPE_CHECKING:
+    from ceilometer_cmt.perf_backend import CounterProvider
 
 LOG = logging.getLogger(__name__)
 SECTION = "cmt_privsep"
@@ -73,13 +81,11 @@ def why_not_started(exc: BaseException, argv: list[str]) -> str:
             "the agent running as root")
 
 
-class GuardedOps:
-    """:class:`ResctrlOps` that start the daemon first and fail cleanly."""
+class DaemonGuard:
+    """Starts the daemon before the first call; names it once when it cannot."""
 
-    def __init__(self, ops: ResctrlOps, *, retry: float = 300.0,
-                 start: Callable[[], None] | None = None,
+    def __init__(self, *, retry: float = 300.0, start: Callable[[], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.ops = ops
         self.retry = retry
         self._start = start or _start_context
         self._clock = clock
@@ -88,7 +94,8 @@ class GuardedOps:
         self._failed_at: float | None = None
         self.reason: str | None = None
 
-    def _ready(self) -> None:
+    def ready(self) -> None:
+        """Return once the daemon runs; NotMonitored (with the reason) when not."""
         with self._lock:
             if self._started:
                 return
@@ -109,6 +116,22 @@ class GuardedOps:
             self._started = True
             self.reason = None
 
+    _ready = ready
+
+    @property
+    def started(self) -> bool:
+        return self._started
+
+
+class GuardedOps(DaemonGuard):
+    """:class:`ResctrlOps` that start the daemon first and fail cleanly."""
+
+    def __init__(self, ops: ResctrlOps, *, retry: float = 300.0,
+                 start: Callable[[], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(retry=retry, start=start, clock=clock)
+        self.ops = ops
+
     def _call(self, fn: Callable[[], T]) -> T:
         self._ready()
         return fn()
@@ -125,6 +148,44 @@ class GuardedOps:
 
     def write_tasks(self, tasks_path: str, tids: list[int]) -> list[tuple[int, int]]:
         return self._call(lambda: self.ops.write_tasks(tasks_path, tids))
+
+
+class GuardedCounters:
+    """A :class:`~ceilometer_cmt.perf_backend.CounterProvider` in the daemon that
+    starts it first: instances stay unmonitored with the reason while it cannot
+    start; a failing channel becomes NotMonitored (open) or OSError (read)."""
+
+    def __init__(self, counters: CounterProvider, guard: DaemonGuard | None = None) -> None:
+        self.counters = counters
+        self.guard = guard if guard is not None else DaemonGuard()
+
+    def open(self, specs: Sequence[EventSpec], pid: int, tid: int,
+             domain_name: str) -> list[int]:
+        self.guard.ready()
+        try:
+            return self.counters.open(specs, pid, tid, domain_name)
+        except (CmtError, OSError, ValueError):
+            raise
+        except Exception as e:  # the channel to the daemon broke
+            raise NotMonitored(f"privsep daemon: {type(e).__name__}: {e}") from e
+
+    def read(self, handles: Sequence[int], sizes: Sequence[int]) -> list[bytes]:
+        if not handles:
+            return []
+        try:
+            return self.counters.read(handles, sizes)
+        except OSError:
+            raise
+        except Exception as e:
+            raise OSError(errno.EIO, f"privsep daemon: {type(e).__name__}: {e}") from e
+
+    def close(self, handles: Sequence[int]) -> None:
+        if handles and self.guard.started:
+            self.counters.close(handles)
+
+    def probe(self, specs: Sequence[EventSpec]) -> None:
+        self.guard.ready()
+        self.counters.probe(specs)
 
 
 def _start_context() -> None:

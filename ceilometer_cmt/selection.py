@@ -10,10 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ceilometer_cmt import resctrl
 from ceilometer_cmt.errors import CmtError
 from ceilometer_cmt.readings import Backend
+
+if TYPE_CHECKING:
+    from ceilometer_cmt.perf_backend import CounterProvider
 
 BACKENDS = ("resctrl", "perf", "libvirt")
 
@@ -39,7 +43,8 @@ class Decision:
     reason: str
 
 
-def _resctrl(s: Settings, ops: resctrl.ResctrlOps | None) -> Backend:
+def _resctrl(s: Settings, ops: resctrl.ResctrlOps | None,
+             counters: CounterProvider | None = None) -> Backend:
     from ceilometer_cmt.resctrl_backend import ResctrlBackend
 
     return ResctrlBackend(s.resctrl_root, sysfs_root=s.sysfs_root, proc_root=s.proc_root,
@@ -47,22 +52,25 @@ def _resctrl(s: Settings, ops: resctrl.ResctrlOps | None) -> Backend:
                           verify_mount=s.resctrl_verify_mount, ops=ops)
 
 
-def _perf(s: Settings, ops: resctrl.ResctrlOps | None) -> Backend:
+def _perf(s: Settings, ops: resctrl.ResctrlOps | None,
+          counters: CounterProvider | None = None) -> Backend:
     from ceilometer_cmt.perf_backend import PerfBackend
 
     backend: Backend = PerfBackend(sysfs_root=s.sysfs_root, proc_root=s.proc_root,
-                                   libvirt_pid_dir=s.libvirt_pid_dir)
+                                   libvirt_pid_dir=s.libvirt_pid_dir, counters=counters)
     return backend
 
 
-def _libvirt(s: Settings, ops: resctrl.ResctrlOps | None) -> Backend:
+def _libvirt(s: Settings, ops: resctrl.ResctrlOps | None,
+             counters: CounterProvider | None = None) -> Backend:
     from ceilometer_cmt.libvirt_backend import LibvirtBackend
 
     backend: Backend = LibvirtBackend(s.libvirt_uri, sysfs_root=s.sysfs_root)
     return backend
 
 
-_FACTORIES: dict[str, Callable[[Settings, resctrl.ResctrlOps | None], Backend]] = {
+_FACTORIES: dict[str, Callable[[Settings, resctrl.ResctrlOps | None,
+                                CounterProvider | None], Backend]] = {
     "resctrl": _resctrl, "perf": _perf, "libvirt": _libvirt,
 }
 
@@ -82,10 +90,14 @@ def _auto_check(name: str, backend: Backend) -> str | None:
 
 
 def open_backend(name: str, settings: Settings,
-                 ops: resctrl.ResctrlOps | None = None) -> Backend:
-    """Open one named backend or raise CmtError saying why it cannot work."""
+                 ops: resctrl.ResctrlOps | None = None,
+                 counters: CounterProvider | None = None) -> Backend:
+    """Open one named backend or raise CmtError saying why it cannot work.
+
+    ``ops`` (resctrl) and ``counters`` (perf) say where privileged work
+    happens; None = in this process."""
     try:
-        return _FACTORIES[name](settings, ops)
+        return _FACTORIES[name](settings, ops, counters)
     except CmtError:
         raise
     except ImportError as e:
@@ -94,7 +106,8 @@ def open_backend(name: str, settings: Settings,
         raise CmtError(f"{name} backend unavailable: {e}") from e
 
 
-def choose(settings: Settings, ops: resctrl.ResctrlOps | None = None
+def choose(settings: Settings, ops: resctrl.ResctrlOps | None = None,
+           counters: CounterProvider | None = None
            ) -> tuple[Backend | None, list[Decision]]:
     names = BACKENDS if settings.backend == "auto" else (settings.backend,)
     decisions: list[Decision] = []
@@ -104,7 +117,7 @@ def choose(settings: Settings, ops: resctrl.ResctrlOps | None = None
             decisions.append(Decision(name, False, f"not tried: {chosen.name} chosen first"))
             continue
         try:
-            backend = open_backend(name, settings, ops)
+            backend = open_backend(name, settings, ops, counters)
         except CmtError as e:
             decisions.append(Decision(name, False, str(e)))
             continue

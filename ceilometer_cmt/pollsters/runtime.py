@@ -16,6 +16,7 @@ from typing import Any
 
 from ceilometer_cmt import options, selection
 from ceilometer_cmt.monitor import CacheMonitor, CycleResult
+from ceilometer_cmt.perf_backend import CounterProvider, DirectCounters
 from ceilometer_cmt.readings import InstanceRef
 from ceilometer_cmt.resctrl import DirectOps, ResctrlOps
 
@@ -56,9 +57,14 @@ def settings_from_conf(conf: Any) -> selection.Settings:
         resctrl_verify_mount=c.resctrl_verify_mount, libvirt_uri=libvirt_uri(conf))
 
 
+def _direct(conf: Any) -> bool:
+    mode = conf.cmt.privsep
+    return bool(mode == "never" or (mode == "auto" and os.geteuid() == 0))
+
+
 def resctrl_ops(conf: Any, settings: selection.Settings) -> ResctrlOps:
     mode = conf.cmt.privsep
-    if mode == "never" or (mode == "auto" and os.geteuid() == 0):
+    if _direct(conf):
         return DirectOps()
     try:
         from ceilometer_cmt import privsep_guard
@@ -70,13 +76,27 @@ def resctrl_ops(conf: Any, settings: selection.Settings) -> ResctrlOps:
                                                settings.resctrl_group_prefix))
 
 
+def perf_counters(conf: Any, ops: ResctrlOps) -> CounterProvider:
+    """Where the perf backend opens its counters: in this process, or in the
+    privsep daemon (chosen like :func:`resctrl_ops`, sharing its guard)."""
+    if _direct(conf):
+        return DirectCounters()
+    from ceilometer_cmt import privsep_guard
+    from ceilometer_cmt.privileged import PrivsepCounters
+
+    privsep_guard.configure(conf)
+    guard = ops if isinstance(ops, privsep_guard.DaemonGuard) else None
+    return privsep_guard.GuardedCounters(PrivsepCounters(), guard)
+
+
 def get_runtime(conf: Any) -> Runtime:
     with _LOCK:
         rt = _RUNTIMES.get(id(conf))
         if rt is not None:
             return rt
         settings = settings_from_conf(conf)
-        backend, decisions = selection.choose(settings, resctrl_ops(conf, settings))
+        ops = resctrl_ops(conf, settings)
+        backend, decisions = selection.choose(settings, ops, perf_counters(conf, ops))
         monitor = (CacheMonitor(backend, log_interval=conf.cmt.log_interval)
                    if backend else None)
         rt = Runtime(settings, monitor, decisions)

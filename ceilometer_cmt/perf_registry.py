@@ -1,0 +1,218 @@
+"""The perf counters of the privsep daemon, on behalf of an unprivileged agent.
+
+oslo.privsep cannot hand file descriptors back to its client, so the
+``intel_cqm`` counters live in the daemon; the agent holds integer handles.
+:class:`CounterRegistry` is that daemon-side state, plain Python (the
+entrypoints in :mod:`ceilometer_cmt.privileged` only wrap it), and checks
+every request itself, trusting only its own configuration:
+
+* **events**: ``(type, config, config1, config2)`` must be one of the events
+  the daemon discovers itself under *its* ``sysfs_root`` (the ``intel_cqm``
+  PMU); the attr bits (``disabled``, ``inherit``, the read format) are the
+  daemon's, never the client's. A client cannot count an arbitrary PMU event.
+* **threads**: the thread must be listed in ``<proc>/<pid>/task/`` and
+  ``<proc>/<pid>/cmdline`` must carry qemu's ``-name guest=<domain>`` for the
+  domain the client names; the thread's start time is read before the open
+  and again after it (with the cmdline check in between), so a thread id
+  reused meanwhile is refused, not counted.
+* **cap**: at most ``max_counters`` counters are open at once
+  (:class:`~ceilometer_cmt.perf_events.PerfTooManyFiles` beyond, which the
+  backend turns into an unmonitored instance).
+* **lifetime**: the client closes handles it drops; whatever it leaves is
+  closed by :meth:`CounterRegistry.close_all` and, in any case, when the
+  daemon exits with its client.
+
+Reads are batched: :meth:`CounterRegistry.read` answers for every handle in
+one call (one privsep round trip per polling cycle), 24 bytes per handle in
+the order asked; an empty read (event in error state) comes back as 24 zero
+bytes, which the backend treats as "no data" like an empty read. An unknown
+handle or a failing ``read`` fails the whole batch (``OSError``), so the
+backend falls back to reading instance by instance, as with its own fds.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import resource
+import secrets
+import threading
+from collections.abc import Iterable, Sequence
+
+from ceilometer_cmt import perf_pmu, procfs
+from ceilometer_cmt.perf_events import Counter, EventSpec, PerfProcessGone, PerfTooManyFiles
+
+#: default cap on the counters one daemon holds (3 events x ~1300 threads)
+MAX_COUNTERS = 4096
+READ_SIZE = 24
+_EMPTY = bytes(READ_SIZE)
+
+Wire = tuple[int, int, int, int]  # (type, config, config1, config2)
+
+
+def to_wire(spec: EventSpec) -> Wire:
+    """What the client sends for an event: its PMU type and config words only."""
+    defaults = EventSpec(spec.type, spec.config)
+    if (spec.flags, spec.read_format) != (defaults.flags, defaults.read_format):
+        raise ValueError("the privsep daemon sets the attr bits itself; "
+                         f"cannot count {spec} through it")
+    return (spec.type, spec.config, spec.config1, spec.config2)
+
+
+def _start_time(proc_root: str, pid: int, tid: int) -> str | None:
+    """Field 22 of ``<proc>/<pid>/task/<tid>/stat``; None when no such thread."""
+    try:
+        with open(os.path.join(proc_root, str(pid), "task", str(tid), "stat"), "rb") as f:
+            raw = f.read(4096)
+    except OSError:
+        return None
+    # comm (field 2) may hold spaces and parentheses: fields start after the last ')'
+    fields = raw[raw.rfind(b")") + 2:].split()
+    return fields[19].decode("ascii", "replace") if len(fields) > 19 else None
+
+
+def names_qemu_guest(argv: list[str], domain_name: str) -> bool:
+    """``-name guest=<domain_name>[,...]``: the form libvirt gives every qemu."""
+    return any(a == "-name" and v.startswith("guest=")
+               and procfs.cmdline_names_guest([a, v], domain_name)
+               for a, v in zip(argv, argv[1:], strict=False))
+
+
+class CounterRegistry:
+    """Counters held for a client, by handle; thread-safe (privsep's pool)."""
+
+    def __init__(self, sysfs_root: str = "/sys", proc_root: str = "/proc", *,
+                 max_counters: int = MAX_COUNTERS, raise_nofile: bool = False) -> None:
+        self.sysfs_root = sysfs_root
+        self.proc_root = proc_root
+        self.max_counters = max_counters
+        self._lock = threading.Lock()
+        self._fds: dict[int, int] = {}
+        # handles start at a random base: one daemon's handles mean nothing to another
+        self._next = secrets.randbits(40) << 12
+        self._allowed: frozenset[Wire] | None = None
+        if raise_nofile:  # the daemon: room for the cap
+            _raise_nofile(max_counters + 64)
+
+    # ------------------------------------------------------------ validation
+    def allowed(self) -> frozenset[Wire]:
+        """The events of this host's ``intel_cqm`` PMU, as the daemon sees them."""
+        if self._allowed is None:
+            pmu = perf_pmu.discover(self.sysfs_root)
+            self._allowed = frozenset(to_wire(pmu.spec(name)) for name in pmu.events)
+        return self._allowed
+
+    def _specs(self, events: Iterable[Sequence[int]]) -> list[EventSpec]:
+        allowed = self.allowed()
+        specs = []
+        for ev in events:
+            wire = tuple(int(x) for x in ev)
+            if len(wire) != 4 or wire not in allowed:
+                raise PermissionError(
+                    f"refusing perf event {list(ev)!r}: not an event of the intel_cqm PMU "
+                    f"under {self.sysfs_root}")
+            specs.append(EventSpec(*wire))
+        if not specs:
+            raise ValueError("no event to open")
+        return specs
+
+    def _check_qemu(self, pid: int, domain_name: str) -> None:
+        procfs.check_domain_name(domain_name)
+        try:
+            with open(os.path.join(self.proc_root, str(pid), "cmdline"), "rb") as f:
+                argv = procfs.parse_cmdline(f.read(1 << 20))
+        except OSError as e:
+            raise PerfProcessGone(f"process {pid} is gone", errno.ESRCH) from e
+        if not names_qemu_guest(argv, domain_name):
+            raise PermissionError(
+                f"refusing to count pid {pid}: its command line is not the qemu of "
+                f"{domain_name!r} (-name guest={domain_name})")
+
+    # ------------------------------------------------------------ operations
+    def open(self, events: Iterable[Sequence[int]], pid: int, tid: int,
+             domain_name: str) -> list[int]:
+        """One counter per event on thread ``tid`` of the qemu ``pid``; their handles."""
+        pid, tid = int(pid), int(tid)
+        if pid <= 0 or tid <= 0:
+            raise PermissionError(f"refusing pid {pid} / tid {tid}")
+        specs = self._specs(events)
+        started = _start_time(self.proc_root, pid, tid)
+        if started is None:
+            raise PerfProcessGone(f"thread {tid} of process {pid} is gone", errno.ESRCH)
+        self._check_qemu(pid, domain_name)
+        with self._lock:
+            if len(self._fds) + len(specs) > self.max_counters:
+                raise PerfTooManyFiles(
+                    f"the privsep daemon holds {len(self._fds)} perf counters, its cap "
+                    f"is {self.max_counters}", errno.EMFILE)
+            opened: list[Counter] = []
+            try:
+                for spec in specs:
+                    opened.append(Counter(spec, tid))
+                # the thread that was opened is the one that was checked
+                self._check_qemu(pid, domain_name)
+                if _start_time(self.proc_root, pid, tid) != started:
+                    raise PerfProcessGone(f"thread {tid} of process {pid} exited",
+                                          errno.ESRCH)
+            except BaseException:
+                for c in opened:
+                    c.close()
+                raise
+            handles = []
+            for c in opened:
+                self._next += 1
+                self._fds[self._next] = c.fd
+                c.fd = -1  # the registry owns the fd now
+                handles.append(self._next)
+            return handles
+
+    def read(self, handles: Sequence[int]) -> bytes:
+        """24 bytes per handle, in order, for one batch of handles."""
+        fds = self._fds
+        try:
+            chunks = list(map(os.read, [fds[h] for h in handles], [READ_SIZE] * len(handles)))
+        except KeyError as e:
+            raise OSError(errno.EBADF, f"no perf counter with handle {e.args[0]}") from None
+        if any(len(c) != READ_SIZE for c in chunks):
+            chunks = [c if len(c) == READ_SIZE else _EMPTY for c in chunks]
+        return b"".join(chunks)
+
+    def close(self, handles: Iterable[int]) -> None:
+        with self._lock:
+            for h in handles:
+                fd = self._fds.pop(int(h), None)
+                if fd is not None:
+                    _close(fd)
+
+    def close_all(self) -> None:
+        with self._lock:
+            fds, self._fds = list(self._fds.values()), {}
+        for fd in fds:
+            _close(fd)
+
+    def probe(self, events: Iterable[Sequence[int]]) -> None:
+        """Open, read and close every event on the daemon itself: can it count?"""
+        for spec in self._specs(events):
+            with Counter(spec, os.getpid()) as c:
+                c.read_raw()
+
+    def __len__(self) -> int:
+        return len(self._fds)
+
+
+def _close(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:  # EINTR/EIO: Linux released the fd anyway
+        pass
+
+
+def _raise_nofile(want: int) -> None:
+    """Room for the cap: raise the soft fd limit towards the hard one."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        if soft != resource.RLIM_INFINITY and soft < target:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (OSError, ValueError):
+        pass
