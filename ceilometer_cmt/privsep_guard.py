@@ -45,7 +45,7 @@ T = TypeVar("T")
 
 def configure(conf: Any) -> None:
     """Register ``[cmt_privsep]`` on the agent's ``conf`` and hand its values
-    to oslo.privsep (which reads ``cfg.CONF``)."""
+    to oslo.privsep (which reads ``cfg.CONF``). Idempotent."""
     from oslo_config import cfg
     from oslo_privsep import priv_context
 
@@ -53,7 +53,10 @@ def configure(conf: Any) -> None:
 
     if conf is cfg.CONF:
         return
-    conf.register_opts(copy.deepcopy(priv_context.OPTS), group=SECTION)
+    try:
+        conf.register_opts(copy.deepcopy(priv_context.OPTS), group=SECTION)
+    except cfg.DuplicateOptError:
+        pass  # configured before (resctrl ops and perf counters share the section)
     for name in COPIED:
         value = conf[SECTION][name]
         if value is not None and value != cfg.CONF[SECTION][name]:
