@@ -63,6 +63,11 @@ UNIT_BYTES: dict[str, int] = {
 _INT_RE = re.compile(r"^(0[xX][0-9a-fA-F]+|[0-9]+)$")
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _BITS_RE = re.compile(r"^(\d+)(?:-(\d+))?$")
+#: a decimal in scientific notation; the exponent is bounded because
+#: ``Fraction("1e999999999")`` would compute 10**999999999 (minutes, gigabytes).
+_SCALE_RE = re.compile(r"^[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]{1,4})?$")
+#: sysfs attributes are at most one page; anything longer is not the kernel's.
+MAX_FILE_CHARS = 4096
 
 
 class PmuMalformed(BackendUnavailable):
@@ -99,7 +104,11 @@ def parse_event_terms(text: str) -> list[tuple[str, int]]:
 
 
 def parse_format(text: str) -> tuple[str, tuple[int, ...]]:
-    """``"config:0-7"`` / ``"config1:0-3,8"`` -> (word, bit positions low to high)."""
+    """``"config:0-7"`` / ``"config1:0-3,8"`` -> (word, bit positions low to high).
+
+    Sorted whatever order the ranges are listed in: perf fills the format's
+    bitmap from its lowest bit up (``pmu_format_value``).
+    """
     word, sep, spec = text.strip().partition(":")
     if not sep or word not in CONFIG_WORDS or not spec:
         raise ValueError(f"not a perf format: {text!r}")
@@ -115,7 +124,7 @@ def parse_format(text: str) -> tuple[str, tuple[int, ...]]:
         bits.extend(range(lo, hi + 1))
     if len(set(bits)) != len(bits):
         raise ValueError(f"overlapping bits in perf format: {text!r}")
-    return word, tuple(bits)
+    return word, tuple(sorted(bits))
 
 
 def encode_terms(terms: list[tuple[str, int]],
@@ -151,6 +160,8 @@ def encode_terms(terms: list[tuple[str, int]],
 
 def parse_scale(text: str) -> Fraction:
     """``"64"``, ``"1e-6"``, ``"0.5"`` -> exact Fraction (must be > 0)."""
+    if not _SCALE_RE.match(text.strip()):
+        raise ValueError(f"not a scale: {text!r}")
     try:
         scale = Fraction(text.strip())
     except (ValueError, ZeroDivisionError):
@@ -211,7 +222,10 @@ def pmu_dir(sysfs_root: str, name: str = PMU_NAME) -> str:
 
 def _read(path: str) -> str:
     with open(path, encoding="ascii") as f:
-        return f.read(4096).strip()
+        text = f.read(MAX_FILE_CHARS + 1)
+    if len(text) > MAX_FILE_CHARS:  # cut, "event=0x000...01" would read as 0
+        raise ValueError(f"longer than a sysfs page ({MAX_FILE_CHARS} bytes)")
+    return text.strip()
 
 
 def _read_optional(path: str) -> str | None:
@@ -290,6 +304,9 @@ def discover(sysfs_root: str, name: str = PMU_NAME,
             unit_bytes(found.unit)  # every intel_cqm event counts bytes
         except ValueError as e:
             raise PmuMalformed(f"{base}/events/{ev}.unit: {e}") from e
+        if found.byte_factor < 1:  # small raw counts would floor to 0 bytes
+            raise PmuMalformed(f"{base}/events/{ev}.scale: {found.scale} {found.unit} is less "
+                               "than a byte per count")
         events[ev] = found
     if not events:
         raise PmuMalformed(f"{base}/events lists none of {', '.join(event_names)}")
