@@ -286,8 +286,9 @@ _TYPES = {"both": "Unified", "data": "Data", "code": "Instruction"}
 
 
 def _attr_int(el: ET.Element, name: str) -> int | None:
-    v = el.get(name)
-    if v is None or not v.strip().isdigit():
+    v = (el.get(name) or "").strip()
+    # ASCII digits only: int() refuses "²" (isdigit) and more than 4300 digits
+    if not (v.isascii() and v.isdigit()) or len(v) > 20:
         return None
     return int(v)
 
