@@ -10,11 +10,10 @@ consecutive complete reads without a reset.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True)
-class CounterValue:
+class CounterValue(NamedTuple):  # a tuple: made twice per instance and cycle
     cumulative: int | None  # bytes since first seen; None: no complete read now
     rate: float | None  # bytes/s since the previous read; None: first read, reset, gap
 

@@ -60,7 +60,7 @@ class InstanceRef:
     domain_name: str  # libvirt domain name (OS-EXT-SRV-ATTR:instance_name)
 
 
-@dataclass
+@dataclass(slots=True)
 class InstanceReading:
     """Raw values of one instance for one cycle.
 

@@ -18,15 +18,16 @@ import errno
 import logging
 import os
 import re
+import resource
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from ceilometer_cmt import procfs, resctrl
 from ceilometer_cmt.errors import BackendUnavailable, InstanceGone, NotMonitored
 from ceilometer_cmt.process_watch import PidfdWatch, start_time
 from ceilometer_cmt.readings import BackendCycle, HostCache, InstanceReading, InstanceRef
+from ceilometer_cmt.resctrl_values import GroupVanished, ValueReader
 from ceilometer_cmt.sysfs_cache import read_host_cache
 
 LOG = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ class ResctrlBackend:
         verify_mount: bool = True,
         ops: resctrl.ResctrlOps | None = None,
         warn: Callable[[str], None] | None = None,
+        fd_budget: int | None = None,
     ) -> None:
         if not _PREFIX_RE.match(prefix):
             raise BackendUnavailable(f"bad resctrl_group_prefix {prefix!r}")
@@ -94,13 +96,15 @@ class ResctrlBackend:
                 "(no cache monitoring on this CPU, or resctrl not mounted)")
         self.events = self.info.mon_features
         self._domains: list[tuple[int, str]] = resctrl.list_domains(resctrl_root)
+        if fd_budget is None:
+            # Value files kept open: half of what the process may open.
+            fd_budget = resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 2
         self._tracked: dict[str, _Tracked] = {}
         self._watch = PidfdWatch(proc_root)
         self._uuids: dict[str, str | None] = {}  # instance id -> validated uuid
         self._cycle_no = 0
         self._exited: set[int] = set()
-        #: group path -> its value files (see _value_files)
-        self._files: dict[str, list[_ValueFile]] = {}
+        self._values = ValueReader(self._domains, self.events, fd_budget)
         self._adopted = False
         #: counters for tests and the benchmark
         self.mkdirs = 0
@@ -127,8 +131,19 @@ class ResctrlBackend:
 
     def count_groups(self) -> int:
         """RMIDs in use: default group + control groups + monitor groups."""
+        return self._scan()[0]
+
+    def _scan(self) -> tuple[int, set[str]]:
+        """RMIDs in use, and the paths of the monitor groups with our prefix."""
         ctrls = resctrl.list_ctrl_groups(self.root)
-        return len(ctrls) + sum(len(resctrl.list_mon_groups(self.root, c)) for c in ctrls)
+        used = len(ctrls)
+        ours: set[str] = set()
+        for ctrl in ctrls:
+            names = resctrl.list_mon_groups(self.root, ctrl)
+            used += len(names)
+            base = os.path.join(resctrl.ctrl_path(self.root, ctrl), "mon_groups") + "/"
+            ours.update(base + n for n in names if n.startswith(self.prefix))
+        return used, ours
 
     def remove_groups(self, paths: Sequence[str]) -> list[str]:
         """rmdir our groups (under the root lock); returns the ones removed."""
@@ -169,8 +184,13 @@ class ResctrlBackend:
         if gone:
             paths = [p for u in gone for p in self._tracked.pop(u).groups.values()]
             for p in paths:
-                self._files.pop(p, None)
+                self._values.forget(p)
             self.remove_groups(paths)
+        try:
+            used, present = self._scan()
+        except OSError:
+            used, present = None, None
+        mkdirs = self.mkdirs
         ctx = _CycleContext(self)
         self._cycle_no += 1
         self._exited = self._watch.exited()
@@ -183,6 +203,13 @@ class ResctrlBackend:
                     tracked = self._tracked[uuid] = _Tracked(
                         uuid, ref.domain_name, groups=tracked.groups if tracked else {},
                         stagger=zlib.crc32(uuid.encode()) % RELIST)
+                if present is not None and tracked.groups and not present.issuperset(
+                        tracked.groups.values()):
+                    # Removed behind our back (open files may still answer):
+                    # recreate; counters restart, the monitor carries the offset.
+                    LOG.warning("instance %s: monitor group removed by someone else; "
+                                "recreating it", uuid)
+                    self._drop_groups(tracked)
                 try:
                     if not (tracked.settled and tracked.pidfd is not None and tracked.groups
                             and tracked.pidfd not in self._exited
@@ -190,31 +217,35 @@ class ResctrlBackend:
                         self._ensure(tracked, ctx)  # else: steady, see _resolve
                     try:
                         cycle.readings[uuid] = self._read(tracked)
-                    except _GroupVanished as e:
+                    except GroupVanished as e:
                         # Removed behind our back: recreate it (counters restart,
                         # the monitor carries the offset).
                         LOG.warning("instance %s: %s; recreating it", uuid, e)
-                        tracked.groups.clear()
-                        tracked.assigned.clear()
-                        tracked.generation += 1
+                        self._drop_groups(tracked)
                         self._ensure(tracked, ctx)
                         cycle.readings[uuid] = self._read(tracked)
-                except (InstanceGone, NotMonitored, _GroupVanished) as e:
+                except (InstanceGone, NotMonitored, GroupVanished) as e:
                     cycle.unmonitored[uuid] = str(e)
                 except OSError as e:
                     cycle.unmonitored[uuid] = f"resctrl error: {e}"
                     LOG.warning("instance %s: resctrl error: %s", uuid, e)
         finally:
             ctx.close()
-        try:
-            cycle.monitors_used = self.count_groups()
-        except OSError:
-            cycle.monitors_used = None
+        cycle.monitors_used = None if used is None else used + self.mkdirs - mkdirs
         return cycle
 
+    def _drop_groups(self, t: _Tracked) -> None:
+        for p in t.groups.values():
+            self._values.forget(p)
+        t.groups.clear()
+        t.assigned.clear()
+        t.settled = False
+        t.generation += 1
+
     def close(self) -> None:
-        """Groups stay for the next agent to adopt; pidfds are closed."""
+        """Groups stay for the next agent to adopt; pidfds and files are closed."""
         self._watch.close()
+        self._values.close()
         self._tracked.clear()
         self._adopted = False
 
@@ -335,73 +366,16 @@ class ResctrlBackend:
         t.groups[ctrl] = path
         return path
 
-    def _value_files(self, ctrl: str, path: str, gen: str) -> list[_ValueFile]:
-        """The value files of one group, with where each value goes; made once
-        per group (dropped when the group goes or vanishes)."""
-        files = self._files.get(path)
-        if files is None:
-            if not self._domains:
-                self._domains = resctrl.list_domains(self.root)
-            files = []
-            for dom_id, dom_dir in self._domains:
-                for event in self.events:
-                    kind = _KINDS[event]
-                    key: int | str = dom_id if kind == 0 else f"{ctrl}/{dom_id}{gen}"
-                    files.append((os.path.join(path, "mon_data", dom_dir, event), kind, key,
-                                  dom_dir, event))
-            self._files[path] = files
-        return files
-
     def _read(self, t: _Tracked) -> InstanceReading:
-        """One open/read/close per value file; ``None`` where the kernel gave
-        no number. Occupancy is summed over the instance's groups."""
         reading = InstanceReading()
-        targets: tuple[dict[Any, int | None], ...] = (
-            reading.occupancy, reading.mbm_total, reading.mbm_local)
-        occupancy = reading.occupancy
         gen = f"#{t.generation}" if t.generation else ""
-        several = len(t.groups) > 1
-        for ctrl, path in sorted(t.groups.items()):
-            for fpath, kind, key, dom_dir, event in self._value_files(ctrl, path, gen):
-                value: int | None
-                try:
-                    fd = os.open(fpath, os.O_RDONLY)
-                    try:
-                        data = os.read(fd, 64)
-                    finally:
-                        os.close(fd)
-                    body = data.strip()
-                    if body.isdigit():  # bytes.isdigit: ASCII digits only
-                        value = int(body)
-                    else:
-                        value = resctrl.parse_value(data.decode("ascii", "replace"))
-                except resctrl.ValueMissing as e:
-                    value = None
-                    LOG.debug("instance %s %s %s: %s", t.uuid, dom_dir, event, e.reason)
-                except FileNotFoundError:
-                    # SNC layout without the top-level file, or the group is gone
-                    try:
-                        value = resctrl.read_event(path, dom_dir, event)
-                    except resctrl.ValueMissing as e:
-                        value = None
-                        LOG.debug("instance %s %s %s: %s", t.uuid, dom_dir, event, e.reason)
-                    except FileNotFoundError as e:
-                        self._files.pop(path, None)
-                        raise _GroupVanished(f"monitor group {path} vanished") from e
-                if kind == 0 and several and key in occupancy:
-                    prev = occupancy[key]  # type: ignore[index]
-                    value = None if value is None or prev is None else prev + value
-                targets[kind][key] = value
+        if len(t.groups) == 1:
+            for ctrl, path in t.groups.items():
+                self._values.read(reading, path, ctrl, gen, False)
+        else:
+            for ctrl, path in sorted(t.groups.items()):
+                self._values.read(reading, path, ctrl, gen, True)
         return reading
-
-
-#: (file path, 0/1/2 = occupancy/mbm_total/mbm_local, key, domain dir, event)
-_ValueFile = tuple[str, int, "int | str", str, str]
-_KINDS = {"llc_occupancy": 0, "mbm_total_bytes": 1, "mbm_local_bytes": 2}
-
-
-class _GroupVanished(Exception):
-    pass
 
 
 class _CycleContext:

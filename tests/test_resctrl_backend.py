@@ -215,7 +215,9 @@ def test_snc_sums_sub_nodes_when_no_top_level_file(tmp_path):  # type: ignore[no
         os.remove(os.path.join(g, "mon_data", "mon_L3_01", "llc_occupancy"))
         set_value(g, 1, "llc_occupancy", 5, sub=2)
         set_value(g, 1, "llc_occupancy", 7, sub=3)
-        r = b.sync([InstanceRef(U1, "instance-1")]).readings[U1]
+        # a kernel that never made the top-level file: an agent starting on it
+        b.close()
+        r = h.backend().sync([InstanceRef(U1, "instance-1")]).readings[U1]
         assert r.occupancy == {0: 300, 1: 12}
     finally:
         for q in h.qemus:
@@ -360,3 +362,38 @@ def test_thread_moved_away_is_put_back_within_relist_cycles(host
         b.sync(refs)
     assert moved in resctrl.read_tasks(g)
     assert b.writes == writes + 1
+
+
+def _open_under(root: str) -> int:
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            n += os.readlink(f"/proc/self/fd/{fd}").startswith(root)
+        except FileNotFoundError:
+            pass
+    return n
+
+
+def test_value_files_stay_open_and_are_released(host):  # type: ignore[no-untyped-def]
+    host.start_qemu("instance-1")
+    host.start_qemu("instance-2")
+    b = host.backend()
+    refs = [InstanceRef(U1, "instance-1"), InstanceRef(U2, "instance-2")]
+    b.sync(refs)
+    assert _open_under(host.resctrl) == 2 * 2 * 3  # 2 groups x 2 domains x 3 events
+    set_value(group(host, U1), 1, "llc_occupancy", 4242)  # read again through the open fd
+    assert b.sync(refs).readings[U1].occupancy[1] == 4242
+    b.sync(refs[1:])
+    assert _open_under(host.resctrl) == 6
+    b.close()
+    assert _open_under(host.resctrl) == 0
+
+
+def test_no_fd_budget_reads_by_opening_each_time(host):  # type: ignore[no-untyped-def]
+    host.start_qemu("instance-1")
+    b = host.backend(fd_budget=0)
+    refs = [InstanceRef(U1, "instance-1")]
+    b.sync(refs)
+    set_value(group(host, U1), 0, "mbm_local_bytes", 77)
+    assert b.sync(refs).readings[U1].mbm_local["/0"] == 77
+    assert _open_under(host.resctrl) == 0
