@@ -15,7 +15,7 @@ venv=${CMT_VENV:-$repo/.venv}
 
 debs=(libvirt-daemon libvirt-dev pkg-config gcc python3-dev fuse3 libfuse3-3
       postgresql rabbitmq-server libpq-dev build-essential shellcheck procps sudo
-      util-linux passwd)
+      util-linux passwd linux-libc-dev)
 missing=()
 for pkg in "${debs[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' \
