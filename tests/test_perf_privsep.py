@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import textwrap
@@ -247,3 +248,27 @@ def _no_stray_daemons(host: Host) -> Iterator[None]:
     yield
     left = wait_no_daemons(host.work)
     assert not left, f"privsep daemon(s) left: {left}"
+
+
+def test_perf_without_privsep_daemon_is_named_once(host: Host) -> None:
+    """The helper cannot start: one ERROR naming it, every instance unmonitored
+    with that reason, host meters still published, nothing left running."""
+    missing = "/nonexistent/cmt-privsep-helper"
+    conf = host.config("missing.conf")
+    with open(conf, "a", encoding="utf-8") as f:
+        f.write(f"helper_command = {missing}\n")  # the last [cmt_privsep] line wins
+    agent = subprocess.run([CLI, "poll", "--config-file", conf, "--cycles", "2", "--json"],
+                           capture_output=True, text=True, timeout=120, check=False,
+                           env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert agent.returncode == 0, agent.stderr
+    assert "Traceback" not in agent.stderr, agent.stderr
+    errors = [line for line in agent.stderr.splitlines()
+              if " ERROR " in line and "ceilometer_cmt" in line]
+    assert len(errors) == 1 and missing in errors[0], agent.stderr
+    cycles = samples_by_cycle(agent.stdout)
+    assert sorted(cycles) == [1, 2]
+    for n in (1, 2):
+        un = cycles[n][("cache.instances.unmonitored", "compute-1")]
+        assert un["volume"] == len(host.instances)
+        assert not [k for k in cycles[n] if k[0] == "cache.occupancy"]
+        assert ("cache.size", "compute-1") in cycles[n]
