@@ -16,20 +16,9 @@ cd "$repo"
 venv=${CMT_VENV:-$repo/.venv}
 
 debs=(fuse3 libfuse3-3 libvirt-dev pkg-config gcc python3-dev python3-venv)
-missing=()
-for pkg in "${debs[@]}"; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' \
-        || missing+=("$pkg")
-done
-if ((${#missing[@]})); then
-    if [ "$(id -u)" != 0 ]; then
-        echo "demo.sh: missing Debian packages (${missing[*]}); run as root or install them" >&2
-        exit 1
-    fi
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -q --no-install-recommends "${missing[@]}"
-fi
+# shellcheck source=scripts/debs.sh
+source "$repo/scripts/debs.sh"
+ensure_debs "${debs[@]}"
 if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"
 fi

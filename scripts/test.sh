@@ -16,21 +16,9 @@ venv=${CMT_VENV:-$repo/.venv}
 debs=(libvirt-daemon libvirt-dev pkg-config gcc python3-dev fuse3 libfuse3-3
       postgresql rabbitmq-server libpq-dev build-essential shellcheck procps sudo
       util-linux passwd linux-libc-dev)
-missing=()
-for pkg in "${debs[@]}"; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' \
-        || missing+=("$pkg")
-done
-if ((${#missing[@]})); then
-    if [ "$(id -u)" != 0 ]; then
-        echo "test.sh: missing Debian packages (${missing[*]}); run as root or install them" >&2
-        exit 1
-    fi
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    # --no-install-recommends: libvirtd's test driver is built in; no qemu needed.
-    apt-get install -y -q --no-install-recommends "${missing[@]}"
-fi
+# shellcheck source=scripts/debs.sh
+source "$repo/scripts/debs.sh"
+ensure_debs "${debs[@]}"
 
 if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"

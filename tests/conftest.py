@@ -31,6 +31,26 @@ class FixtureHost:
         self.qemus.append(q)
         return q
 
+    def cloud(self, running: int, stopped: int = 0, *, host_name: str = "compute-1",
+              extra_threads: int = 1) -> tuple[list, list, str]:  # type: ignore[type-arg]
+        """A libvirt test-driver host (Nova metadata) with stand-in qemus for the
+        running instances, and an agent config pointing [cmt] at this tree.
+        Returns (running, stopped, config file)."""
+        from ceilometer_cmt.testbed import make_instances, write_node_xml
+
+        up = make_instances(running)
+        down = make_instances(stopped, running=False, start=running + 1)
+        node = write_node_xml(os.path.join(self.root, "node.xml"), up + down)
+        for inst in up:
+            self.start_qemu(inst.domain_name, extra_threads=extra_threads)
+        conf = os.path.join(self.root, "ceilometer.conf")
+        with open(conf, "w") as f:
+            f.write(f"[DEFAULT]\nhost = {host_name}\nlibvirt_uri = test://{node}\n"
+                    f"[cmt]\nresctrl_root = {self.resctrl}\nsysfs_root = {self.sysfs}\n"
+                    f"libvirt_pid_dir = {self.pid_dir}\nresctrl_verify_mount = false\n"
+                    "privsep = never\n")
+        return up, down, conf
+
     def backend(self, **kw: object):  # type: ignore[no-untyped-def]
         from ceilometer_cmt.resctrl_backend import ResctrlBackend
 

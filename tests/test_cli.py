@@ -88,24 +88,10 @@ def test_poll_json_prints_samples(host, tmp_path, capsys, monkeypatch
                                   ):  # type: ignore[no-untyped-def]
     from ceilometer_cmt.pollsters import runtime
 
-    inst = make_instances(1)
-    node = write_node_xml(str(tmp_path / "node.xml"), inst)
-    host.start_qemu(inst[0].domain_name)
-    conf = tmp_path / "c.conf"
-    conf.write_text(textwrap.dedent(f"""
-        [DEFAULT]
-        host = cmp
-        libvirt_uri = test://{node}
-        [cmt]
-        resctrl_root = {host.resctrl}
-        sysfs_root = {host.sysfs}
-        libvirt_pid_dir = {host.pid_dir}
-        resctrl_verify_mount = false
-        privsep = never
-    """))
+    inst, _, conf = host.cloud(1, host_name="cmp", extra_threads=0)
     monkeypatch.setattr(runtime, "resctrl_ops", lambda conf, settings: host.ops)
     # --set reaches [cmt] before the pollsters load (here: the prefix of our groups)
-    assert cli.main(["poll", "--config-file", str(conf), "--cycles", "2", "--json",
+    assert cli.main(["poll", "--config-file", conf, "--cycles", "2", "--json",
                      "--set", "resctrl_group_prefix=cmt-test-"]) == 0
     assert os.listdir(os.path.join(host.resctrl, "mon_groups")) == ["cmt-test-" + inst[0].uuid]
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]

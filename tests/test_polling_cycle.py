@@ -16,32 +16,15 @@ from kernel_trees import set_value
 
 from ceilometer_cmt import pollrun
 from ceilometer_cmt.pollsters import runtime
-from ceilometer_cmt.testbed import make_instances, write_node_xml
 
 MiB = 1024 * 1024
 L3 = 36608 * 1024  # INTEL_2S domain size
 
 
 @pytest.fixture
-def cloud(host, tmp_path):  # type: ignore[no-untyped-def]
-    running = make_instances(2)
-    stopped = make_instances(1, running=False, start=3)
-    node = write_node_xml(str(tmp_path / "node.xml"), running + stopped)
-    for inst in running:
-        host.start_qemu(inst.domain_name, extra_threads=1)
-    conf = tmp_path / "ceilometer.conf"
-    conf.write_text(textwrap.dedent(f"""
-        [DEFAULT]
-        host = compute-1
-        libvirt_uri = test://{node}
-        [cmt]
-        resctrl_root = {host.resctrl}
-        sysfs_root = {host.sysfs}
-        libvirt_pid_dir = {host.pid_dir}
-        resctrl_verify_mount = false
-        privsep = never
-    """))
-    return host, running, stopped, str(conf)
+def cloud(host):  # type: ignore[no-untyped-def]
+    running, stopped, conf = host.cloud(2, 1)
+    return host, running, stopped, conf
 
 
 def by_name(samples):  # type: ignore[no-untyped-def]

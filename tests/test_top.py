@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import textwrap
 
 import pytest
 from kernel_trees import set_value
@@ -19,34 +18,17 @@ from rich.console import Console
 from ceilometer_cmt import cli, pollrun, top
 from ceilometer_cmt.pollsters import runtime
 from ceilometer_cmt.readings import HOST_WIDE
-from ceilometer_cmt.testbed import make_instances, write_node_xml
 
 MiB = 1024 * 1024
 L3 = 36608 * 1024  # INTEL_2S domain size in the fixture sysfs
 
 
 @pytest.fixture
-def cloud(host, tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
-    running = make_instances(3)
-    stopped = make_instances(1, running=False, start=4)
-    node = write_node_xml(str(tmp_path / "node.xml"), running + stopped)
-    for inst in running:
-        host.start_qemu(inst.domain_name, extra_threads=1)
-    conf = tmp_path / "ceilometer.conf"
-    conf.write_text(textwrap.dedent(f"""
-        [DEFAULT]
-        host = compute-1
-        libvirt_uri = test://{node}
-        [cmt]
-        resctrl_root = {host.resctrl}
-        sysfs_root = {host.sysfs}
-        libvirt_pid_dir = {host.pid_dir}
-        resctrl_verify_mount = false
-        privsep = never
-    """))
+def cloud(host, monkeypatch):  # type: ignore[no-untyped-def]
+    running, stopped, conf = host.cloud(3, 1)
     # resctrl writes reach the fixture tree through the kernel stand-in
     monkeypatch.setattr(runtime, "resctrl_ops", lambda conf, settings: host.ops)
-    return host, running, stopped, str(conf)
+    return host, running, stopped, conf
 
 
 def group(host, inst):  # type: ignore[no-untyped-def]
