@@ -148,6 +148,11 @@ def cmd_poll(args: argparse.Namespace) -> int:
     overrides: dict[tuple[str | None, str], Any] = {
         ("cmt", k): v for k, _, v in (s.partition("=") for s in args.set)}
     cycles = pollrun.poll(args.config_file, args.cycles, args.polling_file, overrides)
+    if not any(cycles):
+        print("ceilometer-cmt poll: no sample at all: the plugin's pollsters did not load "
+              "or the polling file names none of its meters; see the log above and "
+              "'ceilometer-cmt probe'", file=sys.stderr)
+        return 1
     for n, samples in enumerate(cycles, 1):
         rows = [pollrun.sample_row(s) for s in samples]
         if args.json:

@@ -40,7 +40,9 @@ OPTS = [
                  "else through oslo.privsep"),
         ("always", "always go through the oslo.privsep daemon"),
         ("never", "never use privsep (the agent must be root)"),
-    ], help="How mkdir/rmdir/tasks writes on resctrl reach the kernel."),
+    ], help="How the privileged operations reach the kernel: mkdir/rmdir/tasks "
+            "writes on resctrl, and perf_event_open and counter reads of the perf "
+            "backend (whose counters then live in the privsep daemon)."),
     cfg.IntOpt("log_interval", default=600, min=0,
                help="Seconds between two log lines about the same missing value."),
 ]

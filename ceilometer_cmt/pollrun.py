@@ -7,6 +7,7 @@ in-memory ``test`` notifier over the ``fake://`` transport and returned.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -28,6 +29,8 @@ def polling_agent(config_files: Sequence[str], polling_file: str | None = None,
     from ceilometer.polling import manager as polling_manager
     from oslo_config import cfg
 
+    root_logger = logging.getLogger()
+    handlers, level = list(root_logger.handlers), root_logger.level
     with tempfile.TemporaryDirectory(prefix="cmt-poll-") as tmp:
         # Given as a last config file, not as overrides: transport_url and the
         # notifier options are registered only when the agent opens its transport.
@@ -57,6 +60,13 @@ def polling_agent(config_files: Sequence[str], polling_file: str | None = None,
             from ceilometer_cmt.pollsters import runtime
 
             runtime.reset()
+            # oslo.log set up the root logger for this agent (maybe a file in
+            # a directory about to go): leave logging as it was before.
+            for h in root_logger.handlers:
+                if h not in handlers:
+                    h.close()
+            root_logger.handlers[:] = handlers
+            root_logger.setLevel(level)
 
 
 def _logs_elsewhere(config_files: Sequence[str]) -> bool:

@@ -101,3 +101,11 @@ def test_poll_json_prints_samples(host, tmp_path, capsys, monkeypatch
     assert {r["name"] for r in rows if r["resource_id"] == "cmp"} == {
         "cache.size", "cache.monitors.total", "cache.monitors.used",
         "cache.instances.unmonitored"}
+
+
+def test_poll_without_any_sample_says_so(host, tmp_path, capsys):  # type: ignore[no-untyped-def]
+    _, _, conf = host.cloud(0)
+    polling = tmp_path / "polling.yaml"
+    polling.write_text("sources:\n  - name: other\n    interval: 60\n    meters: [cpu]\n")
+    assert cli.main(["poll", "--config-file", conf, "--polling-file", str(polling)]) == 1
+    assert "no sample at all" in capsys.readouterr().err

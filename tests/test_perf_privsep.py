@@ -40,6 +40,7 @@ from tests.test_privsep import (
     _kill_user_processes,
     _missing,
     agent_user,  # noqa: F401  (fixture)
+    run_agent_as,
     run_as,
     samples_by_cycle,
     wait_no_daemons,
@@ -188,20 +189,9 @@ def test_unprivileged_agent_counts_through_privsep_daemon(host: Host,
                                          "local_bytes": 13, "total_bytes": 13}  # EACCES
 
     conf = host.config("ceilometer.conf")
-    try:
-        agent = run_as(agent_user, [CLI, "poll", "--config-file", conf, "--cycles", "3",
-                                    "--json"], work)
-        left = wait_no_daemons(marker)
-    finally:
-        _kill_user_processes(agent_user.name)
-    assert agent.returncode == 0, agent.stderr
-    assert not left, f"privsep daemon(s) outlived the agent: {left}"
-    assert "Traceback" not in agent.stderr, agent.stderr
-    assert "Running privsep helper: ['sudo', " in agent.stderr, agent.stderr
+    agent, cycles = run_agent_as(agent_user, conf, 3, work, marker)
     assert "backend perf" in agent.stderr, agent.stderr
 
-    cycles = samples_by_cycle(agent.stdout)
-    assert sorted(cycles) == [1, 2, 3]
     for n in (1, 2, 3):
         assert cycles[n][("cache.instances.unmonitored", "compute-1")]["volume"] == 0
         # one RMID per opened thread, as intel_cqm would use

@@ -257,6 +257,25 @@ def run_as(user: User, argv: list[str], cwd: str) -> subprocess.CompletedProcess
                           capture_output=True, text=True, timeout=180, check=False)
 
 
+def run_agent_as(user: User, conf: str, cycles: int, cwd: str, marker: str
+                 ) -> tuple[subprocess.CompletedProcess[str], dict[int, Any]]:
+    """``ceilometer-cmt poll`` as ``user``; checks it ended cleanly, that the
+    privsep daemon went with it and that the helper ran through sudo."""
+    try:
+        agent = run_as(user, [CLI, "poll", "--config-file", conf, "--cycles", str(cycles),
+                              "--json"], cwd)
+        left = wait_no_daemons(marker)
+    finally:
+        _kill_user_processes(user.name)
+    assert agent.returncode == 0, agent.stderr
+    assert not left, f"privsep daemon(s) outlived the agent: {left}"
+    assert "Traceback" not in agent.stderr, agent.stderr
+    assert "Running privsep helper: ['sudo', " in agent.stderr, agent.stderr
+    cycles_seen = samples_by_cycle(agent.stdout)
+    assert sorted(cycles_seen) == list(range(1, cycles + 1))
+    return agent, cycles_seen
+
+
 def samples_by_cycle(stdout: str) -> dict[int, dict[tuple[str, str], dict[str, Any]]]:
     out: dict[int, dict[tuple[str, str], dict[str, Any]]] = {}
     for line in stdout.splitlines():
@@ -348,21 +367,9 @@ def test_unprivileged_agent_polls_through_privsep_daemon(host: Host, agent_user:
         [cmt_privsep]
         helper_command = sudo {HELPER} --config-file {work}/ceilometer.conf
     """))
-    try:
-        agent = run_as(agent_user, [CLI, "poll", "--config-file", conf, "--cycles", "2",
-                                    "--json"], work)
-        left = wait_no_daemons(marker)
-    finally:
-        _kill_user_processes(agent_user.name)
-    assert agent.returncode == 0, agent.stderr
-    assert not left, f"privsep daemon(s) outlived the agent: {left}"
-    assert "Traceback" not in agent.stderr, agent.stderr
+    agent, cycles = run_agent_as(agent_user, conf, 2, work, marker)
     # oslo.privsep ran its helper through sudo and the daemon started
-    assert "Running privsep helper: ['sudo', " in agent.stderr, agent.stderr
     assert "Spawned new privsep daemon via rootwrap" in agent.stderr, agent.stderr
-
-    cycles = samples_by_cycle(agent.stdout)
-    assert sorted(cycles) == [1, 2]
     second = cycles[2]
     for inst in host.instances:
         occ = second[("cache.occupancy", inst.uuid)]
