@@ -7,9 +7,11 @@ may only join a monitor group of their own control group). Groups without the
 prefix are never touched. Tasks already in a monitor group of another tool
 are not moved.
 
-Steady state (no instance or thread appeared or left) costs one ``stat`` of the
-pidfile, one listing of ``/proc/<pid>/task`` and the value reads: no mkdir,
-no write, no lock.
+Steady state (no instance or thread appeared or left) costs the value reads
+(``pread`` of files kept open, see resctrl_values), one ``poll()`` over the
+pidfds of all qemu processes (process_watch) and one listing of the groups:
+no mkdir, no write, no lock. Threads are listed again after a change and
+every RELIST-th cycle.
 """
 
 from __future__ import annotations
