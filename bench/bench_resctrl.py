@@ -31,8 +31,8 @@ import cProfile
 import io
 import os
 import platform
-import resource
 import pstats
+import resource
 import shutil
 import signal
 import statistics
