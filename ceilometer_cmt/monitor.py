@@ -50,6 +50,10 @@ class RateLimitedLog:
         self._last: dict[tuple[str, str], float] = {}
         self.counts: collections.Counter[str] = collections.Counter()
 
+    #: beyond this many entries, forget what no longer matters (bounded memory
+    #: under instance churn: reasons name pidfiles, uuids, paths)
+    MAX_ENTRIES = 4096
+
     def __call__(self, key: str, reason: str, level: int = logging.INFO) -> None:
         self.counts[reason] += 1
         now = self.clock()
@@ -57,6 +61,15 @@ class RateLimitedLog:
         if last is None or now - last >= self.interval:
             self._last[(key, reason)] = now
             LOG.log(level, "%s: %s", key, reason)
+        if len(self._last) > self.MAX_ENTRIES or len(self.counts) > self.MAX_ENTRIES:
+            self._prune(now)
+
+    def _prune(self, now: float) -> None:
+        # An entry older than the interval would log again anyway: drop it.
+        self._last = {k: t for k, t in self._last.items() if now - t < self.interval}
+        if len(self.counts) > self.MAX_ENTRIES:
+            self.counts = collections.Counter(dict(self.counts.most_common(
+                self.MAX_ENTRIES // 2)))
 
 
 def occupancy_meters(reading: InstanceReading, host: HostCache

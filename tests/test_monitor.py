@@ -281,3 +281,20 @@ def test_monitor_keeps_counters_of_unmonitored_instances() -> None:
     assert m.poll([]).instances == {}
     clock.t = 2.0
     assert m.poll([]).instances[U1].mbm_total_bytes == 5100  # still monotonic
+
+
+def test_rate_limited_log_stays_bounded_under_churn() -> None:
+    from ceilometer_cmt.monitor import RateLimitedLog
+
+    now = [0.0]
+    log = RateLimitedLog(60.0, clock=lambda: now[0])
+    for i in range(20000):
+        now[0] = i * 0.1  # 2000 s of churn: every instance a new uuid and pidfile
+        log(f"uuid-{i}", f"not monitored: no pidfile /run/libvirt/qemu/instance-{i}.pid")
+    assert len(log._last) <= RateLimitedLog.MAX_ENTRIES  # noqa: SLF001
+    assert len(log.counts) <= RateLimitedLog.MAX_ENTRIES
+    # a recent key is still rate limited after pruning
+    before = dict(log._last)  # noqa: SLF001
+    key = max(before, key=before.get)
+    log(*key)
+    assert log._last[key] == before[key]  # noqa: SLF001
