@@ -108,7 +108,9 @@ def poll(config_files: Sequence[str], cycles: int = 1, polling_file: str | None 
 def sample_row(s: dict[str, Any]) -> dict[str, Any]:
     return {"name": s["counter_name"], "type": s["counter_type"], "unit": s["counter_unit"],
             "volume": s["counter_volume"], "resource_id": s["resource_id"],
-            "timestamp": s.get("timestamp")}
+            "project_id": s.get("project_id"), "user_id": s.get("user_id"),
+            "timestamp": s.get("timestamp"),
+            "resource_metadata": s.get("resource_metadata") or {}}
 
 
 def env_config_files() -> list[str]:

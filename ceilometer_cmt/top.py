@@ -366,8 +366,7 @@ def watch(agent: Any, *, interval: float, cycles: int | None = None,
             n += 1
             if mode == "jsonl":  # one write per cycle: see demo.SignalSafeOut
                 out.write("".join(
-                    json.dumps({"cycle": n, **pollrun.sample_row(s),
-                                "resource_metadata": s.get("resource_metadata")},
+                    json.dumps({"cycle": n, **pollrun.sample_row(s)},
                                sort_keys=True, default=str) + "\n" for s in samples))
                 out.flush()
             elif mode == "views":

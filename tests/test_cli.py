@@ -97,6 +97,8 @@ def test_poll_json_prints_samples(host, tmp_path, capsys, monkeypatch
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     occ = [r for r in rows if r["name"] == "cache.occupancy"]
     assert [r["cycle"] for r in occ] == [1, 2]
+    assert occ[0]["resource_metadata"]["cmt_backend"] == "resctrl"
+    assert occ[0]["project_id"] == inst[0].project_id
     assert {r["resource_id"] for r in occ} == {inst[0].uuid}
     assert {r["name"] for r in rows if r["resource_id"] == "cmp"} == {
         "cache.size", "cache.monitors.total", "cache.monitors.used",
