@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+from procutil import alive
+
 PARENT = """
 import sys
 from ceilometer_cmt.testbed import StandInQemu
@@ -17,14 +19,6 @@ sys.stdin.read()
 """
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def test_stand_in_dies_when_its_parent_is_killed(tmp_path):  # type: ignore[no-untyped-def]
     parent = subprocess.Popen([sys.executable, "-c", PARENT, str(tmp_path)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -32,16 +26,16 @@ def test_stand_in_dies_when_its_parent_is_killed(tmp_path):  # type: ignore[no-u
     try:
         assert parent.stdout is not None
         child = int(parent.stdout.readline())
-        assert _alive(child)
+        assert alive(child)
         parent.send_signal(signal.SIGKILL)
         parent.wait(timeout=10)
         deadline = time.monotonic() + 10
-        while _alive(child) and time.monotonic() < deadline:
+        while alive(child) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not _alive(child)
+        assert not alive(child)
     finally:
         if parent.poll() is None:
             parent.kill()
             parent.wait()
-        if child is not None and _alive(child):
+        if child is not None and alive(child):
             os.kill(child, signal.SIGKILL)

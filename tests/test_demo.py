@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from procutil import alive, processes_mentioning
 
 from ceilometer_cmt.demo import fuse_problem
 from ceilometer_cmt.testbed import StandInQemu
@@ -96,28 +97,6 @@ def sim_mounts_under(path: str) -> list[str]:
             if right.split()[0] == FSTYPE and mnt.startswith(path):
                 out.append(mnt)
     return out
-
-
-def processes_mentioning(text: str) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                if text.encode() in f.read():
-                    pids.append(int(entry))
-        except OSError:
-            pass
-    return pids
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def assert_nothing_left(start: dict[str, Any], tmpdir: str) -> None:

@@ -7,6 +7,7 @@ import os
 import time
 
 import pytest
+from procutil import alive, processes_mentioning
 
 from ceilometer_cmt import procfs, testbed
 from ceilometer_cmt.errors import InstanceGone
@@ -15,28 +16,6 @@ libvirt = pytest.importorskip("libvirt")
 
 pytestmark = pytest.mark.skipif(
     not os.access(testbed.LIBVIRTD, os.X_OK), reason="Debian's libvirt-daemon is not installed")
-
-
-def _processes_mentioning(text: str) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                if text.encode() in f.read():
-                    found.append(int(entry))
-        except OSError:
-            continue
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
-    except OSError:
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +50,9 @@ def test_libvirtd_starts_answers_and_stops_without_leftovers():
             conn.close()
     finally:
         d.stop()
-    assert not _alive(pid)
+    assert not alive(pid)
     assert not os.path.exists(base)
-    assert _processes_mentioning(base) == []
+    assert processes_mentioning(base) == []
     if not run_libvirt_existed:
         assert not os.path.exists("/run/libvirt"), "libvirtd wrote into the host's /run"
 
@@ -90,7 +69,7 @@ def test_libvirtd_restart_drops_clients_and_serves_again(daemon, host):
     conn = libvirt.open(uri)
     old_pid = daemon.pid
     daemon.restart()
-    assert daemon.pid != old_pid and not _alive(old_pid)
+    assert daemon.pid != old_pid and not alive(old_pid)
     with pytest.raises(libvirt.libvirtError):
         conn.listAllDomains()
     conn2 = libvirt.open(uri)
@@ -98,7 +77,7 @@ def test_libvirtd_restart_drops_clients_and_serves_again(daemon, host):
         assert len(conn2.listAllDomains()) == len(running) + len(stopped)
     finally:
         conn2.close()
-    assert _processes_mentioning(daemon.base_dir) == [daemon.pid]
+    assert processes_mentioning(daemon.base_dir) == [daemon.pid]
 
 
 def test_node_xml_escapes_odd_names(daemon, tmp_path):
@@ -155,7 +134,7 @@ def test_stand_in_qemu_looks_like_qemu_to_procfs(tmp_path):
     finally:
         pid = q.pid
         q.stop()
-    assert not _alive(pid)
+    assert not alive(pid)
     assert not os.path.exists(os.path.join(pid_dir, "instance-0000002a.pid"))
     with pytest.raises(InstanceGone):
         procfs.find_qemu_process(pid_dir, "/proc", "instance-0000002a")
@@ -203,4 +182,4 @@ def test_fake_host_starts_running_instances_only(tmp_path):
         pids = [q.pid for q in fh.qemus.values()]
         assert sorted(os.listdir(tmp_path)) == sorted(i.domain_name + ".pid" for i in insts[:2])
     assert os.listdir(tmp_path) == []
-    assert not any(_alive(p) for p in pids)
+    assert not any(alive(p) for p in pids)
