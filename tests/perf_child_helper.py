@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from types import TracebackType
 
 CHILD_SCRIPT = r"""
@@ -195,3 +196,31 @@ def write_pidfile(path: str, pid: int) -> None:
 
 def open_fds() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
+
+
+def as_nobody(fn: Callable[[], str]) -> tuple[str, int]:
+    """Run ``fn`` in a forked child that dropped to uid/gid 65534 (nobody);
+    return what it said and its exit code. An exception becomes ``OTHER <repr>``.
+    The child never returns into the caller (pytest)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                msg = fn()
+            except BaseException as e:  # noqa: BLE001 - report anything
+                msg = f"OTHER {e!r}"
+            os.write(w, msg.encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        out = f.read().decode()
+    _, status = os.waitpid(pid, 0)
+    return out, os.waitstatus_to_exitcode(status)

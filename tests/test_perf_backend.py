@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from perf_child_helper import Child, open_fds, write_pidfile
+from perf_child_helper import Child, as_nobody, open_fds, write_pidfile
 
 from ceilometer_cmt import perf_pmu
 from ceilometer_cmt.errors import BackendUnavailable
@@ -283,31 +283,14 @@ def test_permission_denied_is_backend_unavailable(pid_dir: str, spawn: Spawn) ->
     """As nobody, the root-owned stand-in qemu may not be counted: a clear error."""
     spawn("instance-root")
     b = PerfBackend(SOFTWARE, "/proc", pid_dir)
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
+    def attempt() -> str:
         try:
-            os.close(r)
-            os.setgroups([])
-            os.setgid(65534)
-            os.setuid(65534)
-            try:
-                b.sync([InstanceRef(UUID_A, "instance-root")])
-                msg = "SYNCED"
-            except PerfPermissionError as e:
-                ok = isinstance(e, BackendUnavailable)
-                msg = f"PERM {ok} {e}"
-            except BaseException as e:  # noqa: BLE001 - report anything
-                msg = f"OTHER {e!r}"
-            os.write(w, msg.encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(w)
-    with os.fdopen(r, "rb") as f:
-        out = f.read().decode()
-    os.waitpid(pid, 0)
+            b.sync([InstanceRef(UUID_A, "instance-root")])
+            return "SYNCED"
+        except PerfPermissionError as e:
+            return f"PERM {isinstance(e, BackendUnavailable)} {e}"
+
+    out, _ = as_nobody(attempt)
     b.close()
     assert out.startswith("PERM True"), out
     assert "perf_event_paranoid" in out and "CAP_PERFMON" in out

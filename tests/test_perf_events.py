@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import os
 import resource
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from perf_child_helper import Child, open_fds
+from perf_child_helper import Child, as_nobody, open_fds
 
 from ceilometer_cmt import perf_events as pe
 from ceilometer_cmt.errors import BackendUnavailable, CmtError, InstanceGone, NotMonitored
@@ -198,31 +197,15 @@ def test_permission_error_names_paranoid_and_capability() -> None:
     A forked child drops to nobody (the venv's interpreter lives under /root,
     which nobody cannot exec) and reports through a pipe.
     """
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: never return into pytest
-        code = 1
+    def attempt() -> str:
         try:
-            os.close(r)
-            os.setgroups([])
-            os.setgid(65534)
-            os.setuid(65534)
-            try:
-                pe.Counter(pe.EventSpec(pe.PERF_TYPE_SOFTWARE, 1), 1)
-                msg = "OPENED"
-            except pe.PerfPermissionError as e:
-                msg = f"PERM {e.errno} {e}"
-            except BaseException as e:  # noqa: BLE001 - report anything
-                msg = f"OTHER {e!r}"
-            os.write(w, msg.encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(w)
-    with os.fdopen(r, "rb") as f:
-        out = f.read().decode()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+            pe.Counter(pe.EventSpec(pe.PERF_TYPE_SOFTWARE, 1), 1)
+            return "OPENED"
+        except pe.PerfPermissionError as e:
+            return f"PERM {e.errno} {e}"
+
+    out, status = as_nobody(attempt)
+    assert status == 0
     assert out.startswith("PERM"), out
     assert int(out.split()[1]) in (errno.EACCES, errno.EPERM)
     assert "/proc/sys/kernel/perf_event_paranoid" in out
