@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 #: Occupancy key for a backend that only knows a host-wide total (perf
 #: ``intel_cqm`` sums every package): its percent is taken against the sum of
@@ -52,9 +52,9 @@ class HostCache:
         return self.sizes.get(domain_id)
 
 
-@dataclass(frozen=True)
-class InstanceRef:
-    """A running Nova instance as the pollsters hand it to a backend."""
+class InstanceRef(NamedTuple):
+    """A running Nova instance as the pollsters hand it to a backend (a tuple:
+    backends compare a cycle's list with the last one in C)."""
 
     uuid: str
     domain_name: str  # libvirt domain name (OS-EXT-SRV-ATTR:instance_name)
