@@ -25,6 +25,7 @@ from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import Any
 
+from ceilometer_cmt import resctrl
 from ceilometer_cmt.childproc import die_with_parent
 from ceilometer_cmt.simulator.topology import PRESETS
 
@@ -32,29 +33,15 @@ SUBTYPE = "cmt-resctrl-sim"
 FSTYPE = f"fuse.{SUBTYPE}"
 
 
-def _unescape(field: str) -> str:
-    return (
-        field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n")
-        .replace("\\134", "\\")
-    )
-
-
 def mount_fstype(mountpoint: str, mountinfo: str = "/proc/self/mountinfo") -> str | None:
-    """The fstype mounted at ``mountpoint`` (last mount wins), or None."""
-    target = os.path.realpath(mountpoint)
-    found = None
+    """The fstype mounted at ``mountpoint`` (last mount wins), or None; parsed
+    by the plugin's own mountinfo reader (resctrl.mount_fstype)."""
     try:
-        with open(mountinfo, encoding="utf-8", errors="surrogateescape") as f:
-            for line in f:
-                left, sep, right = line.partition(" - ")
-                fields = left.split()
-                if not sep or len(fields) < 5:
-                    continue
-                if _unescape(fields[4]) == target:
-                    found = right.split()[0]
+        with open(mountinfo, encoding="utf-8", errors="surrogateescape", newline="\n") as f:
+            text = f.read()
     except OSError:
         return None
-    return found
+    return resctrl.mount_fstype(text, os.path.realpath(mountpoint))
 
 
 def fuse_missing_reason() -> str | None:
