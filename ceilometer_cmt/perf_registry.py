@@ -59,16 +59,9 @@ def to_wire(spec: EventSpec) -> Wire:
     return (spec.type, spec.config, spec.config1, spec.config2)
 
 
-def _start_time(proc_root: str, pid: int, tid: int) -> str | None:
-    """Field 22 of ``<proc>/<pid>/task/<tid>/stat``; None when no such thread."""
-    try:
-        with open(os.path.join(proc_root, str(pid), "task", str(tid), "stat"), "rb") as f:
-            raw = f.read(4096)
-    except OSError:
-        return None
-    # comm (field 2) may hold spaces and parentheses: fields start after the last ')'
-    fields = raw[raw.rfind(b")") + 2:].split()
-    return fields[19].decode("ascii", "replace") if len(fields) > 19 else None
+def _start_time(proc_root: str, pid: int, tid: int) -> int | None:
+    """Start time of thread ``tid`` of ``pid``; None when no such thread."""
+    return procfs.stat_start_time(os.path.join(proc_root, str(pid), "task", str(tid), "stat"))
 
 
 def names_qemu_guest(argv: list[str], domain_name: str) -> bool:

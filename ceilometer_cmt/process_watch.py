@@ -14,15 +14,12 @@ from __future__ import annotations
 import os
 import select
 
+from ceilometer_cmt.procfs import stat_start_time
 
-def start_time(proc_root: str, pid: int) -> bytes | None:
+
+def start_time(proc_root: str, pid: int) -> int | None:
     """Start time of ``pid`` (clock ticks since boot), None when it is gone."""
-    try:
-        with open(os.path.join(proc_root, str(pid), "stat"), "rb") as f:
-            fields = f.read().rpartition(b")")[2].split()
-    except OSError:
-        return None
-    return fields[19] if len(fields) > 19 else None
+    return stat_start_time(os.path.join(proc_root, str(pid), "stat"))
 
 
 class PidfdWatch:

@@ -87,6 +87,23 @@ def _first_qemu_option(value: str) -> str:
     return "".join(out)
 
 
+def stat_start_time(stat_path: str) -> int | None:
+    """Field 22 (start time, clock ticks since boot) of a ``/proc/.../stat``
+    file; None when it cannot be read. Together with the pid it names one
+    process for good: a reused pid has another start time."""
+    try:
+        with open(stat_path, "rb") as f:
+            raw = f.read(4096)
+    except OSError:
+        return None
+    # comm (field 2) may hold spaces and parentheses: fields start after the last ')'
+    fields = raw[raw.rfind(b")") + 2:].split()
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
 def list_tids(proc_root: str, pid: int) -> tuple[int, ...]:
     try:
         entries = os.listdir(os.path.join(proc_root, str(pid), "task"))

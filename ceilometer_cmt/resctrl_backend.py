@@ -54,7 +54,7 @@ class _Tracked:
     domain_name: str
     pid: int | None = None
     pidfile_sig: tuple[int, int] | None = None
-    start_time: bytes | None = None  # /proc/<pid>/stat field 22: tells a reused pid
+    start_time: int | None = None  # /proc/<pid>/stat field 22: tells a reused pid
     pidfd: int | None = None  # holds the very process (see process_watch)
     settled: bool = False  # the last thread listing found nothing new
     foreign: set[int] = field(default_factory=set)  # threads left in others' groups

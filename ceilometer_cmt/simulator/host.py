@@ -11,6 +11,8 @@ import os
 import time
 from dataclasses import dataclass
 
+from ceilometer_cmt.procfs import stat_start_time
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -39,14 +41,7 @@ def _read(path: str) -> str | None:
 
 def task_start(proc_root: str, tid: int) -> int | None:
     """Start time of ``tid``, or None when no such task exists."""
-    text = _read(os.path.join(proc_root, str(tid), "stat"))
-    if text is None:
-        return None
-    try:
-        fields = text[text.rindex(")") + 2 :].split()
-        return int(fields[19])
-    except (ValueError, IndexError):
-        return None
+    return stat_start_time(os.path.join(proc_root, str(tid), "stat"))
 
 
 def task_info(proc_root: str, tid: int) -> TaskInfo | None:
