@@ -7,7 +7,7 @@ gave no value"; it is never replaced by 0.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
@@ -104,7 +104,3 @@ class Backend(Protocol):
     def close(self) -> None:
         """Release what this process holds (fds, locks)."""
         ...
-
-
-def domains_by_id(domains: Sequence[CacheDomain]) -> Mapping[int, CacheDomain]:
-    return {d.id: d for d in domains}

@@ -123,17 +123,11 @@ class ResctrlBackend:
     def owned_groups(self) -> dict[str, list[str]]:
         """uuid (or raw name when not a uuid) -> paths of groups with our prefix."""
         out: dict[str, list[str]] = {}
-        for ctrl in resctrl.list_ctrl_groups(self.root):
-            base = os.path.join(resctrl.ctrl_path(self.root, ctrl), "mon_groups")
-            for name in resctrl.list_mon_groups(self.root, ctrl):
-                if name.startswith(self.prefix):
-                    key = valid_uuid(name[len(self.prefix):]) or name
-                    out.setdefault(key, []).append(os.path.join(base, name))
+        for path in sorted(self._scan()[1]):
+            name = os.path.basename(path)
+            key = valid_uuid(name[len(self.prefix):]) or name
+            out.setdefault(key, []).append(path)
         return out
-
-    def count_groups(self) -> int:
-        """RMIDs in use: default group + control groups + monitor groups."""
-        return self._scan()[0]
 
     def _scan(self) -> tuple[int, set[str]]:
         """RMIDs in use, and the paths of the monitor groups with our prefix."""
@@ -213,10 +207,8 @@ class ResctrlBackend:
                                 "recreating it", uuid)
                     self._drop_groups(tracked)
                 try:
-                    if not (tracked.settled and tracked.pidfd is not None and tracked.groups
-                            and tracked.pidfd not in self._exited
-                            and (self._cycle_no + tracked.stagger) % RELIST):
-                        self._ensure(tracked, ctx)  # else: steady, see _resolve
+                    if not self._steady(tracked):
+                        self._ensure(tracked, ctx)
                     try:
                         cycle.readings[uuid] = self._read(tracked)
                     except GroupVanished as e:
@@ -273,15 +265,18 @@ class ResctrlBackend:
                      self.prefix)
         self._adopted = True
 
-    def _resolve(self, t: _Tracked) -> list[int] | None:
-        """Current TIDs of the instance's qemu, re-resolved when the process
-        changed; None when nothing needs listing this cycle (pidfd says the
-        process lives, its threads settled, not its re-listing cycle)."""
+    def _steady(self, t: _Tracked) -> bool:
+        """Nothing to check this cycle: the pidfd says the very process lives,
+        the last thread listing found nothing new, not its re-listing cycle."""
+        return bool(t.settled and t.pidfd is not None and t.groups
+                    and t.pidfd not in self._exited
+                    and (self._cycle_no + t.stagger) % RELIST)
+
+    def _resolve(self, t: _Tracked) -> list[int]:
+        """Current TIDs of the instance's qemu, re-resolved when the process changed."""
         if t.pid is not None:
             if t.pidfd is not None:
                 if t.pidfd not in self._exited:
-                    if t.settled and t.groups and (self._cycle_no + t.stagger) % RELIST:
-                        return None
                     try:
                         return list(procfs.list_tids(self.proc_root, t.pid))
                     except InstanceGone:
@@ -308,8 +303,6 @@ class ResctrlBackend:
     def _ensure(self, t: _Tracked, ctx: _CycleContext) -> None:
         periodic = t.settled
         tids = self._resolve(t)
-        if tids is None:
-            return
         if periodic and t.groups:
             # A periodic check: trust the kernel's lists, not our memory, so a
             # thread another tool moved out is written back.
