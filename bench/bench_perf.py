@@ -69,7 +69,7 @@ def measure(refs: list[InstanceRef], backend: PerfBackend, rounds: int,
 def report(label: str, raw_t: list[float], be_t: list[float]) -> float:
     rmin, bmin = min(raw_t), min(be_t)
     rmed, bmed = statistics.median(raw_t), statistics.median(be_t)
-    print(f"  {label:<34} raw {rmin * 1e6:6.2f} us  backend {bmin * 1e6:6.2f} us  "
+    print(f"  {label:<46} raw {rmin * 1e6:6.2f} us  backend {bmin * 1e6:6.2f} us  "
           f"ratio {bmin / rmin:4.2f}x   (medians {rmed * 1e6:6.2f} / {bmed * 1e6:6.2f} us, "
           f"{bmed / rmed:4.2f}x)")
     return bmin / rmin
@@ -107,8 +107,11 @@ def run(instances: int, threads: int, rounds: int, blocks: int) -> float:
             refs, backend, rounds, blocks)))
         for c in children:
             c.cmd("tburn t0")
-        ratios.append(report("one thread per instance burning", *measure(
-            refs, backend, max(1, rounds // 4), blocks)))
+        # 64 threads spinning on the 2 cores of a CI machine: both sides
+        # mostly measure preemption (and, for a counter whose thread is on a
+        # CPU, an IPI), so this row is shown but not judged
+        report("one thread per instance burning (not judged)", *measure(
+            refs, backend, max(1, rounds // 4), blocks))
         return max(ratios)
     finally:
         backend.close()

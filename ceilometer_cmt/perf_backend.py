@@ -69,9 +69,10 @@ import logging
 import os
 import select
 import struct
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import compress
+from operator import add, mul, not_
 from typing import Protocol
 
 from ceilometer_cmt import perf_events, perf_pmu, procfs
@@ -329,42 +330,111 @@ class _PidDirWatch:
 
 
 @dataclass(frozen=True)
+class _Group:
+    """Tracked instances with the same number of counted threads ``m``.
+
+    Their fds sit in the plan from ``start`` to ``stop``, instance after
+    instance, role after role, thread after thread: the count of role ``r`` of
+    the group's ``i``-th instance is the sum of ``m`` consecutive values, and
+    ``values[start + j:stop:m]`` takes the ``j``-th thread of every role at once.
+    """
+
+    m: int
+    start: int
+    stop: int
+    uuids: tuple[str, ...]
+    keys: tuple[str, ...]
+
+    def sums(self, seq: Sequence[int]) -> list[int]:
+        """Per role of every instance, the sum over its threads (loops in C)."""
+        m, start, stop = self.m, self.start, self.stop
+        total: Iterable[int] = seq[start:stop:m]
+        for j in range(1, m):
+            total = map(add, total, seq[start + j:stop:m])
+        return list(total)
+
+
+@dataclass(frozen=True)
 class _Plan:
     """Every fd of every tracked instance, for one batched read per cycle."""
 
     fds: tuple[int, ...]
     sizes: tuple[int, ...]
     nbytes: int
-    unpack: Callable[[bytes], tuple[int, ...]]
-    values: Callable[[bytes], tuple[int, ...]]  # the counts only
-    #: per instance: its fds' slice of the values, then one slice per role
-    entries: tuple[tuple[_Tracked, slice, tuple[slice, ...]], ...]
-    #: the common case, when every instance has the three roles in ROLES
-    #: order and only occupancy is scaled: (uuid, key, occ, total, local)
-    rows: tuple[tuple[str, str, slice, slice, slice], ...] | None
-    occ_factor: tuple[int, int] = (1, 1)
+    values: Callable[[bytes], tuple[int, ...]]  # the counts of every fd
+    running: Callable[[bytes], tuple[int, ...]]  # their time running
+    groups: tuple[_Group, ...]
+    #: per instance, its fds' slice of the plan (for the careful path)
+    entries: tuple[tuple[_Tracked, slice], ...]
+    nroles: int
+    slots: tuple[int, int, int]  # role index of occupancy/total/local, -1: absent
+    scaled: tuple[tuple[int, int, int], ...]  # (role index, num, den)
 
     @classmethod
-    def build(cls, tracked: Sequence[_Tracked]) -> _Plan:
-        fds: list[int] = []
-        entries = []
-        rows: list[tuple[str, str, slice, slice, slice]] | None = []
-        factor = (1, 1)
+    def build(cls, tracked: Sequence[_Tracked], roles: Sequence[_Role]) -> _Plan:
+        by_threads: dict[int, list[_Tracked]] = {}
         for t in tracked:
-            base = len(fds)
-            fds.extend(t.all_fds)
-            slices = tuple(slice(base + a, base + b) for a, b in t.bounds)
-            entries.append((t, slice(base, len(fds)), slices))
-            if rows is not None and [r.name for r in t.roles] == list(ROLES) \
-                    and t.roles[1].num == t.roles[1].den and t.roles[2].num == t.roles[2].den:
-                rows.append((t.uuid, t.key, slices[0], slices[1], slices[2]))
-                factor = (t.roles[0].num, t.roles[0].den)
-            else:
-                rows = None
-        return cls(tuple(fds), (24,) * len(fds), 24 * len(fds),
-                   struct.Struct(f"={3 * len(fds)}Q").unpack,
-                   struct.Struct("=" + "Q16x" * len(fds)).unpack, tuple(entries),
-                   tuple(rows) if rows is not None else None, factor)
+            by_threads.setdefault(len(t.tids), []).append(t)
+        fds: list[int] = []
+        groups = []
+        entries = []
+        for m, members in by_threads.items():
+            start = len(fds)
+            for t in members:
+                entries.append((t, slice(len(fds), len(fds) + len(t.all_fds))))
+                fds.extend(t.all_fds)
+            groups.append(_Group(m, start, len(fds), tuple(t.uuid for t in members),
+                                 tuple(t.key for t in members)))
+        names = [r.name for r in roles]
+        n = len(fds)
+        return cls(tuple(fds), (24,) * n, 24 * n,
+                   struct.Struct("=" + "Q16x" * n).unpack,
+                   struct.Struct("=" + "16xQ" * n).unpack,
+                   tuple(groups), tuple(entries), len(roles),
+                   (_slot(names, OCCUPANCY), _slot(names, MBM_TOTAL), _slot(names, MBM_LOCAL)),
+                   tuple((i, r.num, r.den) for i, r in enumerate(roles) if r.num != r.den))
+
+    def readings(self, values: Sequence[int], running: Sequence[int] | None,
+                 out: dict[str, InstanceReading]) -> None:
+        """Readings of every instance from the counts of a whole batch.
+
+        ``running`` (time running per fd) is given when some counter may
+        never have run; ``values`` must then hold 0 for those. A role none of
+        whose counters ran is ``None``, never 0.
+        """
+        nroles = self.nroles
+        occ, tot, loc = self.slots
+        for g in self.groups:
+            sums: list[int | None] = g.sums(values)  # type: ignore[assignment]
+            counted = g.sums(running) if running is not None and 0 in sums else None
+            for i, num, den in self.scaled:
+                sums[i::nroles] = [v * num // den for v in sums[i::nroles]]  # type: ignore[operator]
+            if counted is not None and 0 in counted:
+                sums = [v if c else None for v, c in zip(sums, counted, strict=True)]
+            keys = g.keys
+            if occ >= 0 and tot >= 0 and loc >= 0:  # CMT and MBM: one pass
+                out.update(zip(g.uuids, [
+                    InstanceReading({HOST_WIDE: o}, {k: t}, {k: lo})
+                    for k, o, t, lo in zip(keys, sums[occ::nroles], sums[tot::nroles],
+                                           sums[loc::nroles], strict=True)], strict=True))
+                continue
+            occupancy = ([{HOST_WIDE: v} for v in sums[occ::nroles]] if occ >= 0
+                         else [{} for _ in keys])
+            out.update(zip(g.uuids, map(InstanceReading, occupancy,
+                                        _by_key(keys, sums, tot, nroles),
+                                        _by_key(keys, sums, loc, nroles)), strict=True))
+
+
+def _by_key(keys: Sequence[str], sums: list[int | None], slot: int,
+            nroles: int) -> list[dict[str, int | None]]:
+    """``{counter key: value}`` of role ``slot`` for each instance ({} if absent)."""
+    if slot < 0:
+        return [{} for _ in keys]
+    return [{k: v} for k, v in zip(keys, sums[slot::nroles], strict=True)]
+
+
+def _slot(names: list[str], role: str) -> int:
+    return names.index(role) if role in names else -1
 
 
 class PerfBackend:
@@ -584,12 +654,14 @@ class PerfBackend:
         """One ``read`` per fd of every instance, in one batch.
 
         When every fd answered and none is multiplexed (always so for
-        intel_cqm, a software-context PMU), the sums are taken by C code on
-        one unpacked tuple; otherwise each instance is read on its own.
+        intel_cqm, a software-context PMU), the sums are taken by loops in C
+        over the whole batch (:meth:`_Plan.readings`); otherwise each instance
+        is read on its own.
         """
         plan = self._plan
         if plan is None:
-            plan = self._plan = _Plan.build(list(self._tracked.values()))
+            tracked = list(self._tracked.values())
+            plan = self._plan = _Plan.build(tracked, tracked[0].roles if tracked else [])
         out: dict[str, InstanceReading] = {}
         try:
             chunks = self.counters.read(plan.fds, plan.sizes)
@@ -600,34 +672,25 @@ class PerfBackend:
             words = memoryview(data).cast("Q")
             running = words[2::3]
             if words[1::3] == running:  # element-wise in C: nothing multiplexed
-                if _ZERO_U64 not in running.tobytes():
-                    # every counter ran (the test can only err towards the
-                    # careful path below): plain sums, all in C
-                    take = plan.values(data).__getitem__
-                    if plan.rows is not None:  # CMT + MBM: the whole reading inline
-                        num, den = plan.occ_factor
-                        for uuid, key, so, st, sl in plan.rows:
-                            out[uuid] = InstanceReading(
-                                {HOST_WIDE: sum(take(so)) * num // den},
-                                {key: sum(take(st))}, {key: sum(take(sl))})
-                        return out
-                    for t, _, slices in plan.entries:
-                        out[t.uuid] = t.reading(list(map(sum, map(take, slices))))
-                    return out
-                unpacked = plan.unpack(data)
-                values, ran = unpacked[0::3], unpacked[2::3]
-                for t, _, slices in plan.entries:
-                    # counters that never ran (running == 0) are left out
-                    out[t.uuid] = t.reading([
-                        sum(compress(values[s], ran[s])) if any(ran[s]) else None
-                        for s in slices])
+                values = plan.values(data)
+                times = None
+                # 8 zero bytes in a row: maybe a counter that never ran (the
+                # test can only err towards the careful side)
+                if _ZERO_U64 in running.tobytes():
+                    times = plan.running(data)
+                    if any(compress(values, map(not_, times))):
+                        # a counter that never ran kept a value (an intel_cqm
+                        # RMID reports its occupancy whether the task ran or
+                        # not): it counts for nothing
+                        values = tuple(map(mul, values, map(bool, times)))
+                plan.readings(values, times, out)
                 return out
         if chunks:
-            for t, whole, _ in plan.entries:
+            for t, whole in plan.entries:
                 part = chunks[whole]
                 out[t.uuid] = t.reading([_sum_chunks(part[a:b]) for a, b in t.bounds])
             return out
-        for t, _, _ in plan.entries:  # a read failed: find whose, per instance
+        for t, _ in plan.entries:  # a read failed: find whose, per instance
             try:
                 out[t.uuid] = self._read(t)
             except (PerfError, OSError) as e:
