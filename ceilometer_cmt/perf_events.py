@@ -6,8 +6,9 @@ wrapper), ``ioctl`` ENABLE/DISABLE/RESET and ``read`` with
 ``PERF_FORMAT_TOTAL_TIME_ENABLED | PERF_FORMAT_TOTAL_TIME_RUNNING``.
 
 * libc is loaded once (``CDLL(None)``, the already-mapped C library).
-* Every ``errno`` goes through :func:`_raise_for`, the one place that turns
-  it into a typed error of :mod:`ceilometer_cmt.errors`; ``EINTR`` is retried.
+* Every libc call goes through one errno funnel, :func:`_call`: ``EINTR``
+  is retried, any other errno becomes a typed error of
+  :mod:`ceilometer_cmt.errors` in :func:`_raise_for`.
 * A :class:`Counter` owns its fd: ``close()`` is idempotent, it is a context
   manager, and fds are opened ``PERF_FLAG_FD_CLOEXEC`` so processes the agent
   spawns never inherit them.
@@ -35,6 +36,7 @@ import errno
 import os
 import platform
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -279,6 +281,19 @@ def make_attr(spec: EventSpec, size: int | None = None) -> PerfEventAttr:
 
 # ---------------------------------------------------------------- syscalls
 
+def _call(fn: Callable[..., int], *args: object, what: Callable[[], str]) -> int:
+    """The errno funnel: ``fn(*args)`` (a ctypes function of the ``use_errno``
+    libc) again while it fails with ``EINTR``; any other failure (-1) becomes
+    the typed error of :func:`_raise_for`, named by ``what()``."""
+    while True:
+        result = fn(*args)
+        if result >= 0:
+            return int(result)
+        err = ctypes.get_errno()
+        if err != errno.EINTR:
+            raise _raise_for(err, what())
+
+
 def perf_event_open(attr: PerfEventAttr, pid: int, cpu: int = -1, group_fd: int = -1,
                     flags: int = PERF_FLAG_FD_CLOEXEC) -> int:
     """The raw syscall through the errno funnel; returns the new fd."""
@@ -286,25 +301,14 @@ def perf_event_open(attr: PerfEventAttr, pid: int, cpu: int = -1, group_fd: int 
     nr = lib.nr_perf_event_open
     if nr is None:
         nr = syscall_number()
-    while True:
-        fd = lib.syscall(ctypes.c_long(nr), ctypes.byref(attr), ctypes.c_int(pid),
-                         ctypes.c_int(cpu), ctypes.c_int(group_fd), ctypes.c_ulong(flags))
-        if fd >= 0:
-            return int(fd)
-        err = ctypes.get_errno()
-        if err != errno.EINTR:
-            raise _raise_for(err, f"perf_event_open(type={attr.type}, "
-                                  f"config={attr.config:#x}, pid={pid})")
+    return _call(lib.syscall, ctypes.c_long(nr), ctypes.byref(attr), ctypes.c_int(pid),
+                 ctypes.c_int(cpu), ctypes.c_int(group_fd), ctypes.c_ulong(flags),
+                 what=lambda: f"perf_event_open(type={attr.type}, "
+                              f"config={attr.config:#x}, pid={pid})")
 
 
 def _ioctl(fd: int, request: int, arg: int = 0) -> None:
-    lib = _libc()
-    while True:
-        if lib.ioctl(fd, request, arg) == 0:
-            return
-        err = ctypes.get_errno()
-        if err != errno.EINTR:
-            raise _raise_for(err, f"ioctl({fd}, {request:#x})")
+    _call(_libc().ioctl, fd, request, arg, what=lambda: f"ioctl({fd}, {request:#x})")
 
 
 _READ3 = struct.Struct("=QQQ")

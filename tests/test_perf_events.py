@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import os
 import resource
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 
@@ -247,6 +250,68 @@ def test_errno_funnel_types() -> None:
     assert isinstance(pe._raise_for(errno.ENFILE, "x"), pe.PerfTooManyFiles)
     other = pe._raise_for(errno.EBUSY, "x")
     assert type(other) is pe.PerfError and other.errno == errno.EBUSY
+
+
+def _libc_read() -> ctypes._CFuncPtr:  # type: ignore[name-defined]
+    """read(2) from the module's own use_errno libc (a new function object)."""
+    read = pe.libc().lib["read"]
+    read.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
+    read.restype = ctypes.c_ssize_t
+    return read
+
+
+def test_funnel_retries_a_really_interrupted_syscall() -> None:
+    """A read(2) blocked on an empty pipe is interrupted by real signals:
+    Python installs its handlers without SA_RESTART, so the kernel returns
+    EINTR each time. The funnel calls again until the data arrives."""
+    read = _libc_read()
+    r, w = os.pipe()
+    buf = ctypes.create_string_buffer(8)
+    calls = handled = 0
+
+    def counted_read(*args: object) -> int:
+        nonlocal calls
+        calls += 1
+        return int(read(*args))
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal handled
+        handled += 1
+        if handled == 3:
+            os.write(w, b"12345678")
+
+    main = threading.get_ident()
+    stop = threading.Event()
+
+    def kick() -> None:
+        for _ in range(100):  # ~5 s; then unblock the read whatever happened
+            if stop.wait(0.05):
+                return
+            signal.pthread_kill(main, signal.SIGUSR1)
+        os.write(w, b"timeout!")
+
+    old = signal.signal(signal.SIGUSR1, on_signal)
+    kicker = threading.Thread(target=kick, daemon=True)
+    kicker.start()
+    try:
+        n = pe._call(counted_read, r, buf, 8, what=lambda: "read(pipe)")
+    finally:
+        stop.set()
+        kicker.join()
+        signal.signal(signal.SIGUSR1, old)
+        os.close(r)
+        os.close(w)
+    assert (n, buf.raw) == (8, b"12345678")
+    assert handled >= 3 and calls >= 3  # interrupted at least twice, called again each time
+
+
+def test_funnel_turns_other_errnos_into_typed_errors() -> None:
+    read = _libc_read()
+    buf = ctypes.create_string_buffer(8)
+    with pytest.raises(pe.PerfError) as info:
+        pe._call(read, -1, buf, 8, what=lambda: "read(closed fd)")
+    assert info.value.errno == errno.EBADF
+    assert "read(closed fd): EBADF" in str(info.value)
 
 
 # ---------------------------------------------------------------- no leaks
