@@ -86,6 +86,8 @@ class LibvirtBackend:
         self._conn: Any = None
         self._host_cache: HostCache | None = None
         self._lost = False  # a WARNING was logged and no cycle has succeeded since
+        #: the error of the failing stats call already logged, until one succeeds
+        self._stats_error: str | None = None
         #: Number of getAllDomainStats calls made (tests assert one per cycle).
         self.stats_calls = 0
         #: Number of connections opened.
@@ -139,9 +141,15 @@ class LibvirtBackend:
             if not self._alive(conn):
                 self._drop(str(e))
                 return f"libvirt connection lost: {e}"
-            LOG.warning("libvirt getAllDomainStats failed: %s", e)
+            if str(e) != self._stats_error:  # once per error, not every cycle
+                self._stats_error = str(e)
+                LOG.warning("libvirt getAllDomainStats failed: %s (not logged again "
+                            "until it changes or a call succeeds)", e)
             return f"libvirt stats call failed: {e}"
         self._lost = False
+        if self._stats_error is not None:
+            self._stats_error = None
+            LOG.info("libvirt getAllDomainStats answers again")
         return list(records)
 
     # Backend protocol ---------------------------------------------------------

@@ -214,15 +214,26 @@ def test_connection_lost_warns_through_logging(tmp_path, caplog):
             backend.close()
 
 
-def test_stats_error_on_a_live_connection_keeps_it(host):
+def test_stats_error_on_a_live_connection_keeps_it(host, caplog):
     backend = host.backend()
+
+    def failures() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if "getAllDomainStats failed" in r.getMessage()]
+
     try:
-        host.conns[0].bad_flags = 1 << 20  # the test driver rejects unknown flags
-        cycle = backend.sync(host.refs())
-        assert cycle.readings == {}
-        assert all("stats call failed" in r for r in cycle.unmonitored.values())
-        host.conns[0].bad_flags = 0
-        assert len(backend.sync(host.refs()).readings) == 3
+        with caplog.at_level(logging.INFO, logger="ceilometer_cmt.libvirt_backend"):
+            host.conns[0].bad_flags = 1 << 20  # the test driver rejects unknown flags
+            for _ in range(3):
+                cycle = backend.sync(host.refs())
+                assert cycle.readings == {}
+                assert all("stats call failed" in r for r in cycle.unmonitored.values())
+            assert len(failures()) == 1 and failures()[0].levelno == logging.WARNING
+            host.conns[0].bad_flags = 0
+            assert len(backend.sync(host.refs()).readings) == 3
+            assert any("answers again" in r.getMessage() for r in caplog.records)
+            host.conns[0].bad_flags = 1 << 20  # failing again after a success: logged again
+            backend.sync(host.refs())
+            assert len(failures()) == 2
         assert backend.connects == 1
     finally:
         backend.close()
