@@ -28,6 +28,7 @@ import textwrap
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -40,6 +41,7 @@ VENV_BIN = os.path.dirname(sys.executable)
 CLI = os.path.join(VENV_BIN, "ceilometer-cmt")
 HELPER = os.path.join(VENV_BIN, "privsep-helper")
 CONTEXT = "ceilometer_cmt.privileged.cmt_pctxt"
+SUDOERS_TEMPLATE = Path(__file__).resolve().parent.parent / "etc" / "sudoers.d" / "ceilometer-cmt"
 PREFIX = "ceilometer-"
 
 
@@ -152,12 +154,7 @@ def agent_user(host: Host) -> Iterator[User]:
         # socket in the user's TMPDIR (sudo >= 1.9.10 regular expression). secure_path
         # lets oslo.privsep's default command ("sudo privsep-helper ...") find the venv's.
         assert re.fullmatch(r"[A-Za-z0-9_/.-]+", host.work + tmp), (host.work, tmp)
-        conf = (host.work + "/ceilometer.conf").replace(".", "[.]")
-        sock = tmp.replace(".", "[.]") + "/[A-Za-z0-9_]+/privsep[.]sock"
-        ctx = CONTEXT.replace(".", "[.]")
-        rules = (f'Defaults:{name} secure_path="{VENV_BIN}:/usr/sbin:/usr/bin:/sbin:/bin"\n'
-                 f"{name} ALL=(root) NOPASSWD: {HELPER} ^(--config-file {conf} )?"
-                 f"--privsep_context {ctx} --privsep_sock_path {sock}$\n")
+        rules = render_sudoers(name, host.work + "/ceilometer.conf", tmp)
         fd = os.open(sudoers + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o440)
         with os.fdopen(fd, "w") as f:
             f.write(rules)
@@ -173,6 +170,18 @@ def agent_user(host: Host) -> Iterator[User]:
         assert not os.path.exists(sudoers)
         with pytest.raises(KeyError):
             pwd.getpwnam(name)
+
+
+def render_sudoers(user: str, conf: str, tmpdir: str) -> str:
+    """etc/sudoers.d/ceilometer-cmt, the rule operators install, filled in."""
+    text = SUDOERS_TEMPLATE.read_text()
+    assert CONTEXT.replace(".", "[.]") in text  # the rule names the plugin's context
+
+    def regex(path: str) -> str:
+        return path.replace(".", "[.]")
+
+    return (text.replace("@USER@", user).replace("@BIN@", VENV_BIN)
+            .replace("@CONF@", regex(conf)).replace("@TMPDIR@", regex(tmpdir)))
 
 
 def _kill_user_processes(name: str) -> None:
