@@ -72,7 +72,7 @@ import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import compress
-from operator import add, mul, not_
+from operator import add, mul
 from typing import Protocol
 
 from ceilometer_cmt import perf_events, perf_pmu, procfs
@@ -363,6 +363,7 @@ class _Plan:
     nbytes: int
     values: Callable[[bytes], tuple[int, ...]]  # the counts of every fd
     running: Callable[[bytes], tuple[int, ...]]  # their time running
+    zeros: tuple[int, ...]  # a count of 0 for every fd
     groups: tuple[_Group, ...]
     #: per instance, its fds' slice of the plan (for the careful path)
     entries: tuple[tuple[_Tracked, slice], ...]
@@ -389,7 +390,7 @@ class _Plan:
         n = len(fds)
         return cls(tuple(fds), (24,) * n, 24 * n,
                    struct.Struct("=" + "Q16x" * n).unpack,
-                   struct.Struct("=" + "16xQ" * n).unpack,
+                   struct.Struct("=" + "16xQ" * n).unpack, (0,) * n,
                    tuple(groups), tuple(entries), len(roles),
                    (_slot(names, OCCUPANCY), _slot(names, MBM_TOTAL), _slot(names, MBM_LOCAL)),
                    tuple((i, r.num, r.den) for i, r in enumerate(roles) if r.num != r.den))
@@ -678,7 +679,9 @@ class PerfBackend:
                 # test can only err towards the careful side)
                 if _ZERO_U64 in running.tobytes():
                     times = plan.running(data)
-                    if any(compress(values, map(not_, times))):
+                    if times.count(0) == len(times):
+                        values = plan.zeros  # no counter ran: every role is None
+                    elif sum(values) != sum(compress(values, times)):  # C loops, no calls
                         # a counter that never ran kept a value (an intel_cqm
                         # RMID reports its occupancy whether the task ran or
                         # not): it counts for nothing

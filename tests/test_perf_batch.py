@@ -179,6 +179,15 @@ def test_role_where_no_counter_ran_is_none_not_zero(
         assert cycle.readings[ref.uuid].occupancy[HOST_WIDE] is not None
 
 
+def test_no_counter_ran_every_role_is_none_whatever_the_values(host: Host) -> None:
+    backend, counters, refs = host.backend, host.counters, host.refs
+    fill(counters, lambda dom, role, tid: PACK(999, 0, 0))  # stale RMID values only
+    check(backend, counters, refs)
+    for reading in backend.sync(refs).readings.values():
+        assert reading.occupancy == {HOST_WIDE: None}
+        assert list(reading.mbm_total.values()) == list(reading.mbm_local.values()) == [None]
+
+
 def test_multiplexed_counter_is_left_out(
         host: Host) -> None:
     backend, counters, refs = host.backend, host.counters, host.refs
