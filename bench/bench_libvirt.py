@@ -14,7 +14,7 @@ in one run, interleaved, median of several rounds:
   ``lookupByUUIDString`` + ``info()`` + ``memoryStats()`` +
   ``domainListGetStats([dom], 0)`` (all groups).
 
-Run: /tmp/venv/bin/python bench/bench_libvirt.py [--sizes 100,500,1000] [--rounds 7]
+Run: .venv/bin/python bench/bench_libvirt.py [--sizes 100,500,1000] [--rounds 7]
 Not a test: prints a table; exit 1 if the goal (>= 10x against ceilometer <= 23's
 per-instance pattern at the largest N, exactly one call per bulk cycle) is missed.
 """
