@@ -232,7 +232,7 @@ def to_reading(stats: DomainCacheStats, counter_prefix: str) -> InstanceReading:
     (the backend uses the libvirt domain id, which changes at every start),
     so that the monitor can carry an MBM offset.
     """
-    reading = InstanceReading()
+    reading = InstanceReading({}, {}, {})
     if stats.cache_monitors:
         reading.occupancy = occupancy_by_bank(stats.cache_monitors)
     elif stats.perf_cmt is not None:

@@ -362,7 +362,7 @@ class ResctrlBackend:
         return path
 
     def _read(self, t: _Tracked) -> InstanceReading:
-        reading = InstanceReading()
+        reading = InstanceReading({}, {}, {})
         gen = f"#{t.generation}" if t.generation else ""
         if len(t.groups) == 1:
             for ctrl, path in t.groups.items():
