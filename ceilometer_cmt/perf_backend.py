@@ -57,9 +57,10 @@ the privsep daemon's (:class:`ceilometer_cmt.privileged.PrivsepCounters`),
 which holds the fds for an unprivileged agent and answers one batched read
 per cycle.
 
-Values: per event, the reads of all the instance's fds are summed; an fd
-that gave no data (thread never ran since the open) adds nothing, and an
-event where no fd gave data is ``None``.
+Values: :mod:`ceilometer_cmt.perf_counts` turns the batch into readings
+(per event, the counts of an instance's threads summed; a counter that never
+ran or was multiplexed adds nothing; an event where no counter qualifies is
+``None``).
 """
 
 from __future__ import annotations
@@ -69,14 +70,21 @@ import logging
 import os
 import select
 import struct
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import compress
-from operator import add, mul
 from typing import Protocol
 
 from ceilometer_cmt import perf_events, perf_pmu, procfs
 from ceilometer_cmt.errors import BackendUnavailable, InstanceGone, NotMonitored
+from ceilometer_cmt.perf_counts import (
+    MBM_LOCAL,
+    MBM_TOTAL,
+    OCCUPANCY,
+    READ_SIZE,
+    ROLES,
+    ReadPlan,
+    Role,
+)
 from ceilometer_cmt.perf_events import (
     Counter,
     EventSpec,
@@ -88,7 +96,6 @@ from ceilometer_cmt.perf_events import (
 )
 from ceilometer_cmt.perf_pmu import CqmPmu, PmuEvent
 from ceilometer_cmt.readings import (
-    HOST_WIDE,
     BackendCycle,
     HostCache,
     InstanceReading,
@@ -97,11 +104,6 @@ from ceilometer_cmt.readings import (
 from ceilometer_cmt.sysfs_cache import read_host_cache
 
 LOG = logging.getLogger(__name__)
-
-OCCUPANCY = "occupancy"
-MBM_TOTAL = "mbm_total"
-MBM_LOCAL = "mbm_local"
-ROLES = (OCCUPANCY, MBM_TOTAL, MBM_LOCAL)
 
 #: role -> event name of the PMU
 DEFAULT_EVENTS: Mapping[str, str] = {
@@ -112,10 +114,6 @@ DEFAULT_EVENTS: Mapping[str, str] = {
 
 #: how many times the thread list is re-read while opening one instance
 MAX_OPEN_ROUNDS = 5
-
-_UNPACK = struct.Struct("=QQQ").unpack
-_ZERO_U64 = bytes(8)
-
 
 class CounterProvider(Protocol):
     """Where counters are opened, read and closed; counters are int handles."""
@@ -171,13 +169,11 @@ class DirectCounters:
 
 @dataclass
 class _Role:
-    """One event of one instance: the fds to sum and how to turn them into bytes."""
+    """One event of one instance: its fds, one per counted thread."""
 
     name: str
     event: PmuEvent
     fds: list[int] = field(default_factory=list)
-    num: int = 1
-    den: int = 1
 
 
 @dataclass
@@ -194,40 +190,18 @@ class _Tracked:
     counters: list[int] = field(default_factory=list)  # handles
     roles: list[_Role] = field(default_factory=list)
     tids: set[int] = field(default_factory=set)
-    # the read plan, built by freeze() once every counter is open
+    # set by freeze() once every counter is open
     key: str = ""
     all_fds: tuple[int, ...] = ()
-    sizes: tuple[int, ...] = ()
-    bounds: tuple[tuple[int, int], ...] = ()
-    scaled: tuple[tuple[int, int, int], ...] = ()  # (role index, num, den)
-    slots: tuple[int, int, int] = (-1, -1, -1)  # role index of occupancy/total/local
+
+    @property
+    def threads(self) -> int:
+        return len(self.tids)
 
     def freeze(self) -> None:
         """Every fd role after role, so that one batch reads them all."""
         self.key = f"perf/{self.pid}/{self.generation}"
         self.all_fds = tuple(fd for r in self.roles for fd in r.fds)
-        self.sizes = (24,) * len(self.all_fds)
-        m = len(self.tids)
-        self.bounds = tuple((i * m, i * m + m) for i in range(len(self.roles)))
-        self.scaled = tuple((i, r.num, r.den) for i, r in enumerate(self.roles)
-                            if r.num != r.den)
-        names = [r.name for r in self.roles]
-        self.slots = tuple(  # type: ignore[assignment]
-            names.index(n) if n in names else -1 for n in ROLES)
-
-    def reading(self, sums: list[int | None]) -> InstanceReading:
-        """Raw sums per role (in ``roles`` order) -> bytes, keyed for the monitor."""
-        for i, num, den in self.scaled:
-            v = sums[i]
-            if v is not None:
-                sums[i] = v * num // den
-        occ, tot, loc = self.slots
-        key = self.key
-        return InstanceReading(
-            {HOST_WIDE: sums[occ]} if occ >= 0 else {},
-            {key: sums[tot]} if tot >= 0 else {},
-            {key: sums[loc]} if loc >= 0 else {},
-        )
 
     def close(self, provider: CounterProvider) -> None:
         counters, self.counters = self.counters, []
@@ -235,26 +209,13 @@ class _Tracked:
             provider.close(counters)
         for role in self.roles:
             role.fds.clear()
-        self.all_fds = self.sizes = ()
+        self.all_fds = ()
         fd, self.pidfile_fd = self.pidfile_fd, -1
         if fd >= 0:
             try:
                 os.close(fd)
             except OSError:
                 pass
-
-
-def _sum_chunks(chunks: Sequence[bytes]) -> int | None:
-    """Sum of usable counts (never run / multiplexed fds add nothing)."""
-    total = 0
-    seen = False
-    for raw in chunks:
-        if len(raw) == 24:
-            value, enabled, running = _UNPACK(raw)
-            if running and running >= enabled:
-                total += value
-                seen = True
-    return total if seen else None
 
 
 class _PidDirWatch:
@@ -329,115 +290,6 @@ class _PidDirWatch:
             os.close(fd)
 
 
-@dataclass(frozen=True)
-class _Group:
-    """Tracked instances with the same number of counted threads ``m``.
-
-    Their fds sit in the plan from ``start`` to ``stop``, instance after
-    instance, role after role, thread after thread: the count of role ``r`` of
-    the group's ``i``-th instance is the sum of ``m`` consecutive values, and
-    ``values[start + j:stop:m]`` takes the ``j``-th thread of every role at once.
-    """
-
-    m: int
-    start: int
-    stop: int
-    uuids: tuple[str, ...]
-    keys: tuple[str, ...]
-
-    def sums(self, seq: Sequence[int]) -> list[int]:
-        """Per role of every instance, the sum over its threads (loops in C)."""
-        m, start, stop = self.m, self.start, self.stop
-        total: Iterable[int] = seq[start:stop:m]
-        for j in range(1, m):
-            total = map(add, total, seq[start + j:stop:m])
-        return list(total)
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """Every fd of every tracked instance, for one batched read per cycle."""
-
-    fds: tuple[int, ...]
-    sizes: tuple[int, ...]
-    nbytes: int
-    values: Callable[[bytes], tuple[int, ...]]  # the counts of every fd
-    running: Callable[[bytes], tuple[int, ...]]  # their time running
-    zeros: tuple[int, ...]  # a count of 0 for every fd
-    groups: tuple[_Group, ...]
-    #: per instance, its fds' slice of the plan (for the careful path)
-    entries: tuple[tuple[_Tracked, slice], ...]
-    nroles: int
-    slots: tuple[int, int, int]  # role index of occupancy/total/local, -1: absent
-    scaled: tuple[tuple[int, int, int], ...]  # (role index, num, den)
-
-    @classmethod
-    def build(cls, tracked: Sequence[_Tracked], roles: Sequence[_Role]) -> _Plan:
-        by_threads: dict[int, list[_Tracked]] = {}
-        for t in tracked:
-            by_threads.setdefault(len(t.tids), []).append(t)
-        fds: list[int] = []
-        groups = []
-        entries = []
-        for m, members in by_threads.items():
-            start = len(fds)
-            for t in members:
-                entries.append((t, slice(len(fds), len(fds) + len(t.all_fds))))
-                fds.extend(t.all_fds)
-            groups.append(_Group(m, start, len(fds), tuple(t.uuid for t in members),
-                                 tuple(t.key for t in members)))
-        names = [r.name for r in roles]
-        n = len(fds)
-        return cls(tuple(fds), (24,) * n, 24 * n,
-                   struct.Struct("=" + "Q16x" * n).unpack,
-                   struct.Struct("=" + "16xQ" * n).unpack, (0,) * n,
-                   tuple(groups), tuple(entries), len(roles),
-                   (_slot(names, OCCUPANCY), _slot(names, MBM_TOTAL), _slot(names, MBM_LOCAL)),
-                   tuple((i, r.num, r.den) for i, r in enumerate(roles) if r.num != r.den))
-
-    def readings(self, values: Sequence[int], running: Sequence[int] | None,
-                 out: dict[str, InstanceReading]) -> None:
-        """Readings of every instance from the counts of a whole batch.
-
-        ``running`` (time running per fd) is given when some counter may
-        never have run; ``values`` must then hold 0 for those. A role none of
-        whose counters ran is ``None``, never 0.
-        """
-        nroles = self.nroles
-        occ, tot, loc = self.slots
-        for g in self.groups:
-            sums: list[int | None] = g.sums(values)  # type: ignore[assignment]
-            counted = g.sums(running) if running is not None and 0 in sums else None
-            for i, num, den in self.scaled:
-                sums[i::nroles] = [v * num // den for v in sums[i::nroles]]  # type: ignore[operator]
-            if counted is not None and 0 in counted:
-                sums = [v if c else None for v, c in zip(sums, counted, strict=True)]
-            keys = g.keys
-            if occ >= 0 and tot >= 0 and loc >= 0:  # CMT and MBM: one pass
-                out.update(zip(g.uuids, [
-                    InstanceReading({HOST_WIDE: o}, {k: t}, {k: lo})
-                    for k, o, t, lo in zip(keys, sums[occ::nroles], sums[tot::nroles],
-                                           sums[loc::nroles], strict=True)], strict=True))
-                continue
-            occupancy = ([{HOST_WIDE: v} for v in sums[occ::nroles]] if occ >= 0
-                         else [{} for _ in keys])
-            out.update(zip(g.uuids, map(InstanceReading, occupancy,
-                                        _by_key(keys, sums, tot, nroles),
-                                        _by_key(keys, sums, loc, nroles)), strict=True))
-
-
-def _by_key(keys: Sequence[str], sums: list[int | None], slot: int,
-            nroles: int) -> list[dict[str, int | None]]:
-    """``{counter key: value}`` of role ``slot`` for each instance ({} if absent)."""
-    if slot < 0:
-        return [{} for _ in keys]
-    return [{k: v} for k, v in zip(keys, sums[slot::nroles], strict=True)]
-
-
-def _slot(names: list[str], role: str) -> int:
-    return names.index(role) if role in names else -1
-
-
 class PerfBackend:
     """The :class:`~ceilometer_cmt.readings.Backend` on the perf ``intel_cqm`` PMU."""
 
@@ -470,9 +322,12 @@ class PerfBackend:
                 f"{', '.join(sorted(wanted.values()))}")
         self.specs: dict[str, EventSpec] = {
             role: ev.spec(self.pmu.type) for role, ev in self.events.items()}
+        #: the roles every instance counts, in this order, with their byte factors
+        self._roles = [Role(role, ev.byte_factor.numerator, ev.byte_factor.denominator)
+                       for role, ev in self.events.items()]
         self.counters: CounterProvider = counters if counters is not None else DirectCounters()
         self._tracked: dict[str, _Tracked] = {}
-        self._plan: _Plan | None = None
+        self._plan: ReadPlan | None = None
         self._watch = _PidDirWatch(libvirt_pid_dir)
         self._generation = 0
         #: (refs, pid dir inodes, monitors used) of the last cycle that left
@@ -604,8 +459,7 @@ class PerfBackend:
         t = _Tracked(ref.uuid, ref.domain_name, name, proc.pid, pidfile_fd, ino,
                      self._generation)
         for role, ev in self.events.items():
-            f = ev.byte_factor
-            t.roles.append(_Role(role, ev, num=f.numerator, den=f.denominator))
+            t.roles.append(_Role(role, ev))
         tried: set[int] = set()
         pending = list(proc.tids)
         try:
@@ -652,62 +506,35 @@ class PerfBackend:
         t.tids.add(tid)
 
     def _read_all(self, cycle: BackendCycle) -> dict[str, InstanceReading]:
-        """One ``read`` per fd of every instance, in one batch.
-
-        When every fd answered and none is multiplexed (always so for
-        intel_cqm, a software-context PMU), the sums are taken by loops in C
-        over the whole batch (:meth:`_Plan.readings`); otherwise each instance
-        is read on its own.
-        """
+        """One ``read`` per fd of every instance, in one batch (see
+        :mod:`ceilometer_cmt.perf_counts` for how counts become readings)."""
         plan = self._plan
         if plan is None:
-            tracked = list(self._tracked.values())
-            plan = self._plan = _Plan.build(tracked, tracked[0].roles if tracked else [])
-        out: dict[str, InstanceReading] = {}
+            plan = self._plan = ReadPlan.build(self._tracked.values(), self._roles)
         try:
             chunks = self.counters.read(plan.fds, plan.sizes)
         except OSError:
             chunks = []
-        data = b"".join(chunks)
-        if len(data) == plan.nbytes:
-            words = memoryview(data).cast("Q")
-            running = words[2::3]
-            if words[1::3] == running:  # element-wise in C: nothing multiplexed
-                values = plan.values(data)
-                times = None
-                # 8 zero bytes in a row: maybe a counter that never ran (the
-                # test can only err towards the careful side)
-                if _ZERO_U64 in running.tobytes():
-                    times = plan.running(data)
-                    if times.count(0) == len(times):
-                        values = plan.zeros  # no counter ran: every role is None
-                    elif sum(values) != sum(compress(values, times)):  # C loops, no calls
-                        # a counter that never ran kept a value (an intel_cqm
-                        # RMID reports its occupancy whether the task ran or
-                        # not): it counts for nothing
-                        values = tuple(map(mul, values, map(bool, times)))
-                plan.readings(values, times, out)
-                return out
-        if chunks:
-            for t, whole in plan.entries:
-                part = chunks[whole]
-                out[t.uuid] = t.reading([_sum_chunks(part[a:b]) for a, b in t.bounds])
-            return out
-        for t, _ in plan.entries:  # a read failed: find whose, per instance
+        if chunks or not plan.fds:
+            out = plan.readings(chunks)
+            return out if out is not None else plan.careful(chunks)
+        out = {}
+        for t in list(self._tracked.values()):  # a read failed: find whose
             try:
-                out[t.uuid] = self._read(t)
+                out.update(self._read(t))
             except (PerfError, OSError) as e:
                 self._failed(cycle, t.uuid, e)
         return out
 
-    def _read(self, t: _Tracked) -> InstanceReading:
+    def _read(self, t: _Tracked) -> dict[str, InstanceReading]:
         """The instance on its own (slow path)."""
         try:
-            chunks = self.counters.read(t.all_fds, t.sizes)
+            chunks = self.counters.read(t.all_fds, (READ_SIZE,) * len(t.all_fds))
         except OSError as e:
             raise PerfError(f"read of qemu {t.pid} counters: {e.strerror}",
                             e.errno or errno.EIO) from e
-        return t.reading([_sum_chunks(chunks[a:b]) for a, b in t.bounds])
+        return ReadPlan.build([t], self._roles).careful(chunks)
+
 
 __all__ = ["PerfBackend", "PerfPermissionError", "PerfUnsupported", "DEFAULT_EVENTS",
            "CounterProvider", "DirectCounters"]

@@ -1,0 +1,232 @@
+"""How one batched read of perf counters becomes per-instance readings.
+
+A polling cycle of the perf backend reads every counter fd of every instance
+in one batch; each read gives 24 bytes (``PERF_FORMAT_TOTAL_TIME_ENABLED |
+PERF_FORMAT_TOTAL_TIME_RUNNING``): the count, the time enabled, the time
+running. An instance has one counter per thread and per role (occupancy, MBM
+total, MBM local). The rules:
+
+* the counts of an instance's threads are summed per role;
+* a counter that never ran (time running 0) or was multiplexed (running <
+  enabled) adds nothing: on intel_cqm a never-run task event still reports
+  its RMID's occupancy (``intel_cqm_event_count()`` reads the RMID whatever
+  the task did), so its value must not count;
+* a role none of whose counters qualifies is ``None``, never 0;
+* a role's sum is multiplied by its byte factor (the PMU's ``.scale``).
+
+:class:`ReadPlan` lays out the fds of all instances so that, when nothing is
+multiplexed and every read is whole (always so for intel_cqm, a
+software-context PMU), these rules run as loops in C over the whole batch
+(:meth:`ReadPlan.readings`); otherwise :meth:`ReadPlan.careful` applies them
+counter by counter. ``tests/test_perf_batch.py`` checks both against a
+per-counter reference.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from itertools import compress
+from operator import add, mul
+from typing import NamedTuple, Protocol
+
+from ceilometer_cmt.readings import HOST_WIDE, InstanceReading
+
+OCCUPANCY = "occupancy"
+MBM_TOTAL = "mbm_total"
+MBM_LOCAL = "mbm_local"
+ROLES = (OCCUPANCY, MBM_TOTAL, MBM_LOCAL)
+
+READ_SIZE = 24
+_UNPACK = struct.Struct("=QQQ").unpack
+_ZERO_U64 = bytes(8)
+
+
+class Role(NamedTuple):
+    """One event every instance counts, and its byte factor ``num / den``."""
+
+    name: str  # one of ROLES
+    num: int = 1
+    den: int = 1
+
+
+class Counted(Protocol):
+    """What the plan needs of one instance."""
+
+    @property
+    def uuid(self) -> str: ...
+
+    @property
+    def key(self) -> str:
+        """Its MBM counter key (see :class:`~ceilometer_cmt.readings.InstanceReading`)."""
+        ...
+
+    @property
+    def all_fds(self) -> Sequence[int]:
+        """Role after role (in the plan's role order), thread after thread."""
+        ...
+
+    @property
+    def threads(self) -> int: ...
+
+
+def sum_chunks(chunks: Sequence[bytes]) -> int | None:
+    """Sum of usable counts (never run / multiplexed / short reads add nothing)."""
+    total = 0
+    seen = False
+    for raw in chunks:
+        if len(raw) == READ_SIZE:
+            value, enabled, running = _UNPACK(raw)
+            if running and running >= enabled:
+                total += value
+                seen = True
+    return total if seen else None
+
+
+@dataclass(frozen=True)
+class Group:
+    """Instances with the same number of counted threads ``m``.
+
+    Their fds sit in the plan from ``start`` to ``stop``, instance after
+    instance, role after role, thread after thread: the count of role ``r`` of
+    the group's ``i``-th instance is the sum of ``m`` consecutive values, and
+    ``values[start + j:stop:m]`` takes the ``j``-th thread of every role at once.
+    """
+
+    m: int
+    start: int
+    stop: int
+    uuids: tuple[str, ...]
+    keys: tuple[str, ...]
+
+    def sums(self, seq: Sequence[int]) -> list[int]:
+        """Per role of every instance, the sum over its threads (loops in C)."""
+        m, start, stop = self.m, self.start, self.stop
+        total: Iterable[int] = seq[start:stop:m]
+        for j in range(1, m):
+            total = map(add, total, seq[start + j:stop:m])
+        return list(total)
+
+
+@dataclass(frozen=True)
+class ReadPlan:
+    """Every fd of every instance, for one batched read per cycle."""
+
+    fds: tuple[int, ...]
+    sizes: tuple[int, ...]
+    nbytes: int
+    values: Callable[[bytes], tuple[int, ...]]  # the counts of every fd
+    running: Callable[[bytes], tuple[int, ...]]  # their time running
+    zeros: tuple[int, ...]  # a count of 0 for every fd
+    groups: tuple[Group, ...]
+    #: per instance: uuid, counter key, threads, its fds' slice of the plan
+    entries: tuple[tuple[str, str, int, slice], ...]
+    nroles: int
+    slots: tuple[int, int, int]  # role index of occupancy/total/local, -1: absent
+    scaled: tuple[tuple[int, int, int], ...]  # (role index, num, den)
+
+    @classmethod
+    def build(cls, instances: Iterable[Counted], roles: Sequence[Role]) -> ReadPlan:
+        by_threads: dict[int, list[Counted]] = {}
+        for inst in instances:
+            by_threads.setdefault(inst.threads, []).append(inst)
+        fds: list[int] = []
+        groups = []
+        entries = []
+        for m, members in by_threads.items():
+            start = len(fds)
+            for inst in members:
+                entries.append((inst.uuid, inst.key, m,
+                                slice(len(fds), len(fds) + len(inst.all_fds))))
+                fds.extend(inst.all_fds)
+            groups.append(Group(m, start, len(fds), tuple(i.uuid for i in members),
+                                tuple(i.key for i in members)))
+        names = [r.name for r in roles]
+        n = len(fds)
+        return cls(tuple(fds), (READ_SIZE,) * n, READ_SIZE * n,
+                   struct.Struct("=" + "Q16x" * n).unpack,
+                   struct.Struct("=" + "16xQ" * n).unpack, (0,) * n,
+                   tuple(groups), tuple(entries), len(roles),
+                   (_slot(names, OCCUPANCY), _slot(names, MBM_TOTAL), _slot(names, MBM_LOCAL)),
+                   tuple((i, r.num, r.den) for i, r in enumerate(roles) if r.num != r.den))
+
+    def readings(self, chunks: Sequence[bytes]) -> dict[str, InstanceReading] | None:
+        """The readings of a whole batch by loops in C, or None when some read
+        was short or some counter multiplexed (then use :meth:`careful`)."""
+        data = b"".join(chunks)
+        if len(data) != self.nbytes:
+            return None
+        words = memoryview(data).cast("Q")
+        running = words[2::3]
+        if words[1::3] != running:  # element-wise in C: something multiplexed
+            return None
+        values = self.values(data)
+        times = None
+        # 8 zero bytes in a row: maybe a counter that never ran (the test can
+        # only err towards the careful side)
+        if _ZERO_U64 in running.tobytes():
+            times = self.running(data)
+            if times.count(0) == len(times):
+                values = self.zeros  # no counter ran: every role is None
+            elif sum(values) != sum(compress(values, times)):  # C loops, no calls
+                # a counter that never ran kept a value: it counts for nothing
+                values = tuple(map(mul, values, map(bool, times)))
+        out: dict[str, InstanceReading] = {}
+        for g in self.groups:
+            self._group(g, values, times, out)
+        return out
+
+    def _group(self, g: Group, values: Sequence[int], running: Sequence[int] | None,
+               out: dict[str, InstanceReading]) -> None:
+        """``running`` is given when some counter may never have run; ``values``
+        then holds 0 for those."""
+        nroles = self.nroles
+        sums: list[int | None] = g.sums(values)  # type: ignore[assignment]
+        counted = g.sums(running) if running is not None and 0 in sums else None
+        for i, num, den in self.scaled:
+            sums[i::nroles] = [v * num // den for v in sums[i::nroles]]  # type: ignore[operator]
+        if counted is not None and 0 in counted:
+            sums = [v if c else None for v, c in zip(sums, counted, strict=True)]
+        keys = g.keys
+        occ, tot, loc = self.slots
+        if occ >= 0 and tot >= 0 and loc >= 0:  # CMT and MBM: one pass
+            out.update(zip(g.uuids, [
+                InstanceReading({HOST_WIDE: o}, {k: t}, {k: lo})
+                for k, o, t, lo in zip(keys, sums[occ::nroles], sums[tot::nroles],
+                                       sums[loc::nroles], strict=True)], strict=True))
+            return
+        occupancy = ([{HOST_WIDE: v} for v in sums[occ::nroles]] if occ >= 0
+                     else [{} for _ in keys])
+        out.update(zip(g.uuids, map(InstanceReading, occupancy,
+                                    _by_key(keys, sums, tot, nroles),
+                                    _by_key(keys, sums, loc, nroles)), strict=True))
+
+    def careful(self, chunks: Sequence[bytes]) -> dict[str, InstanceReading]:
+        """The same rules, counter by counter (any chunk may be short)."""
+        out: dict[str, InstanceReading] = {}
+        occ, tot, loc = self.slots
+        for uuid, key, m, whole in self.entries:
+            part = chunks[whole]
+            sums = [sum_chunks(part[r * m:r * m + m]) for r in range(self.nroles)]
+            for i, num, den in self.scaled:
+                v = sums[i]
+                if v is not None:
+                    sums[i] = v * num // den
+            out[uuid] = InstanceReading(
+                {HOST_WIDE: sums[occ]} if occ >= 0 else {},
+                {key: sums[tot]} if tot >= 0 else {},
+                {key: sums[loc]} if loc >= 0 else {})
+        return out
+
+
+def _by_key(keys: Sequence[str], sums: list[int | None], slot: int,
+            nroles: int) -> list[dict[str, int | None]]:
+    """``{counter key: value}`` of role ``slot`` for each instance ({} if absent)."""
+    if slot < 0:
+        return [{} for _ in keys]
+    return [{k: v} for k, v in zip(keys, sums[slot::nroles], strict=True)]
+
+
+def _slot(names: list[str], role: str) -> int:
+    return names.index(role) if role in names else -1
