@@ -4,7 +4,7 @@
 Side by side, same process, same file names: open+read+close of one
 ``llc_occupancy`` file and of one ``tasks`` file, and a mkdir+rmdir of a
 monitor group.  Prints microseconds per operation and the FUSE/tmpfs ratio.
-Run as root: ``/tmp/venv/bin/python bench/simulator_read_latency.py [N]``.
+Run as root: ``.venv/bin/python bench/simulator_read_latency.py [N]``.
 """
 
 from __future__ import annotations
