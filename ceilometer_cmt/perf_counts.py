@@ -182,12 +182,16 @@ class ReadPlan:
         """``running`` is given when some counter may never have run; ``values``
         then holds 0 for those."""
         nroles = self.nroles
-        sums: list[int | None] = g.sums(values)  # type: ignore[assignment]
-        counted = g.sums(running) if running is not None and 0 in sums else None
-        for i, num, den in self.scaled:
-            sums[i::nroles] = [v * num // den for v in sums[i::nroles]]  # type: ignore[operator]
-        if counted is not None and 0 in counted:
-            sums = [v if c else None for v, c in zip(sums, counted, strict=True)]
+        sums: list[int | None]
+        if values is self.zeros:  # no counter ran: nothing to add up
+            sums = [None] * (nroles * len(g.uuids))
+        else:
+            sums = g.sums(values)  # type: ignore[assignment]
+            counted = g.sums(running) if running is not None and 0 in sums else None
+            for i, num, den in self.scaled:
+                sums[i::nroles] = [v * num // den for v in sums[i::nroles]]  # type: ignore[operator]
+            if counted is not None and 0 in counted:
+                sums = [v if c else None for v, c in zip(sums, counted, strict=True)]
         keys = g.keys
         occ, tot, loc = self.slots
         if occ >= 0 and tot >= 0 and loc >= 0:  # CMT and MBM: one pass
