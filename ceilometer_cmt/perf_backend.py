@@ -172,7 +172,6 @@ class _Role:
     """One event of one instance: its fds, one per counted thread."""
 
     name: str
-    event: PmuEvent
     fds: list[int] = field(default_factory=list)
 
 
@@ -458,8 +457,7 @@ class PerfBackend:
         self._generation += 1
         t = _Tracked(ref.uuid, ref.domain_name, name, proc.pid, pidfile_fd, ino,
                      self._generation)
-        for role, ev in self.events.items():
-            t.roles.append(_Role(role, ev))
+        t.roles.extend(_Role(role) for role in self.events)
         tried: set[int] = set()
         pending = list(proc.tids)
         try:
