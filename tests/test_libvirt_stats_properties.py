@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from ceilometer_cmt import libvirt_stats as ls
 from ceilometer_cmt.readings import HOST_WIDE
+from tests.test_libvirt_stats import mbw_keys
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 U64 = st.integers(0, 2**64 - 1)
@@ -24,19 +25,7 @@ maybe_u64 = st.none() | U64
 def mbw_record(monitors: list[tuple[str, list[tuple[int, int | None, int | None]]]]
                ) -> dict[str, object]:
     """As qemuDomainGetStatsMemoryBandwidth writes them; absent values are absent keys."""
-    rec: dict[str, object] = {"state.state": 1, "memory.bandwidth.monitor.count": len(monitors)}
-    for n, (name, nodes) in enumerate(monitors):
-        p = f"memory.bandwidth.monitor.{n}"
-        rec[f"{p}.name"] = name
-        rec[f"{p}.vcpus"] = "0-1"
-        rec[f"{p}.node.count"] = len(nodes)
-        for i, (nid, local, total) in enumerate(nodes):
-            rec[f"{p}.node.{i}.id"] = nid
-            if local is not None:
-                rec[f"{p}.node.{i}.bytes.local"] = local
-            if total is not None:
-                rec[f"{p}.node.{i}.bytes.total"] = total
-    return rec
+    return {"state.state": 1, **mbw_keys([(name, "0-1", nodes) for name, nodes in monitors])}
 
 
 node_lists = st.lists(st.tuples(st.integers(0, 7), maybe_u64, maybe_u64), max_size=4,
