@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # ensure_debs PKG...: install the Debian packages that are missing (as root,
 # without recommends: libvirtd's test driver is built in, no qemu needed).
-# Sourced by scripts/demo.sh and scripts/test.sh.
+# Sourced by scripts/demo.sh, scripts/test.sh and scripts/install-telemetry.sh.
 ensure_debs() {
     local missing=() pkg
     for pkg in "$@"; do

@@ -19,7 +19,7 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=${CMT_TELEMETRY_VENV:-$repo/.venv-telemetry}
 python=${CMT_TELEMETRY_PYTHON:-python3}
 
-apt_packages=(postgresql rabbitmq-server libpq-dev build-essential)
+apt_packages=(postgresql rabbitmq-server libpq-dev build-essential python3-venv)
 # psycopg2 (not -binary) is built against Debian's libpq-dev: gnocchi's indexer
 # needs it (postgresql+psycopg2://; with psycopg 3 gnocchi-upgrade retries forever).
 # psycopg 3 (pure Python over Debian's libpq) for aodh: aodh only accepts the
@@ -34,18 +34,9 @@ pip_requirements=(
     "aodhclient==3.12.0"
 )
 
-missing=()
-for pkg in "${apt_packages[@]}"; do
-    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
-        missing+=("$pkg")
-    fi
-done
-if ((${#missing[@]})); then
-    echo "install-telemetry: apt-get install ${missing[*]}" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
+# shellcheck source=scripts/debs.sh
+source "$repo/scripts/debs.sh"
+ensure_debs "${apt_packages[@]}"
 
 # every transitive dependency pinned too (server stacks break on new SQLAlchemy,
 # numpy, ... releases): the versions the end-to-end tests passed with

@@ -13,7 +13,7 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
 venv=${CMT_VENV:-$repo/.venv}
 
-debs=(libvirt-daemon libvirt-dev pkg-config gcc python3-dev fuse3 libfuse3-3
+debs=(libvirt-daemon libvirt-dev pkg-config gcc python3-dev python3-venv fuse3 libfuse3-3
       postgresql rabbitmq-server libpq-dev build-essential shellcheck procps sudo
       util-linux passwd linux-libc-dev)
 # shellcheck source=scripts/debs.sh
@@ -26,9 +26,7 @@ fi
 "$venv/bin/pip" install -q --upgrade pip
 "$venv/bin/pip" install -q -e ".[test]"
 
-if [ -x scripts/install-telemetry.sh ]; then
-    CMT_TELEMETRY_VENV=${CMT_TELEMETRY_VENV:-$repo/.venv-telemetry} scripts/install-telemetry.sh
-fi
+CMT_TELEMETRY_VENV=${CMT_TELEMETRY_VENV:-$repo/.venv-telemetry} bash scripts/install-telemetry.sh
 
 echo "== ruff"
 "$venv/bin/ruff" check ceilometer_cmt tests bench
