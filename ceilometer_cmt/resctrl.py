@@ -34,7 +34,8 @@ from ceilometer_cmt.errors import BackendUnavailable
 #: FUSE subtype under which ``ceilometer-cmt simulate`` mounts; mountinfo shows
 #: it as ``fuse.cmt-resctrl-sim``. Any other filesystem (tmpfs, a plain
 #: directory on the root fs) is refused when the mount is verified.
-SIMULATOR_FSTYPE = "fuse.cmt-resctrl-sim"
+SIMULATOR_SUBTYPE = "cmt-resctrl-sim"
+SIMULATOR_FSTYPE = f"fuse.{SIMULATOR_SUBTYPE}"
 RESCTRL_FSTYPES = ("resctrl", SIMULATOR_FSTYPE)
 
 EVENTS = ("llc_occupancy", "mbm_total_bytes", "mbm_local_bytes")

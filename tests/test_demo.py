@@ -21,9 +21,9 @@ import pytest
 from procutil import alive, processes_mentioning
 
 from ceilometer_cmt.demo import fuse_problem
+from ceilometer_cmt.resctrl import SIMULATOR_FSTYPE as FSTYPE
 from ceilometer_cmt.testbed import StandInQemu
 
-FSTYPE = "fuse.cmt-resctrl-sim"
 pytestmark = pytest.mark.skipif(fuse_problem() is not None,
                                 reason=f"no FUSE here: {fuse_problem()}")
 

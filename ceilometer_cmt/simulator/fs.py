@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from ceilometer_cmt.resctrl import SIMULATOR_FSTYPE, SIMULATOR_SUBTYPE
 from ceilometer_cmt.simulator.model import Caller, Model, SimError
 from ceilometer_cmt.simulator.tree import Dir, File, Node, resolve
 
@@ -29,8 +30,8 @@ os.environ["FUSE_LIBRARY_NAME"] = "fuse3"  # mfusepy would pick libfuse 2 first
 
 import mfusepy  # noqa: E402  (must come after FUSE_LIBRARY_NAME)
 
-SUBTYPE = "cmt-resctrl-sim"
-FSTYPE = f"fuse.{SUBTYPE}"
+SUBTYPE = SIMULATOR_SUBTYPE
+FSTYPE = SIMULATOR_FSTYPE
 
 
 @dataclass

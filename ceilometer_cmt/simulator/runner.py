@@ -29,8 +29,8 @@ from ceilometer_cmt import resctrl
 from ceilometer_cmt.childproc import die_with_parent
 from ceilometer_cmt.simulator.topology import PRESETS
 
-SUBTYPE = "cmt-resctrl-sim"
-FSTYPE = f"fuse.{SUBTYPE}"
+SUBTYPE = resctrl.SIMULATOR_SUBTYPE
+FSTYPE = resctrl.SIMULATOR_FSTYPE
 
 
 def mount_fstype(mountpoint: str, mountinfo: str = "/proc/self/mountinfo") -> str | None:
