@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from kernel_trees import AMD_CCX, INTEL_2S, SNC, Topology, build_sysfs
 
 from ceilometer_cmt.readings import CacheDomain
+from ceilometer_cmt.simulator.topology import format_cpu_list
 from ceilometer_cmt.sysfs_cache import (
     parse_cpu_list,
     parse_size,
@@ -82,20 +83,6 @@ def test_parse_size_rejects_non_ascii_digits(text: str) -> None:
 
 
 # -------------------------------------------------------------- parse_cpu_list
-def format_cpu_list(cpus: set[int] | list[int]) -> str:
-    """The kernel's ``%*pbl`` cpu list: sorted, consecutive runs as ``a-b``."""
-    out: list[str] = []
-    ordered = sorted(set(cpus))
-    i = 0
-    while i < len(ordered):
-        j = i
-        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
-            j += 1
-        out.append(str(ordered[i]) if i == j else f"{ordered[i]}-{ordered[j]}")
-        i = j + 1
-    return ",".join(out)
-
-
 @pytest.mark.parametrize("text,expected", [
     ("0-3,8,10-11", [0, 1, 2, 3, 8, 10, 11]),
     ("0-1\n", [0, 1]),
