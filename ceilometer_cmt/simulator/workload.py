@@ -42,7 +42,8 @@ class ProcessMatcher:
         found: dict[int, ProcessLoad] = {}
         for load in self._loads:
             pid = load.match.pid
-            if pid is not None and pid not in found and host.task_start(self._proc_root, pid):
+            if (pid is not None and pid not in found
+                    and host.task_start(self._proc_root, pid) is not None):
                 found[pid] = load
         if self._needs_scan:
             for pid in host.all_pids(self._proc_root):
