@@ -46,7 +46,16 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 LOOPBACK = "127.0.0.1"
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def _pg_bin() -> Path:
+    """Debian's PostgreSQL server binaries, of the newest installed major version."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"),
+                   key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else -1)
+    return found[-1].parent if found else Path("/usr/lib/postgresql/15/bin")
+
+
+PG_BIN = _pg_bin()
 RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
 CEILOMETER_BIN = Path(sys.executable).parent
 PUSH_SAMPLES = Path(__file__).with_name("push_samples.py")
