@@ -18,8 +18,6 @@ or ``{"ok": false, "error": "..."}``).  Commands (``cmd``):
     ``{"value": N}``: num_rmids / limbo seconds from now on.
 ``advance``
     ``{"seconds": S}``: move a ``clock: manual`` simulator's time.
-``rescan``
-    look at the host's processes again now.
 """
 
 from __future__ import annotations
@@ -77,9 +75,6 @@ def handle(model: Model, request: dict[str, Any]) -> Any:
         model.clock.advance(float(request["seconds"]))
         model.advance()
         return model.now()
-    if cmd == "rescan":
-        model.rescan()
-        return None
     raise ValueError(f"unknown command {cmd!r}")
 
 

@@ -797,10 +797,6 @@ class Model:
             self._actions.sort(key=lambda a: a.at)
             self.advance()
 
-    def rescan(self) -> None:
-        with self._mutex:
-            self._changed()
-
     def state(self) -> dict[str, object]:
         """A JSON-able summary for the control socket and tests."""
         with self._mutex:

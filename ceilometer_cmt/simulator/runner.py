@@ -260,9 +260,6 @@ class Simulator:
     def advance(self, seconds: float) -> float:
         return float(self.control("advance", seconds=seconds))
 
-    def rescan(self) -> None:
-        self.control("rescan")
-
 
 @contextlib.contextmanager
 def mount(

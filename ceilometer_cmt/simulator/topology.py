@@ -27,7 +27,7 @@ reader sees the same host as the simulator.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 MON_EVENTS = ("llc_occupancy", "mbm_total_bytes", "mbm_local_bytes")
 
@@ -73,17 +73,8 @@ class Topology:
     def cbm_mask(self) -> int:
         return (1 << self.cbm_len) - 1
 
-    def l3_by_id(self, l3_id: int) -> L3Cache:
-        for cache in self.l3:
-            if cache.id == l3_id:
-                return cache
-        raise KeyError(l3_id)
-
     def domains_of(self, l3_id: int) -> tuple[MonDomain, ...]:
         return tuple(d for d in self.mon_domains if d.l3_id == l3_id)
-
-    def with_rmids(self, num_rmids: int) -> Topology:
-        return replace(self, num_rmids=num_rmids)
 
     def write_sysfs(self, sysfs_root: str) -> None:
         """Write ``devices/system/cpu/cpuN/cache/index3/*`` for this topology."""
