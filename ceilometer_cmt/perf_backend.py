@@ -440,17 +440,18 @@ class PerfBackend:
         name = ref.domain_name + ".pid"
         pidfile = os.path.join(self.pid_dir, name)
         try:
-            # opened before resolving: a pidfile replaced after this is seen next cycle
-            pidfile_fd = os.open(pidfile, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-        except FileNotFoundError as e:
-            raise InstanceGone(f"no pidfile {pidfile} (instance not running)") from e
+            # held while the instance is tracked: a pidfile replaced after this
+            # is a new inode, seen next cycle
+            pidfile_fd = procfs.open_pidfile(pidfile, os.O_NOFOLLOW)
         except OSError as e:
             if e.errno in (errno.EMFILE, errno.ENFILE):
                 raise NotMonitored(f"out of file descriptors: {e.strerror}") from e
             raise InstanceGone(f"cannot open pidfile {pidfile}: {e.strerror}") from e
         try:
             ino = os.fstat(pidfile_fd).st_ino
-            proc = procfs.find_qemu_process(self.pid_dir, self.proc_root, ref.domain_name)
+            # the pid of the very file held open, not of a second open of the path
+            proc = procfs.qemu_process(self.proc_root, procfs.read_pid(pidfile_fd, pidfile),
+                                       ref.domain_name, pidfile)
         except BaseException:
             os.close(pidfile_fd)
             raise

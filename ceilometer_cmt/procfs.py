@@ -112,27 +112,43 @@ def list_tids(proc_root: str, pid: int) -> tuple[int, ...]:
     return tuple(sorted(int(e) for e in entries if e.isdigit()))
 
 
-def find_qemu_process(pid_dir: str, proc_root: str, domain_name: str) -> QemuProcess:
-    """Resolve a libvirt domain to its live qemu process or raise InstanceGone."""
-    check_domain_name(domain_name)
-    pidfile = os.path.join(pid_dir, domain_name + ".pid")
+def open_pidfile(pidfile: str, extra_flags: int = 0) -> int:
+    """An fd on ``pidfile``, which must be a regular file.
+
+    ``O_NONBLOCK``: a FIFO must not block the cycle. Raises InstanceGone when
+    the file is missing or not a regular file; any other OSError (EMFILE, ...)
+    is left to the caller.
+    """
     try:
-        # O_NONBLOCK: a FIFO must not block the cycle; only a regular file is a pidfile.
-        fd = os.open(pidfile, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise InstanceGone(f"cannot read pidfile {pidfile}: not a regular file")
-            raw = os.read(fd, 64)
-        finally:
-            os.close(fd)
+        fd = os.open(pidfile, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+                     | extra_flags)
     except FileNotFoundError as e:
         raise InstanceGone(f"no pidfile {pidfile} (instance not running)") from e
+    try:
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    if not regular:
+        os.close(fd)
+        raise InstanceGone(f"cannot read pidfile {pidfile}: not a regular file")
+    return fd
+
+
+def read_pid(fd: int, pidfile: str) -> int:
+    """The pid in the pidfile open on ``fd`` (read from its start)."""
+    try:
+        raw = os.pread(fd, 64, 0)
     except OSError as e:
         raise InstanceGone(f"cannot read pidfile {pidfile}: {e.strerror}") from e
     try:
-        pid = parse_pidfile(raw.decode("ascii"))
+        return parse_pidfile(raw.decode("ascii"))
     except (UnicodeDecodeError, ValueError) as e:
         raise InstanceGone(f"bad pidfile {pidfile}: {e}") from e
+
+
+def qemu_process(proc_root: str, pid: int, domain_name: str, pidfile: str) -> QemuProcess:
+    """``pid`` with its threads, if its cmdline names ``domain_name``; else InstanceGone."""
     try:
         with open(os.path.join(proc_root, str(pid), "cmdline"), "rb") as f:
             argv = parse_cmdline(f.read(1 << 20))
@@ -142,3 +158,18 @@ def find_qemu_process(pid_dir: str, proc_root: str, domain_name: str) -> QemuPro
         raise InstanceGone(
             f"pid {pid} from {pidfile} is not the qemu of {domain_name!r} (pid reused?)")
     return QemuProcess(pid, list_tids(proc_root, pid))
+
+
+def find_qemu_process(pid_dir: str, proc_root: str, domain_name: str) -> QemuProcess:
+    """Resolve a libvirt domain to its live qemu process or raise InstanceGone."""
+    check_domain_name(domain_name)
+    pidfile = os.path.join(pid_dir, domain_name + ".pid")
+    try:
+        fd = open_pidfile(pidfile)
+    except OSError as e:
+        raise InstanceGone(f"cannot read pidfile {pidfile}: {e.strerror}") from e
+    try:
+        pid = read_pid(fd, pidfile)
+    finally:
+        os.close(fd)
+    return qemu_process(proc_root, pid, domain_name, pidfile)

@@ -10,6 +10,7 @@ import resource
 import shutil
 import struct
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -249,6 +250,30 @@ def test_gone_and_foreign_processes_are_unmonitored(backend: PerfBackend, spawn:
     assert "not the qemu" in cycle.unmonitored[UUID_B]
     assert "no pidfile" in cycle.unmonitored["uuid-c"]
     assert cycle.monitors_used == 0
+    assert open_fds() == before
+
+
+def test_fifo_or_directory_pidfile_is_unmonitored_without_blocking(
+        backend: PerfBackend, pid_dir: str) -> None:
+    """A FIFO in place of a pidfile must not block the cycle on open()."""
+    fifo = os.path.join(pid_dir, "instance-fifo.pid")
+    os.mkfifo(fifo)
+    os.mkdir(os.path.join(pid_dir, "instance-dir.pid"))
+    refs = [InstanceRef(UUID_A, "instance-fifo"), InstanceRef(UUID_B, "instance-dir")]
+    backend.sync([])  # the pid directory's inotify fd
+    before = open_fds()
+    result: list[BackendCycle] = []
+    worker = threading.Thread(target=lambda: result.append(backend.sync(refs)), daemon=True)
+    worker.start()
+    worker.join(30)
+    if worker.is_alive():  # blocked in open(): a writer lets it go, then fail
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        worker.join(30)
+        pytest.fail("sync() blocked on a FIFO pidfile")
+    cycle = result[0]
+    assert cycle.readings == {}
+    assert "not a regular file" in cycle.unmonitored[UUID_A]
+    assert "not a regular file" in cycle.unmonitored[UUID_B]
     assert open_fds() == before
 
 
