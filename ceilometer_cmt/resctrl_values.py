@@ -59,8 +59,12 @@ class ValueReader:
                         try:
                             f.fd = os.open(f.path, os.O_RDONLY | os.O_CLOEXEC)
                             self.open_fds += 1
-                        except FileNotFoundError:
-                            pass  # SNC without a top-level file: read_event sums nodes
+                        except OSError:
+                            # SNC without a top-level file (read_event sums the
+                            # nodes), or any other refusal: opened at each read,
+                            # where errors are handled; the fds opened so far
+                            # stay in the group's list, so forget() closes them
+                            pass
                     files.append(f)
             self._groups[path] = files
         return files

@@ -397,3 +397,31 @@ def test_no_fd_budget_reads_by_opening_each_time(host):  # type: ignore[no-untyp
     set_value(group(host, U1), 0, "mbm_local_bytes", 77)
     assert b.sync(refs).readings[U1].mbm_local["/0"] == 77
     assert _open_under(host.resctrl) == 0
+
+
+def test_a_value_file_that_cannot_be_opened_leaks_no_fd(tmp_path):  # type: ignore[no-untyped-def]
+    """ELOOP (like EMFILE or EACCES) on one file of a group: the files of that
+    group already opened must not be lost; the read fails, nothing stays open."""
+    from ceilometer_cmt.readings import InstanceReading
+    from ceilometer_cmt.resctrl_values import ValueReader
+
+    group_dir = str(tmp_path / "mon_groups" / "ceilometer-x")
+    events = ("llc_occupancy", "mbm_total_bytes", "mbm_local_bytes")
+    for dom in ("mon_L3_00", "mon_L3_01"):
+        os.makedirs(os.path.join(group_dir, "mon_data", dom))
+        for ev in events:
+            path = os.path.join(group_dir, "mon_data", dom, ev)
+            if dom == "mon_L3_01" and ev == "llc_occupancy":
+                os.symlink(path, path)  # a loop: open() gives ELOOP
+            else:
+                with open(path, "w") as f:
+                    f.write("1000\n")
+    reader = ValueReader([(0, "mon_L3_00"), (1, "mon_L3_01")], events, fd_budget=100)
+    for _ in range(3):
+        with pytest.raises(OSError) as info:
+            reader.read(InstanceReading({}, {}, {}), group_dir, "", "", False)
+        assert info.value.errno == errno.ELOOP
+        assert _open_under(str(tmp_path)) == reader.open_fds
+    reader.close()
+    assert reader.open_fds == 0
+    assert _open_under(str(tmp_path)) == 0
