@@ -62,7 +62,9 @@ class _Tracked:
     assigned: set[int] = field(default_factory=set)
     #: control group name ("" = default) -> absolute path of our monitor group
     groups: dict[str, str] = field(default_factory=dict)
-    generation: int = 0  # bumped when our groups are recreated: new counter keys
+    #: control group name -> times our monitor group there was recreated; its
+    #: counters get new keys then, the instance's other groups keep theirs
+    generations: dict[str, int] = field(default_factory=dict)
 
 
 class ResctrlBackend:
@@ -199,13 +201,14 @@ class ResctrlBackend:
                     tracked = self._tracked[uuid] = _Tracked(
                         uuid, ref.domain_name, groups=tracked.groups if tracked else {},
                         stagger=zlib.crc32(uuid.encode()) % RELIST)
-                if present is not None and tracked.groups and not present.issuperset(
-                        tracked.groups.values()):
+                gone = [] if present is None else [
+                    c for c, p in tracked.groups.items() if p not in present]
+                if gone:
                     # Removed behind our back (open files may still answer):
                     # recreate; counters restart, the monitor carries the offset.
                     LOG.warning("instance %s: monitor group removed by someone else; "
                                 "recreating it", uuid)
-                    self._drop_groups(tracked)
+                    self._drop_groups(tracked, gone)
                 try:
                     if not self._steady(tracked):
                         self._ensure(tracked, ctx)
@@ -215,7 +218,8 @@ class ResctrlBackend:
                         # Removed behind our back: recreate it (counters restart,
                         # the monitor carries the offset).
                         LOG.warning("instance %s: %s; recreating it", uuid, e)
-                        self._drop_groups(tracked)
+                        self._drop_groups(tracked, [
+                            c for c, p in tracked.groups.items() if p == e.path])
                         self._ensure(tracked, ctx)
                         cycle.readings[uuid] = self._read(tracked)
                 except (InstanceGone, NotMonitored, GroupVanished) as e:
@@ -228,13 +232,15 @@ class ResctrlBackend:
         cycle.monitors_used = None if used is None else used + self.mkdirs - mkdirs
         return cycle
 
-    def _drop_groups(self, t: _Tracked) -> None:
-        for p in t.groups.values():
-            self._values.forget(p)
-        t.groups.clear()
+    def _drop_groups(self, t: _Tracked, ctrls: list[str]) -> None:
+        """Forget our vanished groups in ``ctrls``; they are made again with new
+        counter keys. The other groups keep their files and keys: a counter that
+        did not restart must not be counted twice."""
+        for ctrl in ctrls:
+            self._values.forget(t.groups.pop(ctrl))
+            t.generations[ctrl] = t.generations.get(ctrl, 0) + 1
         t.assigned.clear()
         t.settled = False
-        t.generation += 1
 
     def close(self) -> None:
         """Groups stay for the next agent to adopt; pidfds and files are closed."""
@@ -363,14 +369,20 @@ class ResctrlBackend:
 
     def _read(self, t: _Tracked) -> InstanceReading:
         reading = InstanceReading({}, {}, {})
-        gen = f"#{t.generation}" if t.generation else ""
+        gens = t.generations
         if len(t.groups) == 1:
             for ctrl, path in t.groups.items():
-                self._values.read(reading, path, ctrl, gen, False)
+                self._values.read(reading, path, ctrl, _gen(gens, ctrl), False)
         else:
             for ctrl, path in sorted(t.groups.items()):
-                self._values.read(reading, path, ctrl, gen, True)
+                self._values.read(reading, path, ctrl, _gen(gens, ctrl), True)
         return reading
+
+
+def _gen(generations: dict[str, int], ctrl: str) -> str:
+    """The counter key suffix of our group in control group ``ctrl``."""
+    n = generations.get(ctrl, 0)
+    return f"#{n}" if n else ""
 
 
 class _CycleContext:

@@ -26,6 +26,10 @@ _GONE = (errno.ENODEV, errno.ENOENT)
 class GroupVanished(Exception):
     """The monitor group's files are gone."""
 
+    def __init__(self, path: str) -> None:
+        super().__init__(f"monitor group {path} vanished")
+        self.path = path
+
 
 class _File:
     __slots__ = ("fd", "path", "kind", "key", "dom_dir", "event")
@@ -115,7 +119,7 @@ class ValueReader:
             return None
         except FileNotFoundError as e:
             self.forget(path)
-            raise GroupVanished(f"monitor group {path} vanished") from e
+            raise GroupVanished(path) from e
 
     def forget(self, path: str) -> None:
         for f in self._groups.pop(path, ()):

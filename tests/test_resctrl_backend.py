@@ -120,16 +120,22 @@ def test_adopts_own_groups_and_sweeps_orphans_never_foreign(host):  # type: igno
     assert resctrl.read_tasks(group(host, U1)) == set(q.tids)
 
 
-def test_cachetune_control_group_gets_its_own_monitor_group(host):  # type: ignore[no-untyped-def]
+def _cachetune_instance(host):  # type: ignore[no-untyped-def]
+    """instance-1, whose vCPU threads sit in libvirt's <cachetune vcpus='0-1'>
+    control group "vcpus_0-1"; returns (qemu, control group path)."""
     q = host.start_qemu("instance-1", extra_threads=2)
-    vcpus, emulator = list(q.tids[1:]), q.tids[0]
-    # libvirt <cachetune vcpus='0-1'> made control group "vcpus_0-1" holding the vCPU threads
     ctrl = os.path.join(host.resctrl, "vcpus_0-1")
     from kernel_trees import _group_files
 
     _group_files(host.topo, ctrl, True, resctrl.EVENTS)
     with open(os.path.join(ctrl, "tasks"), "w") as f:
-        f.write("".join(f"{t}\n" for t in vcpus))
+        f.write("".join(f"{t}\n" for t in q.tids[1:]))
+    return q, ctrl
+
+
+def test_cachetune_control_group_gets_its_own_monitor_group(host):  # type: ignore[no-untyped-def]
+    q, ctrl = _cachetune_instance(host)
+    vcpus, emulator = list(q.tids[1:]), q.tids[0]
     b = host.backend()
     b.sync([InstanceRef(U1, "instance-1")])
     assert resctrl.read_tasks(group(host, U1, "vcpus_0-1")) == set(vcpus)
@@ -147,6 +153,31 @@ def test_cachetune_control_group_gets_its_own_monitor_group(host):  # type: igno
     assert not os.path.exists(group(host, U1)) and not os.path.exists(
         group(host, U1, "vcpus_0-1"))
     assert os.path.isdir(ctrl)
+
+
+def test_one_vanished_group_does_not_count_the_other_groups_again(host):  # type: ignore[no-untyped-def]
+    """Our group in libvirt's control group is removed (libvirt remakes that
+    control group when the domain restarts): it is made again with new counter
+    keys, and the instance's other group keeps its keys and its count."""
+    import shutil
+
+    _cachetune_instance(host)
+    b = host.backend()
+    mon = CacheMonitor(b)
+    refs = [InstanceRef(U1, "instance-1")]
+    b.sync(refs)
+    for ctrl, value in (("", 1_000_000), ("vcpus_0-1", 7_000)):
+        for l3 in (0, 1):
+            set_value(group(host, U1, ctrl), l3, "mbm_total_bytes", value)
+    before = mon.poll(refs).instances[U1].mbm_total_bytes
+    assert before == 2 * 1_000_000 + 2 * 7_000
+    shutil.rmtree(group(host, U1, "vcpus_0-1"))  # behind our back
+    after = mon.poll(refs).instances[U1].mbm_total_bytes
+    remade = sum(resctrl.read_event(group(host, U1, "vcpus_0-1"), f"mon_L3_{l3:02d}",
+                                    "mbm_total_bytes") or 0 for l3 in (0, 1))
+    assert after == before + remade  # the default group's 2,000,000 counted once
+    assert set(b.sync(refs).readings[U1].mbm_total) == {
+        "/0", "/1", "vcpus_0-1/0#1", "vcpus_0-1/1#1"}
 
 
 def test_threads_in_a_foreign_monitor_group_are_not_moved(host):  # type: ignore[no-untyped-def]
