@@ -353,7 +353,8 @@ class PerfBackend:
     def sync(self, instances: Sequence[InstanceRef]) -> BackendCycle:
         cycle = BackendCycle()
         refs = tuple(instances)
-        if refs == self._steady[0] and self._watch.inodes() is self._steady[1]:
+        inodes = self._watch.inodes()  # once per cycle: without inotify it lists the dir
+        if refs == self._steady[0] and inodes is self._steady[1]:
             # Same instances as last cycle, every one monitored, nothing moved
             # in the pid directory: only the reads.
             cycle.readings = self._read_all(cycle)
@@ -366,7 +367,6 @@ class PerfBackend:
             wanted.setdefault(ref.uuid, ref)
         for uuid in [u for u in self._tracked if u not in wanted]:
             self._drop(uuid)
-        inodes = self._watch.inodes()
         tracked = self._tracked
         for uuid, ref in wanted.items():
             t = tracked.get(uuid)
