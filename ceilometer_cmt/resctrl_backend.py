@@ -307,7 +307,9 @@ class ResctrlBackend:
         return list(proc.tids)
 
     def _ensure(self, t: _Tracked, ctx: _CycleContext) -> None:
-        periodic = t.settled
+        # the re-listing cycle of a settled instance (without a pidfd, _ensure
+        # runs every cycle: the tasks files are still read only then)
+        periodic = t.settled and (self._cycle_no + t.stagger) % RELIST == 0
         tids = self._resolve(t)
         if periodic and t.groups:
             # A periodic check: trust the kernel's lists, not our memory, so a

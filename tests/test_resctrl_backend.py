@@ -74,6 +74,30 @@ def test_new_thread_is_written_once(host):  # type: ignore[no-untyped-def]
     assert b.writes == 2 and b.mkdirs == 1
 
 
+def test_without_pidfds_the_tasks_files_are_read_every_relist_cycle_only(
+        host, monkeypatch):  # type: ignore[no-untyped-def]
+    """A fixture proc tree gives no pidfd: the backend checks the pidfile and the
+    start time each cycle, but reads its groups' tasks files (a walk over every
+    thread of the host in the kernel) only on its periodic re-listing."""
+    from ceilometer_cmt import resctrl_backend
+
+    proc = os.path.join(host.root, "proc")
+    build_proc(proc, 4242, qemu_cmdline("instance-a"), [4242])
+    with open(os.path.join(host.pid_dir, "instance-a.pid"), "w") as f:
+        f.write("4242\n")
+    host.ops.proc_root = proc
+    b = host.backend(proc_root=proc)
+    refs = [InstanceRef(U1, "instance-a")]
+    b.sync(refs)
+    reads: list[str] = []
+    real = resctrl.read_tasks
+    monkeypatch.setattr(resctrl, "read_tasks", lambda p: reads.append(p) or real(p))
+    for _ in range(3 * resctrl_backend.RELIST):
+        assert U1 in b.sync(refs).readings
+    assert len(reads) == 3
+    assert resctrl.read_tasks(group(host, U1)) == {4242}
+
+
 def test_instance_that_leaves_loses_its_group(host):  # type: ignore[no-untyped-def]
     host.start_qemu("instance-1")
     host.start_qemu("instance-2")
