@@ -13,7 +13,7 @@ import os
 import platform
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from ceilometer_cmt import resctrl, selection
 from ceilometer_cmt.errors import CmtError
@@ -123,14 +123,9 @@ def _print_probe(report: dict[str, Any]) -> None:
 
 
 def _human(n: int | None) -> str:
-    if n is None:
-        return "unknown"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return str(n)
+    from ceilometer_cmt.top import human_bytes
+
+    return "unknown" if n is None else human_bytes(n)
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
@@ -170,9 +165,8 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     from ceilometer_cmt.resctrl_backend import ResctrlBackend
 
     s = load_settings(args.config_file, args.set)
-    backend = ResctrlBackend(s.resctrl_root, sysfs_root=s.sysfs_root, proc_root=s.proc_root,
-                             pid_dir=s.libvirt_pid_dir, prefix=s.resctrl_group_prefix,
-                             verify_mount=s.resctrl_verify_mount)
+    # the very backend the agent would build from these settings
+    backend = cast(ResctrlBackend, selection._resctrl(s, None))
     owned = backend.owned_groups()
     keep: set[str] = set()
     if args.stale_only:

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, TextIO
 
+from ceilometer_cmt import procfs
 from ceilometer_cmt.testbed import FakeInstance, StandInQemu, make_instances, write_node_xml
 
 INSTALL_HINT = (
@@ -249,7 +250,7 @@ class DemoHost:
                     errors.append(f"{self.tmp} could not be removed")
                 self.tmp = None
         for pid in self._pids:
-            if _alive(pid):
+            if procfs.alive(pid):
                 errors.append(f"process {pid} is still running")
         return errors
 
@@ -259,15 +260,6 @@ def _fstype(mountpoint: str) -> str | None:
 
     result: str | None = mount_fstype(mountpoint)
     return result
-
-
-def _alive(pid: int) -> bool:
-    """True if ``pid`` exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 class Stop(BaseException):

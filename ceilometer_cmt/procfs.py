@@ -104,6 +104,16 @@ def stat_start_time(stat_path: str) -> int | None:
         return None
 
 
+def alive(pid: int, proc_root: str = "/proc") -> bool:
+    """True while ``pid`` runs (a zombie counts as gone)."""
+    try:
+        with open(os.path.join(proc_root, str(pid), "stat"), encoding="ascii",
+                  errors="replace") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def list_tids(proc_root: str, pid: int) -> tuple[int, ...]:
     try:
         entries = os.listdir(os.path.join(proc_root, str(pid), "task"))

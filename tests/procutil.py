@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 
+from ceilometer_cmt.procfs import alive
+
+__all__ = ["alive", "processes_mentioning"]
+
 
 def processes_mentioning(text: str) -> list[int]:
     """Pids (other than ours) whose cmdline contains ``text``."""
@@ -19,11 +23,3 @@ def processes_mentioning(text: str) -> list[int]:
             continue
     return found
 
-
-def alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
