@@ -104,7 +104,6 @@ class CacheMonitor:
         #: uuid -> (mbm_total, mbm_local) counters
         self._counters: dict[str, tuple[ByteCounter, ByteCounter]] = {}
         self.lock = threading.RLock()
-        self.last: CycleResult | None = None
 
     def poll(self, instances: Sequence[InstanceRef]) -> CycleResult:
         with self.lock:
@@ -120,7 +119,6 @@ class CacheMonitor:
             stale = self._counters.keys() - cycle.readings.keys() - cycle.unmonitored.keys()
             for uuid in stale:
                 del self._counters[uuid]
-            self.last = result
             return result
 
     def _meters(self, uuid: str, reading: InstanceReading, now: float) -> InstanceMeters:

@@ -228,7 +228,6 @@ class _PidDirWatch:
     MASK = (0x8 | 0x40 | 0x80 | 0x100 | 0x200 | 0x400 | 0x800)  # CLOSE_WRITE, MOVED_*,
     # CREATE, DELETE, DELETE_SELF, MOVE_SELF
     IN_IGNORED = 0x8000
-    IN_Q_OVERFLOW = 0x4000
 
     def __init__(self, path: str) -> None:
         self.path = path

@@ -229,9 +229,6 @@ def libc() -> _Libc:
     return _LIBC
 
 
-_libc = libc
-
-
 def syscall_number(machine: str | None = None) -> int:
     """``__NR_perf_event_open`` for ``machine`` (default: this one)."""
     m = (machine or platform.machine()).lower()
@@ -297,7 +294,7 @@ def _call(fn: Callable[..., int], *args: object, what: Callable[[], str]) -> int
 def perf_event_open(attr: PerfEventAttr, pid: int, cpu: int = -1, group_fd: int = -1,
                     flags: int = PERF_FLAG_FD_CLOEXEC) -> int:
     """The raw syscall through the errno funnel; returns the new fd."""
-    lib = _libc()
+    lib = libc()
     nr = lib.nr_perf_event_open
     if nr is None:
         nr = syscall_number()
@@ -308,7 +305,7 @@ def perf_event_open(attr: PerfEventAttr, pid: int, cpu: int = -1, group_fd: int 
 
 
 def _ioctl(fd: int, request: int, arg: int = 0) -> None:
-    _call(_libc().ioctl, fd, request, arg, what=lambda: f"ioctl({fd}, {request:#x})")
+    _call(libc().ioctl, fd, request, arg, what=lambda: f"ioctl({fd}, {request:#x})")
 
 
 _READ3 = struct.Struct("=QQQ")

@@ -19,8 +19,7 @@ every request itself, trusting only its own configuration:
   (:class:`~ceilometer_cmt.perf_events.PerfTooManyFiles` beyond, which the
   backend turns into an unmonitored instance).
 * **lifetime**: the client closes handles it drops; whatever it leaves is
-  closed by :meth:`CounterRegistry.close_all` and, in any case, when the
-  daemon exits with its client.
+  closed when the daemon exits with its client.
 
 Reads are batched: :meth:`CounterRegistry.read` answers for every handle in
 one call (one privsep round trip per polling cycle), 24 bytes per handle in

@@ -129,11 +129,6 @@ def perf_close(handles: list[int]) -> None:
 
 
 @cmt_pctxt.entrypoint
-def perf_close_all() -> None:
-    counter_registry().close_all()
-
-
-@cmt_pctxt.entrypoint
 def perf_probe(events: list[list[int]]) -> None:
     counter_registry().probe(events)
 

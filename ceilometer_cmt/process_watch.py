@@ -61,10 +61,6 @@ class PidfdWatch:
             return set()
         return {fd for fd, _ev in self._poller.poll(0)}
 
-    @property
-    def count(self) -> int:
-        return len(self._fds)
-
     def close(self) -> None:
         for fd in list(self._fds):
             self.unwatch(fd)

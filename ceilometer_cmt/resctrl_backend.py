@@ -92,7 +92,8 @@ class ResctrlBackend:
         self.prefix = prefix
         self.ops: resctrl.ResctrlOps = ops or resctrl.DirectOps()
         self._warn = warn or LOG.warning
-        self.fstype = verify_mount and resctrl.verify_mount(resctrl_root, proc_root) or None
+        if verify_mount:
+            resctrl.verify_mount(resctrl_root, proc_root)
         self.info = resctrl.read_info(resctrl_root)
         if "llc_occupancy" not in self.info.mon_features:
             raise BackendUnavailable(

@@ -217,7 +217,6 @@ class LibvirtDaemon:
         self._private_run = private_run
         self.base_dir: str | None = None
         self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
 
     # paths
     def _path(self, *parts: str) -> str:
@@ -291,7 +290,6 @@ class LibvirtDaemon:
                 start_new_session=True, cwd=self.base_dir)
         finally:
             log.close()
-        self.starts += 1
         try:
             self._wait_ready()
         except BaseException:
