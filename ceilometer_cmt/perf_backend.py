@@ -80,12 +80,12 @@ from ceilometer_cmt.perf_counts import (
     MBM_LOCAL,
     MBM_TOTAL,
     OCCUPANCY,
-    READ_SIZE,
     ROLES,
     ReadPlan,
     Role,
 )
 from ceilometer_cmt.perf_events import (
+    READ_SIZE,
     Counter,
     EventSpec,
     PerfError,

@@ -31,6 +31,7 @@ from itertools import compress
 from operator import add, mul
 from typing import NamedTuple, Protocol
 
+from ceilometer_cmt.perf_events import READ_FORMAT, READ_SIZE
 from ceilometer_cmt.readings import HOST_WIDE, InstanceReading
 
 OCCUPANCY = "occupancy"
@@ -38,8 +39,7 @@ MBM_TOTAL = "mbm_total"
 MBM_LOCAL = "mbm_local"
 ROLES = (OCCUPANCY, MBM_TOTAL, MBM_LOCAL)
 
-READ_SIZE = 24
-_UNPACK = struct.Struct("=QQQ").unpack
+_UNPACK = READ_FORMAT.unpack
 _ZERO_U64 = bytes(8)
 
 

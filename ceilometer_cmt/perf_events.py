@@ -308,7 +308,9 @@ def _ioctl(fd: int, request: int, arg: int = 0) -> None:
     _call(libc().ioctl, fd, request, arg, what=lambda: f"ioctl({fd}, {request:#x})")
 
 
-_READ3 = struct.Struct("=QQQ")
+#: one ``read()`` of a counter with our read_format: value, time enabled, time running
+READ_SIZE = 24
+READ_FORMAT = struct.Struct("=QQQ")
 
 
 @dataclass(frozen=True)
@@ -332,9 +334,9 @@ def decode(raw: bytes) -> int | None:
 
     An empty read is the kernel's way of saying the event is in error state.
     """
-    if len(raw) != 24:
+    if len(raw) != READ_SIZE:
         return None
-    value, enabled, running = _READ3.unpack(raw)
+    value, enabled, running = READ_FORMAT.unpack(raw)
     if running == 0 or running < enabled:
         return None
     return int(value)
@@ -372,12 +374,12 @@ class Counter:
     # reads
     def read_raw(self) -> Reading:
         try:
-            raw = os.read(self._live(), 24)
+            raw = os.read(self._live(), READ_SIZE)
         except OSError as e:  # os.read retries EINTR itself (PEP 475)
             raise _raise_for(e.errno or errno.EIO, f"read(perf fd {self.fd})") from e
-        if len(raw) != 24:
+        if len(raw) != READ_SIZE:
             return Reading(0, 0, 0)
-        value, enabled, running = _READ3.unpack(raw)
+        value, enabled, running = READ_FORMAT.unpack(raw)
         return Reading(value, enabled, running)
 
     def read(self) -> int | None:

@@ -39,11 +39,16 @@ import threading
 from collections.abc import Iterable, Sequence
 
 from ceilometer_cmt import perf_pmu, procfs
-from ceilometer_cmt.perf_events import Counter, EventSpec, PerfProcessGone, PerfTooManyFiles
+from ceilometer_cmt.perf_events import (
+    READ_SIZE,
+    Counter,
+    EventSpec,
+    PerfProcessGone,
+    PerfTooManyFiles,
+)
 
 #: default cap on the counters one daemon holds (3 events x ~1300 threads)
 MAX_COUNTERS = 4096
-READ_SIZE = 24
 _EMPTY = bytes(READ_SIZE)
 
 Wire = tuple[int, int, int, int]  # (type, config, config1, config2)

@@ -25,7 +25,7 @@ from oslo_privsep import capabilities as caps
 from oslo_privsep import priv_context
 
 from ceilometer_cmt import options, perf_registry, resctrl
-from ceilometer_cmt.perf_events import EventSpec
+from ceilometer_cmt.perf_events import READ_SIZE, EventSpec
 
 LOG = logging.getLogger(__name__)
 
@@ -149,10 +149,10 @@ class PrivsepCounters:
     def read(self, handles: Sequence[int], sizes: Sequence[int]) -> list[bytes]:
         if not handles:
             return []
-        if any(n != perf_registry.READ_SIZE for n in sizes):
+        if any(n != READ_SIZE for n in sizes):
             raise ValueError("the privsep daemon reads 24 bytes per counter")
         blob = bytes(perf_read(list(handles)))
-        size = perf_registry.READ_SIZE
+        size = READ_SIZE
         return [blob[i:i + size] for i in range(0, len(blob), size)]
 
     def close(self, handles: Sequence[int]) -> None:

@@ -87,7 +87,7 @@ def test_every_attr_size_opens(child: Child, size: int) -> None:
 
 
 def test_decode() -> None:
-    raw = pe._READ3.pack
+    raw = pe.READ_FORMAT.pack
     assert pe.decode(raw(5, 10, 10)) == 5
     assert pe.decode(raw(5, 10, 0)) is None  # never scheduled in
     assert pe.decode(raw(5, 10, 4)) is None  # multiplexed
