@@ -57,14 +57,20 @@ def test_steady_state_does_no_mkdir_and_no_write(host):  # type: ignore[no-untyp
     assert b.mkdirs == 1
 
 
-def test_new_thread_is_written_once(host):  # type: ignore[no-untyped-def]
-    # A stand-in whose extra thread appears only in /proc: use a fake proc tree.
+def _fake_proc_backend(host):  # type: ignore[no-untyped-def]
+    """A backend on a fake proc tree where "instance-a" is qemu 4242 (one thread);
+    returns (backend, proc root). Such a tree gives no pidfd."""
     proc = os.path.join(host.root, "proc")
     build_proc(proc, 4242, qemu_cmdline("instance-a"), [4242])
     with open(os.path.join(host.pid_dir, "instance-a.pid"), "w") as f:
         f.write("4242\n")
     host.ops.proc_root = proc
-    b = host.backend(proc_root=proc)
+    return host.backend(proc_root=proc), proc
+
+
+def test_new_thread_is_written_once(host):  # type: ignore[no-untyped-def]
+    # A stand-in whose extra thread appears only in /proc: use a fake proc tree.
+    b, proc = _fake_proc_backend(host)
     refs = [InstanceRef(U1, "instance-a")]
     b.sync(refs)
     assert resctrl.read_tasks(group(host, U1)) == {4242}
@@ -81,12 +87,7 @@ def test_without_pidfds_the_tasks_files_are_read_every_relist_cycle_only(
     thread of the host in the kernel) only on its periodic re-listing."""
     from ceilometer_cmt import resctrl_backend
 
-    proc = os.path.join(host.root, "proc")
-    build_proc(proc, 4242, qemu_cmdline("instance-a"), [4242])
-    with open(os.path.join(host.pid_dir, "instance-a.pid"), "w") as f:
-        f.write("4242\n")
-    host.ops.proc_root = proc
-    b = host.backend(proc_root=proc)
+    b, _ = _fake_proc_backend(host)
     refs = [InstanceRef(U1, "instance-a")]
     b.sync(refs)
     reads: list[str] = []
