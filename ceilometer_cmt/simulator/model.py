@@ -275,8 +275,10 @@ class Model:
 
     # ------------------------------------------------------------ RMIDs
     def _alloc_rmid(self) -> int:
+        """An RMID for a new group; EBUSY (RMIDs in limbo) or ENOSPC, both
+        reported as "Out of RMIDs" as the kernel's mkdir does."""
         if not self.free_rmids:
-            raise SimError(errno.EBUSY if self.limbo else errno.ENOSPC)
+            raise self._fail(errno.EBUSY if self.limbo else errno.ENOSPC, "Out of RMIDs\n")
         return self.free_rmids.popleft()
 
     def _free_rmid(self, rmid: int) -> None:
@@ -337,11 +339,7 @@ class Model:
         if not self.free_closids:
             raise self._fail(errno.ENOSPC, "Out of CLOSIDs\n")
         closid = min(self.free_closids)
-        try:
-            rmid = self._alloc_rmid()
-        except SimError:
-            self._puts("Out of RMIDs\n")
-            raise
+        rmid = self._alloc_rmid()
         schemata: dict[int, int] = {}
         for cache in self.topology.l3:
             excl = 0
@@ -360,11 +358,7 @@ class Model:
         return group
 
     def _mkdir_mon(self, parent: Group, name: str) -> Group:
-        try:
-            rmid = self._alloc_rmid()
-        except SimError:
-            self._puts("Out of RMIDs\n")
-            raise
+        rmid = self._alloc_rmid()
         group = Group(name, "mon", parent, parent.closid, rmid)
         self._zero_counters(group)
         parent.children[name] = group
@@ -771,21 +765,24 @@ class Model:
             self.faults.clear()
 
     def reset_counters(self, pattern: str = "*") -> int:
+        """Zero the MBM counters of the groups whose path matches; how many."""
         with self._mutex:
             self.advance()
-            hit = 0
-            for group in self.groups():
-                if fnmatch.fnmatchcase(group.path, pattern):
-                    self._zero_counters(group)
-                    hit += 1
-            return hit
+            return self._reset_counters(pattern)
+
+    def _reset_counters(self, pattern: str) -> int:
+        # No advance() here: apply_action runs inside advance().
+        hit = 0
+        for group in self.groups():
+            if fnmatch.fnmatchcase(group.path, pattern):
+                self._zero_counters(group)
+                hit += 1
+        return hit
 
     def apply_action(self, action: Action) -> None:
         with self._mutex:
             if action.action == "reset_counters":
-                for group in self.groups():
-                    if fnmatch.fnmatchcase(group.path, action.group):
-                        self._zero_counters(group)
+                self._reset_counters(action.group)
             elif action.action == "set_rmids" and action.value is not None:
                 self.set_rmids(int(action.value))
             elif action.action == "set_limbo" and action.value is not None:
