@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, cast
 
-from ceilometer_cmt import resctrl, selection
+from ceilometer_cmt import pollrun, resctrl, selection
 from ceilometer_cmt.errors import CmtError
 from ceilometer_cmt.sysfs_cache import read_host_cache
 
@@ -27,17 +27,15 @@ def load_settings(config_files: Sequence[str], overrides: Sequence[str] = ()) ->
     from ceilometer_cmt import options
     from ceilometer_cmt.pollsters.runtime import settings_from_conf
 
+    parsed = pollrun.parse_set(overrides)  # bad ones exit before any file is read
     conf = cfg.ConfigOpts()
     options.register_opts(conf)
     conf.register_opts([cfg.StrOpt("libvirt_uri", default=""),
                         cfg.StrOpt("libvirt_type", default="kvm"),
                         cfg.StrOpt("host", default=platform.node())])
     conf(args=[], project="ceilometer", default_config_files=list(config_files))
-    for item in overrides:
-        name, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set takes NAME=VALUE, not {item!r}")
-        conf.set_override(name, value, group="cmt")
+    for (group, name), value in parsed.items():
+        conf.set_override(name, value, group=group)
     return settings_from_conf(conf)
 
 
@@ -138,10 +136,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def cmd_poll(args: argparse.Namespace) -> int:
-    from ceilometer_cmt import pollrun
-
-    overrides: dict[tuple[str | None, str], Any] = {
-        ("cmt", k): v for k, _, v in (s.partition("=") for s in args.set)}
+    overrides = pollrun.parse_set(args.set)
     cycles = pollrun.poll(args.config_file, args.cycles, args.polling_file, overrides)
     if not any(cycles):
         print("ceilometer-cmt poll: no sample at all: the plugin's pollsters did not load "

@@ -16,6 +16,31 @@ from importlib import resources
 from typing import Any
 
 
+def parse_set(items: Sequence[str]) -> dict[tuple[str | None, str], Any]:
+    """``--set NAME=VALUE`` items as ``[cmt]`` overrides for :func:`polling_agent`.
+
+    NAME must be a ``[cmt]`` option and VALUE valid for it (as ``set_override``
+    would check it); anything else exits with one message. Nothing is stripped.
+    """
+    from ceilometer_cmt import options
+
+    opts = {o.name: o for o in options.OPTS}
+    overrides: dict[tuple[str | None, str], Any] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            if not sep:
+                raise ValueError("no '='")
+            if name not in opts:
+                raise ValueError(f"no [cmt] option {name!r}")
+            opts[name].type(value)  # the ValueError set_override would raise
+        except ValueError as e:
+            raise SystemExit(f"--set takes NAME=VALUE with NAME a [cmt] option "
+                             f"({', '.join(opts)}), not {item!r}: {e}") from None
+        overrides[(options.GROUP, name)] = value
+    return overrides
+
+
 def default_polling_file() -> str:
     return str(resources.files("ceilometer_cmt").joinpath("data", "polling.yaml"))
 

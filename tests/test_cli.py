@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
 
-from ceilometer_cmt import cli
+import pytest
+
+from ceilometer_cmt import cli, pollrun
 from ceilometer_cmt.testbed import make_instances, write_node_xml
 
 
@@ -111,3 +114,29 @@ def test_poll_without_any_sample_says_so(host, tmp_path, capsys):  # type: ignor
     polling.write_text("sources:\n  - name: other\n    interval: 60\n    meters: [cpu]\n")
     assert cli.main(["poll", "--config-file", conf, "--polling-file", str(polling)]) == 1
     assert "no sample at all" in capsys.readouterr().err
+
+
+def test_set_accepted_forms_and_errors():  # type: ignore[no-untyped-def]
+    assert pollrun.parse_set(["backend=resctrl", "libvirt_uri=", "resctrl_root=/mnt/a=b",
+                              "resctrl_verify_mount=false", "log_interval=9",
+                              "log_interval=0"]) == {
+        ("cmt", "backend"): "resctrl", ("cmt", "libvirt_uri"): "",
+        ("cmt", "resctrl_root"): "/mnt/a=b", ("cmt", "resctrl_verify_mount"): "false",
+        ("cmt", "log_interval"): "0"}  # the last one wins
+    for item, why in [("backend", "no '='"), ("bogus=1", "no [cmt] option 'bogus'"),
+                      ("=1", "no [cmt] option ''"),
+                      (" backend=perf", "no [cmt] option ' backend'"),
+                      ("cmt.backend=perf", "no [cmt] option 'cmt.backend'"),
+                      ("backend=nope", "but found 'nope'"),
+                      ("log_interval=-1", "greater than or equal to 0"),
+                      ("resctrl_verify_mount=maybe", "boolean value 'maybe'")]:
+        with pytest.raises(SystemExit) as exc:
+            pollrun.parse_set(["backend=perf", item])
+        message = str(exc.value)
+        assert message.startswith("--set takes NAME=VALUE with NAME a [cmt] option (backend, ")
+        assert re.search(f"not {re.escape(repr(item))}: .*{re.escape(why)}", message), message
+        # every command rejects it the same way, before reading any config
+        for command in ("probe", "poll", "cleanup"):
+            with pytest.raises(SystemExit) as same:
+                cli.main([command, "--set", item])
+            assert str(same.value) == message
