@@ -194,13 +194,24 @@ def list_domains(group_path: str) -> list[tuple[int, str]]:
     return sorted(out)
 
 
-def _read_number(path: str) -> int:
-    fd = os.open(path, os.O_RDONLY)
+def value_of(data: bytes) -> int:
+    """Bytes read from a mon_data file -> bytes counted, or :class:`ValueMissing`
+    (as :func:`parse_value`; plain digits take a shortcut)."""
+    body = data.strip()
+    if body.isdigit():  # bytes.isdigit: ASCII digits only
+        return int(body)
+    return parse_value(data.decode("ascii", "replace"))
+
+
+def read_value(path: str) -> int:
+    """Open, read and close one mon_data file: its bytes, or ValueMissing;
+    OSError as the open or the read gives it."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         data = os.read(fd, 64)
     finally:
         os.close(fd)
-    return parse_value(data.decode("ascii", "replace"))
+    return value_of(data)
 
 
 def read_event(group_path: str, domain_dir: str, event: str) -> int:
@@ -211,7 +222,7 @@ def read_event(group_path: str, domain_dir: str, event: str) -> int:
     """
     base = os.path.join(group_path, "mon_data", domain_dir)
     try:
-        return _read_number(os.path.join(base, event))
+        return read_value(os.path.join(base, event))
     except FileNotFoundError:
         pass
     subs = [e for e in os.listdir(base) if _SUB_DOMAIN_RE.match(e)]  # ENOENT: group gone
@@ -220,7 +231,7 @@ def read_event(group_path: str, domain_dir: str, event: str) -> int:
     total = 0
     for sub in sorted(subs):
         try:
-            total += _read_number(os.path.join(base, sub, event))
+            total += read_value(os.path.join(base, sub, event))
         except FileNotFoundError as e:  # the group exists: this node has no value
             raise ValueMissing(f"no {event} in {domain_dir}/{sub}") from e
     return total

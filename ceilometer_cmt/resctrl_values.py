@@ -80,24 +80,15 @@ class ValueReader:
         targets: tuple[dict[Any, int | None], ...] = (
             reading.occupancy, reading.mbm_total, reading.mbm_local)
         occupancy = reading.occupancy
-        pread = os.pread
+        pread, value_of, read_value = os.pread, resctrl.value_of, resctrl.read_value
         files = self._groups.get(path) or self._files(path, ctrl, gen)
         for f in files:
             value: int | None
             try:
                 if f.fd >= 0:
-                    data = pread(f.fd, 64, 0)
+                    value = value_of(pread(f.fd, 64, 0))
                 else:
-                    fd = os.open(f.path, os.O_RDONLY | os.O_CLOEXEC)
-                    try:
-                        data = os.read(fd, 64)
-                    finally:
-                        os.close(fd)
-                body = data.strip()
-                if body.isdigit():  # bytes.isdigit: ASCII digits only
-                    value = int(body)
-                else:
-                    value = resctrl.parse_value(data.decode("ascii", "replace"))
+                    value = read_value(f.path)
             except resctrl.ValueMissing as e:
                 value = None
                 LOG.debug("%s %s %s: %s", path, f.dom_dir, f.event, e.reason)

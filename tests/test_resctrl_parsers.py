@@ -77,6 +77,34 @@ def test_parse_value_number_or_missing_never_zero_for_words(text: str) -> None:
     assert re.fullmatch(r"[0-9]+", body) and value == int(body)
 
 
+@given(st.binary(max_size=24) | st.text(max_size=24).map(lambda t: t.encode()))
+@example(b"12\x1c")
+@example(b" 007 \n")
+@example(b"Unavailable\n")
+def test_value_of_bytes_is_parse_value(data: bytes) -> None:
+    """The shortcut for plain digits gives what parse_value gives, as does its
+    fallback (one parser for the kept-open reads and the opened-per-read ones)."""
+    def outcome(fn, arg):  # type: ignore[no-untyped-def]
+        try:
+            return fn(arg)
+        except ValueMissing as e:
+            return ("missing", e.reason)
+    assert outcome(resctrl.value_of, data) == outcome(
+        parse_value, data.decode("ascii", "replace"))
+
+
+def test_read_value_opens_reads_and_closes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    before = len(os.listdir("/proc/self/fd"))
+    _put(str(tmp_path / "v"), "4096\n")
+    assert resctrl.read_value(str(tmp_path / "v")) == 4096
+    _put(str(tmp_path / "v"), "Error\n")
+    with pytest.raises(ValueMissing, match="Error"):
+        resctrl.read_value(str(tmp_path / "v"))
+    with pytest.raises(FileNotFoundError):
+        resctrl.read_value(str(tmp_path / "none"))
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
 # ------------------------------------------------------------------ parse_tasks
 @given(st.sets(st.integers(min_value=1, max_value=4194304), max_size=50))
 def test_parse_tasks_roundtrip(tids: set[int]) -> None:
