@@ -464,22 +464,6 @@ def default_config_files() -> list[str]:
     return files
 
 
-def overrides_conf(items: Sequence[str]) -> str:
-    """``--set NAME=VALUE`` items as a ``[cmt]`` config file text (given last, it wins).
-
-    A file rather than ``set_override``: the plugin registers ``[cmt]`` only
-    when its pollsters load, after the config is parsed.
-    """
-    lines = ["[cmt]"]
-    for item in items:
-        name, sep, value = item.partition("=")
-        name = name.strip()
-        if not sep or not name or not name.replace("_", "").isalnum() or "\n" in value:
-            raise SystemExit(f"--set takes NAME=VALUE, not {item!r}")
-        lines.append(f"{name} = {value}")
-    return "\n".join(lines) + "\n"
-
-
 def print_log_problems(path: str, out: TextIO) -> None:
     """WARNING/ERROR lines of an agent log, minus known harmless noise."""
     with contextlib.suppress(OSError), open(path, encoding="utf-8", errors="replace") as f:
@@ -495,32 +479,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.cycles == 0:
         args.cycles = None
+    from ceilometer_cmt import pollrun
+
     config_files = args.config_file or default_config_files()
-    overrides = overrides_conf(args.set)
+    overrides = pollrun.parse_set(args.set)
     live = not args.json and sys.stdout.isatty()
-    tmp = tempfile.mkdtemp(prefix="cmt-top-")
+    # the log setup (and, live, the log itself) is the only thing top writes
+    tmp = tempfile.mkdtemp(prefix="cmt-top-") if live or args.log_file else ""
     log_file = args.log_file or (os.path.join(tmp, "agent.log") if live else None)
     try:
-        extra = []
-        if args.set:
-            extra.append(os.path.join(tmp, "set.conf"))
-            with open(extra[-1], "w", encoding="utf-8") as f:
-                f.write(overrides)
-        if log_file:
-            extra.append(write_log_config(tmp, log_file))
-        return _run(args, [*config_files, *extra], live)
+        extra = [write_log_config(tmp, log_file)] if log_file else []
+        return _run(args, [*config_files, *extra], overrides, live)
     except KeyboardInterrupt:
         return 130
     finally:
         if log_file and not args.log_file:
             print_log_problems(log_file, sys.stderr)
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _run(args: argparse.Namespace, config_files: list[str], live: bool) -> int:
+def _run(args: argparse.Namespace, config_files: list[str],
+         overrides: dict[tuple[str | None, str], Any], live: bool) -> int:
     from ceilometer_cmt import pollrun
 
-    with pollrun.polling_agent(config_files) as agent:
+    with pollrun.polling_agent(config_files, overrides=overrides) as agent:
         if args.once:
             last = watch(agent, interval=args.interval, cycles=2, sort=args.sort,
                          mode="quiet")

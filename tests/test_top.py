@@ -7,9 +7,11 @@ libvirt test-driver host, as in test_polling_cycle.py.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import tempfile
 
 import pytest
 from kernel_trees import set_value
@@ -152,17 +154,39 @@ def test_once_json_through_the_cli(cloud, capsys):  # type: ignore[no-untyped-de
 
 def test_bad_set_and_bad_arguments(cloud):  # type: ignore[no-untyped-def]
     _host, _running, _stopped, conf = cloud
-    with pytest.raises(SystemExit, match="NAME=VALUE"):
-        top.main(["--config-file", conf, "--once", "--set", "nonsense"])
+    for item in ("nonsense", "bogus=1", "backend=nope"):  # the last two were ignored once
+        with pytest.raises(SystemExit, match="NAME=VALUE"):
+            top.main(["--config-file", conf, "--once", "--set", item])
     assert top.main(["--config-file", conf, "--cycles", "-1"]) == 2
 
 
-def test_set_overrides_reach_the_plugin(cloud, capsys, tmp_path
-                                        ):  # type: ignore[no-untyped-def]
+def test_set_overrides_reach_the_plugin_without_a_file(cloud, capsys, tmp_path, monkeypatch
+                                                       ):  # type: ignore[no-untyped-def]
     _host, _running, _stopped, conf = cloud
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmpdir))  # $TMPDIR, for this process
+    agents = []
+    real_agent = pollrun.polling_agent
+
+    @contextlib.contextmanager
+    def polling_agent(config_files, polling_file=None, overrides=None
+                      ):  # type: ignore[no-untyped-def]
+        with real_agent(config_files, polling_file, overrides) as agent:
+            agents.append((list(config_files), overrides, sorted(os.listdir(tmpdir))))
+            yield agent
+
+    monkeypatch.setattr(pollrun, "polling_agent", polling_agent)
     rc = cli.main(["top", "--config-file", conf, "--once", "--json", "--interval", "0",
                    "--set", f"resctrl_root={tmp_path}/nothing"])
     assert rc == 0
+    [(config_files, overrides, in_tmpdir)] = agents
+    # the agent gets the user's config alone, --set as overrides, and top wrote
+    # nothing beside the temporary directory of pollrun's own agent settings
+    assert config_files == [conf]
+    assert overrides == {("cmt", "resctrl_root"): f"{tmp_path}/nothing"}
+    assert len(in_tmpdir) == 1 and in_tmpdir[0].startswith("cmt-poll-")
+    assert os.listdir(tmpdir) == []
     doc = json.loads(capsys.readouterr().out)
     # no resctrl there: per-instance meters are off, only the host's cache size remains
     assert doc["instances"] == [] and doc["backend"] is None
