@@ -85,8 +85,6 @@ from ceilometer_cmt.perf_counts import (
     Role,
 )
 from ceilometer_cmt.perf_events import (
-    READ_SIZE,
-    Counter,
     EventSpec,
     PerfError,
     PerfPermissionError,
@@ -123,8 +121,9 @@ class CounterProvider(Protocol):
         """One enabled counter per spec on thread ``tid`` of qemu ``pid``, all or
         none; PerfProcessGone when the thread exited."""
 
-    def read(self, handles: Sequence[int], sizes: Sequence[int]) -> list[bytes]:
-        """One raw ``read`` per handle; OSError when any of them fails."""
+    def read(self, handles: Sequence[int]) -> bytes:
+        """One ``read`` per handle, as :func:`ceilometer_cmt.perf_events.read_counts`
+        gives them: 24 bytes per handle in order; OSError when any of them fails."""
 
     def close(self, handles: Sequence[int]) -> None:
         """Release the handles (idempotent, never raises OSError)."""
@@ -138,33 +137,17 @@ class DirectCounters:
 
     def open(self, specs: Sequence[EventSpec], pid: int, tid: int,
              domain_name: str) -> list[int]:
-        opened: list[Counter] = []
-        try:
-            for spec in specs:
-                opened.append(Counter(spec, tid))
-        except BaseException:
-            for c in opened:
-                c.close()
-            raise
-        fds = [c.fd for c in opened]
-        for c in opened:
-            c.fd = -1  # owned by the backend now, closed by close()
-        return fds
+        return perf_events.open_counters(specs, tid)
 
-    def read(self, handles: Sequence[int], sizes: Sequence[int]) -> list[bytes]:
-        return list(map(os.read, handles, sizes))
+    def read(self, handles: Sequence[int]) -> bytes:
+        return perf_events.read_counts(handles)
 
     def close(self, handles: Sequence[int]) -> None:
         for fd in handles:
-            try:
-                os.close(fd)
-            except OSError:  # EINTR/EIO: Linux has released the fd anyway
-                pass
+            perf_events.close_fd(fd)
 
     def probe(self, specs: Sequence[EventSpec]) -> None:
-        for spec in specs:
-            with Counter(spec, os.getpid()) as c:
-                c.read_raw()
+        perf_events.probe(specs)
 
 
 @dataclass
@@ -186,7 +169,6 @@ class _Tracked:
     pidfile_fd: int
     ino: int
     generation: int
-    counters: list[int] = field(default_factory=list)  # handles
     roles: list[_Role] = field(default_factory=list)
     tids: set[int] = field(default_factory=set)
     # set by freeze() once every counter is open
@@ -197,24 +179,28 @@ class _Tracked:
     def threads(self) -> int:
         return len(self.tids)
 
+    @property
+    def handles(self) -> list[int]:
+        """Every counter handle, role after role."""
+        return [fd for r in self.roles for fd in r.fds]
+
     def freeze(self) -> None:
         """Every fd role after role, so that one batch reads them all."""
         self.key = f"perf/{self.pid}/{self.generation}"
         self.all_fds = tuple(fd for r in self.roles for fd in r.fds)
 
-    def close(self, provider: CounterProvider) -> None:
-        counters, self.counters = self.counters, []
-        if counters:
-            provider.close(counters)
+    def close(self, provider: CounterProvider) -> int:
+        """Closes every counter and the pidfile; returns how many counters."""
+        handles = self.handles
+        if handles:
+            provider.close(handles)
         for role in self.roles:
             role.fds.clear()
         self.all_fds = ()
         fd, self.pidfile_fd = self.pidfile_fd, -1
         if fd >= 0:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+            perf_events.close_fd(fd)
+        return len(handles)
 
 
 class _PidDirWatch:
@@ -403,7 +389,7 @@ class PerfBackend:
     # ----------------------------------------------------------- introspection
     def tracked_fds(self, uuid: str) -> list[int]:
         t = self._tracked.get(uuid)
-        return list(t.counters) if t else []
+        return t.handles if t else []
 
     def tracked_tids(self, uuid: str) -> set[int]:
         t = self._tracked.get(uuid)
@@ -418,8 +404,7 @@ class PerfBackend:
         t = self._tracked.pop(uuid, None)
         if t is not None:
             self._plan = None
-            self.closes += len(t.counters)
-            t.close(self.counters)
+            self.closes += t.close(self.counters)
 
     def _failed(self, cycle: BackendCycle, uuid: str, e: Exception) -> None:
         self._drop(uuid)
@@ -480,14 +465,12 @@ class PerfBackend:
                 raise InstanceGone(f"qemu process {proc.pid} of {ref.domain_name!r} exited")
             t.freeze()
         except PerfTooManyFiles as e:
-            self.closes += len(t.counters)
-            t.close(self.counters)
+            self.closes += t.close(self.counters)
             raise NotMonitored(
                 f"out of file descriptors opening {len(self.events)} perf counter(s) "
                 f"per thread for qemu {proc.pid}: {e}") from e
         except BaseException:
-            self.closes += len(t.counters)
-            t.close(self.counters)
+            self.closes += t.close(self.counters)
             raise
         return t
 
@@ -498,7 +481,6 @@ class PerfBackend:
         except PerfProcessGone:
             return  # thread exited between listing and open
         self.opens += len(handles)
-        t.counters.extend(handles)
         for role, h in zip(t.roles, handles, strict=True):
             role.fds.append(h)
         t.tids.add(tid)
@@ -510,12 +492,12 @@ class PerfBackend:
         if plan is None:
             plan = self._plan = ReadPlan.build(self._tracked.values(), self._roles)
         try:
-            chunks = self.counters.read(plan.fds, plan.sizes)
+            data = self.counters.read(plan.fds)
         except OSError:
-            chunks = []
-        if chunks or not plan.fds:
-            out = plan.readings(chunks)
-            return out if out is not None else plan.careful(chunks)
+            data = None
+        if data is not None and len(data) == plan.nbytes:
+            out = plan.readings(data)
+            return out if out is not None else plan.careful(data)
         out = {}
         for t in list(self._tracked.values()):  # a read failed: find whose
             try:
@@ -526,12 +508,16 @@ class PerfBackend:
 
     def _read(self, t: _Tracked) -> dict[str, InstanceReading]:
         """The instance on its own (slow path)."""
+        plan = ReadPlan.build([t], self._roles)
         try:
-            chunks = self.counters.read(t.all_fds, (READ_SIZE,) * len(t.all_fds))
+            data = self.counters.read(plan.fds)
         except OSError as e:
             raise PerfError(f"read of qemu {t.pid} counters: {e.strerror}",
                             e.errno or errno.EIO) from e
-        return ReadPlan.build([t], self._roles).careful(chunks)
+        if len(data) != plan.nbytes:
+            raise PerfError(f"read of qemu {t.pid} counters: {len(data)} bytes for "
+                            f"{len(plan.fds)} counters", errno.EIO)
+        return plan.careful(data)
 
 
 __all__ = ["PerfBackend", "PerfPermissionError", "PerfUnsupported", "DEFAULT_EVENTS",

@@ -1,10 +1,11 @@
 """How one batched read of perf counters becomes per-instance readings.
 
 A polling cycle of the perf backend reads every counter fd of every instance
-in one batch; each read gives 24 bytes (``PERF_FORMAT_TOTAL_TIME_ENABLED |
+in one batch: one blob, 24 bytes per fd (``PERF_FORMAT_TOTAL_TIME_ENABLED |
 PERF_FORMAT_TOTAL_TIME_RUNNING``): the count, the time enabled, the time
-running. An instance has one counter per thread and per role (occupancy, MBM
-total, MBM local). The rules:
+running. An empty read (the kernel's "event in error state") comes as 24 zero
+bytes, like a counter that never ran. An instance has one counter per thread
+and per role (occupancy, MBM total, MBM local). The rules:
 
 * the counts of an instance's threads are summed per role;
 * a counter that never ran (time running 0) or was multiplexed (running <
@@ -15,11 +16,10 @@ total, MBM local). The rules:
 * a role's sum is multiplied by its byte factor (the PMU's ``.scale``).
 
 :class:`ReadPlan` lays out the fds of all instances so that, when nothing is
-multiplexed and every read is whole (always so for intel_cqm, a
-software-context PMU), these rules run as loops in C over the whole batch
-(:meth:`ReadPlan.readings`); otherwise :meth:`ReadPlan.careful` applies them
-counter by counter. ``tests/test_perf_batch.py`` checks both against a
-per-counter reference.
+multiplexed (always so for intel_cqm, a software-context PMU), these rules run
+as loops in C over the whole batch (:meth:`ReadPlan.readings`); otherwise
+:meth:`ReadPlan.careful` applies them counter by counter.
+``tests/test_perf_batch.py`` checks both against a per-counter reference.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ MBM_TOTAL = "mbm_total"
 MBM_LOCAL = "mbm_local"
 ROLES = (OCCUPANCY, MBM_TOTAL, MBM_LOCAL)
 
-_UNPACK = READ_FORMAT.unpack
+_ITER_UNPACK = READ_FORMAT.iter_unpack
 _ZERO_U64 = bytes(8)
 
 
@@ -71,16 +71,15 @@ class Counted(Protocol):
     def threads(self) -> int: ...
 
 
-def sum_chunks(chunks: Sequence[bytes]) -> int | None:
-    """Sum of usable counts (never run / multiplexed / short reads add nothing)."""
+def sum_counts(data: bytes) -> int | None:
+    """Sum of the usable counts of whole reads laid end to end (a counter that
+    never ran or was multiplexed adds nothing); None when none is usable."""
     total = 0
     seen = False
-    for raw in chunks:
-        if len(raw) == READ_SIZE:
-            value, enabled, running = _UNPACK(raw)
-            if running and running >= enabled:
-                total += value
-                seen = True
+    for value, enabled, running in _ITER_UNPACK(data):
+        if running and running >= enabled:
+            total += value
+            seen = True
     return total if seen else None
 
 
@@ -114,14 +113,13 @@ class ReadPlan:
     """Every fd of every instance, for one batched read per cycle."""
 
     fds: tuple[int, ...]
-    sizes: tuple[int, ...]
-    nbytes: int
+    nbytes: int  # of the batch: READ_SIZE per fd
     values: Callable[[bytes], tuple[int, ...]]  # the counts of every fd
     running: Callable[[bytes], tuple[int, ...]]  # their time running
     zeros: tuple[int, ...]  # a count of 0 for every fd
     groups: tuple[Group, ...]
-    #: per instance: uuid, counter key, threads, its fds' slice of the plan
-    entries: tuple[tuple[str, str, int, slice], ...]
+    #: per instance: uuid, counter key, threads, where its reads start in the batch
+    entries: tuple[tuple[str, str, int, int], ...]
     nroles: int
     slots: tuple[int, int, int]  # role index of occupancy/total/local, -1: absent
     scaled: tuple[tuple[int, int, int], ...]  # (role index, num, den)
@@ -137,26 +135,23 @@ class ReadPlan:
         for m, members in by_threads.items():
             start = len(fds)
             for inst in members:
-                entries.append((inst.uuid, inst.key, m,
-                                slice(len(fds), len(fds) + len(inst.all_fds))))
+                entries.append((inst.uuid, inst.key, m, len(fds) * READ_SIZE))
                 fds.extend(inst.all_fds)
             groups.append(Group(m, start, len(fds), tuple(i.uuid for i in members),
                                 tuple(i.key for i in members)))
         names = [r.name for r in roles]
         n = len(fds)
-        return cls(tuple(fds), (READ_SIZE,) * n, READ_SIZE * n,
+        return cls(tuple(fds), READ_SIZE * n,
                    struct.Struct("=" + "Q16x" * n).unpack,
                    struct.Struct("=" + "16xQ" * n).unpack, (0,) * n,
                    tuple(groups), tuple(entries), len(roles),
                    (_slot(names, OCCUPANCY), _slot(names, MBM_TOTAL), _slot(names, MBM_LOCAL)),
                    tuple((i, r.num, r.den) for i, r in enumerate(roles) if r.num != r.den))
 
-    def readings(self, chunks: Sequence[bytes]) -> dict[str, InstanceReading] | None:
-        """The readings of a whole batch by loops in C, or None when some read
-        was short or some counter multiplexed (then use :meth:`careful`)."""
-        data = b"".join(chunks)
-        if len(data) != self.nbytes:
-            return None
+    def readings(self, data: bytes) -> dict[str, InstanceReading] | None:
+        """The readings of a whole batch by loops in C, or None when some
+        counter was multiplexed (then use :meth:`careful`)."""
+        self._check(data)
         words = memoryview(data).cast("Q")
         running = words[2::3]
         if words[1::3] != running:  # element-wise in C: something multiplexed
@@ -206,13 +201,20 @@ class ReadPlan:
                                     _by_key(keys, sums, tot, nroles),
                                     _by_key(keys, sums, loc, nroles)), strict=True))
 
-    def careful(self, chunks: Sequence[bytes]) -> dict[str, InstanceReading]:
-        """The same rules, counter by counter (any chunk may be short)."""
+    def _check(self, data: bytes) -> None:
+        if len(data) != self.nbytes:
+            raise ValueError(f"a batch of {len(self.fds)} reads is {self.nbytes} bytes, "
+                             f"not {len(data)}")
+
+    def careful(self, data: bytes) -> dict[str, InstanceReading]:
+        """The same rules, counter by counter."""
+        self._check(data)
         out: dict[str, InstanceReading] = {}
         occ, tot, loc = self.slots
-        for uuid, key, m, whole in self.entries:
-            part = chunks[whole]
-            sums = [sum_chunks(part[r * m:r * m + m]) for r in range(self.nroles)]
+        for uuid, key, m, start in self.entries:
+            step = m * READ_SIZE
+            sums = [sum_counts(data[start + r * step:start + (r + 1) * step])
+                    for r in range(self.nroles)]
             for i, num, den in self.scaled:
                 v = sums[i]
                 if v is not None:

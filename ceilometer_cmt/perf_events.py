@@ -36,8 +36,9 @@ import errno
 import os
 import platform
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from types import TracebackType
 
 from ceilometer_cmt.errors import BackendUnavailable, CmtError, InstanceGone, NotMonitored
@@ -329,19 +330,6 @@ class Reading:
         return self.value
 
 
-def decode(raw: bytes) -> int | None:
-    """The count of a 24-byte read, or None (see :attr:`Reading.usable`).
-
-    An empty read is the kernel's way of saying the event is in error state.
-    """
-    if len(raw) != READ_SIZE:
-        return None
-    value, enabled, running = READ_FORMAT.unpack(raw)
-    if running == 0 or running < enabled:
-        return None
-    return int(value)
-
-
 class Counter:
     """One perf event fd: open, enable, read, close."""
 
@@ -398,10 +386,7 @@ class Counter:
     def close(self) -> None:
         fd, self.fd = self.fd, -1
         if fd >= 0:
-            try:
-                os.close(fd)
-            except OSError:  # EINTR/EIO: Linux has released the fd anyway
-                pass
+            close_fd(fd)
 
     def __enter__(self) -> Counter:
         return self
@@ -419,3 +404,55 @@ class Counter:
     def __repr__(self) -> str:
         return (f"Counter(fd={self.fd}, pid={self.pid}, type={self.spec.type}, "
                 f"config={self.spec.config:#x})")
+
+
+# ---------------------------------------------------------------- fds in bulk
+# What a holder of many counters (the perf backend in this process, or the
+# privsep daemon's registry for it) does with them: plain fds it owns.
+
+#: what an empty read (event in error state) becomes in a batch: never ran
+NO_DATA = bytes(READ_SIZE)
+
+
+def close_fd(fd: int) -> None:
+    """``close(2)``; a failure is ignored: on EINTR/EIO Linux has released the fd anyway."""
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def open_counters(specs: Sequence[EventSpec], tid: int) -> list[int]:
+    """One enabled counter per spec on thread ``tid``, all or none: their fds,
+    which the caller owns from now on (close them with :func:`close_fd`)."""
+    opened: list[Counter] = []
+    try:
+        for spec in specs:
+            opened.append(Counter(spec, tid))
+    except BaseException:
+        for c in opened:
+            c.close()
+        raise
+    fds = [c.fd for c in opened]
+    for c in opened:
+        c.fd = -1  # handed over: the Counter objects must not close them
+    return fds
+
+
+def read_counts(fds: Sequence[int]) -> bytes:
+    """One ``read`` per fd, :data:`READ_SIZE` bytes each, in order, as one blob;
+    an empty read (event in error state) is :data:`NO_DATA`. ``OSError`` when a
+    read fails."""
+    chunks = list(map(os.read, fds, repeat(READ_SIZE, len(fds))))
+    data = b"".join(chunks)
+    if len(data) != READ_SIZE * len(fds):
+        data = b"".join(c if len(c) == READ_SIZE else NO_DATA for c in chunks)
+    return data
+
+
+def probe(specs: Sequence[EventSpec]) -> None:
+    """Open, enable, read and close each event on this process: raises the
+    typed error of the first one the kernel refuses."""
+    for spec in specs:
+        with Counter(spec, os.getpid()) as c:
+            c.read_raw()

@@ -22,9 +22,10 @@ every request itself, trusting only its own configuration:
   closed when the daemon exits with its client.
 
 Reads are batched: :meth:`CounterRegistry.read` answers for every handle in
-one call (one privsep round trip per polling cycle), 24 bytes per handle in
-the order asked; an empty read (event in error state) comes back as 24 zero
-bytes, which the backend treats as "no data" like an empty read. An unknown
+one call (one privsep round trip per polling cycle) with what
+:func:`~ceilometer_cmt.perf_events.read_counts` gives, 24 bytes per handle in
+the order asked (an empty read, event in error state, as 24 zero bytes: no
+data). An unknown
 handle or a failing ``read`` fails the whole batch (``OSError``), so the
 backend falls back to reading instance by instance, as with its own fds.
 """
@@ -38,18 +39,11 @@ import secrets
 import threading
 from collections.abc import Iterable, Sequence
 
-from ceilometer_cmt import perf_pmu, procfs
-from ceilometer_cmt.perf_events import (
-    READ_SIZE,
-    Counter,
-    EventSpec,
-    PerfProcessGone,
-    PerfTooManyFiles,
-)
+from ceilometer_cmt import perf_events, perf_pmu, procfs
+from ceilometer_cmt.perf_events import EventSpec, PerfProcessGone, PerfTooManyFiles
 
 #: default cap on the counters one daemon holds (3 events x ~1300 threads)
 MAX_COUNTERS = 4096
-_EMPTY = bytes(READ_SIZE)
 
 Wire = tuple[int, int, int, int]  # (type, config, config1, config2)
 
@@ -142,24 +136,21 @@ class CounterRegistry:
                 raise PerfTooManyFiles(
                     f"the privsep daemon holds {len(self._fds)} perf counters, its cap "
                     f"is {self.max_counters}", errno.EMFILE)
-            opened: list[Counter] = []
+            fds = perf_events.open_counters(specs, tid)
             try:
-                for spec in specs:
-                    opened.append(Counter(spec, tid))
                 # the thread that was opened is the one that was checked
                 self._check_qemu(pid, domain_name)
                 if _start_time(self.proc_root, pid, tid) != started:
                     raise PerfProcessGone(f"thread {tid} of process {pid} exited",
                                           errno.ESRCH)
             except BaseException:
-                for c in opened:
-                    c.close()
+                for fd in fds:
+                    perf_events.close_fd(fd)
                 raise
             handles = []
-            for c in opened:
+            for fd in fds:
                 self._next += 1
-                self._fds[self._next] = c.fd
-                c.fd = -1  # the registry owns the fd now
+                self._fds[self._next] = fd
                 handles.append(self._next)
             return handles
 
@@ -167,41 +158,30 @@ class CounterRegistry:
         """24 bytes per handle, in order, for one batch of handles."""
         fds = self._fds
         try:
-            chunks = list(map(os.read, [fds[h] for h in handles], [READ_SIZE] * len(handles)))
+            mine = [fds[h] for h in handles]
         except KeyError as e:
             raise OSError(errno.EBADF, f"no perf counter with handle {e.args[0]}") from None
-        if any(len(c) != READ_SIZE for c in chunks):
-            chunks = [c if len(c) == READ_SIZE else _EMPTY for c in chunks]
-        return b"".join(chunks)
+        return perf_events.read_counts(mine)
 
     def close(self, handles: Iterable[int]) -> None:
         with self._lock:
             for h in handles:
                 fd = self._fds.pop(int(h), None)
                 if fd is not None:
-                    _close(fd)
+                    perf_events.close_fd(fd)
 
     def close_all(self) -> None:
         with self._lock:
             fds, self._fds = list(self._fds.values()), {}
         for fd in fds:
-            _close(fd)
+            perf_events.close_fd(fd)
 
     def probe(self, events: Iterable[Sequence[int]]) -> None:
         """Open, read and close every event on the daemon itself: can it count?"""
-        for spec in self._specs(events):
-            with Counter(spec, os.getpid()) as c:
-                c.read_raw()
+        perf_events.probe(self._specs(events))
 
     def __len__(self) -> int:
         return len(self._fds)
-
-
-def _close(fd: int) -> None:
-    try:
-        os.close(fd)
-    except OSError:  # EINTR/EIO: Linux released the fd anyway
-        pass
 
 
 def _raise_nofile(want: int) -> None:

@@ -25,7 +25,7 @@ from oslo_privsep import capabilities as caps
 from oslo_privsep import priv_context
 
 from ceilometer_cmt import options, perf_registry, resctrl
-from ceilometer_cmt.perf_events import READ_SIZE, EventSpec
+from ceilometer_cmt.perf_events import EventSpec
 
 LOG = logging.getLogger(__name__)
 
@@ -146,14 +146,8 @@ class PrivsepCounters:
              domain_name: str) -> list[int]:
         return [int(h) for h in perf_open(_wire(specs), int(pid), int(tid), domain_name)]
 
-    def read(self, handles: Sequence[int], sizes: Sequence[int]) -> list[bytes]:
-        if not handles:
-            return []
-        if any(n != READ_SIZE for n in sizes):
-            raise ValueError("the privsep daemon reads 24 bytes per counter")
-        blob = bytes(perf_read(list(handles)))
-        size = READ_SIZE
-        return [blob[i:i + size] for i in range(0, len(blob), size)]
+    def read(self, handles: Sequence[int]) -> bytes:
+        return bytes(perf_read(list(handles))) if handles else b""
 
     def close(self, handles: Sequence[int]) -> None:
         if not handles:

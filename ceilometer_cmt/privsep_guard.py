@@ -172,11 +172,11 @@ class GuardedCounters:
         except Exception as e:  # the channel to the daemon broke
             raise NotMonitored(f"privsep daemon: {type(e).__name__}: {e}") from e
 
-    def read(self, handles: Sequence[int], sizes: Sequence[int]) -> list[bytes]:
+    def read(self, handles: Sequence[int]) -> bytes:
         if not handles:
-            return []
+            return b""
         try:
-            return self.counters.read(handles, sizes)
+            return self.counters.read(handles)
         except OSError:
             raise
         except Exception as e:

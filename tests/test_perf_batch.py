@@ -55,9 +55,9 @@ class TableCounters:
             handles.append(self._next)
         return handles
 
-    def read(self, handles: Sequence[int], sizes: Sequence[int]) -> list[bytes]:
+    def read(self, handles: Sequence[int]) -> bytes:
         self.reads += 1
-        return [self.table[h] for h in handles]
+        return b"".join(self.table[h] for h in handles)
 
     def close(self, handles: Sequence[int]) -> None:
         for h in handles:
@@ -213,3 +213,40 @@ def test_random_tables_match_the_reference(
 
         fill(counters, make)
         check(backend, counters, refs)
+
+
+def test_a_batch_of_the_wrong_length_is_read_again_instance_by_instance(
+        host: Host) -> None:
+    """A provider (the privsep daemon, over its channel) that answers a batch with
+    the wrong number of bytes: nothing is taken from that answer; each instance
+    is read on its own, and only the one whose answer is still wrong is
+    unmonitored (then reopened the next cycle)."""
+    backend, counters, refs = host.backend, host.counters, host.refs
+    fill(counters, lambda dom, role, tid: PACK(5, 9, 9))
+    bad = refs[1]
+    bad_handles = set(backend.tracked_fds(bad.uuid))
+    whole = counters.read
+
+    def read(handles: Sequence[int]) -> bytes:
+        data = whole(handles)
+        return data[:-1] if bad_handles & set(handles) else data
+
+    counters.read = read  # type: ignore[method-assign]
+    try:
+        reads = counters.reads
+        cycle = backend.sync(refs)
+        assert counters.reads == reads + 1 + len(refs)  # the batch, then one per instance
+        assert list(cycle.unmonitored) == [bad.uuid]
+        assert "perf error" in cycle.unmonitored[bad.uuid]
+        assert set(cycle.readings) == {r.uuid for r in refs} - {bad.uuid}
+        for ref in refs:
+            if ref != bad:
+                key = backend.counter_key(ref.uuid)
+                assert key is not None
+                assert as_tuple(cycle.readings[ref.uuid]) == reference(
+                    counters, ref.domain_name, key)
+    finally:
+        del counters.read
+    assert backend.sync(refs).unmonitored == {}  # reopened
+    fill(counters, lambda dom, role, tid: PACK(5, 9, 9))
+    check(backend, counters, refs)

@@ -86,13 +86,42 @@ def test_every_attr_size_opens(child: Child, size: int) -> None:
         assert c.fd >= 0
 
 
-def test_decode() -> None:
-    raw = pe.READ_FORMAT.pack
-    assert pe.decode(raw(5, 10, 10)) == 5
-    assert pe.decode(raw(5, 10, 0)) is None  # never scheduled in
-    assert pe.decode(raw(5, 10, 4)) is None  # multiplexed
-    assert pe.decode(b"") is None  # event in error state
+def test_reading_usable() -> None:
+    assert pe.Reading(5, 10, 10).usable == 5
+    assert pe.Reading(5, 10, 0).usable is None  # never scheduled in
+    assert pe.Reading(5, 10, 4).usable is None  # multiplexed
     assert pe.Reading(7, 0, 0).usable is None
+
+
+def test_read_counts_is_one_blob_in_order_with_empty_reads_as_no_data() -> None:
+    """Real counters (on this process, which runs while it reads them), plus
+    pipes standing in for the reads a counter cannot give whole: an empty read
+    (a perf event in error state reads 0 bytes) and a short one."""
+    empty_r, empty_w = os.pipe()
+    short_r, short_w = os.pipe()
+    os.close(empty_w)  # reads b"" from now on
+    os.write(short_w, b"12345")
+    fds = pe.open_counters([TASK_CLOCK, TASK_CLOCK], os.getpid())
+    try:
+        data = pe.read_counts([fds[0], empty_r, short_r, fds[1]])
+        assert len(data) == 4 * pe.READ_SIZE
+        rows = list(pe.READ_FORMAT.iter_unpack(data))
+        assert rows[1] == rows[2] == (0, 0, 0)  # no data, never a count
+        assert rows[0][2] > 0 and rows[3][2] > 0  # the counters ran
+        assert pe.read_counts([]) == b""
+        with pytest.raises(OSError):
+            pe.read_counts([fds[0], short_w])  # the write end cannot be read
+    finally:
+        for fd in (*fds, empty_r, short_r, short_w):
+            pe.close_fd(fd)
+
+
+def test_open_counters_is_all_or_none(child: Child) -> None:
+    before = sorted(os.listdir("/proc/self/fd"))
+    bad = pe.EventSpec(pe.PERF_TYPE_SOFTWARE, 0xFFFF)  # no such software event
+    with pytest.raises(pe.PerfUnsupported):
+        pe.open_counters([TASK_CLOCK, TASK_CLOCK, bad], child.pid)
+    assert sorted(os.listdir("/proc/self/fd")) == before
 
 
 # ---------------------------------------------------------------- counting

@@ -228,10 +228,9 @@ def test_perf_backend_on_the_registry(pid_dir: str, qemus: list[StandInQemu]) ->
         def open(self, specs: list[EventSpec], pid: int, tid: int, name: str) -> list[int]:
             return self.r.open([list(to_wire(s)) for s in specs], pid, tid, name)
 
-        def read(self, handles: list[int], sizes: list[int]) -> list[bytes]:
+        def read(self, handles: list[int]) -> bytes:
             self.reads += 1
-            blob = self.r.read(handles)
-            return [blob[i:i + 24] for i in range(0, len(blob), 24)]
+            return self.r.read(handles)
 
         def close(self, handles: list[int]) -> None:
             self.r.close(handles)
