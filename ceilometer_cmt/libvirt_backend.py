@@ -50,8 +50,7 @@ def _libvirt_error() -> type[Exception]:
 
 def _monitors_in(params: dict[str, object]) -> int:
     """resctrl cache monitors (plus a perf cmt event) of one active domain record."""
-    state = params.get("state.state")
-    if state is not None and state not in libvirt_stats.ACTIVE_STATES:
+    if not libvirt_stats.is_active(params.get("state.state")):
         return 0
     count = params.get("cpu.cache.monitor.count")
     n = count if isinstance(count, int) and not isinstance(count, bool) and count > 0 else 0
@@ -201,8 +200,7 @@ class LibvirtBackend:
                     params.get("state.state")) or libvirt_stats.REASON_NO_DATA)
                 continue
             stats = libvirt_stats.parse_domain_stats(params)
-            inactive = stats.state is not None and stats.state not in libvirt_stats.ACTIVE_STATES
-            if inactive or not stats.has_data:
+            if not libvirt_stats.is_active(stats.state) or not stats.has_data:
                 cycle.unmonitored[inst.uuid] = libvirt_stats.no_data_reason(stats)
                 continue
             cycle.readings[inst.uuid] = libvirt_stats.to_reading(
@@ -227,7 +225,7 @@ class LibvirtBackend:
         n = 0
         for _dom, params in answer:
             stats = libvirt_stats.parse_domain_stats(params)
-            if stats.has_cache_data and stats.state in (None, *libvirt_stats.ACTIVE_STATES):
+            if stats.has_cache_data and libvirt_stats.is_active(stats.state):
                 n += 1
         return n
 

@@ -46,11 +46,43 @@ VIR_DOMAIN_STATS_MEMORY = 1 << 8
 STATS_GROUPS = (VIR_DOMAIN_STATS_STATE | VIR_DOMAIN_STATS_CPU_TOTAL
                 | VIR_DOMAIN_STATS_PERF | VIR_DOMAIN_STATS_MEMORY)
 
-#: ``virDomainState`` values in which a domain has a qemu process.
+#: ``virDomainState`` values (include/libvirt/libvirt-domain.h) in which a
+#: domain has a qemu process.
 VIR_DOMAIN_RUNNING = 1
 VIR_DOMAIN_BLOCKED = 2
 VIR_DOMAIN_PAUSED = 3
 ACTIVE_STATES = frozenset({VIR_DOMAIN_RUNNING, VIR_DOMAIN_BLOCKED, VIR_DOMAIN_PAUSED})
+
+#: ``state.state`` is a typed parameter of type int (virDomainStatsGetState
+#: adds it with virTypedParamsAddInt): a C int.
+_INT_MAX = 2**31 - 1
+
+
+def _domain_state(v: object) -> int | None:
+    """A ``state.state`` value as a ``virDomainState`` number; None if it cannot be one."""
+    # bool is an int subclass; the enum has no negative member.
+    if isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= _INT_MAX:
+        return v
+    return None
+
+
+def is_active(state: object) -> bool:
+    """Whether a record's ``state.state`` leaves the domain active (with a qemu process).
+
+    The one rule every caller uses, on the raw value or on
+    :attr:`DomainCacheStats.state` (the same answer for both):
+
+    - RUNNING, BLOCKED, PAUSED: active.
+    - any other ``virDomainState`` number (NOSTATE, SHUTDOWN, SHUTOFF,
+      CRASHED, PMSUSPENDED, and numbers a newer libvirt may add): not active.
+    - no value (the key is missing: the record did not say), and a value that
+      cannot be a ``virDomainState`` (not an int, a bool, a negative number,
+      more than a C int holds): the record did not say either. Active: only a
+      state the record does say takes a domain out; the record's cache keys,
+      if any, then decide.
+    """
+    s = _domain_state(state)
+    return s is None or s in ACTIVE_STATES
 
 CACHE = "cpu.cache.monitor"
 MBW = "memory.bandwidth.monitor"
@@ -96,7 +128,8 @@ class DomainCacheStats:
 
     ``cache_monitors``/``bandwidth_monitors`` are None when the record has no
     ``.count`` key at all (group not supported or not requested), an empty
-    tuple when the domain has no monitor.
+    tuple when the domain has no monitor. ``state`` is the ``virDomainState``
+    number, None when the record has none (see :func:`is_active`).
     """
 
     state: int | None = None
@@ -187,9 +220,9 @@ def has_cache_keys(params: Mapping[str, object]) -> bool:
 def parse_domain_stats(params: Mapping[str, object]) -> DomainCacheStats:
     """One ``getAllDomainStats`` record's params -> :class:`DomainCacheStats`."""
     if not has_cache_keys(params):
-        return DomainCacheStats(state=_uint(params, "state.state"))
+        return DomainCacheStats(state=_domain_state(params.get("state.state")))
     return DomainCacheStats(
-        state=_uint(params, "state.state"),
+        state=_domain_state(params.get("state.state")),
         cache_monitors=parse_cache_monitors(params),
         bandwidth_monitors=parse_bandwidth_monitors(params),
         perf_cmt=_uint(params, "perf.cmt"),
@@ -259,10 +292,10 @@ def to_reading(stats: DomainCacheStats, counter_prefix: str) -> InstanceReading:
 
 
 def state_reason(state: object) -> str | None:
-    """The reason for a domain whose ``state.state`` has no qemu process, else None."""
-    if isinstance(state, int) and state not in ACTIVE_STATES:
-        return f"domain not running (libvirt state {state})"
-    return None
+    """The reason for a domain whose ``state.state`` is not :func:`is_active`, else None."""
+    if is_active(state):
+        return None
+    return f"domain not running (libvirt state {state})"
 
 
 def no_data_reason(stats: DomainCacheStats) -> str:

@@ -19,7 +19,7 @@ from ceilometer_cmt import testbed
 from ceilometer_cmt.errors import BackendUnavailable
 from ceilometer_cmt.libvirt_backend import LibvirtBackend
 from ceilometer_cmt.readings import InstanceRef
-from tests.test_libvirt_stats import CAPS, MiB, cache_keys, mbw_keys
+from tests.test_libvirt_stats import CAPS, MISSING, STATES, MiB, cache_keys, mbw_keys
 
 libvirt = pytest.importorskip("libvirt")
 
@@ -28,7 +28,10 @@ pytestmark = pytest.mark.skipif(
 
 
 class CountingConnection:
-    """A real virConnect whose bulk records get extra keys per domain name."""
+    """A real virConnect whose bulk records get extra keys per domain name.
+
+    An extra key whose value is ``MISSING`` is taken out of the record.
+    """
 
     def __init__(self, conn: Any, extra: dict[str, dict[str, object]], calls: list[str],
                  caps: str | None = None, bad_flags: int = 0) -> None:
@@ -41,7 +44,11 @@ class CountingConnection:
     def getAllDomainStats(self, stats: int, flags: int = 0) -> list[Any]:  # noqa: N802
         self._calls.append("getAllDomainStats")
         records = self._conn.getAllDomainStats(stats, flags | self.bad_flags)
-        return [(dom, {**params, **self._extra.get(dom.name(), {})}) for dom, params in records]
+        out = []
+        for dom, params in records:
+            merged = {**params, **self._extra.get(dom.name(), {})}
+            out.append((dom, {k: v for k, v in merged.items() if v is not MISSING}))
+        return out
 
     def getCapabilities(self) -> str:  # noqa: N802
         self._calls.append("getCapabilities")
@@ -157,6 +164,29 @@ def test_probe_counts_domains_with_cache_data(host):
         assert backend.domains_with_cache_data() == 3
         host.extra.clear()
         assert backend.domains_with_cache_data() == 0
+    finally:
+        backend.close()
+
+
+@pytest.mark.parametrize(("state", "active"), STATES)
+def test_every_state_test_of_the_backend_agrees(host, state, active):
+    """Readings, cache.monitors.used, the auto probe and the unmonitored reason
+    all follow libvirt_stats.is_active for one odd or ordinary state.state."""
+    a, _b, _c, d, _off = host.instances
+    host.extra.clear()
+    host.extra[a.domain_name] = {**cache_keys([("vcpus_0", "0", [(0, 3 * MiB)]),
+                                               ("vcpus_1", "1", [(0, 1 * MiB)])]),
+                                 "state.state": state}
+    host.extra[d.domain_name] = {"state.state": state}  # no cache keys
+    backend = host.backend()
+    try:
+        cycle = backend.sync([a.ref, d.ref])
+        assert (a.uuid in cycle.readings) is active
+        assert cycle.monitors_used == (2 if active else 0)
+        assert backend.domains_with_cache_data() == (1 if active else 0)
+        assert ("not running" in cycle.unmonitored[d.uuid]) is not active
+        if not active:
+            assert cycle.unmonitored[a.uuid] == cycle.unmonitored[d.uuid]
     finally:
         backend.close()
 

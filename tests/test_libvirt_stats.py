@@ -180,6 +180,52 @@ def test_no_data_reasons():
     assert "not running" in ls.no_data_reason(off)
 
 
+#: ``state.state`` values and what :func:`is_active` answers. libvirt sends a
+#: typed-parameter int from virDomainState; the rest is what a record must not
+#: be trusted not to hold. ``MISSING`` stands for a record without the key.
+MISSING = object()
+STATES: list[tuple[object, bool]] = [
+    (1, True), (2, True), (3, True),  # RUNNING, BLOCKED, PAUSED
+    (0, False), (4, False), (5, False), (6, False), (7, False),  # NOSTATE .. PMSUSPENDED
+    (8, False), (2**31 - 1, False),  # a newer libvirt's states
+    # cannot be a virDomainState: the record did not say, as with no key
+    (MISSING, True), (None, True), (True, True), (False, True), (-1, True), (-5, True),
+    (2**31, True), (2**64 + 5, True), ("5", True), ("1", True), (5.0, True), (1.0, True),
+    (b"\x05", True),
+]
+
+
+def with_state(rec: dict[str, object], state: object) -> dict[str, object]:
+    return rec if state is MISSING else {**rec, "state.state": state}
+
+
+@pytest.mark.parametrize(("state", "active"), STATES)
+def test_is_active(state, active):
+    assert ls.is_active(None if state is MISSING else state) is active
+    assert ls.is_active(ls.parse_domain_stats(with_state({}, state)).state) is active
+
+
+@pytest.mark.parametrize(("state", "active"), STATES)
+def test_every_state_test_agrees_with_is_active(state, active):
+    """The raw value and the parsed record, with and without cache keys, give one answer."""
+    raw = None if state is MISSING else state
+    assert (ls.state_reason(raw) is None) is active
+    for keys in ({}, cache_keys([("m", "0", [(0, 5)])])):
+        stats = ls.parse_domain_stats(with_state({**keys, "state.reason": 1}, state))
+        assert ls.is_active(stats.state) is active
+        assert (ls.state_reason(stats.state) is None) is active
+        assert ("not running" in ls.no_data_reason(stats)) is not active
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.none(), st.integers(-2**70, 2**70), st.integers(0, 9), st.booleans(),
+                 st.floats(), st.text(max_size=4), st.binary(max_size=4)))
+def test_is_active_same_on_raw_and_parsed_state(state):
+    parsed = ls.parse_domain_stats({"state.state": state}).state
+    assert ls.is_active(state) == ls.is_active(parsed) == (ls.state_reason(state) is None)
+    assert parsed is None or ls.is_active(parsed) == (parsed in ls.ACTIVE_STATES)
+
+
 def test_groups_are_the_documented_flags():
     libvirt = pytest.importorskip("libvirt")
     assert ls.VIR_DOMAIN_STATS_STATE == libvirt.VIR_DOMAIN_STATS_STATE
