@@ -1,12 +1,23 @@
 """Host cache topology from sysfs ``devices/system/cpu/cpu*/cache/index*/``.
 
-Pure parsers plus one reader that takes the sysfs root as a value.
+Pure parsers, one reader that takes the sysfs root as a value, and
+:class:`HostCacheReader` for a caller that asks every polling cycle.
+
+What the tree says changes only with CPU hotplug: the kernel makes a CPU's
+``cache/`` directory when the CPU comes online and removes it when it goes
+offline, and ``shared_cpu_list`` lists the online CPUs of a cache. Sizes and
+ids stay. So :class:`HostCacheReader` walks the tree once and then reads only
+``devices/system/cpu/online`` per call: a change of that list means a new
+walk. Because ``online`` shows a CPU slightly before the kernel has made its
+cache files, the walk is also redone every :data:`REFRESH_EVERY` calls, which
+bounds how long a read that raced a hotplug can be served.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import threading
 
 from ceilometer_cmt.readings import CacheDomain, HostCache
 
@@ -14,6 +25,8 @@ _SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMG]?)\s*$", re.ASCII)
 #: Beyond any kernel's NR_CPUS: a larger number is a malformed list, not a cpu.
 MAX_CPU = 1 << 16
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+#: One walk of :class:`HostCacheReader` answers at most this many calls.
+REFRESH_EVERY = 10
 
 
 def parse_size(text: str) -> int:
@@ -89,3 +102,42 @@ def read_cache_domains(sysfs_root: str, level: int = 3) -> tuple[CacheDomain, ..
 
 def read_host_cache(sysfs_root: str, monitors_total: int | None = None) -> HostCache:
     return HostCache(read_cache_domains(sysfs_root), monitors_total, "sysfs")
+
+
+def online_cpus(sysfs_root: str) -> str | None:
+    """The text of ``devices/system/cpu/online`` (``"0-63"``); None when unreadable."""
+    try:
+        return _read(os.path.join(sysfs_root, "devices", "system", "cpu", "online"))
+    except (OSError, ValueError):
+        return None
+
+
+class HostCacheReader:
+    """:func:`read_host_cache` for one sysfs root, without a tree walk per call.
+
+    :meth:`get` walks the tree on the first call, when the online CPU list
+    differs from the one of the last walk, and when the last walk has already
+    answered ``refresh_every`` calls; otherwise it returns the last walk's
+    result. Without a readable ``online`` file (no sysfs there) every call
+    walks, as before.
+    """
+
+    def __init__(self, sysfs_root: str, refresh_every: int = REFRESH_EVERY) -> None:
+        self.sysfs_root = sysfs_root
+        self.refresh_every = max(1, refresh_every)
+        self.walks = 0  # tree walks so far
+        self._lock = threading.Lock()  # a pollster can be in two polling tasks
+        self._host: HostCache | None = None
+        self._online: str | None = None
+        self._served = 0  # calls answered by the last walk
+
+    def get(self) -> HostCache:
+        with self._lock:
+            online = online_cpus(self.sysfs_root)
+            if (self._host is None or online is None or online != self._online
+                    or self._served >= self.refresh_every):
+                self._host = read_host_cache(self.sysfs_root)
+                self._online, self._served = online, 0
+                self.walks += 1
+            self._served += 1
+            return self._host

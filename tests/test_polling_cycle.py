@@ -9,6 +9,7 @@ is checked.
 from __future__ import annotations
 
 import os
+import shutil
 import textwrap
 
 import pytest
@@ -137,3 +138,44 @@ def test_no_backend_turns_instance_meters_off_with_warning(tmp_path
         err = f.read()
     assert "WARNING ceilometer_cmt.pollsters.runtime" in err
     assert "per-instance cache meters are OFF" in err and "not a mount point" in err
+
+
+def test_no_backend_cache_size_walks_sysfs_once_until_cpus_change(
+        host, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """cache.size without a backend: the sysfs tree is walked on the first cycle
+    and again only when the online cpus change (or every REFRESH_EVERY cycles)."""
+    sys_cpu = os.path.join(host.sysfs, "devices", "system", "cpu")
+    with open(os.path.join(sys_cpu, "online"), "w") as f:
+        f.write("0-7\n")
+    conf = tmp_path / "c.conf"
+    conf.write_text(textwrap.dedent(f"""
+        [DEFAULT]
+        host = compute-1
+        libvirt_uri = test:///default
+        log_file = {tmp_path}/agent.log
+        [cmt]
+        backend = resctrl
+        resctrl_root = {tmp_path}/nothing
+        sysfs_root = {host.sysfs}
+        privsep = never
+    """))
+
+    def cache_size(agent):  # type: ignore[no-untyped-def]
+        samples = by_name(pollrun.run_cycles(agent, 1)[0])
+        assert {k[0] for k in samples} == {"cache.size"}
+        s = samples[("cache.size", "compute-1")]
+        return s["counter_volume"], [d["id"] for d in s["resource_metadata"]["cache_domains"]]
+
+    with pollrun.polling_agent([str(conf)]) as agent:
+        assert cache_size(agent) == (2 * L3, [0, 1])
+        # Every L3 file now says 1 MiB: a walk per cycle would publish 2 MiB.
+        for cpu in range(8):
+            with open(os.path.join(sys_cpu, f"cpu{cpu}", "cache", "index3", "size"), "w") as f:
+                f.write("1024K\n")
+        assert cache_size(agent) == (2 * L3, [0, 1])
+        # Socket 1 goes offline (its cpus lose their cache directories): new walk.
+        for cpu in range(4, 8):
+            shutil.rmtree(os.path.join(sys_cpu, f"cpu{cpu}", "cache"))
+        with open(os.path.join(sys_cpu, "online"), "w") as f:
+            f.write("0-3\n")
+        assert cache_size(agent) == (1 * MiB, [0])

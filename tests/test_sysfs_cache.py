@@ -16,6 +16,8 @@ from kernel_trees import AMD_CCX, INTEL_2S, SNC, Topology, build_sysfs
 from ceilometer_cmt.readings import CacheDomain
 from ceilometer_cmt.simulator.topology import format_cpu_list
 from ceilometer_cmt.sysfs_cache import (
+    HostCacheReader,
+    online_cpus,
     parse_cpu_list,
     parse_size,
     read_cache_domains,
@@ -259,6 +261,96 @@ def test_first_cpu_of_a_domain_wins_dedup(tmp_path) -> None:  # type: ignore[no-
     assert read_cache_domains(root) == (CacheDomain(0, 3, 1024 * 1024, "Unified", "0-11"),)
 
 
+# ------------------------------------------------ HostCacheReader (per cycle)
+def _online(root: str, text: str) -> None:
+    _put(os.path.join(root, "devices", "system", "cpu", "online"), text)
+
+
+def _all_l3_sizes(root: str, topo: Topology, size: str) -> None:
+    for cpus in topo.domains.values():
+        for cpu in cpus:
+            _put(os.path.join(_index3(root, cpu), "size"), size)
+
+
+def _offline(root: str, cpus: list[int]) -> None:
+    """What CPU offline does to the tree: the cpu's cache directory goes."""
+    for cpu in cpus:
+        shutil.rmtree(os.path.join(root, "devices", "system", "cpu", f"cpu{cpu}", "cache"))
+
+
+def test_reader_walks_once_and_serves_changed_or_removed_files_from_memory(
+        tmp_path) -> None:  # type: ignore[no-untyped-def]
+    root = build_sysfs(str(tmp_path / "sys"), INTEL_2S)
+    _online(root, "0-7\n")
+    reader = HostCacheReader(root)
+    first = reader.get()
+    assert first == read_host_cache(root) and first.domains == expected_domains(INTEL_2S)
+    _all_l3_sizes(root, INTEL_2S, "1024K\n")  # a walk would now see other sizes
+    shutil.rmtree(os.path.join(root, "devices", "system", "cpu", "cpu4", "cache"))
+    for _ in range(reader.refresh_every - 1):
+        assert reader.get() is first
+    assert reader.walks == 1
+    assert read_host_cache(root) != first  # the files did change
+
+
+def test_reader_walks_again_when_the_online_cpus_change(tmp_path
+                                                      ) -> None:  # type: ignore[no-untyped-def]
+    root = build_sysfs(str(tmp_path / "sys"), INTEL_2S)
+    _online(root, "0-7\n")
+    reader = HostCacheReader(root)
+    assert reader.get().domains == expected_domains(INTEL_2S)
+    # socket 1 goes offline: its cpus lose their cache directories
+    _offline(root, INTEL_2S.domains[1])
+    _online(root, "0-3\n")
+    assert reader.get().domains == expected_domains(INTEL_2S)[:1]
+    assert reader.walks == 2
+    # and comes back
+    build_sysfs(root, INTEL_2S)
+    _online(root, "0-7\n")
+    assert reader.get().domains == expected_domains(INTEL_2S)
+    assert reader.get().domains == expected_domains(INTEL_2S)
+    assert reader.walks == 3
+
+
+def test_reader_walks_again_every_refresh_every_calls(tmp_path
+                                                    ) -> None:  # type: ignore[no-untyped-def]
+    """The bound on a walk that raced a hotplug: same online list, new walk."""
+    root = build_sysfs(str(tmp_path / "sys"), INTEL_2S)
+    _online(root, "0-7\n")
+    reader = HostCacheReader(root, refresh_every=3)
+    sizes = []
+    for call in range(7):
+        if call == 1:
+            _all_l3_sizes(root, INTEL_2S, "1024K\n")
+        sizes.append(reader.get().size)
+    old, new = 2 * parse_size(INTEL_2S.l3_size), 2 * 1024 * 1024
+    assert sizes == [old, old, old, new, new, new, new]
+    assert reader.walks == 3  # calls 1, 4 and 7
+
+
+def test_reader_without_online_file_walks_every_call(tmp_path
+                                                    ) -> None:  # type: ignore[no-untyped-def]
+    root = build_sysfs(str(tmp_path / "sys"), INTEL_2S)  # no devices/system/cpu/online
+    assert online_cpus(root) is None
+    reader = HostCacheReader(root)
+    assert reader.get().domains == expected_domains(INTEL_2S)
+    _all_l3_sizes(root, INTEL_2S, "1024K\n")
+    assert reader.get().size == 2 * 1024 * 1024
+    assert reader.walks == 2
+    missing = HostCacheReader(str(tmp_path / "nope"))
+    assert missing.get().size is None and missing.get().size is None
+    assert missing.walks == 2
+
+
+def test_online_cpus_is_the_file_text(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    root = build_sysfs(str(tmp_path / "sys"), INTEL_2S)
+    _online(root, "0-3,5\n")
+    assert online_cpus(root) == "0-3,5"
+    with open(os.path.join(root, "devices", "system", "cpu", "online"), "wb") as f:
+        f.write("0-\u0663\n".encode())
+    assert online_cpus(root) is None
+
+
 # ------------------------------------------------------------ this machine
 def _independent_l3() -> dict[int, int]:
     """L3 id -> bytes, read with ``cat`` in a shell, deduplicated here."""
@@ -305,3 +397,12 @@ def test_real_sysfs_matches_getconf_and_lscpu() -> None:
                            check=False)
         if r.returncode == 0 and r.stdout.strip().isdigit() and int(r.stdout) > 0:
             assert int(r.stdout) == size
+
+
+def test_real_sysfs_reader_matches_a_walk_and_walks_once() -> None:
+    if online_cpus("/sys") is None:
+        pytest.skip("this machine has no /sys/devices/system/cpu/online")
+    reader = HostCacheReader("/sys")
+    assert reader.get() == read_host_cache("/sys")
+    assert reader.get() == read_host_cache("/sys")
+    assert reader.walks == 1

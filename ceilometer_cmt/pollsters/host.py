@@ -12,7 +12,7 @@ from ceilometer.polling import plugin_base
 from ceilometer_cmt.monitor import CycleResult
 from ceilometer_cmt.pollsters import runtime
 from ceilometer_cmt.readings import HostCache
-from ceilometer_cmt.sysfs_cache import read_host_cache
+from ceilometer_cmt.sysfs_cache import HostCacheReader
 
 LOG = logging.getLogger(__name__)
 
@@ -24,6 +24,9 @@ class _HostPollster(plugin_base.PollsterBase):
 
     def setup_environment(self) -> None:
         self.rt = runtime.get_runtime(self.conf)
+        # Without a backend the topology comes from sysfs, walked again only
+        # when the online CPUs change or every few cycles (see HostCacheReader).
+        self.sysfs = HostCacheReader(self.rt.settings.sysfs_root)
         if self.needs_backend and self.rt.monitor is None:
             raise plugin_base.ExtensionLoadError(
                 f"{self.meter}: no usable cache monitoring backend ({self.rt.why_off})")
@@ -35,7 +38,7 @@ class _HostPollster(plugin_base.PollsterBase):
     def host_cache(self) -> HostCache:
         if self.rt.monitor is not None:
             return self.rt.monitor.host
-        return read_host_cache(self.rt.settings.sysfs_root)
+        return self.sysfs.get()
 
     def cycle(self, manager: Any, cache: dict[str, Any]) -> CycleResult:
         """This cycle's read; run discovery ourselves when no per-instance pollster did."""
