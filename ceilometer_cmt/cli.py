@@ -20,21 +20,22 @@ from ceilometer_cmt.errors import CmtError
 from ceilometer_cmt.sysfs_cache import read_host_cache
 
 
-def load_settings(config_files: Sequence[str], overrides: Sequence[str] = ()) -> selection.Settings:
-    """[cmt] (and ceilometer's [DEFAULT] libvirt_*) options from config files."""
+def load_settings(config_files: Sequence[str],
+                  overrides: Sequence[tuple[str, str]] = ()) -> selection.Settings:
+    """[cmt] (and ceilometer's [DEFAULT] libvirt_*) options from config files,
+    then the ``--set`` pairs (checked already by :func:`pollrun.set_item`)."""
     from oslo_config import cfg
 
     from ceilometer_cmt import options
     from ceilometer_cmt.pollsters.runtime import settings_from_conf
 
-    parsed = pollrun.parse_set(overrides)  # bad ones exit before any file is read
     conf = cfg.ConfigOpts()
     options.register_opts(conf)
     conf.register_opts([cfg.StrOpt("libvirt_uri", default=""),
                         cfg.StrOpt("libvirt_type", default="kvm"),
                         cfg.StrOpt("host", default=platform.node())])
     conf(args=[], project="ceilometer", default_config_files=list(config_files))
-    for (group, name), value in parsed.items():
+    for (group, name), value in pollrun.cmt_overrides(overrides).items():
         conf.set_override(name, value, group=group)
     return settings_from_conf(conf)
 
@@ -136,7 +137,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def cmd_poll(args: argparse.Namespace) -> int:
-    overrides = pollrun.parse_set(args.set)
+    overrides = pollrun.cmt_overrides(args.set)
     cycles = pollrun.poll(args.config_file, args.cycles, args.polling_file, overrides)
     if not any(cycles):
         print("ceilometer-cmt poll: no sample at all: the plugin's pollsters did not load "
@@ -208,8 +209,7 @@ EXTERNAL = {
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config-file", action="append", default=[],
                    help="ceilometer config file(s) holding [cmt] options")
-    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                   help="override a [cmt] option, e.g. --set resctrl_root=/mnt/r")
+    pollrun.add_set_option(p, "resctrl_root=/mnt/r")
 
 
 def build_parser() -> argparse.ArgumentParser:

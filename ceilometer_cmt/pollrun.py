@@ -7,6 +7,7 @@ in-memory ``test`` notifier over the ``fake://`` transport and returned.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import tempfile
@@ -15,30 +16,42 @@ from contextlib import contextmanager
 from importlib import resources
 from typing import Any
 
+#: option overrides for :func:`polling_agent`: ``{(group, name): value}``
+Overrides = dict[tuple[str | None, str], Any]
 
-def parse_set(items: Sequence[str]) -> dict[tuple[str | None, str], Any]:
-    """``--set NAME=VALUE`` items as ``[cmt]`` overrides for :func:`polling_agent`.
 
-    NAME must be a ``[cmt]`` option and VALUE valid for it (as ``set_override``
-    would check it); anything else exits with one message. Nothing is stripped.
-    """
+def set_item(item: str) -> tuple[str, str]:
+    """One ``--set NAME=VALUE`` (an argparse ``type``): NAME must be a ``[cmt]``
+    option and VALUE valid for it (as ``set_override`` would check it); nothing
+    is stripped. Anything else is a usage error, exit status 2."""
     from ceilometer_cmt import options
 
     opts = {o.name: o for o in options.OPTS}
-    overrides: dict[tuple[str | None, str], Any] = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        try:
-            if not sep:
-                raise ValueError("no '='")
-            if name not in opts:
-                raise ValueError(f"no [cmt] option {name!r}")
-            opts[name].type(value)  # the ValueError set_override would raise
-        except ValueError as e:
-            raise SystemExit(f"--set takes NAME=VALUE with NAME a [cmt] option "
-                             f"({', '.join(opts)}), not {item!r}: {e}") from None
-        overrides[(options.GROUP, name)] = value
-    return overrides
+    name, sep, value = item.partition("=")
+    try:
+        if not sep:
+            raise ValueError("no '='")
+        if name not in opts:
+            raise ValueError(f"no [cmt] option {name!r}")
+        opts[name].type(value)  # the ValueError set_override would raise
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(
+            f"takes NAME=VALUE with NAME a [cmt] option ({', '.join(opts)}), "
+            f"not {item!r}: {e}") from None
+    return name, value
+
+
+def add_set_option(parser: argparse.ArgumentParser, example: str) -> None:
+    """``--set NAME=VALUE``, repeatable; the parsed value is a list of pairs."""
+    parser.add_argument("--set", action="append", default=[], type=set_item,
+                        metavar="NAME=VALUE", help=f"override a [cmt] option, e.g. --set {example}")
+
+
+def cmt_overrides(pairs: Sequence[tuple[str, str]]) -> Overrides:
+    """``--set`` pairs as ``[cmt]`` overrides (the last value of a name wins)."""
+    from ceilometer_cmt import options
+
+    return {(options.GROUP, name): value for name, value in pairs}
 
 
 def default_polling_file() -> str:
@@ -47,7 +60,7 @@ def default_polling_file() -> str:
 
 @contextmanager
 def polling_agent(config_files: Sequence[str], polling_file: str | None = None,
-                  overrides: dict[tuple[str | None, str], Any] | None = None
+                  overrides: Overrides | None = None
                   ) -> Iterator[Any]:
     """A ceilometer AgentManager for the compute namespace, publishing in memory."""
     from ceilometer import service
@@ -124,7 +137,7 @@ def run_cycles(agent: Any, cycles: int) -> list[list[dict[str, Any]]]:
 
 
 def poll(config_files: Sequence[str], cycles: int = 1, polling_file: str | None = None,
-         overrides: dict[tuple[str | None, str], Any] | None = None
+         overrides: Overrides | None = None
          ) -> list[list[dict[str, Any]]]:
     with polling_agent(config_files, polling_file, overrides) as agent:
         return run_cycles(agent, cycles)

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TextIO
 
+from ceilometer_cmt import pollrun
 from ceilometer_cmt.readings import HOST_WIDE
 
 INSTANCE_METERS = (
@@ -324,8 +325,6 @@ class Poller:
                     self.names[str(r.id)] = str(name)
 
     def poll(self) -> tuple[list[dict[str, Any]], HostView]:
-        from ceilometer_cmt import pollrun
-
         samples = pollrun.run_cycles(self.agent, 1)[0]
         self.cycles += 1
         for s in samples:
@@ -351,8 +350,6 @@ def watch(agent: Any, *, interval: float, cycles: int | None = None,
     cycle number), ``views`` (each cycle's :func:`view_json` as one line),
     ``quiet``. Returns the last view.
     """
-    from ceilometer_cmt import pollrun
-
     out = out or sys.stdout
     poller = Poller(agent)
     last: HostView | None = None
@@ -437,8 +434,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="ceilometer config file(s), as given to ceilometer-polling "
                         "(default: $CEILOMETER_CMT_CONFIG, else /etc/ceilometer/ceilometer.conf "
                         "when it exists)")
-    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                   help="override a [cmt] option, e.g. --set backend=resctrl")
+    pollrun.add_set_option(p, "backend=resctrl")
     p.add_argument("--interval", type=float, default=2.0,
                    help="seconds between polling cycles (default 2)")
     p.add_argument("--cycles", type=int, help="stop after N cycles (default, or 0: until Ctrl-C)")
@@ -456,8 +452,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def default_config_files() -> list[str]:
-    from ceilometer_cmt import pollrun
-
     files = pollrun.env_config_files()
     if not files and os.path.exists("/etc/ceilometer/ceilometer.conf"):
         files = ["/etc/ceilometer/ceilometer.conf"]
@@ -479,10 +473,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.cycles == 0:
         args.cycles = None
-    from ceilometer_cmt import pollrun
-
     config_files = args.config_file or default_config_files()
-    overrides = pollrun.parse_set(args.set)
+    overrides = pollrun.cmt_overrides(args.set)
     live = not args.json and sys.stdout.isatty()
     # the log setup (and, live, the log itself) is the only thing top writes
     tmp = tempfile.mkdtemp(prefix="cmt-top-") if live or args.log_file else ""
@@ -500,9 +492,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, config_files: list[str],
-         overrides: dict[tuple[str | None, str], Any], live: bool) -> int:
-    from ceilometer_cmt import pollrun
-
+         overrides: pollrun.Overrides, live: bool) -> int:
     with pollrun.polling_agent(config_files, overrides=overrides) as agent:
         if args.once:
             last = watch(agent, interval=args.interval, cycles=2, sort=args.sort,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -116,10 +117,10 @@ def test_poll_without_any_sample_says_so(host, tmp_path, capsys):  # type: ignor
     assert "no sample at all" in capsys.readouterr().err
 
 
-def test_set_accepted_forms_and_errors():  # type: ignore[no-untyped-def]
-    assert pollrun.parse_set(["backend=resctrl", "libvirt_uri=", "resctrl_root=/mnt/a=b",
-                              "resctrl_verify_mount=false", "log_interval=9",
-                              "log_interval=0"]) == {
+def test_set_accepted_forms_and_errors(capsys):  # type: ignore[no-untyped-def]
+    items = ["backend=resctrl", "libvirt_uri=", "resctrl_root=/mnt/a=b",
+             "resctrl_verify_mount=false", "log_interval=9", "log_interval=0"]
+    assert pollrun.cmt_overrides([pollrun.set_item(i) for i in items]) == {
         ("cmt", "backend"): "resctrl", ("cmt", "libvirt_uri"): "",
         ("cmt", "resctrl_root"): "/mnt/a=b", ("cmt", "resctrl_verify_mount"): "false",
         ("cmt", "log_interval"): "0"}  # the last one wins
@@ -130,13 +131,15 @@ def test_set_accepted_forms_and_errors():  # type: ignore[no-untyped-def]
                       ("backend=nope", "but found 'nope'"),
                       ("log_interval=-1", "greater than or equal to 0"),
                       ("resctrl_verify_mount=maybe", "boolean value 'maybe'")]:
-        with pytest.raises(SystemExit) as exc:
-            pollrun.parse_set(["backend=perf", item])
+        with pytest.raises(argparse.ArgumentTypeError) as exc:
+            pollrun.set_item(item)
         message = str(exc.value)
-        assert message.startswith("--set takes NAME=VALUE with NAME a [cmt] option (backend, ")
+        assert message.startswith("takes NAME=VALUE with NAME a [cmt] option (backend, ")
         assert re.search(f"not {re.escape(repr(item))}: .*{re.escape(why)}", message), message
-        # every command rejects it the same way, before reading any config
+        # every command rejects it the same way, as a usage error (exit 2: probe's
+        # exit 1 means "no backend usable"), before reading any config
         for command in ("probe", "poll", "cleanup"):
             with pytest.raises(SystemExit) as same:
-                cli.main([command, "--set", item])
-            assert str(same.value) == message
+                cli.main([command, "--set", "backend=perf", "--set", item])
+            assert same.value.code == 2
+            assert f"error: argument --set: {message}" in capsys.readouterr().err
