@@ -50,10 +50,11 @@ def _libvirt_error() -> type[Exception]:
 
 def _monitors_in(params: dict[str, object]) -> int:
     """resctrl cache monitors (plus a perf cmt event) of one active domain record."""
+    if not libvirt_stats.is_active(params.get("state.state")):
+        return 0
     count = params.get("cpu.cache.monitor.count")
     n = count if isinstance(count, int) and not isinstance(count, bool) and count > 0 else 0
-    n += "perf.cmt" in params
-    return n if n and libvirt_stats.is_active(params.get("state.state")) else 0
+    return n + ("perf.cmt" in params)
 
 
 class LibvirtBackend:
@@ -178,9 +179,11 @@ class LibvirtBackend:
         # instances whose name libvirt does not know.
         by_name: dict[str, tuple[Any, dict[str, object]]] = {}
         used = 0
+        has_keys = libvirt_stats.has_cache_keys
         for dom, params in answer:
             by_name[dom.name()] = (dom, params)
-            used += _monitors_in(params)
+            if has_keys(params):
+                used += _monitors_in(params)
         by_uuid: dict[str, tuple[Any, dict[str, object]]] | None = None
         for inst in instances:
             rec = by_name.get(inst.domain_name)
@@ -192,8 +195,12 @@ class LibvirtBackend:
                 cycle.unmonitored[inst.uuid] = "no such libvirt domain"
                 continue
             dom, params = rec
-            stats = libvirt_stats.parse_domain_stats(params)  # no parsing without cache keys
-            if not stats.has_data or not libvirt_stats.is_active(stats.state):
+            if not has_keys(params):  # the common case on a stock host: no parsing
+                cycle.unmonitored[inst.uuid] = (libvirt_stats.state_reason(
+                    params.get("state.state")) or libvirt_stats.REASON_NO_DATA)
+                continue
+            stats = libvirt_stats.parse_domain_stats(params)
+            if not libvirt_stats.is_active(stats.state) or not stats.has_data:
                 cycle.unmonitored[inst.uuid] = libvirt_stats.no_data_reason(stats)
                 continue
             cycle.readings[inst.uuid] = libvirt_stats.to_reading(

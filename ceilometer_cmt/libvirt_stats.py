@@ -31,7 +31,6 @@ A key that is absent stays ``None`` all the way to the reading: never 0.
 
 from __future__ import annotations
 
-import functools
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -218,20 +217,10 @@ def has_cache_keys(params: Mapping[str, object]) -> bool:
     return not params.keys().isdisjoint(MARKERS)
 
 
-@functools.lru_cache(maxsize=64)
-def _state_only(state: int | None) -> DomainCacheStats:
-    # Frozen, so one object per state serves every record without cache keys.
-    return DomainCacheStats(state=state)
-
-
 def parse_domain_stats(params: Mapping[str, object]) -> DomainCacheStats:
-    """One ``getAllDomainStats`` record's params -> :class:`DomainCacheStats`.
-
-    A record without any cache key (every domain of a stock host) is not
-    parsed further: this is the one place of that shortcut.
-    """
+    """One ``getAllDomainStats`` record's params -> :class:`DomainCacheStats`."""
     if not has_cache_keys(params):
-        return _state_only(_domain_state(params.get("state.state")))
+        return DomainCacheStats(state=_domain_state(params.get("state.state")))
     return DomainCacheStats(
         state=_domain_state(params.get("state.state")),
         cache_monitors=parse_cache_monitors(params),
