@@ -214,27 +214,48 @@ def read_value(path: str) -> int:
     return value_of(data)
 
 
+def event_files(domain_path: str, event: str) -> list[str]:
+    """The files that hold ``event`` in one ``mon_data/mon_L3_<id>`` directory:
+    the top-level file; on an SNC layout without one, the file of each
+    ``mon_sub_L3_*`` node (to be summed); [] when there are none.
+    FileNotFoundError when the directory (the group) is gone."""
+    top = os.path.join(domain_path, event)
+    if os.path.lexists(top):
+        return [top]
+    return [os.path.join(domain_path, sub, event)
+            for sub in sorted(os.listdir(domain_path)) if _SUB_DOMAIN_RE.match(sub)]
+
+
+def read_event_files(domain_path: str, event: str, files: list[str]) -> int:
+    """The bytes of ``event`` held by ``files`` (what :func:`event_files` gave):
+    the one top-level value or the sum of the sub-node values. ValueMissing
+    when there is no file or one gives no number (never a partial sum);
+    FileNotFoundError when the top-level file went (with its group)."""
+    domain_dir = os.path.basename(domain_path)
+    if not files:
+        raise ValueMissing(f"no {event} in {domain_dir}")
+    total = 0
+    for path in files:
+        try:
+            total += read_value(path)
+        except FileNotFoundError as e:
+            node = os.path.dirname(path)
+            if node == domain_path:
+                raise
+            # the group exists: this node has no value
+            raise ValueMissing(f"no {event} in {domain_dir}/{os.path.basename(node)}") from e
+    return total
+
+
 def read_event(group_path: str, domain_dir: str, event: str) -> int:
     """Bytes of ``event`` in one L3 domain; ValueMissing when there are none.
 
     Reads the top-level file; on an SNC layout without one, sums the
     ``mon_sub_L3_*`` files (any missing sub value makes the sum missing).
+    FileNotFoundError when the group is gone.
     """
     base = os.path.join(group_path, "mon_data", domain_dir)
-    try:
-        return read_value(os.path.join(base, event))
-    except FileNotFoundError:
-        pass
-    subs = [e for e in os.listdir(base) if _SUB_DOMAIN_RE.match(e)]  # ENOENT: group gone
-    if not subs:
-        raise ValueMissing(f"no {event} in {domain_dir}")
-    total = 0
-    for sub in sorted(subs):
-        try:
-            total += read_value(os.path.join(base, sub, event))
-        except FileNotFoundError as e:  # the group exists: this node has no value
-            raise ValueMissing(f"no {event} in {domain_dir}/{sub}") from e
-    return total
+    return read_event_files(base, event, event_files(base, event))
 
 
 class ResctrlOps(Protocol):

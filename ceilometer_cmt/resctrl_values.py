@@ -6,10 +6,18 @@ kernel's show function again, so a file kept open and read with
 (open, read, close). Files stay open within an fd budget; past it they are
 opened for each read. A group removed behind our back makes kernfs answer
 ENODEV on its open files (ENOENT when opened anew): :class:`GroupVanished`.
+
+Where a value lies is found once per group and remembered: the top-level
+``mon_L3_<id>/<event>`` file (always there with the kernel's SNC support,
+which makes it the sum of the nodes), or on an SNC layout without it the
+``mon_sub_L3_*/<event>`` files, summed at each read without a failed open
+first. When the remembered place is gone (ENOENT, ENODEV) it is looked for
+again as :func:`resctrl.read_event` does.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -32,12 +40,15 @@ class GroupVanished(Exception):
 
 
 class _File:
-    __slots__ = ("fd", "path", "kind", "key", "dom_dir", "event")
+    __slots__ = ("fd", "path", "kind", "key", "dom_dir", "event", "subs")
 
     def __init__(self, path: str, kind: int, key: Any, dom_dir: str, event: str) -> None:
         self.fd = -1
         self.path, self.kind, self.key = path, kind, key
         self.dom_dir, self.event = dom_dir, event
+        #: SNC without a top-level file: the sub-node files whose values are
+        #: summed; None: the value is in ``path``
+        self.subs: list[str] | None = None
 
 
 class ValueReader:
@@ -63,11 +74,16 @@ class ValueReader:
                         try:
                             f.fd = os.open(f.path, os.O_RDONLY | os.O_CLOEXEC)
                             self.open_fds += 1
+                        except FileNotFoundError:
+                            # SNC without a top-level file: the nodes' files
+                            # are read instead (or the group is gone: read()
+                            # tells); never an exception here, so that the fds
+                            # opened so far stay in the group's list
+                            with contextlib.suppress(OSError):
+                                self._locate(f)
                         except OSError:
-                            # SNC without a top-level file (read_event sums the
-                            # nodes), or any other refusal: opened at each read,
-                            # where errors are handled; the fds opened so far
-                            # stay in the group's list, so forget() closes them
+                            # any other refusal: opened at each read, where
+                            # errors are handled
                             pass
                     files.append(f)
             self._groups[path] = files
@@ -87,24 +103,38 @@ class ValueReader:
             try:
                 if f.fd >= 0:
                     value = value_of(pread(f.fd, 64, 0))
-                else:
+                elif f.subs is None:
                     value = read_value(f.path)
+                else:
+                    value = sum(map(read_value, f.subs))
             except resctrl.ValueMissing as e:
                 value = None
                 LOG.debug("%s %s %s: %s", path, f.dom_dir, f.event, e.reason)
             except OSError as e:
                 if e.errno not in _GONE:
                     raise
-                value = self._read_slow(path, f)
+                value = self._read_again(path, f)
             if several and f.kind == 0 and f.key in occupancy:
                 prev = occupancy[f.key]
                 value = None if value is None or prev is None else prev + value
             targets[f.kind][f.key] = value
 
-    def _read_slow(self, path: str, f: _File) -> int | None:
-        """SNC layout without the top-level file, or the group is gone."""
+    def _locate(self, f: _File) -> list[str]:
+        """Find where ``f``'s value lies now and remember it (see module doc)."""
+        files = resctrl.event_files(os.path.dirname(f.path), f.event)
+        f.subs = files if files and files[0] != f.path else None
+        return files
+
+    def _read_again(self, path: str, f: _File) -> int | None:
+        """The remembered place of the value is gone: the group was removed
+        (GroupVanished), or the layout changed (read where the value is now)."""
+        if f.fd >= 0:  # ENODEV: a removed kernfs file never answers again
+            os.close(f.fd)
+            f.fd = -1
+            self.open_fds -= 1
         try:
-            return resctrl.read_event(path, f.dom_dir, f.event)
+            return resctrl.read_event_files(os.path.dirname(f.path), f.event,
+                                            self._locate(f))
         except resctrl.ValueMissing as e:
             LOG.debug("%s %s %s: %s", path, f.dom_dir, f.event, e.reason)
             return None

@@ -9,9 +9,12 @@ files; the FUSE simulator covers the same paths with real syscalls.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 EVENTS = ("llc_occupancy", "mbm_total_bytes", "mbm_local_bytes")
@@ -193,3 +196,48 @@ class KernelOps:
             lines = [ln for ln in f.read().split() if ln != str(tid)]
         with open(path, "w", encoding="ascii") as f:
             f.write("".join(ln + "\n" for ln in lines))
+
+
+class FileCalls:
+    """The opens (attempts, failed ones too) and directory listings this process
+    makes under ``root``, in order; filled while :func:`file_calls` is active."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root.rstrip(os.sep)
+        self.opens: list[str] = []
+        self.listings: list[str] = []  # os.listdir and os.scandir
+
+    def _seen(self, event: str, path: str) -> None:
+        if path == self.root or path.startswith(self.root + os.sep):
+            (self.opens if event == "open" else self.listings).append(path)
+
+
+_RECORDING: list[FileCalls] = []
+_HOOKED: list[bool] = []
+
+
+def _audit(event: str, args: tuple[object, ...]) -> None:
+    if _RECORDING and event in ("open", "os.listdir", "os.scandir") and args:
+        path = args[0]
+        if isinstance(path, bytes):
+            path = os.fsdecode(path)
+        if isinstance(path, str):
+            for rec in _RECORDING:
+                rec._seen(event, path)
+
+
+@contextlib.contextmanager
+def file_calls(root: str) -> Iterator[FileCalls]:
+    """Watch the process's opens and listings under ``root`` through a Python
+    audit hook (PEP 578 events ``open``, ``os.listdir``, ``os.scandir``): the
+    code under test runs unpatched on real files. A hook cannot be removed, so
+    one is added once and stays idle outside this context."""
+    if not _HOOKED:
+        sys.addaudithook(_audit)
+        _HOOKED.append(True)
+    rec = FileCalls(root)
+    _RECORDING.append(rec)
+    try:
+        yield rec
+    finally:
+        _RECORDING.remove(rec)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
+import shutil
 
 import pytest
-from kernel_trees import AMD_CCX, SNC, build_proc, qemu_cmdline, set_value
+from kernel_trees import AMD_CCX, SNC, build_proc, file_calls, qemu_cmdline, set_value
 
 from ceilometer_cmt import resctrl
 from ceilometer_cmt.errors import BackendUnavailable
@@ -278,6 +280,106 @@ def test_snc_sums_sub_nodes_when_no_top_level_file(tmp_path):  # type: ignore[no
     finally:
         for q in h.qemus:
             q.stop()
+
+
+def _node_files_only(group_dir: str, values: dict[tuple[int, int], int]) -> list[str]:
+    """Make ``group_dir`` look like an SNC kernel without top-level value files:
+    remove them, write ``values`` ((L3 id, node) -> bytes, every event) in the
+    nodes' files, and return the paths of those files."""
+    nodes = []
+    for (l3, node), value in sorted(values.items()):
+        for ev in resctrl.EVENTS:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(group_dir, "mon_data", f"mon_L3_{l3:02d}", ev))
+            set_value(group_dir, l3, ev, value, sub=node)
+            nodes.append(os.path.join(group_dir, "mon_data", f"mon_L3_{l3:02d}",
+                                      f"mon_sub_L3_{node:02d}", ev))
+    return nodes
+
+
+def test_snc_without_top_level_files_opens_each_node_file_once_per_cycle(tmp_path
+                                                                         ):  # type: ignore[no-untyped-def]
+    """The layout is found once: later cycles open each node file once and never
+    try the missing top-level file (it was tried twice per value and cycle)."""
+    from conftest import make_host
+
+    h = make_host(str(tmp_path), SNC)
+    try:
+        h.start_qemu("instance-1")
+        refs = [InstanceRef(U1, "instance-1")]
+        setup = h.backend()
+        setup.sync(refs)
+        setup.close()
+        g = group(h, U1)
+        nodes = _node_files_only(g, {(0, 0): 100, (0, 1): 200, (1, 2): 5, (1, 3): 7})
+        b = h.backend()  # an agent starting on such a kernel
+        mon_data = os.path.join(g, "mon_data")
+        with file_calls(mon_data) as first:
+            assert b.sync(refs).readings[U1].occupancy == {0: 300, 1: 12}
+        tops = [os.path.join(mon_data, f"mon_L3_{l3:02d}", ev)
+                for l3 in SNC.domains for ev in resctrl.EVENTS]
+        assert sorted(p for p in first.opens if p in tops) == sorted(tops)  # tried once
+        with file_calls(mon_data) as steady:
+            for _ in range(3):
+                r = b.sync(refs).readings[U1]
+        assert sorted(steady.opens) == sorted(nodes * 3)
+        assert steady.listings == []
+        assert r.occupancy == {0: 300, 1: 12}
+        assert r.mbm_total == {"/0": 300, "/1": 12} and r.mbm_local == {"/0": 300, "/1": 12}
+        b.close()
+        assert _open_under(g) == 0
+    finally:
+        for q in h.qemus:
+            q.stop()
+
+
+def test_snc_layout_change_is_followed_and_a_vanished_group_told(tmp_path
+                                                                 ):  # type: ignore[no-untyped-def]
+    """The remembered layout is left when its files go: top-level files back
+    (the group was made again by a kernel that has them), node files only again,
+    then the whole group gone; fds released throughout."""
+    from kernel_trees import build_resctrl
+
+    from ceilometer_cmt.readings import InstanceReading
+    from ceilometer_cmt.resctrl_values import GroupVanished, ValueReader
+
+    root = build_resctrl(str(tmp_path / "r"), SNC)
+    g = os.path.join(root, "mon_groups", "ceilometer-x")
+    from kernel_trees import KernelOps
+
+    KernelOps(root, SNC).mkdir(g)
+    domains = resctrl.list_domains(root)
+    reader = ValueReader(domains, resctrl.EVENTS, fd_budget=100)
+
+    def read() -> InstanceReading:
+        r = InstanceReading({}, {}, {})
+        reader.read(r, g, "", "", False)
+        return r
+
+    nodes = _node_files_only(g, {(0, 0): 1, (0, 1): 2, (1, 2): 3, (1, 3): 4})
+    assert read().occupancy == {0: 3, 1: 7} and reader.open_fds == 0
+    # top-level files appear and the node files go: followed at once
+    for l3 in SNC.domains:
+        for ev in resctrl.EVENTS:
+            set_value(g, l3, ev, 1000 + l3)
+    for p in nodes:
+        os.remove(p)
+    assert read().occupancy == {0: 1000, 1: 1001}
+    tops = [os.path.join(g, "mon_data", f"mon_L3_{l3:02d}", ev)
+            for l3 in SNC.domains for ev in resctrl.EVENTS]
+    with file_calls(os.path.join(g, "mon_data")) as calls:
+        assert read().mbm_total == {"/0": 1000, "/1": 1001}
+    assert sorted(calls.opens) == sorted(tops)
+    # node files only again
+    _node_files_only(g, {(0, 0): 10, (0, 1): 20, (1, 2): 30, (1, 3): 40})
+    assert read().occupancy == {0: 30, 1: 70}
+    # one node without a value: no partial sum
+    set_value(g, 1, "llc_occupancy", "Unavailable", sub=3)
+    assert read().occupancy == {0: 30, 1: None}
+    shutil.rmtree(g)
+    with pytest.raises(GroupVanished):
+        read()
+    assert reader.open_fds == 0 and _open_under(str(tmp_path)) == 0
 
 
 def test_amd_many_domains_and_percent_of_busiest(tmp_path):  # type: ignore[no-untyped-def]
