@@ -41,6 +41,8 @@ ROLES = (OCCUPANCY, MBM_TOTAL, MBM_LOCAL)
 
 _ITER_UNPACK = READ_FORMAT.iter_unpack
 _ZERO_U64 = bytes(8)
+#: ``(time running, sum)`` -> None when it never ran, else the sum (a C call)
+_NONE_IF_ZERO = {0: None}.get
 
 
 class Role(NamedTuple):
@@ -99,9 +101,21 @@ class Group:
     uuids: tuple[str, ...]
     keys: tuple[str, ...]
 
+    def running(self, times: Sequence[int], role: int, nroles: int) -> Iterable[int]:
+        """Per instance, the time running of role ``role`` summed over its threads."""
+        m, stop = self.m, self.stop
+        first, step = self.start + role * m, nroles * m
+        total: Iterable[int] = times[first:stop:step]
+        for j in range(1, m):
+            total = map(add, total, times[first + j:stop:step])
+        return total
+
     def sums(self, seq: Sequence[int]) -> list[int]:
         """Per role of every instance, the sum over its threads (loops in C)."""
         m, start, stop = self.m, self.start, self.stop
+        if m > 4:  # one pass summing m-tuples beats m - 1 passes over slices
+            part = iter(seq[start:stop])
+            return list(map(sum, zip(*[part] * m, strict=True)))
         total: Iterable[int] = seq[start:stop:m]
         for j in range(1, m):
             total = map(add, total, seq[start + j:stop:m])
@@ -182,11 +196,16 @@ class ReadPlan:
             sums = [None] * (nroles * len(g.uuids))
         else:
             sums = g.sums(values)  # type: ignore[assignment]
-            counted = g.sums(running) if running is not None and 0 in sums else None
             for i, num, den in self.scaled:
                 sums[i::nroles] = [v * num // den for v in sums[i::nroles]]  # type: ignore[operator]
-            if counted is not None and 0 in counted:
-                sums = [v if c else None for v, c in zip(sums, counted, strict=True)]
+            if running is not None and 0 in sums:
+                # a 0 is None when none of its counters ran; only roles with
+                # a 0 are looked at (e.g. MBM of an idle guest)
+                for r in range(nroles):
+                    role = sums[r::nroles]
+                    if 0 in role:
+                        sums[r::nroles] = list(map(_NONE_IF_ZERO, g.running(running, r, nroles),
+                                                   role))
         keys = g.keys
         occ, tot, loc = self.slots
         if occ >= 0 and tot >= 0 and loc >= 0:  # CMT and MBM: one pass
