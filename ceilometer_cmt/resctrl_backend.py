@@ -373,12 +373,8 @@ class ResctrlBackend:
     def _read(self, t: _Tracked) -> InstanceReading:
         reading = InstanceReading({}, {}, {})
         gens = t.generations
-        if len(t.groups) == 1:
-            for ctrl, path in t.groups.items():
-                self._values.read(reading, path, ctrl, _gen(gens, ctrl), False)
-        else:
-            for ctrl, path in sorted(t.groups.items()):
-                self._values.read(reading, path, ctrl, _gen(gens, ctrl), True)
+        for ctrl, path in sorted(t.groups.items()):
+            self._values.read(reading, path, ctrl, _gen(gens, ctrl))
         return reading
 
 

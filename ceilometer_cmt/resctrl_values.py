@@ -89,13 +89,14 @@ class ValueReader:
             self._groups[path] = files
         return files
 
-    def read(self, reading: InstanceReading, path: str, ctrl: str, gen: str,
-             several: bool) -> None:
-        """Add the group's values to ``reading`` (occupancy summed when the
-        instance has ``several`` groups); raise GroupVanished."""
+    def read(self, reading: InstanceReading, path: str, ctrl: str, gen: str) -> None:
+        """Add the group's values to ``reading``; raise GroupVanished. The
+        occupancy of a domain that ``reading`` already holds (from the
+        instance's group in another control group) is summed with it."""
         targets: tuple[dict[Any, int | None], ...] = (
             reading.occupancy, reading.mbm_total, reading.mbm_local)
         occupancy = reading.occupancy
+        merge = bool(occupancy)
         pread, value_of, read_value = os.pread, resctrl.value_of, resctrl.read_value
         files = self._groups.get(path) or self._files(path, ctrl, gen)
         for f in files:
@@ -114,7 +115,7 @@ class ValueReader:
                 if e.errno not in _GONE:
                     raise
                 value = self._read_again(path, f)
-            if several and f.kind == 0 and f.key in occupancy:
+            if merge and f.kind == 0 and f.key in occupancy:
                 prev = occupancy[f.key]
                 value = None if value is None or prev is None else prev + value
             targets[f.kind][f.key] = value

@@ -182,6 +182,43 @@ def test_cachetune_control_group_gets_its_own_monitor_group(host):  # type: igno
     assert os.path.isdir(ctrl)
 
 
+def test_occupancy_is_summed_over_an_instances_groups_only(tmp_path
+                                                         ):  # type: ignore[no-untyped-def]
+    """Occupancy of a domain the reading already holds comes from the instance's
+    group in another control group: summed (no data in one: no data); MBM
+    counters keep one key per control group; a fresh reading starts anew."""
+    from kernel_trees import INTEL_2S, KernelOps, _group_files, build_resctrl
+
+    from ceilometer_cmt.readings import InstanceReading
+    from ceilometer_cmt.resctrl_values import ValueReader
+
+    root = build_resctrl(str(tmp_path / "r"), INTEL_2S)
+    ops = KernelOps(root, INTEL_2S)
+    a = os.path.join(root, "mon_groups", "ceilometer-a")
+    ops.mkdir(a)
+    _group_files(INTEL_2S, os.path.join(root, "ct"), True, resctrl.EVENTS)
+    b = os.path.join(root, "ct", "mon_groups", "ceilometer-a")
+    ops.mkdir(b)
+    for grp, base in ((a, 100), (b, 10)):
+        for l3 in (0, 1):
+            set_value(grp, l3, "llc_occupancy", base + l3)
+            set_value(grp, l3, "mbm_total_bytes", 1000 * base + l3)
+    set_value(b, 1, "llc_occupancy", "Unavailable")
+    reader = ValueReader(resctrl.list_domains(root), resctrl.EVENTS, fd_budget=100)
+    one = InstanceReading({}, {}, {})
+    reader.read(one, a, "", "")
+    assert one.occupancy == {0: 100, 1: 101}
+    both = InstanceReading({}, {}, {})
+    reader.read(both, a, "", "")
+    reader.read(both, b, "ct", "#1")
+    assert both.occupancy == {0: 110, 1: None}
+    assert both.mbm_total == {"/0": 100000, "/1": 100001, "ct/0#1": 10000, "ct/1#1": 10001}
+    alone = InstanceReading({}, {}, {})
+    reader.read(alone, b, "ct", "#1")
+    assert alone.occupancy == {0: 10, 1: None}
+    reader.close()
+
+
 def test_one_vanished_group_does_not_count_the_other_groups_again(host):  # type: ignore[no-untyped-def]
     """Our group in libvirt's control group is removed (libvirt remakes that
     control group when the domain restarts): it is made again with new counter
@@ -338,22 +375,20 @@ def test_snc_layout_change_is_followed_and_a_vanished_group_told(tmp_path
     """The remembered layout is left when its files go: top-level files back
     (the group was made again by a kernel that has them), node files only again,
     then the whole group gone; fds released throughout."""
-    from kernel_trees import build_resctrl
+    from kernel_trees import KernelOps, build_resctrl
 
     from ceilometer_cmt.readings import InstanceReading
     from ceilometer_cmt.resctrl_values import GroupVanished, ValueReader
 
     root = build_resctrl(str(tmp_path / "r"), SNC)
     g = os.path.join(root, "mon_groups", "ceilometer-x")
-    from kernel_trees import KernelOps
-
     KernelOps(root, SNC).mkdir(g)
     domains = resctrl.list_domains(root)
     reader = ValueReader(domains, resctrl.EVENTS, fd_budget=100)
 
     def read() -> InstanceReading:
         r = InstanceReading({}, {}, {})
-        reader.read(r, g, "", "", False)
+        reader.read(r, g, "", "")
         return r
 
     nodes = _node_files_only(g, {(0, 0): 1, (0, 1): 2, (1, 2): 3, (1, 3): 4})
@@ -577,7 +612,7 @@ def test_a_value_file_that_cannot_be_opened_leaks_no_fd(tmp_path):  # type: igno
     reader = ValueReader([(0, "mon_L3_00"), (1, "mon_L3_01")], events, fd_budget=100)
     for _ in range(3):
         with pytest.raises(OSError) as info:
-            reader.read(InstanceReading({}, {}, {}), group_dir, "", "", False)
+            reader.read(InstanceReading({}, {}, {}), group_dir, "", "")
         assert info.value.errno == errno.ELOOP
         assert _open_under(str(tmp_path)) == reader.open_fds
     reader.close()
