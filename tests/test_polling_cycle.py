@@ -118,8 +118,8 @@ def test_unmonitored_instance_is_counted_with_reason(cloud, monkeypatch
     assert ("cache.occupancy", running[1].uuid) not in samples
 
 
-def test_no_backend_turns_instance_meters_off_with_warning(tmp_path
-                                                           ):  # type: ignore[no-untyped-def]
+def no_backend_conf(tmp_path, extra_cmt: str = "") -> str:  # type: ignore[no-untyped-def]
+    """A config whose resctrl backend cannot start (no mount at resctrl_root)."""
     conf = tmp_path / "c.conf"
     conf.write_text(textwrap.dedent(f"""
         [DEFAULT]
@@ -130,8 +130,14 @@ def test_no_backend_turns_instance_meters_off_with_warning(tmp_path
         backend = resctrl
         resctrl_root = {tmp_path}/nothing
         privsep = never
-    """))
-    with pollrun.polling_agent([str(conf)]) as agent:
+    """) + extra_cmt + "\n")
+    return str(conf)
+
+
+def test_no_backend_turns_instance_meters_off_with_warning(tmp_path
+                                                           ):  # type: ignore[no-untyped-def]
+    conf = no_backend_conf(tmp_path)
+    with pollrun.polling_agent([conf]) as agent:
         samples = pollrun.run_cycles(agent, 1)[0]
     assert [s["counter_name"] for s in samples] == ["cache.size"]  # from the real sysfs
     with open(tmp_path / "agent.log") as f:
@@ -147,18 +153,7 @@ def test_no_backend_cache_size_walks_sysfs_once_until_cpus_change(
     sys_cpu = os.path.join(host.sysfs, "devices", "system", "cpu")
     with open(os.path.join(sys_cpu, "online"), "w") as f:
         f.write("0-7\n")
-    conf = tmp_path / "c.conf"
-    conf.write_text(textwrap.dedent(f"""
-        [DEFAULT]
-        host = compute-1
-        libvirt_uri = test:///default
-        log_file = {tmp_path}/agent.log
-        [cmt]
-        backend = resctrl
-        resctrl_root = {tmp_path}/nothing
-        sysfs_root = {host.sysfs}
-        privsep = never
-    """))
+    conf = no_backend_conf(tmp_path, f"sysfs_root = {host.sysfs}")
 
     def cache_size(agent):  # type: ignore[no-untyped-def]
         samples = by_name(pollrun.run_cycles(agent, 1)[0])
@@ -166,7 +161,7 @@ def test_no_backend_cache_size_walks_sysfs_once_until_cpus_change(
         s = samples[("cache.size", "compute-1")]
         return s["counter_volume"], [d["id"] for d in s["resource_metadata"]["cache_domains"]]
 
-    with pollrun.polling_agent([str(conf)]) as agent:
+    with pollrun.polling_agent([conf]) as agent:
         assert cache_size(agent) == (2 * L3, [0, 1])
         # Every L3 file now says 1 MiB: a walk per cycle would publish 2 MiB.
         for cpu in range(8):
