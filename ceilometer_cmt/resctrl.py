@@ -178,6 +178,12 @@ def list_mon_groups(root: str, ctrl: str) -> list[str]:
         return []
 
 
+def list_groups(root: str) -> dict[str, list[str]]:
+    """One listing of the groups: control group name ("" = the default one) ->
+    names of its monitor groups, both sorted."""
+    return {ctrl: list_mon_groups(root, ctrl) for ctrl in list_ctrl_groups(root)}
+
+
 def read_tasks(group_path: str) -> set[int]:
     text = _read_text(os.path.join(group_path, "tasks"))
     return parse_tasks(text) if text else set()

@@ -12,6 +12,13 @@ Steady state (no instance or thread appeared or left) costs the value reads
 pidfds of all qemu processes (process_watch) and one listing of the groups:
 no mkdir, no write, no lock. Threads are listed again after a change and
 every RELIST-th cycle.
+
+The groups are listed once per cycle (:func:`resctrl.list_groups`): that
+listing serves adoption, the check for our groups removed behind our back and
+``monitors_used``. A cycle that places threads lists them once more, under
+the root lock, and decides from that listing alone which control group holds
+a thread and which threads sit in other tools' monitor groups: a group that
+libvirt or pqos made between the first listing and the lock is seen.
 """
 
 from __future__ import annotations
@@ -41,6 +48,8 @@ _PREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 #: another tool moved away).
 RELIST = 10
 _NO_RMID = {errno.ENOSPC: "no free RMID (ENOSPC)", errno.EBUSY: "RMIDs in limbo (EBUSY)"}
+#: A listing of the groups (resctrl.list_groups): control group -> monitor groups
+Groups = dict[str, list[str]]
 
 
 def valid_uuid(value: str) -> str | None:
@@ -123,26 +132,33 @@ class ResctrlBackend:
     def group_name(self, uuid: str) -> str:
         return self.prefix + uuid
 
-    def owned_groups(self) -> dict[str, list[str]]:
-        """uuid (or raw name when not a uuid) -> paths of groups with our prefix."""
+    def owned_groups(self, groups: Groups | None = None) -> dict[str, list[str]]:
+        """uuid (or raw name when not a uuid) -> paths of groups with our prefix,
+        in ``groups`` (a :func:`resctrl.list_groups` listing; listed now if None)."""
+        if groups is None:
+            groups = resctrl.list_groups(self.root)
         out: dict[str, list[str]] = {}
-        for path in sorted(self._scan()[1]):
+        for path in sorted(self._paths(groups, True)):
             name = os.path.basename(path)
             key = valid_uuid(name[len(self.prefix):]) or name
             out.setdefault(key, []).append(path)
         return out
 
-    def _scan(self) -> tuple[int, set[str]]:
-        """RMIDs in use, and the paths of the monitor groups with our prefix."""
-        ctrls = resctrl.list_ctrl_groups(self.root)
-        used = len(ctrls)
-        ours: set[str] = set()
-        for ctrl in ctrls:
-            names = resctrl.list_mon_groups(self.root, ctrl)
-            used += len(names)
+    def _paths(self, groups: Groups, ours: bool) -> list[str]:
+        """Paths of the monitor groups in ``groups`` with our prefix (``ours``)
+        or without it."""
+        out: list[str] = []
+        for ctrl, names in groups.items():
             base = os.path.join(resctrl.ctrl_path(self.root, ctrl), "mon_groups") + "/"
-            ours.update(base + n for n in names if n.startswith(self.prefix))
-        return used, ours
+            out.extend(base + n for n in names if n.startswith(self.prefix) == ours)
+        return out
+
+    def _unlist(self, groups: Groups, removed: list[str]) -> None:
+        """Take monitor groups we removed out of this cycle's listing."""
+        gone = set(removed)
+        for ctrl, names in groups.items():
+            base = os.path.join(resctrl.ctrl_path(self.root, ctrl), "mon_groups") + "/"
+            names[:] = [n for n in names if base + n not in gone]
 
     def remove_groups(self, paths: Sequence[str]) -> list[str]:
         """rmdir our groups (under the root lock); returns the ones removed."""
@@ -175,8 +191,14 @@ class ResctrlBackend:
                 cycle.unmonitored[ref.uuid] = "instance id is not a UUID"
                 continue
             wanted[uuid] = ref
+        try:
+            groups: Groups | None = resctrl.list_groups(self.root)
+        except OSError:
+            groups = None
         if not self._adopted:
-            self._adopt(wanted)
+            removed = self._adopt(wanted, groups)
+            if groups is not None:
+                self._unlist(groups, removed)
         gone = [u for u in self._tracked if u not in wanted]
         for u in gone:
             self._watch.unwatch(self._tracked[u].pidfd)
@@ -184,11 +206,14 @@ class ResctrlBackend:
             paths = [p for u in gone for p in self._tracked.pop(u).groups.values()]
             for p in paths:
                 self._values.forget(p)
-            self.remove_groups(paths)
-        try:
-            used, present = self._scan()
-        except OSError:
+            removed = self.remove_groups(paths)
+            if groups is not None:
+                self._unlist(groups, removed)
+        if groups is None:
             used, present = None, None
+        else:
+            used = len(groups) + sum(map(len, groups.values()))
+            present = set(self._paths(groups, True))
         mkdirs = self.mkdirs
         ctx = _CycleContext(self)
         self._cycle_no += 1
@@ -251,10 +276,12 @@ class ResctrlBackend:
         self._adopted = False
 
     # ----------------------------------------------------------- internals
-    def _adopt(self, wanted: dict[str, InstanceRef]) -> None:
-        """First cycle: take over our groups of local instances, sweep the rest."""
+    def _adopt(self, wanted: dict[str, InstanceRef], groups: Groups | None) -> list[str]:
+        """First cycle: take over our groups of local instances, sweep the rest
+        (returns the groups removed). ``groups``: this cycle's listing."""
         orphans = []
-        for key, paths in self.owned_groups().items():
+        removed: list[str] = []
+        for key, paths in self.owned_groups(groups).items():
             if key in wanted:
                 tracked = _Tracked(key, wanted[key].domain_name)
                 for path in paths:
@@ -271,6 +298,7 @@ class ResctrlBackend:
             LOG.info("removed %d stale resctrl groups with prefix %r", len(removed),
                      self.prefix)
         self._adopted = True
+        return removed
 
     def _steady(self, t: _Tracked) -> bool:
         """Nothing to check this cycle: the pidfd says the very process lives,
@@ -390,6 +418,7 @@ class _CycleContext:
     def __init__(self, backend: ResctrlBackend) -> None:
         self.b = backend
         self._lock: resctrl.RootLock | None = None
+        self._groups: Groups | None = None
         self._ctrl_members: dict[int, str] | None = None
         self._foreign: set[int] | None = None
         self.no_rmid: str | None = None
@@ -409,11 +438,18 @@ class _CycleContext:
             self._warned = True
             self.b._warn(msg)
 
+    def groups(self) -> Groups:
+        """The groups listed under the root lock, once per cycle: what ctrl_of
+        and foreign_mon_members decide from (call lock() first)."""
+        if self._groups is None:
+            self._groups = resctrl.list_groups(self.b.root)
+        return self._groups
+
     def ctrl_of(self, tids: list[int]) -> dict[int, str]:
         """tid -> control group; a tid in no created group is in the default one."""
         if self._ctrl_members is None:
             members: dict[int, str] = {}
-            for ctrl in resctrl.list_ctrl_groups(self.b.root):
+            for ctrl in self.groups():
                 if ctrl:
                     for tid in resctrl.read_tasks(os.path.join(self.b.root, ctrl)):
                         members[tid] = ctrl
@@ -424,10 +460,7 @@ class _CycleContext:
         """TIDs in monitor groups that are not ours."""
         if self._foreign is None:
             found: set[int] = set()
-            for ctrl in resctrl.list_ctrl_groups(self.b.root):
-                base = os.path.join(resctrl.ctrl_path(self.b.root, ctrl), "mon_groups")
-                for name in resctrl.list_mon_groups(self.b.root, ctrl):
-                    if not name.startswith(self.b.prefix):
-                        found |= resctrl.read_tasks(os.path.join(base, name))
+            for path in self.b._paths(self.groups(), False):
+                found |= resctrl.read_tasks(path)
             self._foreign = found
         return self._foreign

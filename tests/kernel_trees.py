@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 EVENTS = ("llc_occupancy", "mbm_total_bytes", "mbm_local_bytes")
 
@@ -124,6 +126,83 @@ def qemu_cmdline(domain_name: str) -> list[str]:
             "guest=" + domain_name.replace(",", ",,") + ",debug-threads=on", "-S"]
 
 
+class FileCalls:
+    """The opens (attempts, failed ones too) and directory listings this process
+    makes under ``root``, in order; filled while :func:`file_calls` is active.
+    ``on_event(event, path)`` is called before each of them (``event`` is
+    "open" or "list"); what it does itself is not recorded."""
+
+    def __init__(self, root: str, on_event: Callable[[str, str], None] | None = None
+                 ) -> None:
+        self.root = root.rstrip(os.sep)
+        self.on_event = on_event
+        self.opens: list[str] = []
+        self.listings: list[str] = []  # os.listdir and os.scandir
+
+    def _seen(self, event: str, path: str) -> None:
+        if path == self.root or path.startswith(self.root + os.sep):
+            kind = "open" if event == "open" else "list"
+            (self.opens if kind == "open" else self.listings).append(path)
+            if self.on_event is not None:
+                with unobserved():
+                    self.on_event(kind, path)
+
+
+_RECORDING: list[FileCalls] = []
+_HOOKED: list[bool] = []
+_QUIET: list[bool] = []
+
+
+@contextlib.contextmanager
+def unobserved() -> Iterator[None]:
+    """File operations that :func:`file_calls` does not see: the kernel's side
+    (:class:`KernelOps`), a test's own moves."""
+    _QUIET.append(True)
+    try:
+        yield
+    finally:
+        _QUIET.pop()
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _kernel_side(method: _F) -> _F:
+    @functools.wraps(method)
+    def run(*args: Any, **kw: Any) -> Any:
+        with unobserved():
+            return method(*args, **kw)
+    return run  # type: ignore[return-value]
+
+
+def _audit(event: str, args: tuple[object, ...]) -> None:
+    if _RECORDING and not _QUIET and event in ("open", "os.listdir", "os.scandir") and args:
+        path = args[0]
+        if isinstance(path, bytes):
+            path = os.fsdecode(path)
+        if isinstance(path, str):
+            for rec in _RECORDING:
+                rec._seen(event, path)
+
+
+@contextlib.contextmanager
+def file_calls(root: str, on_event: Callable[[str, str], None] | None = None
+               ) -> Iterator[FileCalls]:
+    """Watch the process's opens and listings under ``root`` through a Python
+    audit hook (PEP 578 events ``open``, ``os.listdir``, ``os.scandir``): the
+    code under test runs unpatched on real files. A hook cannot be removed, so
+    one is added once and stays idle outside this context."""
+    if not _HOOKED:
+        sys.addaudithook(_audit)
+        _HOOKED.append(True)
+    rec = FileCalls(root, on_event)
+    _RECORDING.append(rec)
+    try:
+        yield rec
+    finally:
+        _RECORDING.remove(rec)
+
+
 class KernelOps:
     """The kernel's side of mkdir/rmdir/tasks on a fixture tree (see module doc)."""
 
@@ -140,6 +219,7 @@ class KernelOps:
     def _status(self, text: str) -> None:
         _write(os.path.join(self.root, "info", "last_cmd_status"), text + "\n")
 
+    @_kernel_side
     def mkdir(self, path: str) -> None:
         self.calls.append(("mkdir", path))
         if self.fail_mkdir is not None:
@@ -151,6 +231,7 @@ class KernelOps:
         _group_files(self.topo, path, False, self.features)
         self._status("ok")
 
+    @_kernel_side
     def rmdir(self, path: str) -> None:
         self.calls.append(("rmdir", path))
         if not os.path.isdir(path):
@@ -169,6 +250,7 @@ class KernelOps:
                 groups.extend(os.path.join(mg, m) for m in os.listdir(mg))
         return groups
 
+    @_kernel_side
     def write_tasks(self, tasks_path: str, tids: list[int]) -> list[tuple[int, int]]:
         self.calls.append(("write", tasks_path))
         failures = []
@@ -196,48 +278,3 @@ class KernelOps:
             lines = [ln for ln in f.read().split() if ln != str(tid)]
         with open(path, "w", encoding="ascii") as f:
             f.write("".join(ln + "\n" for ln in lines))
-
-
-class FileCalls:
-    """The opens (attempts, failed ones too) and directory listings this process
-    makes under ``root``, in order; filled while :func:`file_calls` is active."""
-
-    def __init__(self, root: str) -> None:
-        self.root = root.rstrip(os.sep)
-        self.opens: list[str] = []
-        self.listings: list[str] = []  # os.listdir and os.scandir
-
-    def _seen(self, event: str, path: str) -> None:
-        if path == self.root or path.startswith(self.root + os.sep):
-            (self.opens if event == "open" else self.listings).append(path)
-
-
-_RECORDING: list[FileCalls] = []
-_HOOKED: list[bool] = []
-
-
-def _audit(event: str, args: tuple[object, ...]) -> None:
-    if _RECORDING and event in ("open", "os.listdir", "os.scandir") and args:
-        path = args[0]
-        if isinstance(path, bytes):
-            path = os.fsdecode(path)
-        if isinstance(path, str):
-            for rec in _RECORDING:
-                rec._seen(event, path)
-
-
-@contextlib.contextmanager
-def file_calls(root: str) -> Iterator[FileCalls]:
-    """Watch the process's opens and listings under ``root`` through a Python
-    audit hook (PEP 578 events ``open``, ``os.listdir``, ``os.scandir``): the
-    code under test runs unpatched on real files. A hook cannot be removed, so
-    one is added once and stays idle outside this context."""
-    if not _HOOKED:
-        sys.addaudithook(_audit)
-        _HOOKED.append(True)
-    rec = FileCalls(root)
-    _RECORDING.append(rec)
-    try:
-        yield rec
-    finally:
-        _RECORDING.remove(rec)

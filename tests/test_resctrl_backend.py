@@ -139,6 +139,7 @@ def test_adopts_own_groups_and_sweeps_orphans_never_foreign(host):  # type: igno
     b2 = host.backend()
     r = b2.sync([InstanceRef(U1, "instance-1")])
     assert r.readings[U1].mbm_total["/0"] == 777  # the counter continues
+    assert r.monitors_used == 3  # default group, ours, the foreign one: the swept ones gone
     assert b2.mkdirs == 0 and b2.writes == 0  # adopted, threads already inside
     assert not os.path.exists(orphan) and not os.path.exists(odd)
     assert os.path.isdir(foreign)
@@ -242,6 +243,83 @@ def test_one_vanished_group_does_not_count_the_other_groups_again(host):  # type
     assert after == before + remade  # the default group's 2,000,000 counted once
     assert set(b.sync(refs).readings[U1].mbm_total) == {
         "/0", "/1", "vcpus_0-1/0#1", "vcpus_0-1/1#1"}
+
+
+def _group_listings(host, sync):  # type: ignore[no-untyped-def]
+    """Run ``sync()``; return its result and its listings of the root and of
+    ``mon_groups`` directories, each as (path relative to the root, whether
+    the root lock was held then)."""
+    import fcntl
+
+    seen: list[tuple[str, bool]] = []
+
+    def note(kind: str, path: str) -> None:
+        if kind != "list" or not (path == host.resctrl or path.endswith("/mon_groups")):
+            return
+        fd = os.open(host.resctrl, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            locked = False
+        except BlockingIOError:
+            locked = True
+        finally:
+            os.close(fd)  # releases the probe's lock, if it got it
+        seen.append((os.path.relpath(path, host.resctrl), locked))
+
+    with file_calls(host.resctrl, note):
+        result = sync()
+    return result, seen
+
+
+def test_groups_are_listed_once_per_cycle_and_under_the_lock_to_place_threads(
+        host):  # type: ignore[no-untyped-def]
+    """One listing of the groups per cycle serves adoption, the check for our
+    vanished groups and monitors_used; a cycle that places threads lists them
+    once more under the root lock, shared by the control-group and the
+    foreign-monitor-group lookups (before: up to 4 listings of the root)."""
+    _cachetune_instance(host)
+    host.start_qemu("instance-2")
+    b = host.backend()
+    one = [InstanceRef(U1, "instance-1")]
+    both = one + [InstanceRef(U2, "instance-2")]
+    dirs = [".", "mon_groups", "vcpus_0-1/mon_groups"]
+    cycle, listed = _group_listings(host, lambda: b.sync(one))
+    assert cycle.unmonitored == {}
+    assert listed == [(d, False) for d in dirs] + [(d, True) for d in dirs]
+    for _ in range(3):  # steady state
+        cycle, listed = _group_listings(host, lambda: b.sync(one))
+        assert listed == [(d, False) for d in dirs]
+        assert cycle.monitors_used == 2 + 2  # two control groups, our two monitor groups
+    cycle, listed = _group_listings(host, lambda: b.sync(both))  # a new instance
+    assert listed == [(d, False) for d in dirs] + [(d, True) for d in dirs]
+    assert cycle.monitors_used == 5 and set(cycle.readings) == {U1, U2}
+    cycle, listed = _group_listings(host, lambda: b.sync(both))
+    assert listed == [(d, False) for d in dirs]
+
+
+def test_a_monitor_group_made_between_the_listing_and_the_lock_keeps_its_thread(
+        host):  # type: ignore[no-untyped-def]
+    """Another tool (which takes the root lock, as libvirt and pqos do) makes a
+    monitor group for a new thread of the instance after the cycle's listing,
+    before our lock: the thread is left in it, since threads are placed from
+    the listing taken under the lock."""
+    b, proc = _fake_proc_backend(host)
+    refs = [InstanceRef(U1, "instance-a")]
+    b.sync(refs)
+    build_proc(proc, 4242, qemu_cmdline("instance-a"), [4242, 4250])
+    foreign = os.path.join(host.resctrl, "mon_groups", "pqos-7")
+
+    def other_tool(kind: str, path: str) -> None:
+        if kind == "open" and path == host.resctrl and not os.path.exists(foreign):
+            # the backend opens the root to lock it: it does not hold it yet
+            host.ops.mkdir(foreign)
+            host.ops.write_tasks(os.path.join(foreign, "tasks"), [4250])
+
+    with file_calls(host.resctrl, other_tool):
+        b.sync(refs)
+    assert os.path.isdir(foreign)  # the hook ran
+    assert resctrl.read_tasks(foreign) == {4250}
+    assert resctrl.read_tasks(group(host, U1)) == {4242}
 
 
 def test_threads_in_a_foreign_monitor_group_are_not_moved(host):  # type: ignore[no-untyped-def]
