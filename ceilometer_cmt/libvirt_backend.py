@@ -48,15 +48,6 @@ def _libvirt_error() -> type[Exception]:
     return err
 
 
-def _monitors_in(params: dict[str, object]) -> int:
-    """resctrl cache monitors (plus a perf cmt event) of one active domain record."""
-    if not libvirt_stats.is_active(params.get("state.state")):
-        return 0
-    count = params.get("cpu.cache.monitor.count")
-    n = count if isinstance(count, int) and not isinstance(count, bool) and count > 0 else 0
-    return n + ("perf.cmt" in params)
-
-
 class LibvirtBackend:
     """Readings from libvirt's bulk domain stats."""
 
@@ -183,7 +174,7 @@ class LibvirtBackend:
         for dom, params in answer:
             by_name[dom.name()] = (dom, params)
             if has_keys(params):
-                used += _monitors_in(params)
+                used += libvirt_stats.monitors_in(params)
         by_uuid: dict[str, tuple[Any, dict[str, object]]] | None = None
         for inst in instances:
             rec = by_name.get(inst.domain_name)

@@ -207,6 +207,14 @@ def parse_bandwidth_monitors(params: Mapping[str, object]
     return tuple(monitors)
 
 
+def monitors_in(params: Mapping[str, object]) -> int:
+    """Cache monitors of one record, for ``cache.monitors.used``: its resctrl
+    monitors plus one for a perf ``cmt`` event, counted as the parsers take
+    them (a count or value they refuse counts nothing); 0 when not active."""
+    n = (_count(params, f"{CACHE}.count") or 0) + (_uint(params, "perf.cmt") is not None)
+    return n if n and is_active(params.get("state.state")) else 0
+
+
 #: Keys whose absence means a record has no cache data at all (fast path:
 #: on a stock host no domain has any of them).
 MARKERS = frozenset({f"{CACHE}.count", f"{MBW}.count", "perf.cmt", "perf.mbmt", "perf.mbml"})

@@ -374,3 +374,20 @@ def test_occupancy_property(monitors):
             prev = expected.get(bid, 0)
             expected[bid] = None if prev is None or nbytes is None else prev + nbytes
     assert occ == expected
+
+
+@pytest.mark.parametrize("params, used", [
+    ({"cpu.cache.monitor.count": 2, "perf.cmt": 7, "state.state": 1}, 3),
+    ({"cpu.cache.monitor.count": 2, "state.state": 5}, 0),  # shut off
+    ({"cpu.cache.monitor.count": 2}, 2),  # no state: the record did not say
+    ({"perf.cmt": 0, "state.state": 3}, 1),  # paused, a cmt event that reads 0
+    ({"cpu.cache.monitor.count": 5000, "state.state": 1}, 0),  # beyond the parser's bound
+    ({"cpu.cache.monitor.count": -1, "perf.cmt": -4, "state.state": 1}, 0),
+    ({"cpu.cache.monitor.count": True, "perf.cmt": "7", "state.state": 1}, 0),
+    ({"state.state": 1}, 0),
+])
+def test_monitors_in_counts_what_the_parser_takes(params, used):  # type: ignore[no-untyped-def]
+    assert ls.monitors_in(params) == used
+    stats = ls.parse_domain_stats(params)
+    parsed = len(stats.cache_monitors or ()) + (stats.perf_cmt is not None)
+    assert used == (parsed if ls.is_active(stats.state) else 0)
