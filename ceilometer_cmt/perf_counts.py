@@ -40,7 +40,6 @@ MBM_LOCAL = "mbm_local"
 ROLES = (OCCUPANCY, MBM_TOTAL, MBM_LOCAL)
 
 _ITER_UNPACK = READ_FORMAT.iter_unpack
-_ZERO_U64 = bytes(8)
 #: ``(time running, sum)`` -> None when it never ran, else the sum (a C call)
 _NONE_IF_ZERO = {0: None}.get
 
@@ -167,15 +166,13 @@ class ReadPlan:
         counter was multiplexed (then use :meth:`careful`)."""
         self._check(data)
         words = memoryview(data).cast("Q")
-        running = words[2::3]
-        if words[1::3] != running:  # element-wise in C: something multiplexed
+        if words[1::3] != words[2::3]:  # element-wise in C: something multiplexed
             return None
         values = self.values(data)
-        times = None
-        # 8 zero bytes in a row: maybe a counter that never ran (the test can
-        # only err towards the careful side)
-        if _ZERO_U64 in running.tobytes():
-            times = self.running(data)
+        times = self.running(data)
+        unrun = None  # the times, when some counter never ran
+        if 0 in times:
+            unrun = times
             if times.count(0) == len(times):
                 values = self.zeros  # no counter ran: every role is None
             elif sum(values) != sum(compress(values, times)):  # C loops, no calls
@@ -183,7 +180,7 @@ class ReadPlan:
                 values = tuple(map(mul, values, map(bool, times)))
         out: dict[str, InstanceReading] = {}
         for g in self.groups:
-            self._group(g, values, times, out)
+            self._group(g, values, unrun, out)
         return out
 
     def _group(self, g: Group, values: Sequence[int], running: Sequence[int] | None,
