@@ -94,20 +94,12 @@ def occupancy_meters(reading: InstanceReading, host: HostCache
     return sum(domains.values()), domains, best
 
 
-#: polls between two reads of the host's cache topology (``cache.size`` and
-#: the domain sizes behind the percent): the L3 domains change with CPU hotplug
-HOST_REFRESH = 10
-
-
 class CacheMonitor:
     def __init__(self, backend: Backend, *, log_interval: float = 600.0,
-                 clock: Callable[[], float] = time.monotonic,
-                 host_refresh: int = HOST_REFRESH) -> None:
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.backend = backend
         self.clock = clock
         self.host = backend.host_cache()
-        self.host_refresh = max(1, host_refresh)
-        self._host_polls = 0  # polls served by the current self.host
         self.nodata = RateLimitedLog(log_interval, clock)
         #: uuid -> (mbm_total, mbm_local) counters
         self._counters: dict[str, tuple[ByteCounter, ByteCounter]] = {}
@@ -115,7 +107,6 @@ class CacheMonitor:
 
     def poll(self, instances: Sequence[InstanceRef]) -> CycleResult:
         with self.lock:
-            self._refresh_host()
             now = self.clock()
             cycle = self.backend.sync(instances)
             result = CycleResult(self.backend.name, now, self.host,
@@ -129,24 +120,6 @@ class CacheMonitor:
             for uuid in stale:
                 del self._counters[uuid]
             return result
-
-    def _refresh_host(self) -> None:
-        """Every ``host_refresh`` polls, the topology again; a read that fails
-        keeps the last one (and is tried again at the next refresh)."""
-        self._host_polls += 1
-        if self._host_polls <= self.host_refresh:
-            return
-        self._host_polls = 1
-        try:
-            host = self.backend.host_cache()
-        except Exception as e:  # noqa: BLE001 - any backend error: keep the last topology
-            LOG.warning("host cache topology not re-read (%s backend): %s; keeping the last",
-                        self.backend.name, e)
-            return
-        if host != self.host:
-            LOG.info("host cache topology changed: %d L3 domain(s), %s bytes",
-                     len(host.domains), host.size)
-            self.host = host
 
     def _meters(self, uuid: str, reading: InstanceReading, now: float) -> InstanceMeters:
         total, domains, percent = occupancy_meters(reading, self.host)

@@ -298,28 +298,3 @@ def test_rate_limited_log_stays_bounded_under_churn() -> None:
     key = max(before, key=before.get)
     log(*key)
     assert log._last[key] == before[key]  # noqa: SLF001
-
-
-def test_monitor_reads_the_host_topology_again_every_host_refresh_polls(
-        caplog) -> None:  # type: ignore[no-untyped-def]
-    """A socket taken offline (CPU hotplug) leaves its L3: cache.size and the
-    percent follow within host_refresh polls; a failing read keeps the last."""
-    one_socket = HostCache((CacheDomain(0, 3, 30 * MIB, cpus="0-9"),), 176)
-    occ = {U1: reading({HOST_WIDE: 15 * MIB})}  # of 60 MiB, then of 30 MiB
-    b = ScriptedBackend(TWO_SOCKETS, [cycle(occ) for _ in range(9)])
-    m = CacheMonitor(b, host_refresh=3)
-    for _ in range(3):
-        r = m.poll([])
-        assert r.host is TWO_SOCKETS and r.instances[U1].occupancy_percent == pytest.approx(25.0)
-    b.host = one_socket  # the socket goes offline after the third poll
-    r = m.poll([])
-    assert r.host == one_socket and r.instances[U1].occupancy_percent == pytest.approx(50.0)
-
-    def broken() -> HostCache:
-        raise OSError(5, "sysfs went away")
-
-    b.host_cache = broken  # type: ignore[method-assign]
-    with caplog.at_level(logging.WARNING, logger="ceilometer_cmt.monitor"):
-        for _ in range(5):
-            assert m.poll([]).host == one_socket
-    assert sum("not re-read" in x for x in _records(caplog)) == 1  # at the 7th poll only
