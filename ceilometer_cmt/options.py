@@ -5,6 +5,8 @@ from __future__ import annotations
 from oslo_config import cfg
 
 GROUP = "cmt"
+#: default of log_interval, also used when the option is set to nothing
+LOG_INTERVAL = 600
 
 OPTS = [
     cfg.StrOpt(
@@ -43,8 +45,9 @@ OPTS = [
     ], help="How the privileged operations reach the kernel: mkdir/rmdir/tasks "
             "writes on resctrl, and perf_event_open and counter reads of the perf "
             "backend (whose counters then live in the privsep daemon)."),
-    cfg.IntOpt("log_interval", default=600, min=0,
-               help="Seconds between two log lines about the same missing value."),
+    cfg.IntOpt("log_interval", default=LOG_INTERVAL, min=0,
+               help="Seconds between two log lines about the same missing value "
+                    "(empty: the default)."),
 ]
 
 

@@ -33,7 +33,8 @@ def set_item(item: str) -> tuple[str, str]:
             raise ValueError("no '='")
         if name not in opts:
             raise ValueError(f"no [cmt] option {name!r}")
-        opts[name].type(value)  # the ValueError set_override would raise
+        if opts[name].type(value) is None:  # raises the ValueError set_override would
+            raise ValueError("no value")  # oslo's Integer('') is None, not an error
     except ValueError as e:
         raise argparse.ArgumentTypeError(
             f"takes NAME=VALUE with NAME a [cmt] option ({', '.join(opts)}), "

@@ -130,6 +130,7 @@ def test_set_accepted_forms_and_errors(capsys):  # type: ignore[no-untyped-def]
                       ("cmt.backend=perf", "no [cmt] option 'cmt.backend'"),
                       ("backend=nope", "but found 'nope'"),
                       ("log_interval=-1", "greater than or equal to 0"),
+                      ("log_interval=", "no value"),
                       ("resctrl_verify_mount=maybe", "boolean value 'maybe'")]:
         with pytest.raises(argparse.ArgumentTypeError) as exc:
             pollrun.set_item(item)

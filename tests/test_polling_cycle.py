@@ -118,6 +118,22 @@ def test_unmonitored_instance_is_counted_with_reason(cloud, monkeypatch
     assert ("cache.occupancy", running[1].uuid) not in samples
 
 
+def test_empty_log_interval_in_the_config_file_is_the_default(
+        cloud, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """``log_interval =`` gives None through oslo; the no-data log compared it
+    with a float on its second line for the same instance and lost the cycle."""
+    host, running, _stopped, conf = cloud
+    with open(conf, "a") as f:
+        f.write("log_interval =\n")
+    monkeypatch.setattr(runtime, "resctrl_ops", lambda conf, settings: host.ops)
+    host.qemus[1].stop()  # unmonitored: logged (rate-limited) every cycle
+    with pollrun.polling_agent([conf]) as agent:
+        cycles = [by_name(c) for c in pollrun.run_cycles(agent, 2)]
+    for samples in cycles:
+        assert samples[("cache.instances.unmonitored", "compute-1")]["counter_volume"] == 1
+        assert ("cache.occupancy", running[0].uuid) in samples
+
+
 def no_backend_conf(tmp_path, extra_cmt: str = "") -> str:  # type: ignore[no-untyped-def]
     """A config whose resctrl backend cannot start (no mount at resctrl_root)."""
     conf = tmp_path / "c.conf"

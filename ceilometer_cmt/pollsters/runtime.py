@@ -97,7 +97,9 @@ def get_runtime(conf: Any) -> Runtime:
         settings = settings_from_conf(conf)
         ops = resctrl_ops(conf, settings)
         backend, decisions = selection.choose(settings, ops, perf_counters(conf, ops))
-        monitor = (CacheMonitor(backend, log_interval=conf.cmt.log_interval)
+        interval = conf.cmt.log_interval  # None for "log_interval =" in a file
+        monitor = (CacheMonitor(backend, log_interval=options.LOG_INTERVAL
+                                if interval is None else interval)
                    if backend else None)
         rt = Runtime(settings, monitor, decisions)
         if monitor is None:
