@@ -171,32 +171,27 @@ class _Tracked:
     generation: int
     roles: list[_Role] = field(default_factory=list)
     tids: set[int] = field(default_factory=set)
-    # set by freeze() once every counter is open
-    key: str = ""
-    all_fds: tuple[int, ...] = ()
+    key: str = ""  # set by freeze() once every counter is open
 
     @property
     def threads(self) -> int:
         return len(self.tids)
 
     @property
-    def handles(self) -> list[int]:
-        """Every counter handle, role after role."""
+    def all_fds(self) -> list[int]:
+        """Every counter handle, role after role (the order a batch reads them)."""
         return [fd for r in self.roles for fd in r.fds]
 
     def freeze(self) -> None:
-        """Every fd role after role, so that one batch reads them all."""
         self.key = f"perf/{self.pid}/{self.generation}"
-        self.all_fds = tuple(fd for r in self.roles for fd in r.fds)
 
     def close(self, provider: CounterProvider) -> int:
         """Closes every counter and the pidfile; returns how many counters."""
-        handles = self.handles
+        handles = self.all_fds
         if handles:
             provider.close(handles)
         for role in self.roles:
             role.fds.clear()
-        self.all_fds = ()
         fd, self.pidfile_fd = self.pidfile_fd, -1
         if fd >= 0:
             perf_events.close_fd(fd)
@@ -389,7 +384,7 @@ class PerfBackend:
     # ----------------------------------------------------------- introspection
     def tracked_fds(self, uuid: str) -> list[int]:
         t = self._tracked.get(uuid)
-        return t.handles if t else []
+        return t.all_fds if t else []
 
     def tracked_tids(self, uuid: str) -> set[int]:
         t = self._tracked.get(uuid)
@@ -481,6 +476,11 @@ class PerfBackend:
         except PerfProcessGone:
             return  # thread exited between listing and open
         self.opens += len(handles)
+        if len(handles) != len(t.roles):  # a provider breaking its contract
+            self.counters.close(handles)
+            self.closes += len(handles)
+            raise PerfError(f"{len(handles)} counters opened for {len(t.roles)} events "
+                            f"on thread {tid} of qemu {t.pid}", errno.EIO)
         for role, h in zip(t.roles, handles, strict=True):
             role.fds.append(h)
         t.tids.add(tid)

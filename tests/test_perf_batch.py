@@ -251,3 +251,35 @@ def test_a_batch_of_the_wrong_length_is_read_again_instance_by_instance(
     assert backend.sync(refs).unmonitored == {}  # reopened
     fill(counters, lambda dom, role, tid: PACK(5, 9, 9))
     check(backend, counters, refs)
+
+
+def test_a_provider_opening_too_many_counters_leaks_none(host: Host) -> None:
+    """A provider that answers an open with one handle more than events asked:
+    the instance is unmonitored with the reason, and every handle it gave,
+    the extra one too, is closed again (then the instance is reopened)."""
+    backend, counters, refs = host.backend, host.counters, host.refs
+    bad = refs[2]
+    whole_open = counters.open
+
+    def open_one_more(specs: Sequence[EventSpec], pid: int, tid: int,
+                      domain_name: str) -> list[int]:
+        handles = whole_open(specs, pid, tid, domain_name)
+        if domain_name == bad.domain_name:
+            handles += whole_open(specs[:1], pid, tid, domain_name)
+        return handles
+
+    backend.close()  # every instance opens again
+    counters.open = open_one_more  # type: ignore[method-assign]
+    try:
+        cycle = backend.sync(refs)
+        assert list(cycle.unmonitored) == [bad.uuid]
+        assert "4 counters opened for 3 events" in cycle.unmonitored[bad.uuid]
+        assert not [h for h, (dom, _, _) in counters.owner.items()
+                    if dom == bad.domain_name and h in counters.table]
+        assert backend.opens == backend.closes + sum(
+            len(backend.tracked_fds(r.uuid)) for r in refs)
+    finally:
+        del counters.open
+    assert backend.sync(refs).unmonitored == {}
+    fill(counters, lambda dom, role, tid: PACK(5, 9, 9))
+    check(backend, counters, refs)
