@@ -102,12 +102,8 @@ class Group:
 
     def running(self, times: Sequence[int], role: int, nroles: int) -> Iterable[int]:
         """Per instance, the time running of role ``role`` summed over its threads."""
-        m, stop = self.m, self.stop
-        first, step = self.start + role * m, nroles * m
-        total: Iterable[int] = times[first:stop:step]
-        for j in range(1, m):
-            total = map(add, total, times[first + j:stop:step])
-        return total
+        m = self.m
+        return _strided_sums(times, self.start + role * m, self.stop, nroles * m, m)
 
     def sums(self, seq: Sequence[int]) -> list[int]:
         """Per role of every instance, the sum over its threads (loops in C)."""
@@ -115,10 +111,17 @@ class Group:
         if m > 4:  # one pass summing m-tuples beats m - 1 passes over slices
             part = iter(seq[start:stop])
             return list(map(sum, zip(*[part] * m, strict=True)))
-        total: Iterable[int] = seq[start:stop:m]
-        for j in range(1, m):
-            total = map(add, total, seq[start + j:stop:m])
-        return list(total)
+        return list(_strided_sums(seq, start, stop, m, m))
+
+
+def _strided_sums(seq: Sequence[int], first: int, stop: int, step: int,
+                  m: int) -> Iterable[int]:
+    """``seq[first + i*step] + ... + seq[first + i*step + m - 1]`` for each ``i``:
+    m slices added element-wise, in C."""
+    total: Iterable[int] = seq[first:stop:step]
+    for j in range(1, m):
+        total = map(add, total, seq[first + j:stop:step])
+    return total
 
 
 @dataclass(frozen=True)
