@@ -118,8 +118,8 @@ class HostCacheReader:
     :meth:`get` walks the tree on the first call, when the online CPU list
     differs from the one of the last walk, and when the last walk has already
     answered ``refresh_every`` calls; otherwise it returns the last walk's
-    result. Without a readable ``online`` file (no sysfs there) every call
-    walks, as before.
+    result. Without a readable ``online`` file (no sysfs there), or when a
+    walk finds no L3 at all, the next call walks again.
     """
 
     def __init__(self, sysfs_root: str, refresh_every: int = REFRESH_EVERY) -> None:
@@ -136,8 +136,12 @@ class HostCacheReader:
             online = online_cpus(self.sysfs_root)
             if (self._host is None or online is None or online != self._online
                     or self._served >= self.refresh_every):
-                self._host = read_host_cache(self.sysfs_root)
-                self._online, self._served = online, 0
+                host = read_host_cache(self.sysfs_root)
                 self.walks += 1
+                if not host.domains:  # nothing found (a failed walk?): not kept
+                    self._host = None
+                    return host
+                self._host = host
+                self._online, self._served = online, 0
             self._served += 1
             return self._host

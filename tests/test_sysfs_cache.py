@@ -328,6 +328,26 @@ def test_reader_walks_again_every_refresh_every_calls(tmp_path
     assert reader.walks == 3  # calls 1, 4 and 7
 
 
+def test_reader_keeps_no_walk_that_found_no_l3(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A walk that finds nothing (cpu directories unreadable for a moment) is
+    not served for the next calls: the next call walks again."""
+    root = build_sysfs(str(tmp_path / "sys"), INTEL_2S)
+    _online(root, "0-7\n")
+    cpu_dir = os.path.join(root, "devices", "system", "cpu")
+    hidden = os.path.join(root, "cpu-hidden")
+    os.mkdir(hidden)
+    for name in os.listdir(cpu_dir):
+        if name.startswith("cpu") and name[3:].isdigit():
+            os.rename(os.path.join(cpu_dir, name), os.path.join(hidden, name))
+    reader = HostCacheReader(root)
+    assert reader.get().domains == ()
+    for name in os.listdir(hidden):
+        os.rename(os.path.join(hidden, name), os.path.join(cpu_dir, name))
+    assert reader.get().domains == expected_domains(INTEL_2S)
+    assert reader.get().domains == expected_domains(INTEL_2S)
+    assert reader.walks == 2
+
+
 def test_reader_without_online_file_walks_every_call(tmp_path
                                                     ) -> None:  # type: ignore[no-untyped-def]
     root = build_sysfs(str(tmp_path / "sys"), INTEL_2S)  # no devices/system/cpu/online
