@@ -5,7 +5,14 @@ kernel's show function again, so a file kept open and read with
 ``pread(fd, 64, 0)`` gives a fresh value with one syscall instead of three
 (open, read, close). Files stay open within an fd budget; past it they are
 opened for each read. A group removed behind our back makes kernfs answer
-ENODEV on its open files (ENOENT when opened anew): :class:`GroupVanished`.
+ENODEV on its open files (ENOENT when opened anew): :class:`GroupVanished`,
+also when a group of the same name was made again meanwhile (its directory
+is another inode: its counters are new, and our threads may not be in it).
+An L3 domain going offline (all its CPUs) takes ``mon_L3_<id>`` out of
+every group while the groups stay: its occupancy is left out (it caches
+nothing now) and its MBM counters are None (no data) until it comes back,
+under the same keys: a counter that went on is not counted twice, and the
+monitor's decrease-means-reset rule covers one that restarted.
 
 Where a value lies is found once per group and remembered: the top-level
 ``mon_L3_<id>/<event>`` file (always there with the kernel's SNC support,
@@ -29,6 +36,7 @@ from ceilometer_cmt.readings import InstanceReading
 LOG = logging.getLogger(__name__)
 _KINDS = {"llc_occupancy": 0, "mbm_total_bytes": 1, "mbm_local_bytes": 2}
 _GONE = (errno.ENODEV, errno.ENOENT)
+_OFFLINE = -1  # _read_again: the value's L3 domain is offline (never a count)
 
 
 class GroupVanished(Exception):
@@ -59,11 +67,17 @@ class ValueReader:
         self.fd_budget = fd_budget
         self.open_fds = 0
         self._groups: dict[str, list[_File]] = {}
+        #: group path -> inode of its directory when its files were found
+        self._inodes: dict[str, int | None] = {}
 
     def _files(self, path: str, ctrl: str, gen: str) -> list[_File]:
         files = self._groups.get(path)
         if files is None:
             files = []
+            try:
+                self._inodes[path] = os.stat(path).st_ino
+            except OSError:
+                self._inodes[path] = None  # read() tells what is there
             for dom_id, dom_dir in self.domains:
                 for event in self.events:
                     kind = _KINDS[event]
@@ -115,6 +129,10 @@ class ValueReader:
                 if e.errno not in _GONE:
                     raise
                 value = self._read_again(path, f)
+                if value == _OFFLINE:
+                    if f.kind == 0:
+                        continue
+                    value = None
             if merge and f.kind == 0 and f.key in occupancy:
                 prev = occupancy[f.key]
                 value = None if value is None or prev is None else prev + value
@@ -127,23 +145,34 @@ class ValueReader:
         return files
 
     def _read_again(self, path: str, f: _File) -> int | None:
-        """The remembered place of the value is gone: the group was removed
-        (GroupVanished), or the layout changed (read where the value is now)."""
-        if f.fd >= 0:  # ENODEV: a removed kernfs file never answers again
+        """The remembered place of the value is gone (ENODEV on a kept fd,
+        ENOENT on an open): the group was removed, or made again under the same
+        name (GroupVanished); else its domain went offline (``_OFFLINE``) or the
+        layout changed (read where the value is now; from then on the value is
+        opened at each read)."""
+        if f.fd >= 0:  # a removed kernfs file never answers again
             os.close(f.fd)
             f.fd = -1
             self.open_fds -= 1
         try:
-            return resctrl.read_event_files(os.path.dirname(f.path), f.event,
-                                            self._locate(f))
+            ino: int | None = os.stat(path).st_ino
+        except FileNotFoundError:
+            ino = None
+        if ino is None or ino != self._inodes.get(path):
+            self.forget(path)
+            raise GroupVanished(path)
+        domain_path = os.path.dirname(f.path)
+        try:
+            return resctrl.read_event_files(domain_path, f.event, self._locate(f))
         except resctrl.ValueMissing as e:
             LOG.debug("%s %s %s: %s", path, f.dom_dir, f.event, e.reason)
-            return None
-        except FileNotFoundError as e:
-            self.forget(path)
-            raise GroupVanished(path) from e
+        except FileNotFoundError:  # the group is there, the domain is not: offline
+            LOG.debug("%s %s: L3 domain offline", path, f.dom_dir)
+            return _OFFLINE
+        return None
 
     def forget(self, path: str) -> None:
+        self._inodes.pop(path, None)
         for f in self._groups.pop(path, ()):
             if f.fd >= 0:
                 os.close(f.fd)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from kernel_trees import file_calls
 
 from ceilometer_cmt import resctrl
 from ceilometer_cmt.monitor import CacheMonitor
@@ -468,6 +469,53 @@ def test_fault_values_give_no_sample_and_cumulative_stays_monotonic(
           f"instance unaffected; cumulative {before} -> {after[u1]['memory.bandwidth.total.bytes']}"
           " across a counter reset, monotonic over "
           f"{sum(len(s) for s in history.values())} cumulative values")
+
+
+# ------------------------------------------ a group made again behind our back
+@pytest.mark.parametrize("threads_put_back", [True, False])
+def test_group_removed_and_made_again_under_the_same_name_is_counted_once(
+        rig: Callable[..., Rig], threads_put_back: bool) -> None:
+    """Another process removes our group and makes one of the same name (e.g. a
+    cleanup racing a second agent). The agent's kept value files answer ENOENT
+    (kernfs: ENODEV); the group found at the path is not the one whose counters
+    we read: its counters start again under new keys (nothing lost, nothing
+    counted twice), our threads are placed in it, and its files are kept open."""
+    name = "instance-00000001"
+    r = rig({"processes": [load(name)]})
+    r.start_qemu(name, extra_threads=1)
+    u = "11111111-1111-4111-8111-111111111111"
+    refs = [InstanceRef(u, name)]
+    now = [0.0]
+    backend = r.backend()
+    mon = CacheMonitor(backend, clock=lambda: now[0])
+    try:
+        mon.poll(refs)
+        r.sim.advance(100)
+        now[0] += 100
+        assert mon.poll(refs).instances[u].mbm_total_bytes == 2 * 100 * 1000
+        group = os.path.join(r.root, "mon_groups", PREFIX + u)
+        tids = sorted(resctrl.read_tasks(group))
+        os.rmdir(group)
+        os.mkdir(group)
+        if threads_put_back:
+            for tid in tids:
+                resctrl.write_tasks(os.path.join(group, "tasks"), [tid])
+        r.sim.advance(200)
+        now[0] += 200
+        res = mon.poll(refs)
+        assert res.unmonitored == {}
+        assert sorted(resctrl.read_tasks(group)) == tids  # ours, whoever put them
+        # counted from the new group's start: 200 s of traffic if the threads
+        # were there, none if the group was left empty until this cycle
+        got = res.instances[u].mbm_total_bytes
+        assert got == 2 * 100 * 1000 + (2 * 200 * 1000 if threads_put_back else 0)
+        assert got == 2 * 100 * 1000 + r.kernel_mbm_total(u)
+        r.sim.advance(1)
+        with file_calls(r.root) as calls:
+            mon.poll(refs)
+        assert [p for p in calls.opens if "/mon_data/" in p] == []  # kept open again
+    finally:
+        mon.close()
 
 
 # ------------------------------------------------------- two agents, one host

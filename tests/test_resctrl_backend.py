@@ -450,9 +450,10 @@ def test_snc_without_top_level_files_opens_each_node_file_once_per_cycle(tmp_pat
 
 def test_snc_layout_change_is_followed_and_a_vanished_group_told(tmp_path
                                                                  ):  # type: ignore[no-untyped-def]
-    """The remembered layout is left when its files go: top-level files back
-    (the group was made again by a kernel that has them), node files only again,
-    then the whole group gone; fds released throughout."""
+    """The remembered layout is left when its files go, within the same group
+    directory: top-level files appear, node files only again, then the whole
+    group gone (GroupVanished; a group made again is one too, see
+    test_reliability); fds released throughout."""
     from kernel_trees import KernelOps, build_resctrl
 
     from ceilometer_cmt.readings import InstanceReading
@@ -696,3 +697,38 @@ def test_a_value_file_that_cannot_be_opened_leaks_no_fd(tmp_path):  # type: igno
     reader.close()
     assert reader.open_fds == 0
     assert _open_under(str(tmp_path)) == 0
+
+
+def test_an_l3_domain_going_offline_is_no_data_not_a_vanished_group(host) -> None:  # type: ignore[no-untyped-def]
+    """All CPUs of socket 1 offline: the kernel takes mon_L3_01 out of every
+    group, the groups stay. The instance stays monitored (no new group, no
+    write), its occupancy is that of the online domain, its MBM is no data;
+    when the domain is back its counters go on under the same keys, so the
+    cumulative is counted once (values opened per read: on a fixture tree a
+    kept fd would go on reading the removed file)."""
+    host.start_qemu("instance-1")
+    ref = InstanceRef(U1, "instance-1")
+    b = host.backend(fd_budget=0)
+    mon = CacheMonitor(b, clock=lambda: 0.0)
+    try:
+        mon.poll([ref])
+        g = os.path.join(host.resctrl, "mon_groups", "ceilometer-" + U1)
+        set_value(g, 0, "mbm_total_bytes", 1000)
+        set_value(g, 1, "mbm_total_bytes", 500)
+        set_value(g, 0, "llc_occupancy", 4096)
+        assert mon.poll([ref]).instances[U1].mbm_total_bytes == 1500
+        mkdirs, writes = b.mkdirs, b.writes
+        saved = os.path.join(host.root, "mon_L3_01-offline")
+        shutil.move(os.path.join(g, "mon_data", "mon_L3_01"), saved)
+        for _ in range(3):
+            r = mon.poll([ref])
+            assert r.unmonitored == {}
+            m = r.instances[U1]
+            assert (m.occupancy, m.occupancy_domains) == (4096, {0: 4096})
+            assert m.mbm_total_bytes is None  # part of the counters gave nothing
+        assert (b.mkdirs, b.writes) == (mkdirs, writes)
+        shutil.move(saved, os.path.join(g, "mon_data", "mon_L3_01"))
+        set_value(g, 0, "mbm_total_bytes", 1100)  # domain 0 went on meanwhile
+        assert mon.poll([ref]).instances[U1].mbm_total_bytes == 1600  # not 2600
+    finally:
+        b.close()
