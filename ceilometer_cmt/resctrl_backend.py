@@ -153,9 +153,10 @@ class ResctrlBackend:
             out.extend(base + n for n in names if n.startswith(self.prefix) == ours)
         return out
 
-    def _unlist(self, groups: Groups, removed: list[str]) -> None:
-        """Take monitor groups we removed out of this cycle's listing."""
-        gone = set(removed)
+    def _unlist(self, groups: Groups, tried: list[str]) -> None:
+        """Take the monitor groups we tried to remove and that are gone (by us
+        or by someone else just before) out of this cycle's listing."""
+        gone = {p for p in tried if not os.path.lexists(p)}
         for ctrl, names in groups.items():
             base = os.path.join(resctrl.ctrl_path(self.root, ctrl), "mon_groups") + "/"
             names[:] = [n for n in names if base + n not in gone]
@@ -196,9 +197,9 @@ class ResctrlBackend:
         except OSError:
             groups = None
         if not self._adopted:
-            removed = self._adopt(wanted, groups)
+            swept = self._adopt(wanted, groups)
             if groups is not None:
-                self._unlist(groups, removed)
+                self._unlist(groups, swept)
         gone = [u for u in self._tracked if u not in wanted]
         for u in gone:
             self._watch.unwatch(self._tracked[u].pidfd)
@@ -206,9 +207,9 @@ class ResctrlBackend:
             paths = [p for u in gone for p in self._tracked.pop(u).groups.values()]
             for p in paths:
                 self._values.forget(p)
-            removed = self.remove_groups(paths)
+            self.remove_groups(paths)
             if groups is not None:
-                self._unlist(groups, removed)
+                self._unlist(groups, paths)
         if groups is None:
             used, present = None, None
         else:
@@ -278,9 +279,8 @@ class ResctrlBackend:
     # ----------------------------------------------------------- internals
     def _adopt(self, wanted: dict[str, InstanceRef], groups: Groups | None) -> list[str]:
         """First cycle: take over our groups of local instances, sweep the rest
-        (returns the groups removed). ``groups``: this cycle's listing."""
+        (returns the groups it tried to remove). ``groups``: this cycle's listing."""
         orphans = []
-        removed: list[str] = []
         for key, paths in self.owned_groups(groups).items():
             if key in wanted:
                 tracked = _Tracked(key, wanted[key].domain_name)
@@ -298,7 +298,7 @@ class ResctrlBackend:
             LOG.info("removed %d stale resctrl groups with prefix %r", len(removed),
                      self.prefix)
         self._adopted = True
-        return removed
+        return orphans
 
     def _steady(self, t: _Tracked) -> bool:
         """Nothing to check this cycle: the pidfd says the very process lives,

@@ -148,6 +148,27 @@ def test_adopts_own_groups_and_sweeps_orphans_never_foreign(host):  # type: igno
     assert resctrl.read_tasks(group(host, U1)) == set(q.tids)
 
 
+def test_a_group_removed_by_someone_else_just_before_our_rmdir_is_not_counted(
+        host) -> None:  # type: ignore[no-untyped-def]
+    """cache.monitors.used comes from the cycle's one listing; a group we sweep
+    that another process removed between that listing and our rmdir (ENOENT)
+    is gone too."""
+    host.start_qemu("instance-1")
+    orphan = group(host, U2)
+    host.ops.mkdir(orphan)
+    kernel_rmdir = host.ops.rmdir
+
+    def raced_rmdir(path: str) -> None:
+        if path == orphan:
+            shutil.rmtree(path)  # the other process was first
+        kernel_rmdir(path)
+
+    host.ops.rmdir = raced_rmdir
+    r = host.backend().sync([InstanceRef(U1, "instance-1")])
+    assert not os.path.exists(orphan)
+    assert r.monitors_used == 2  # the default group and ours
+
+
 def _cachetune_instance(host):  # type: ignore[no-untyped-def]
     """instance-1, whose vCPU threads sit in libvirt's <cachetune vcpus='0-1'>
     control group "vcpus_0-1"; returns (qemu, control group path)."""
