@@ -227,6 +227,8 @@ class ResctrlBackend:
                         self._watch.unwatch(tracked.pidfd)
                     tracked = self._tracked[uuid] = _Tracked(
                         uuid, ref.domain_name, groups=tracked.groups if tracked else {},
+                        # the groups stay, and so do their counter keys
+                        generations=tracked.generations if tracked else {},
                         stagger=zlib.crc32(uuid.encode()) % RELIST)
                 gone = [] if present is None else [
                     c for c, p in tracked.groups.items() if p not in present]

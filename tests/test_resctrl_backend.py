@@ -169,6 +169,25 @@ def test_a_group_removed_by_someone_else_just_before_our_rmdir_is_not_counted(
     assert r.monitors_used == 2  # the default group and ours
 
 
+def test_counter_keys_are_never_reused_across_a_domain_rename(host) -> None:  # type: ignore[no-untyped-def]
+    """Each recreation of an instance's group gives its counters new keys; a
+    change of its domain name keeps the group and must not start the
+    numbering again (a key used before would hide a counter restart)."""
+    host.start_qemu("instance-1")
+    host.start_qemu("instance-1b")
+    b = host.backend()
+
+    def keys(name: str) -> list[str]:
+        return sorted(b.sync([InstanceRef(U1, name)]).readings[U1].mbm_total)
+
+    assert keys("instance-1") == ["/0", "/1"]
+    host.ops.rmdir(group(host, U1))  # removed behind our back: made again
+    assert keys("instance-1") == ["/0#1", "/1#1"]
+    assert keys("instance-1b") == ["/0#1", "/1#1"]  # renamed: same group, same keys
+    host.ops.rmdir(group(host, U1))
+    assert keys("instance-1b") == ["/0#2", "/1#2"]
+
+
 def _cachetune_instance(host):  # type: ignore[no-untyped-def]
     """instance-1, whose vCPU threads sit in libvirt's <cachetune vcpus='0-1'>
     control group "vcpus_0-1"; returns (qemu, control group path)."""
