@@ -442,7 +442,8 @@ class _CycleContext:
 
     def groups(self) -> Groups:
         """The groups listed under the root lock, once per cycle: what ctrl_of
-        and foreign_mon_members decide from (call lock() first)."""
+        and foreign_mon_members decide from."""
+        self.lock()  # taken once per cycle; a no-op when held
         if self._groups is None:
             self._groups = resctrl.list_groups(self.b.root)
         return self._groups
