@@ -418,6 +418,34 @@ def test_mbm_counters_integrate_bandwidth_and_restart_on_recreate(spawn) -> None
     assert read(m, *mon, "mon_L3_00", "mbm_total_bytes") == "2000\n"
 
 
+def test_l3_domain_offline_leaves_mon_data_and_its_counters_pause(spawn) -> None:  # type: ignore[no-untyped-def]
+    """Every CPU of socket 1 offline: mon_L3_01 leaves every group's mon_data
+    and the schemata, a file of it still open answers ENODEV; back online its
+    counters go on from where they were (nothing ran there meanwhile)."""
+    p = spawn()
+    m = model(scenario={"processes": [load_of(p.pid, mbm_total={0: 1000, 1: 10})]})
+    m.mkdir(("mon_groups", "a"))
+    write(m, b"%d" % p.pid, "mon_groups", "a", "tasks")
+    advance(m, 10)
+    mon = ("mon_groups", "a", "mon_data")
+    kept = resolve(m, (*mon, "mon_L3_01", "mbm_total_bytes"))  # an open file
+    assert isinstance(kept, File) and kept.read() == "100\n"
+    m.set_l3_online(1, False)
+    node = resolve(m, mon)
+    assert isinstance(node, Dir) and node.entries == ("mon_L3_00",)
+    assert errno_of(lambda: resolve(m, (*mon, "mon_L3_01"))) == errno.ENOENT
+    assert errno_of(kept.read) == errno.ENODEV
+    assert read(m, "schemata").startswith("L3:0=")
+    assert ";1=" not in read(m, "schemata")
+    advance(m, 10)
+    assert read(m, *mon, "mon_L3_00", "mbm_total_bytes") == "20000\n"  # socket 0 counts on
+    m.set_l3_online(1, True)
+    advance(m, 10)
+    assert read(m, *mon, "mon_L3_01", "mbm_total_bytes") == "200\n"  # 100 + 10 s after
+    with pytest.raises(ValueError):
+        m.set_l3_online(7, False)
+
+
 def test_load_is_shared_by_threads_and_follows_their_groups(spawn) -> None:  # type: ignore[no-untyped-def]
     p = spawn(threads=3)  # 4 threads
     m = model(scenario={"processes": [load_of(p.pid, mbm_total={0: 400})]})

@@ -18,6 +18,9 @@ or ``{"ok": false, "error": "..."}``).  Commands (``cmd``):
     ``{"value": N}``: num_rmids / limbo seconds from now on.
 ``advance``
     ``{"seconds": S}``: move a ``clock: manual`` simulator's time.
+``l3_online``
+    ``{"l3": ID, "online": false|true}``: every CPU of L3 domain ID goes
+    offline (its ``mon_L3_XX`` leaves every group) or comes back.
 """
 
 from __future__ import annotations
@@ -68,6 +71,9 @@ def handle(model: Model, request: dict[str, Any]) -> Any:
         return None
     if cmd == "set_limbo":
         model.set_limbo(float(request["value"]))
+        return None
+    if cmd == "l3_online":
+        model.set_l3_online(int(request["l3"]), bool(request["online"]))
         return None
     if cmd == "advance":
         if not isinstance(model.clock, ManualClock):

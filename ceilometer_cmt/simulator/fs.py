@@ -213,4 +213,7 @@ def _fuse(ops: ResctrlOperations, mountpoint: str, debug: bool) -> None:
         default_permissions=True,
         allow_other=os.geteuid() == 0,
         auto_unmount=True,
+        # kernfs keeps no stale names: a removed group's or an offline
+        # domain's directory is gone at once (FUSE would keep its entry 1 s)
+        entry_timeout=0,
     )

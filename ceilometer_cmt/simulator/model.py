@@ -197,6 +197,9 @@ class Model:
         self._attributed_at = 0.0
         self._last = 0.0
         self.status = ""
+        #: L3 ids whose CPUs are all offline: the kernel takes their
+        #: mon_data/mon_L3_XX out of every group (open files answer ENODEV)
+        self.offline_l3: set[int] = set()
         self.max_threshold_occupancy = topology.max_threshold_occupancy
         self.root = Group("", "ctrl", None, 0, 0, cpus=set(topology.cpus))
         self.root.schemata = {c.id: topology.cbm_mask for c in topology.l3}
@@ -301,6 +304,18 @@ class Model:
             known = used | in_limbo | set(kept)
             kept += [r for r in range(1, num_rmids) if r not in known]
             self.free_rmids = deque(kept)
+
+    def set_l3_online(self, l3_id: int, online: bool) -> None:
+        """CPU hotplug of a whole L3 domain. While offline its MBM counters
+        count nothing (no CPU runs there); back online they go on."""
+        with self._mutex:
+            if l3_id not in {c.id for c in self.topology.l3}:
+                raise ValueError(f"no L3 domain {l3_id}")
+            self.advance()
+            if online:
+                self.offline_l3.discard(l3_id)
+            else:
+                self.offline_l3.add(l3_id)
 
     def set_limbo(self, seconds: float) -> None:
         with self._mutex:
@@ -695,6 +710,8 @@ class Model:
             return
         for group, share, timeline in self._attributions():
             for dom in self.topology.mon_domains:
+                if dom.l3_id in self.offline_l3:
+                    continue
                 for event, metric in MBM_EVENTS.items():
                     key = (event, dom.id)
                     if key in group.counters:
@@ -729,8 +746,11 @@ class Model:
         return int(group.counters.get((event, domain), 0.0) + _EPSILON)
 
     def read_event(self, group: Group, l3_id: int, sub_id: int | None, event: str) -> str:
-        """The text of ``mon_data/mon_L3_XX[/mon_sub_L3_YY]/<event>``."""
+        """The text of ``mon_data/mon_L3_XX[/mon_sub_L3_YY]/<event>``; ENODEV
+        once the domain went offline (a removed kernfs file kept open)."""
         with self._mutex:
+            if l3_id in self.offline_l3:
+                raise SimError(errno.ENODEV)
             self.advance()
             t = self.now()
             occ = self._occupancy(t)

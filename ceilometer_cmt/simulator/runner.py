@@ -257,6 +257,10 @@ class Simulator:
     def set_limbo(self, seconds: float) -> None:
         self.control("set_limbo", value=seconds)
 
+    def set_l3_online(self, l3_id: int, online: bool) -> None:
+        """CPU hotplug of a whole L3 domain (see the ``l3_online`` command)."""
+        self.control("l3_online", l3=l3_id, online=online)
+
     def advance(self, seconds: float) -> float:
         return float(self.control("advance", seconds=seconds))
 

@@ -141,7 +141,8 @@ def _size(model: Model, group: Group) -> str:
 
 
 def _l3_ids(model: Model) -> list[int]:
-    return [c.id for c in model.topology.l3]
+    """The L3 domains in mon_data: the online ones."""
+    return [c.id for c in model.topology.l3 if c.id not in model.offline_l3]
 
 
 def _mon_data(model: Model, group: Group, rest: tuple[str, ...]) -> Node:
