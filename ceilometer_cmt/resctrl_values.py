@@ -119,7 +119,12 @@ class ValueReader:
                 if f.fd >= 0:
                     value = value_of(pread(f.fd, 64, 0))
                 elif f.subs is None:
-                    value = read_value(f.path)
+                    if self.open_fds < self.fd_budget:  # room now: keep it open
+                        f.fd = os.open(f.path, os.O_RDONLY | os.O_CLOEXEC)
+                        self.open_fds += 1
+                        value = value_of(pread(f.fd, 64, 0))
+                    else:
+                        value = read_value(f.path)
                 else:
                     value = sum(map(read_value, f.subs))
             except resctrl.ValueMissing as e:
@@ -148,8 +153,7 @@ class ValueReader:
         """The remembered place of the value is gone (ENODEV on a kept fd,
         ENOENT on an open): the group was removed, or made again under the same
         name (GroupVanished); else its domain went offline (``_OFFLINE``) or the
-        layout changed (read where the value is now; from then on the value is
-        opened at each read)."""
+        layout changed (read where the value is now)."""
         if f.fd >= 0:  # a removed kernfs file never answers again
             os.close(f.fd)
             f.fd = -1

@@ -518,6 +518,53 @@ def test_group_removed_and_made_again_under_the_same_name_is_counted_once(
         mon.close()
 
 
+def test_l3_domain_offline_and_back_is_counted_once_with_files_kept_open(
+        rig: Callable[..., Rig]) -> None:
+    """All CPUs of socket 1 go offline and come back (real FUSE, kept fds that
+    answer ENODEV): the instance stays monitored, nothing is recreated, its
+    occupancy is socket 0's while socket 1 is away, its MBM is no data; back
+    online the counters go on under the same keys (counted once) and the
+    value files are kept open again."""
+    name = "instance-00000001"
+    r = rig({"processes": [load(name)]})
+    r.start_qemu(name)
+    u = "11111111-1111-4111-8111-111111111111"
+    refs = [InstanceRef(u, name)]
+    now = [0.0]
+    backend = r.backend()
+    mon = CacheMonitor(backend, clock=lambda: now[0])
+
+    def tick(seconds: float) -> None:
+        r.sim.advance(seconds)
+        now[0] += seconds
+
+    try:
+        mon.poll(refs)
+        tick(100)
+        assert mon.poll(refs).instances[u].mbm_total_bytes == 2 * 100 * 1000
+        made = (backend.mkdirs, backend.writes)
+        r.sim.set_l3_online(1, False)
+        tick(100)
+        for _ in range(2):
+            res = mon.poll(refs)
+            assert res.unmonitored == {}
+            m = res.instances[u]
+            assert m.occupancy_domains is not None and list(m.occupancy_domains) == [0]
+            assert m.mbm_total_bytes is None  # part of its counters gave nothing
+        assert (backend.mkdirs, backend.writes) == made
+        r.sim.set_l3_online(1, True)
+        tick(100)
+        back = mon.poll(refs).instances[u]
+        assert back.mbm_total_bytes == r.kernel_mbm_total(u) == 5 * 100 * 1000
+        assert list(back.occupancy_domains or {}) == [0, 1]
+        tick(1)
+        with file_calls(r.root) as calls:
+            mon.poll(refs)
+        assert [p for p in calls.opens if "/mon_data/" in p] == []
+    finally:
+        mon.close()
+
+
 # ------------------------------------------------------- two agents, one host
 @pytest.mark.parametrize("with_cachetune", [False, True])
 def test_two_agents_share_the_host_and_leave_foreign_groups_alone(
