@@ -170,9 +170,14 @@ def ctrl_path(root: str, ctrl: str) -> str:
     return os.path.join(root, ctrl) if ctrl else root
 
 
+def mon_groups_path(root: str, ctrl: str) -> str:
+    """The ``mon_groups`` directory of control group ``ctrl`` ("" = the default one)."""
+    return os.path.join(ctrl_path(root, ctrl), "mon_groups")
+
+
 def list_mon_groups(root: str, ctrl: str) -> list[str]:
     try:
-        with os.scandir(os.path.join(ctrl_path(root, ctrl), "mon_groups")) as it:
+        with os.scandir(mon_groups_path(root, ctrl)) as it:
             return sorted(e.name for e in it if e.is_dir(follow_symlinks=False))
     except FileNotFoundError:
         return []

@@ -149,7 +149,7 @@ class ResctrlBackend:
         or without it."""
         out: list[str] = []
         for ctrl, names in groups.items():
-            base = os.path.join(resctrl.ctrl_path(self.root, ctrl), "mon_groups") + "/"
+            base = resctrl.mon_groups_path(self.root, ctrl) + "/"
             out.extend(base + n for n in names if n.startswith(self.prefix) == ours)
         return out
 
@@ -158,7 +158,7 @@ class ResctrlBackend:
         or by someone else just before) out of this cycle's listing."""
         gone = {p for p in tried if not os.path.lexists(p)}
         for ctrl, names in groups.items():
-            base = os.path.join(resctrl.ctrl_path(self.root, ctrl), "mon_groups") + "/"
+            base = resctrl.mon_groups_path(self.root, ctrl) + "/"
             names[:] = [n for n in names if base + n not in gone]
 
     def remove_groups(self, paths: Sequence[str]) -> list[str]:
@@ -381,7 +381,7 @@ class ResctrlBackend:
     def _make_group(self, t: _Tracked, ctrl: str, ctx: _CycleContext) -> str:
         if ctx.no_rmid:
             raise NotMonitored(ctx.no_rmid)
-        path = os.path.join(resctrl.ctrl_path(self.root, ctrl), "mon_groups",
+        path = os.path.join(resctrl.mon_groups_path(self.root, ctrl),
                             self.group_name(t.uuid))
         try:
             self.ops.mkdir(path)
