@@ -51,10 +51,39 @@ OPTS = [
 ]
 
 
+PRIVSEP_GROUP = "cmt_privsep"
+#: Where the privsep daemon's own config lives (root-owned; the sudoers rule names it).
+DAEMON_CONFIG = "/etc/ceilometer/ceilometer-cmt-privsep.conf"
+
+#: Read by the privsep daemon from its own config file only (beside
+#: oslo.privsep's own options of the section, such as helper_command).
+PRIVSEP_OPTS = [
+    cfg.BoolOpt("allow_simulator", default=False,
+                help="Accept the ceilometer-cmt resctrl simulator (a FUSE mount made "
+                     "by root) as resctrl_root. For tests and demos only: never on a "
+                     "compute node."),
+    cfg.IntOpt("rmid_reserve", default=-1, min=-1,
+               help="RMIDs the daemon never hands out to monitor groups, kept for "
+                    "control groups (libvirt <cachetune>). -1: as many as "
+                    "info/L3/num_closids says, at least 1."),
+    cfg.ListOpt("emulators", default=["qemu-system-*", "qemu-kvm"],
+                help="Programs whose threads the daemon may place and count: a "
+                     "process's /proc/<pid>/exe must match one of these, by basename "
+                     "pattern or, for an absolute path, exactly."),
+    cfg.ListOpt("qemu_users", default=["root", "qemu", "libvirt-qemu"],
+                help="Users (names or uids) a qemu process may run as; users missing "
+                     "on this host are ignored."),
+]
+
+
 def register_opts(conf: cfg.ConfigOpts) -> None:
     conf.register_opts(OPTS, group=GROUP)
 
 
+def register_privsep_opts(conf: cfg.ConfigOpts) -> None:
+    conf.register_opts(PRIVSEP_OPTS, group=PRIVSEP_GROUP)
+
+
 def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
     """Entry point of ``oslo.config.opts`` (oslo-config-generator)."""
-    return [(GROUP, list(OPTS))]
+    return [(GROUP, list(OPTS)), (PRIVSEP_GROUP, list(PRIVSEP_OPTS))]

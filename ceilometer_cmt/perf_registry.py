@@ -10,16 +10,18 @@ every request itself, trusting only its own configuration:
   the daemon discovers itself under *its* ``sysfs_root`` (the ``intel_cqm``
   PMU); the attr bits (``disabled``, ``inherit``, the read format) are the
   daemon's, never the client's. A client cannot count an arbitrary PMU event.
-* **threads**: the thread must be listed in ``<proc>/<pid>/task/`` and
-  ``<proc>/<pid>/cmdline`` must carry qemu's ``-name guest=<domain>`` for the
-  domain the client names; the thread's start time is read before the open
-  and again after it (with the cmdline check in between), so a thread id
-  reused meanwhile is refused, not counted.
+* **threads**: by the daemon's :class:`~ceilometer_cmt.daemon_rules.QemuRule`:
+  ``pid`` must be the one in the root-owned pidfile of the domain the client
+  names, run as a qemu user, run a configured emulator and name the guest on
+  its command line; ``tid`` must be one of its threads. The qemu is held by a
+  pidfd and the thread's start time is read before the open and again after
+  it, so a pid or thread id reused meanwhile is refused, not counted.
 * **cap**: at most ``max_counters`` counters are open at once
   (:class:`~ceilometer_cmt.perf_events.PerfTooManyFiles` beyond, which the
   backend turns into an unmonitored instance).
 * **lifetime**: the client closes handles it drops; whatever it leaves is
-  closed when the daemon exits with its client.
+  closed when the daemon exits with its client. Reads and closes hold one
+  lock, so a handle closed during a read never reads a reused fd number.
 
 Reads are batched: :meth:`CounterRegistry.read` answers for every handle in
 one call (one privsep round trip per polling cycle) with what
@@ -40,6 +42,8 @@ import threading
 from collections.abc import Iterable, Sequence
 
 from ceilometer_cmt import perf_events, perf_pmu, procfs
+from ceilometer_cmt.daemon_rules import Qemu, QemuRule, refuse
+from ceilometer_cmt.errors import InstanceGone
 from ceilometer_cmt.perf_events import EventSpec, PerfProcessGone, PerfTooManyFiles
 
 #: default cap on the counters one daemon holds (3 events x ~1300 threads)
@@ -62,20 +66,14 @@ def _start_time(proc_root: str, pid: int, tid: int) -> int | None:
     return procfs.stat_start_time(os.path.join(proc_root, str(pid), "task", str(tid), "stat"))
 
 
-def names_qemu_guest(argv: list[str], domain_name: str) -> bool:
-    """``-name guest=<domain_name>[,...]``: the form libvirt gives every qemu."""
-    return any(a == "-name" and v.startswith("guest=")
-               and procfs.cmdline_names_guest([a, v], domain_name)
-               for a, v in zip(argv, argv[1:], strict=False))
-
-
 class CounterRegistry:
     """Counters held for a client, by handle; thread-safe (privsep's pool)."""
 
-    def __init__(self, sysfs_root: str = "/sys", proc_root: str = "/proc", *,
+    def __init__(self, sysfs_root: str, rule: QemuRule, *,
                  max_counters: int = MAX_COUNTERS, raise_nofile: bool = False) -> None:
         self.sysfs_root = sysfs_root
-        self.proc_root = proc_root
+        self.rule = rule
+        self.proc_root = rule.proc_root
         self.max_counters = max_counters
         self._lock = threading.Lock()
         self._fds: dict[int, int] = {}
@@ -99,54 +97,50 @@ class CounterRegistry:
         for ev in events:
             wire = tuple(int(x) for x in ev)
             if len(wire) != 4 or wire not in allowed:
-                raise PermissionError(
-                    f"refusing perf event {list(ev)!r}: not an event of the intel_cqm PMU "
-                    f"under {self.sysfs_root}")
+                raise refuse("perf-event", f"perf event {list(ev)!r} is not an event of the "
+                                           f"intel_cqm PMU under {self.sysfs_root}")
             specs.append(EventSpec(*wire))
         if not specs:
             raise ValueError("no event to open")
         return specs
 
-    def _check_qemu(self, pid: int, domain_name: str) -> None:
-        procfs.check_domain_name(domain_name)
-        try:
-            with open(os.path.join(self.proc_root, str(pid), "cmdline"), "rb") as f:
-                argv = procfs.parse_cmdline(f.read(1 << 20))
-        except OSError as e:
-            raise PerfProcessGone(f"process {pid} is gone", errno.ESRCH) from e
-        if not names_qemu_guest(argv, domain_name):
-            raise PermissionError(
-                f"refusing to count pid {pid}: its command line is not the qemu of "
-                f"{domain_name!r} (-name guest={domain_name})")
-
     # ------------------------------------------------------------ operations
     def open(self, events: Iterable[Sequence[int]], pid: int, tid: int,
              domain_name: str) -> list[int]:
         """One counter per event on thread ``tid`` of the qemu ``pid``; their handles."""
-        pid, tid = int(pid), int(tid)
-        if pid <= 0 or tid <= 0:
-            raise PermissionError(f"refusing pid {pid} / tid {tid}")
+        if isinstance(pid, bool) or isinstance(tid, bool) or not isinstance(pid, int) \
+                or not isinstance(tid, int) or pid <= 0 or tid <= 0:
+            raise refuse("threads", f"not a pid / thread id: {pid!r} / {tid!r}")
         specs = self._specs(events)
+        try:
+            qemu = self.rule.qemu_of(domain_name, pid)
+        except InstanceGone as e:
+            raise PerfProcessGone(str(e), errno.ESRCH) from None
+        try:
+            return self._open(specs, qemu.pid, tid, qemu)
+        finally:
+            qemu.close()
+
+    def _open(self, specs: list[EventSpec], pid: int, tid: int, qemu: Qemu) -> list[int]:
         started = _start_time(self.proc_root, pid, tid)
-        if started is None:
+        try:
+            gone = self.rule.check_threads(qemu, [tid])
+        except InstanceGone as e:
+            raise PerfProcessGone(str(e), errno.ESRCH) from None
+        if started is None or gone:
             raise PerfProcessGone(f"thread {tid} of process {pid} is gone", errno.ESRCH)
-        self._check_qemu(pid, domain_name)
         with self._lock:
             if len(self._fds) + len(specs) > self.max_counters:
                 raise PerfTooManyFiles(
                     f"the privsep daemon holds {len(self._fds)} perf counters, its cap "
                     f"is {self.max_counters}", errno.EMFILE)
             fds = perf_events.open_counters(specs, tid)
-            try:
-                # the thread that was opened is the one that was checked
-                self._check_qemu(pid, domain_name)
-                if _start_time(self.proc_root, pid, tid) != started:
-                    raise PerfProcessGone(f"thread {tid} of process {pid} exited",
-                                          errno.ESRCH)
-            except BaseException:
+            # the thread that was opened is the one that was checked: the qemu
+            # still runs (its pidfd) and the thread has the same start time
+            if not qemu.alive() or _start_time(self.proc_root, pid, tid) != started:
                 for fd in fds:
                     perf_events.close_fd(fd)
-                raise
+                raise PerfProcessGone(f"thread {tid} of process {pid} exited", errno.ESRCH)
             handles = []
             for fd in fds:
                 self._next += 1
@@ -156,12 +150,13 @@ class CounterRegistry:
 
     def read(self, handles: Sequence[int]) -> bytes:
         """24 bytes per handle, in order, for one batch of handles."""
-        fds = self._fds
-        try:
-            mine = [fds[h] for h in handles]
-        except KeyError as e:
-            raise OSError(errno.EBADF, f"no perf counter with handle {e.args[0]}") from None
-        return perf_events.read_counts(mine)
+        with self._lock:  # a close meanwhile would free an fd number being read
+            fds = self._fds
+            try:
+                mine = [fds[h] for h in handles]
+            except KeyError as e:
+                raise OSError(errno.EBADF, f"no perf counter with handle {e.args[0]}") from None
+            return perf_events.read_counts(mine)
 
     def close(self, handles: Iterable[int]) -> None:
         with self._lock:

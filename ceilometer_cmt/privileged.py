@@ -1,15 +1,20 @@
 """The privileged operations, behind an oslo.privsep context.
 
 The agent can then run as an unprivileged user: mkdir/rmdir of monitor groups
-and writes to ``tasks`` happen in the privsep daemon (started the way
-deployments start it: ``privsep-helper`` through sudo or rootwrap, or by root).
-The daemon checks every request itself: the root must be a resctrl mount (or
-the simulator) and the path a monitor group whose name carries the prefix.
+and writes to ``tasks`` happen in the privsep daemon, started by
+``ceilometer-cmt-privsep-helper`` (:mod:`ceilometer_cmt.privsep_helper`)
+through sudo with the daemon's own root-owned config file.
+
+The daemon takes names, never paths, and judges them by its own config
+only (:mod:`ceilometer_cmt.daemon_rules`, :mod:`ceilometer_cmt.daemon_resctrl`):
+its own ``[cmt] resctrl_root``, opened once and checked to be resctrl, every
+name resolved beneath it, only monitor groups with its own prefix, a reserve of
+RMIDs it never hands out, and only threads of the named guest's qemu.
 
 perf counters (the perf backend) live in the daemon too, since privsep cannot
 pass fds back: :mod:`ceilometer_cmt.perf_registry` holds them by handle and
-checks events and threads against the daemon's own ``[cmt] sysfs_root`` and
-``proc_root``; :class:`PrivsepCounters` is the agent's side.
+checks events and threads by the same rules; :class:`PrivsepCounters` is the
+agent's side.
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ from oslo_config import cfg
 from oslo_privsep import capabilities as caps
 from oslo_privsep import priv_context
 
-from ceilometer_cmt import options, perf_registry, resctrl
+from ceilometer_cmt import options, perf_registry
+from ceilometer_cmt.daemon_resctrl import ResctrlRoot
+from ceilometer_cmt.daemon_rules import QemuRule, refuse
 from ceilometer_cmt.perf_events import EventSpec
 
 LOG = logging.getLogger(__name__)
@@ -34,67 +41,95 @@ options.register_opts(cfg.CONF)
 
 cmt_pctxt = priv_context.PrivContext(
     "ceilometer_cmt",
-    cfg_section="cmt_privsep",
+    cfg_section=options.PRIVSEP_GROUP,
     pypath=__name__ + ".cmt_pctxt",
     # DAC_OVERRIDE: resctrl files are root's; SYS_ADMIN/SYS_PTRACE: perf on
-    # other users' processes (CAP_PERFMON is newer than the privsep table).
+    # other users' processes (CAP_PERFMON is newer than the privsep table), and
+    # /proc/<pid>/exe of the qemu process.
     capabilities=[caps.CAP_DAC_OVERRIDE, caps.CAP_SYS_ADMIN, caps.CAP_SYS_PTRACE],
 )
+options.register_privsep_opts(cfg.CONF)
 
-_NAME = r"[A-Za-z0-9_.-]+"
-_GROUP_RE = re.compile(rf"^(?:{_NAME}/)?mon_groups/({_NAME})$")
-_verified: set[str] = set()
+_PREFIX_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_state_lock = threading.Lock()
+_resctrl: ResctrlRoot | None = None
 
 
-def _check(root: str, rel: str, prefix: str) -> str:
-    own = cfg.CONF.cmt.resctrl_group_prefix
-    if not own or prefix != own:
-        raise PermissionError(f"refusing prefix {prefix!r}: this daemon owns only {own!r}")
-    m = _GROUP_RE.match(rel)
-    if not m or not m.group(1).startswith(prefix) or ".." in rel.split("/"):
-        raise PermissionError(f"refusing resctrl path {rel!r} (prefix {prefix!r})")
-    if root not in _verified:
-        resctrl.verify_mount(root)
-        _verified.add(root)
-    return os.path.join(root, rel)
+def qemu_rule() -> QemuRule:
+    """Who may be placed or counted, from the daemon's own config."""
+    c = cfg.CONF
+    return QemuRule(c.cmt.libvirt_pid_dir, c.cmt.proc_root,
+                    tuple(e.strip() for e in c.cmt_privsep.emulators if e.strip()),
+                    tuple(u.strip() for u in c.cmt_privsep.qemu_users if u.strip()))
+
+
+def daemon_resctrl() -> ResctrlRoot:
+    """The daemon's resctrl root, made once from the daemon's own config."""
+    global _resctrl
+    with _state_lock:
+        if _resctrl is None:
+            c = cfg.CONF
+            prefix = c.cmt.resctrl_group_prefix or ""
+            if not _PREFIX_RE.fullmatch(prefix):
+                raise refuse("config", f"this daemon's [cmt] resctrl_group_prefix "
+                                       f"{prefix!r} is not usable")
+            _resctrl = ResctrlRoot(c.cmt.resctrl_root, prefix, qemu_rule(),
+                                   allow_simulator=c.cmt_privsep.allow_simulator,
+                                   rmid_reserve=c.cmt_privsep.rmid_reserve)
+        return _resctrl
 
 
 @cmt_pctxt.entrypoint
-def mkdir_group(root: str, rel: str, prefix: str) -> None:
-    os.mkdir(_check(root, rel, prefix))
+def mkdir_group(ctrl: str, uuid: str) -> None:
+    """Make monitor group ``<prefix><uuid>`` in control group ``ctrl`` ("" = default)."""
+    daemon_resctrl().mkdir(ctrl, uuid)
 
 
 @cmt_pctxt.entrypoint
-def rmdir_group(root: str, rel: str, prefix: str) -> None:
-    os.rmdir(_check(root, rel, prefix))
+def rmdir_group(ctrl: str, name: str) -> None:
+    """Remove our monitor group ``name`` (it carries the prefix) of ``ctrl``."""
+    daemon_resctrl().rmdir(ctrl, name)
 
 
 @cmt_pctxt.entrypoint
-def write_group_tasks(root: str, rel: str, prefix: str, tids: list[int]) -> list[tuple[int, int]]:
-    path = _check(root, rel, prefix)
-    return resctrl.write_tasks(os.path.join(path, "tasks"), [int(t) for t in tids])
+def write_group_tasks(ctrl: str, uuid: str, domain_name: str,
+                      tids: list[int]) -> list[tuple[int, int]]:
+    """Write threads of ``domain_name``'s qemu to monitor group ``<prefix><uuid>``."""
+    return daemon_resctrl().write_tasks(ctrl, uuid, domain_name, tids)
 
 
 class PrivsepOps:
-    """:class:`ceilometer_cmt.resctrl.ResctrlOps` through the privsep daemon."""
+    """:class:`ceilometer_cmt.resctrl.ResctrlOps` through the privsep daemon: the
+    paths the backend uses become names; the daemon finds them beneath its own root."""
 
     def __init__(self, root: str, prefix: str) -> None:
         self.root = root
         self.prefix = prefix
 
-    def _rel(self, path: str) -> str:
-        return os.path.relpath(path, self.root)
+    def _names(self, group: str) -> tuple[str, str]:
+        """(control group, monitor group name) of a monitor group path."""
+        parts = os.path.relpath(group, self.root).split(os.sep)
+        if len(parts) == 2 and parts[0] == "mon_groups":
+            return "", parts[1]
+        if len(parts) == 3 and parts[1] == "mon_groups":
+            return parts[0], parts[2]
+        raise ValueError(f"{group} is not a monitor group under {self.root}")
+
+    def _uuid(self, name: str) -> str:
+        return name[len(self.prefix):] if name.startswith(self.prefix) else name
 
     def mkdir(self, path: str) -> None:
-        mkdir_group(self.root, self._rel(path), self.prefix)
+        ctrl, name = self._names(path)
+        mkdir_group(ctrl, self._uuid(name))
 
     def rmdir(self, path: str) -> None:
-        rmdir_group(self.root, self._rel(path), self.prefix)
+        rmdir_group(*self._names(path))
 
-    def write_tasks(self, tasks_path: str, tids: list[int]) -> list[tuple[int, int]]:
-        rel = self._rel(os.path.dirname(tasks_path))
-        return [(int(t), int(e)) for t, e in write_group_tasks(self.root, rel, self.prefix,
-                                                                list(tids))]
+    def write_tasks(self, tasks_path: str, tids: list[int],
+                    domain_name: str = "") -> list[tuple[int, int]]:
+        ctrl, name = self._names(os.path.dirname(tasks_path))
+        return [(int(t), int(e)) for t, e in write_group_tasks(
+            ctrl, self._uuid(name), domain_name, [int(t) for t in tids])]
 
 
 # ---------------------------------------------------------------- perf counters
@@ -104,12 +139,12 @@ _registry_lock = threading.Lock()
 
 
 def counter_registry() -> perf_registry.CounterRegistry:
-    """The daemon's counters, judged by the daemon's own [cmt] sysfs/proc roots."""
+    """The daemon's counters, judged by the daemon's own config."""
     global _registry
     with _registry_lock:
         if _registry is None:
             _registry = perf_registry.CounterRegistry(
-                cfg.CONF.cmt.sysfs_root, cfg.CONF.cmt.proc_root, raise_nofile=True)
+                cfg.CONF.cmt.sysfs_root, qemu_rule(), raise_nofile=True)
         return _registry
 
 

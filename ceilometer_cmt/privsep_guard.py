@@ -5,7 +5,10 @@ Two things the bare :class:`ceilometer_cmt.privileged.PrivsepOps` lacks:
 - ceilometer parses its configuration into its own ``ConfigOpts``, never into
   ``cfg.CONF``, while oslo.privsep reads its ``[cmt_privsep]`` section from
   ``cfg.CONF``: :func:`configure` copies the agent's section over, so that
-  ``helper_command`` (and ``user``/``group``) in ceilometer.conf are honoured;
+  ``helper_command`` (and ``user``/``group``) in ceilometer.conf are honoured.
+  Unset, ``helper_command`` is :data:`DEFAULT_HELPER` (the plugin's own helper
+  with the daemon's own config file), never oslo.privsep's default, which
+  would hand the agent's config files to root;
 - when the daemon cannot start, oslo.privsep raises (``FailedToDropPrivileges``
   "exited non-zero (1)", or ``FileNotFoundError`` from ``Popen``) on every
   call: :class:`GuardedOps` logs one error naming the helper command and what
@@ -29,6 +32,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ceilometer_cmt.errors import CmtError, NotMonitored
+from ceilometer_cmt.options import DAEMON_CONFIG
 from ceilometer_cmt.perf_events import EventSpec
 from ceilometer_cmt.resctrl import ResctrlOps
 
@@ -41,6 +45,8 @@ SECTION = "cmt_privsep"
 COPIED = ("helper_command", "user", "group", "thread_pool_size", "logger_name",
           "log_daemon_traceback")
 T = TypeVar("T")
+#: what the shipped sudoers rule allows (etc/sudoers.d/ceilometer-cmt)
+DEFAULT_HELPER = f"sudo ceilometer-cmt-privsep-helper --config-file {DAEMON_CONFIG}"
 
 
 def configure(conf: Any) -> None:
@@ -51,14 +57,15 @@ def configure(conf: Any) -> None:
 
     import ceilometer_cmt.privileged  # noqa: F401  (registers the section on cfg.CONF)
 
-    if conf is cfg.CONF:
-        return
-    try:
-        conf.register_opts(copy.deepcopy(priv_context.OPTS), group=SECTION)
-    except cfg.DuplicateOptError:
-        pass  # configured before (resctrl ops and perf counters share the section)
+    if conf is not cfg.CONF:
+        try:
+            conf.register_opts(copy.deepcopy(priv_context.OPTS), group=SECTION)
+        except cfg.DuplicateOptError:
+            pass  # configured before (resctrl ops and perf counters share the section)
     for name in COPIED:
         value = conf[SECTION][name]
+        if name == "helper_command" and not value:
+            value = DEFAULT_HELPER
         if value is not None and value != cfg.CONF[SECTION][name]:
             cfg.CONF.set_override(name, value, group=SECTION)
 
@@ -149,8 +156,9 @@ class GuardedOps(DaemonGuard):
             raise PermissionError(1, str(e)) from e
         self.ops.rmdir(path)
 
-    def write_tasks(self, tasks_path: str, tids: list[int]) -> list[tuple[int, int]]:
-        return self._call(lambda: self.ops.write_tasks(tasks_path, tids))
+    def write_tasks(self, tasks_path: str, tids: list[int],
+                    domain_name: str = "") -> list[tuple[int, int]]:
+        return self._call(lambda: self.ops.write_tasks(tasks_path, tids, domain_name))
 
 
 class GuardedCounters:

@@ -276,8 +276,11 @@ class ResctrlOps(Protocol):
 
     def rmdir(self, path: str) -> None: ...
 
-    def write_tasks(self, tasks_path: str, tids: list[int]) -> list[tuple[int, int]]:
-        """Write each tid with its own write(); return (tid, errno) of failures."""
+    def write_tasks(self, tasks_path: str, tids: list[int],
+                    domain_name: str = "") -> list[tuple[int, int]]:
+        """Write each tid with its own write(); return (tid, errno) of failures.
+        ``domain_name``: the libvirt domain whose qemu threads these are (the
+        privsep daemon writes only threads of that guest's qemu)."""
         ...
 
 
@@ -290,7 +293,8 @@ class DirectOps:
     def rmdir(self, path: str) -> None:
         os.rmdir(path)
 
-    def write_tasks(self, tasks_path: str, tids: list[int]) -> list[tuple[int, int]]:
+    def write_tasks(self, tasks_path: str, tids: list[int],
+                    domain_name: str = "") -> list[tuple[int, int]]:
         return write_tasks(tasks_path, tids)
 
 

@@ -366,7 +366,7 @@ class ResctrlBackend:
             if not mine:
                 continue
             path = t.groups.get(ctrl) or self._make_group(t, ctrl, ctx)
-            failures = self.ops.write_tasks(os.path.join(path, "tasks"), mine)
+            failures = self.ops.write_tasks(os.path.join(path, "tasks"), mine, t.domain_name)
             self.writes += len(mine)
             failed = {tid for tid, err in failures if err != errno.ESRCH}
             for tid, err in failures:

@@ -251,7 +251,8 @@ class KernelOps:
         return groups
 
     @_kernel_side
-    def write_tasks(self, tasks_path: str, tids: list[int]) -> list[tuple[int, int]]:
+    def write_tasks(self, tasks_path: str, tids: list[int],
+                    domain_name: str = "") -> list[tuple[int, int]]:
         self.calls.append(("write", tasks_path))
         failures = []
         group = os.path.dirname(tasks_path)
