@@ -22,7 +22,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,14 +33,12 @@ from ceilometer_cmt import perf_pmu
 from ceilometer_cmt.perf_registry import to_wire
 from ceilometer_cmt.simulator.topology import get_topology
 from ceilometer_cmt.testbed import FakeInstance, StandInQemu, make_instances, write_node_xml
+from tests.as_user import User, kill_user_processes, public_workdir, run_as
 from tests.test_privsep import (
     CLI,
-    User,
-    _kill_user_processes,
     _missing,
     agent_user,  # noqa: F401  (fixture)
     run_agent_as,
-    run_as,
     samples_by_cycle,
     wait_no_daemons,
 )
@@ -100,8 +97,11 @@ class Host:
 
 @pytest.fixture
 def host() -> Iterator[Host]:
-    work = tempfile.mkdtemp(prefix="cmt-perf-privsep-")
-    os.chmod(work, 0o755)
+    with public_workdir("cmt-perf-privsep-") as work:
+        yield from _host(work)
+
+
+def _host(work: str) -> Iterator[Host]:
     qemus: list[StandInQemu] = []
     try:
         sysfs = os.path.join(work, "sys")
@@ -214,7 +214,7 @@ def test_unprivileged_agent_counts_through_privsep_daemon(host: Host,
                         work)
         left = wait_no_daemons(marker)
     finally:
-        _kill_user_processes(agent_user.name)
+        kill_user_processes(agent_user.name)
     assert attack.returncode == 0, attack.stderr
     assert not left, f"privsep daemon(s) outlived their client: {left}"
     r = json.loads(attack.stdout.strip().splitlines()[-1])

@@ -17,13 +17,10 @@ import contextlib
 import errno
 import json
 import os
-import pwd
 import re
-import secrets
 import shutil
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
@@ -36,8 +33,15 @@ import pytest
 from ceilometer_cmt.simulator import Simulator, fuse_missing_reason, mount_fstype
 from ceilometer_cmt.simulator.topology import get_topology
 from ceilometer_cmt.testbed import FakeInstance, StandInQemu, make_instances, write_node_xml
+from tests.as_user import (
+    VENV_BIN,
+    User,
+    kill_user_processes,
+    public_workdir,
+    run_as,
+    throwaway_user,
+)
 
-VENV_BIN = os.path.dirname(sys.executable)
 CLI = os.path.join(VENV_BIN, "ceilometer-cmt")
 HELPER = os.path.join(VENV_BIN, "privsep-helper")
 CONTEXT = "ceilometer_cmt.privileged.cmt_pctxt"
@@ -51,9 +55,9 @@ def _missing() -> str | None:
     reason = fuse_missing_reason()
     if reason:
         return f"no FUSE: {reason}"
-    for tool in ("sudo", "visudo", "useradd", "userdel"):
+    for tool in ("sudo", "visudo", "useradd", "userdel", "unshare", "setpriv", "mount"):
         if shutil.which(tool) is None:
-            return f"{tool} is not installed (Debian packages sudo, passwd)"
+            return f"{tool} is not installed (Debian packages sudo, passwd, util-linux)"
     if not os.path.exists(HELPER):
         return f"{HELPER} is missing (oslo.privsep)"
     return None
@@ -98,8 +102,11 @@ class Host:
 
 @pytest.fixture
 def host() -> Iterator[Host]:
-    work = tempfile.mkdtemp(prefix="cmt-privsep-")
-    os.chmod(work, 0o755)
+    with public_workdir("cmt-privsep-") as work:
+        yield from _host(work)
+
+
+def _host(work: str) -> Iterator[Host]:
     qemus: list[StandInQemu] = []
     sim = Simulator(os.path.join(work, "resctrl"), "intel-2s", {
         "processes": [{"match": {"cmdline": "guest="}, "timeline": [
@@ -129,47 +136,19 @@ def host() -> Iterator[Host]:
         assert not os.path.exists(work)
 
 
-@dataclass(frozen=True)
-class User:
-    name: str
-    uid: int
-    gid: int
-    tmp: str  # its TMPDIR: where oslo.privsep puts its socket directory
-
-
 @pytest.fixture
 def agent_user(host: Host) -> Iterator[User]:
     """A system user made for this test, allowed ``sudo privsep-helper`` only."""
-    name = "cmtps" + secrets.token_hex(4)
-    sudoers = f"/etc/sudoers.d/ceilometer-cmt-test-{name}"
-    subprocess.run(["useradd", "--system", "--no-create-home", "--user-group",
-                    "--shell", "/usr/sbin/nologin", name], check=True)
-    try:
-        pw = pwd.getpwnam(name)
-        tmp = os.path.join(host.work, "tmp-" + name)
-        os.mkdir(tmp, 0o700)
-        os.chown(tmp, pw.pw_uid, pw.pw_gid)
+    def rules(user: User) -> str:
         # What a deployment grants the agent's user: privsep-helper as root with our
         # context only, a fixed config file (it holds the daemon's capabilities) and a
         # socket in the user's TMPDIR (sudo >= 1.9.10 regular expression). secure_path
         # lets oslo.privsep's default command ("sudo privsep-helper ...") find the venv's.
-        assert re.fullmatch(r"[A-Za-z0-9_/.-]+", host.work + tmp), (host.work, tmp)
-        rules = render_sudoers(name, host.work + "/ceilometer.conf", tmp)
-        fd = os.open(sudoers + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o440)
-        with os.fdopen(fd, "w") as f:
-            f.write(rules)
-        subprocess.run(["visudo", "-c", "-q", "-f", sudoers + ".tmp"], check=True)
-        os.rename(sudoers + ".tmp", sudoers)
-        yield User(name, pw.pw_uid, pw.pw_gid, tmp)
-    finally:
-        for path in (sudoers, sudoers + ".tmp"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-        _kill_user_processes(name)
-        subprocess.run(["userdel", name], check=False)
-        assert not os.path.exists(sudoers)
-        with pytest.raises(KeyError):
-            pwd.getpwnam(name)
+        assert re.fullmatch(r"[A-Za-z0-9_/.-]+", host.work + user.tmp), (host.work, user.tmp)
+        return render_sudoers(user.name, host.work + "/ceilometer.conf", user.tmp)
+
+    with throwaway_user(host.work, prefix="cmtps", sudoers=rules) as user:
+        yield user
 
 
 def render_sudoers(user: str, conf: str, tmpdir: str) -> str:
@@ -182,15 +161,6 @@ def render_sudoers(user: str, conf: str, tmpdir: str) -> str:
 
     return (text.replace("@USER@", user).replace("@BIN@", VENV_BIN)
             .replace("@CONF@", regex(conf)).replace("@TMPDIR@", regex(tmpdir)))
-
-
-def _kill_user_processes(name: str) -> None:
-    with contextlib.suppress(KeyError):
-        uid = pwd.getpwnam(name).pw_uid
-        for pid in _pids():
-            with contextlib.suppress(OSError):
-                if os.stat(f"/proc/{pid}").st_uid == uid:
-                    os.kill(pid, 9)
 
 
 def _pids() -> list[int]:
@@ -222,50 +192,6 @@ def wait_no_daemons(marker: str) -> list[int]:
     return left
 
 
-def _blocked_ancestor(path: str) -> tuple[str, str] | None:
-    """(dir, child) where ``dir`` is the first ancestor of ``path`` others may
-    not search (pyenv's Python under /root here), else None."""
-    parts = os.path.realpath(path).split(os.sep)[1:]
-    cur = "/"
-    for part in parts[:-1]:
-        if not os.stat(cur).st_mode & 0o001:
-            return cur, os.path.join(cur, part)
-        cur = os.path.join(cur, part)
-    return None
-
-
-# Run as the user in a private mount namespace. Where the interpreter sits below a
-# directory others may not search (a pyenv Python in /root), that directory is
-# covered there by a tmpfs holding only the interpreter's tree, so the host's
-# permissions stay as they are and nothing outlives the command.
-_WRAP = """\
-set -e
-if [ -n "$CMT_BLOCKED" ]; then
-  hold=$(mktemp -d)
-  mount --bind "$CMT_CHILD" "$hold"
-  mount -t tmpfs -o mode=0755,size=64k cmt-privsep-test "$CMT_BLOCKED"
-  mkdir -p "$CMT_CHILD"
-  mount --move "$hold" "$CMT_CHILD"
-  rmdir "$hold"
-fi
-exec setpriv --reuid="$CMT_UID" --regid="$CMT_GID" --clear-groups -- \
-  env -i PATH="$CMT_PATH" HOME="$CMT_HOME" TMPDIR="$CMT_TMP" LANG=C.UTF-8 \
-  PYTHONWARNINGS=ignore "$@"
-"""
-
-
-def run_as(user: User, argv: list[str], cwd: str) -> subprocess.CompletedProcess[str]:
-    blocked = _blocked_ancestor(sys.executable)
-    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CMT_UID": str(user.uid),
-           "CMT_GID": str(user.gid), "CMT_PATH": f"{VENV_BIN}:/usr/bin:/bin",
-           "CMT_HOME": cwd, "CMT_TMP": user.tmp,
-           "CMT_BLOCKED": blocked[0] if blocked else "", "CMT_CHILD": blocked[1] if blocked
-           else ""}
-    return subprocess.run(["unshare", "--mount", "--propagation", "private", "--",
-                           "sh", "-c", _WRAP, "sh", *argv], env=env, cwd=cwd,
-                          capture_output=True, text=True, timeout=180, check=False)
-
-
 def run_agent_as(user: User, conf: str, cycles: int, cwd: str, marker: str
                  ) -> tuple[subprocess.CompletedProcess[str], dict[int, Any]]:
     """``ceilometer-cmt poll`` as ``user``; checks it ended cleanly, that the
@@ -275,7 +201,7 @@ def run_agent_as(user: User, conf: str, cycles: int, cwd: str, marker: str
                               "--json"], cwd)
         left = wait_no_daemons(marker)
     finally:
-        _kill_user_processes(user.name)
+        kill_user_processes(user.name)
     assert agent.returncode == 0, agent.stderr
     assert not left, f"privsep daemon(s) outlived the agent: {left}"
     assert "Traceback" not in agent.stderr, agent.stderr
@@ -406,7 +332,7 @@ def test_unprivileged_agent_polls_through_privsep_daemon(host: Host, agent_user:
                                      host.resctrl, outside], work)
         left = wait_no_daemons(marker)
     finally:
-        _kill_user_processes(agent_user.name)
+        kill_user_processes(agent_user.name)
     assert attack.returncode == 0, attack.stderr
     assert not left, f"privsep daemon(s) outlived their client: {left}"
     r = json.loads(attack.stdout.strip().splitlines()[-1])
@@ -529,7 +455,7 @@ def test_daemon_keeps_other_tools_groups_whatever_prefix_the_client_claims(
         r = run_as(agent_user, [sys.executable, script, host.resctrl], host.work)
         left = wait_no_daemons(agent_user.tmp)
     finally:
-        _kill_user_processes(agent_user.name)
+        kill_user_processes(agent_user.name)
     assert r.returncode == 0, r.stderr
     assert not left
     assert sorted(os.listdir(groups)) == ["foreign-0", "foreign-1"]
