@@ -9,7 +9,6 @@ import os
 import resource
 import shutil
 import struct
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +24,7 @@ from ceilometer_cmt.perf_counts import sum_counts
 from ceilometer_cmt.perf_events import PerfPermissionError, PerfUnsupported
 from ceilometer_cmt.readings import HOST_WIDE, BackendCycle, InstanceRef
 from ceilometer_cmt.sysfs_cache import read_host_cache
+from tests.as_user import public_workdir
 
 FIXTURES = Path(__file__).parent / "fixtures" / "perf"
 SOFTWARE = str(FIXTURES / "software")
@@ -37,13 +37,10 @@ Spawn = Callable[[str], Child]
 
 @pytest.fixture
 def pid_dir() -> Iterator[str]:
-    # world-readable, so a test that drops to nobody still reads the pidfiles
-    d = tempfile.mkdtemp(prefix="cmt-perf-pids-")
-    os.chmod(d, 0o755)
-    try:
+    # reachable by anybody (not in TMPDIR, which may be private), so a test that
+    # drops to nobody still reads the pidfiles
+    with public_workdir("cmt-perf-pids-") as d:
         yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture
@@ -306,9 +303,13 @@ def test_fd_exhaustion_leaves_instance_unmonitored(backend: PerfBackend,
 
 
 def test_permission_denied_is_backend_unavailable(pid_dir: str, spawn: Spawn) -> None:
-    """As nobody, the root-owned stand-in qemu may not be counted: a clear error."""
+    """As nobody, the root-owned stand-in qemu may not be counted: a clear error.
+    The PMU's files are copied next to the pidfiles: nobody may not reach the
+    checkout (below a 0700 home)."""
     spawn("instance-root")
-    b = PerfBackend(SOFTWARE, "/proc", pid_dir)
+    sysfs = os.path.join(pid_dir, "sys")
+    shutil.copytree(SOFTWARE, sysfs)
+    b = PerfBackend(sysfs, "/proc", pid_dir)
     def attempt() -> str:
         try:
             b.sync([InstanceRef(UUID_A, "instance-root")])

@@ -29,12 +29,10 @@ import http.server
 import json
 import os
 import pwd
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
@@ -43,6 +41,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tests.as_user import public_workdir
 
 REPO = Path(__file__).resolve().parents[2]
 LOOPBACK = "127.0.0.1"
@@ -239,15 +239,14 @@ def write_ini(path: Path, sections: Mapping[str, Mapping[str, object]]) -> Path:
 
 @contextlib.contextmanager
 def workdir(prefix: str, owner: str | None = None) -> Iterator[Path]:
-    """A fresh directory under /tmp, removed at the end whatever happens."""
-    path = Path(tempfile.mkdtemp(prefix=f"cmt-e2e-{prefix}-"))
-    try:
+    """A fresh directory in a public place (/tmp, whatever TMPDIR says: the
+    ``postgres`` user must reach it, see tests/as_user.py), owned by ``owner``
+    if given, removed at the end whatever happens."""
+    with public_workdir(f"cmt-e2e-{prefix}-") as path:
         if owner:
             pw = pwd.getpwnam(owner)
             os.chown(path, pw.pw_uid, pw.pw_gid)
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+        yield Path(path)
 
 
 def http_json(method: str, url: str, body: object | None = None,

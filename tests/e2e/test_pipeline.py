@@ -18,11 +18,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import socket
 import string
 import subprocess
-import tempfile
 import threading
 import time
 import uuid
@@ -340,10 +338,9 @@ def fake_compute() -> Iterator[FakeCompute]:
     reason = fuse_missing_reason()
     if reason:
         pytest.skip(f"resctrl simulator unavailable: {reason}")
-    base = Path(tempfile.mkdtemp(prefix="cmt-e2e-compute-"))
     stop = threading.Event()
     with contextlib.ExitStack() as stack:
-        stack.callback(shutil.rmtree, base, True)
+        base = Path(stack.enter_context(services.public_workdir("cmt-e2e-compute-")))
         (instance,) = make_instances(1, start=7)
         node = write_node_xml(str(base / "node.xml"), [instance])
         topology = get_topology("intel-2s")
