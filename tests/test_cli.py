@@ -35,18 +35,26 @@ def test_probe_json_picks_resctrl_on_a_fixture_tree(host, capsys):  # type: igno
     assert all(not d["usable"] for d in report["decisions"][1:])
 
 
-def test_probe_exit_1_and_reasons_on_this_machine(capsys):  # type: ignore[no-untyped-def]
-    # This machine has no resctrl and no intel_cqm PMU: nothing is usable.
-    rc = cli.main(["probe", "--set", "libvirt_uri=test:///default"])
+def _no_backend_args(host):  # type: ignore[no-untyped-def]
+    """A host with nothing usable, whatever the machine running the tests has:
+    the resctrl tree is not a mount point, the sysfs tree has no intel_cqm PMU,
+    libvirt's test driver reports no cache data."""
+    return ["--set", f"resctrl_root={host.resctrl}", "--set", f"sysfs_root={host.sysfs}",
+            "--set", f"libvirt_pid_dir={host.pid_dir}", "--set", "libvirt_uri=test:///default"]
+
+
+def test_probe_exit_1_and_reasons_without_any_backend(host, capsys
+                                                      ):  # type: ignore[no-untyped-def]
+    rc = cli.main(["probe", *_no_backend_args(host)])
     out = capsys.readouterr().out
     assert rc == 1
     assert "not a mount point" in out
     assert "chosen backend" in out and "none (per-instance meters off)" in out
 
 
-def test_console_script_is_installed():  # type: ignore[no-untyped-def]
+def test_console_script_is_installed(host):  # type: ignore[no-untyped-def]
     exe = os.path.join(os.path.dirname(sys.executable), "ceilometer-cmt")
-    proc = subprocess.run([exe, "probe", "--json", "--set", "libvirt_uri=test:///default"],
+    proc = subprocess.run([exe, "probe", "--json", *_no_backend_args(host)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1, proc.stderr
     assert json.loads(proc.stdout)["backend"] is None
