@@ -11,6 +11,7 @@
 #   scripts/demo.sh --cycles 0            # until Ctrl-C
 #   scripts/demo.sh --json --cycles 3     # samples as JSON lines
 set -euo pipefail
+umask 022  # the venv is never group- or world-writable, whatever the caller's umask
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
 venv=${CMT_VENV:-$repo/.venv}

@@ -9,6 +9,9 @@
 #   scripts/test.sh                 # everything
 #   scripts/test.sh tests/test_x.py # extra arguments go to pytest
 set -euo pipefail
+# The venvs must not be group- or world-writable whatever the caller's umask:
+# tests run their code as other users (tests/as_user.py) and as root via sudo.
+umask 022
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
 venv=${CMT_VENV:-$repo/.venv}
@@ -43,4 +46,9 @@ fi
 echo "== pytest"
 # The services are installed above: the end-to-end tests must run, never skip.
 export CMT_E2E_REQUIRED=1
-PATH="$venv/bin:$PATH" "$venv/bin/python" -m pytest -p no:cacheprovider "$@"
+# pytest's tmp_path directories (below $TMPDIR, else /tmp) go in one directory
+# per run, removed when the run ends; directories that other users must reach
+# are made by the tests themselves in /tmp (tests/as_user.public_workdir).
+basetemp=$(mktemp -d "${TMPDIR:-/tmp}/cmt-pytest-XXXXXX")
+trap 'rm -rf "$basetemp"' EXIT
+PATH="$venv/bin:$PATH" "$venv/bin/python" -m pytest -p no:cacheprovider --basetemp "$basetemp" "$@"
