@@ -1,8 +1,8 @@
 """The perf backend for an unprivileged agent: counters in the privsep daemon.
 
 A throwaway system user runs ``ceilometer-cmt poll`` with ``[cmt] backend =
-perf`` and ``privsep = always`` (``sudo privsep-helper``, a sudoers rule
-allowing exactly our context and config, as in test_privsep.py) against a
+perf`` and ``privsep = always`` (``sudo ceilometer-cmt-privsep-helper`` with the
+daemon's own config, the shipped sudoers rule, as in test_privsep.py) against a
 fixture ``intel_cqm`` PMU whose type is 1 (PERF_TYPE_SOFTWARE: occupancy is
 task-clock, total_bytes page-faults, local_bytes context-switches) and real
 stand-in qemus owned by root. The user itself gets EACCES from
@@ -34,6 +34,7 @@ from ceilometer_cmt.perf_registry import to_wire
 from ceilometer_cmt.simulator.topology import get_topology
 from ceilometer_cmt.testbed import FakeInstance, StandInQemu, make_instances, write_node_xml
 from tests.as_user import User, kill_user_processes, public_workdir, run_as
+from tests.daemon_stand import helper_command, write_daemon_config
 from tests.test_privsep import (
     CLI,
     _missing,
@@ -71,6 +72,7 @@ class Host:
     instances: list[FakeInstance]
     qemus: list[StandInQemu]
     node: str
+    daemon_conf: str  # the privsep daemon's own config, root-owned
 
     @property
     def sysfs(self) -> str:
@@ -89,7 +91,7 @@ class Host:
                 libvirt_pid_dir = {self.work}/run
                 privsep = always
                 [cmt_privsep]
-                helper_command = sudo {sys.exec_prefix}/bin/privsep-helper --config-file {path}
+                helper_command = {helper_command(self.daemon_conf)}
             """))
         os.chmod(path, 0o644)
         return path
@@ -112,7 +114,11 @@ def _host(work: str) -> Iterator[Host]:
         for inst in instances:
             qemus.append(StandInQemu(inst.domain_name, os.path.join(work, "run"),
                                      extra_threads=1, burn=True).start())
-        yield Host(work, instances, qemus, node)
+        os.mkdir(os.path.join(work, "etc"), 0o755)
+        daemon_conf = write_daemon_config(os.path.join(work, "etc", "privsep.conf"),
+                                          resctrl_root="/sys/fs/resctrl",
+                                          pid_dir=os.path.join(work, "run"), sysfs_root=sysfs)
+        yield Host(work, instances, qemus, node, daemon_conf)
     finally:
         pids = [q.proc.pid for q in qemus if q.proc is not None]
         for q in qemus:
@@ -145,11 +151,9 @@ ATTACK = """\
 import json, os, sys
 from oslo_config import cfg
 from ceilometer_cmt import privileged
-conf, qemu, domain, events = sys.argv[1], int(sys.argv[2]), sys.argv[3], json.loads(sys.argv[4])
+helper, qemu, domain, events = sys.argv[1], int(sys.argv[2]), sys.argv[3], json.loads(sys.argv[4])
 cfg.CONF(args=[], project="ceilometer-cmt-test", default_config_files=[])
-cfg.CONF.set_override("helper_command",
-                      f"sudo {sys.exec_prefix}/bin/privsep-helper --config-file {conf}",
-                      group="cmt_privsep")
+cfg.CONF.set_override("helper_command", helper, group="cmt_privsep")
 results = {}
 def attempt(label, fn, *args):
     try:
@@ -209,7 +213,8 @@ def test_unprivileged_agent_counts_through_privsep_daemon(host: Host,
     events = [list(to_wire(perf_pmu.discover(host.sysfs).spec(n)))
               for n in perf_pmu.KNOWN_EVENTS]
     try:
-        attack = run_as(agent_user, [sys.executable, os.path.join(work, "attack.py"), conf,
+        attack = run_as(agent_user, [sys.executable, os.path.join(work, "attack.py"),
+                                     helper_command(host.daemon_conf),
                                      str(qemu.pid), qemu.domain_name, json.dumps(events)],
                         work)
         left = wait_no_daemons(marker)
@@ -223,9 +228,11 @@ def test_unprivileged_agent_counts_through_privsep_daemon(host: Host,
     for label in ("cycles", "raw_config", "probe_cycles"):
         assert r[label][0] == "PermissionError", (label, r[label])
         assert "not an event of the intel_cqm PMU" in r[label][1], (label, r[label])
-    for label in ("agent_itself", "init", "other_domain"):
+    for label in ("agent_itself", "init"):
         assert r[label][0] == "PermissionError" and "not the qemu of" in r[label][1], (
             label, r[label])
+    # a domain with no pidfile runs no qemu: gone, as for a guest that just stopped
+    assert r["other_domain"][0] == "PerfProcessGone" and "no pidfile" in r["other_domain"][1]
     assert r["unknown_handle"][0] in ("OSError", "FileNotFoundError"), r["unknown_handle"]
     assert r["close"][0] == "done"
     assert r["read_closed"][0] == "OSError" and "no perf counter" in r["read_closed"][1]

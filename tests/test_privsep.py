@@ -4,9 +4,11 @@ A throwaway system user runs ``ceilometer-cmt poll`` (ceilometer's real
 polling manager, real discovery over a libvirt test-driver node) against the
 FUSE resctrl simulator, which, like the kernel, refuses mkdir and ``tasks``
 writes to anybody but root. ``[cmt] privsep = always``: oslo.privsep starts
-``privsep-helper`` through sudo, as deployments do (a sudoers drop-in allows
-exactly that one command). Everything the test makes is removed, pass or
-fail: the user, the sudoers file, the mount, the stand-in qemus, the files.
+``ceilometer-cmt-privsep-helper`` through sudo with the daemon's own config,
+as deployments do (the shipped sudoers rule, filled in, allows exactly that
+command). Everything the test makes is removed, pass or fail: the user, the
+sudoers file, the mount, the stand-in qemus, the files. The attacks on the
+daemon are in tests/security/.
 
 Needs root, FUSE (Debian fuse3), sudo and useradd/userdel (Debian sudo, passwd).
 """
@@ -22,7 +24,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,10 +42,17 @@ from tests.as_user import (
     run_as,
     throwaway_user,
 )
+from tests.daemon_stand import (
+    CONTEXT,
+    HELPER,
+    helper_command,
+    privsep_daemons,
+    render_sudoers,
+    wait_no_daemons,
+    write_daemon_config,
+)
 
 CLI = os.path.join(VENV_BIN, "ceilometer-cmt")
-HELPER = os.path.join(VENV_BIN, "privsep-helper")
-CONTEXT = "ceilometer_cmt.privileged.cmt_pctxt"
 SUDOERS_TEMPLATE = Path(__file__).resolve().parent.parent / "etc" / "sudoers.d" / "ceilometer-cmt"
 PREFIX = "ceilometer-"
 
@@ -59,7 +67,7 @@ def _missing() -> str | None:
         if shutil.which(tool) is None:
             return f"{tool} is not installed (Debian packages sudo, passwd, util-linux)"
     if not os.path.exists(HELPER):
-        return f"{HELPER} is missing (oslo.privsep)"
+        return f"{HELPER} is missing (pip install -e . makes it)"
     return None
 
 
@@ -74,6 +82,7 @@ class Host:
     instances: list[FakeInstance]
     qemus: list[StandInQemu]
     node: str
+    daemon_conf: str  # the privsep daemon's own config, root-owned
 
     @property
     def resctrl(self) -> str:
@@ -120,7 +129,11 @@ def _host(work: str) -> Iterator[Host]:
             qemus.append(StandInQemu(inst.domain_name, os.path.join(work, "run"),
                                      extra_threads=1).start())
         sim.start()
-        yield Host(work, sim, instances, qemus, node)
+        os.mkdir(os.path.join(work, "etc"), 0o755)
+        daemon_conf = write_daemon_config(os.path.join(work, "etc", "privsep.conf"),
+                                          resctrl_root=sim.mountpoint,
+                                          pid_dir=os.path.join(work, "run"))
+        yield Host(work, sim, instances, qemus, node, daemon_conf)
     finally:
         with contextlib.suppress(Exception):
             sim.stop()
@@ -138,58 +151,16 @@ def _host(work: str) -> Iterator[Host]:
 
 @pytest.fixture
 def agent_user(host: Host) -> Iterator[User]:
-    """A system user made for this test, allowed ``sudo privsep-helper`` only."""
+    """A system user made for this test, allowed the plugin's privsep helper only."""
     def rules(user: User) -> str:
-        # What a deployment grants the agent's user: privsep-helper as root with our
-        # context only, a fixed config file (it holds the daemon's capabilities) and a
-        # socket in the user's TMPDIR (sudo >= 1.9.10 regular expression). secure_path
-        # lets oslo.privsep's default command ("sudo privsep-helper ...") find the venv's.
+        # What a deployment grants the agent's user: ceilometer-cmt-privsep-helper as
+        # root with our context only, the daemon's own config file and a socket in the
+        # user's TMPDIR (sudo >= 1.9.10 regular expression).
         assert re.fullmatch(r"[A-Za-z0-9_/.-]+", host.work + user.tmp), (host.work, user.tmp)
-        return render_sudoers(user.name, host.work + "/ceilometer.conf", user.tmp)
+        return render_sudoers(user.name, host.daemon_conf, user.tmp)
 
     with throwaway_user(host.work, prefix="cmtps", sudoers=rules) as user:
         yield user
-
-
-def render_sudoers(user: str, conf: str, tmpdir: str) -> str:
-    """etc/sudoers.d/ceilometer-cmt, the rule operators install, filled in."""
-    text = SUDOERS_TEMPLATE.read_text()
-    assert CONTEXT.replace(".", "[.]") in text  # the rule names the plugin's context
-
-    def regex(path: str) -> str:
-        return path.replace(".", "[.]")
-
-    return (text.replace("@USER@", user).replace("@BIN@", VENV_BIN)
-            .replace("@CONF@", regex(conf)).replace("@TMPDIR@", regex(tmpdir)))
-
-
-def _pids() -> list[int]:
-    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def privsep_daemons(marker: str) -> list[int]:
-    """privsep-helper processes whose command line mentions ``marker``."""
-    return [p for p in _pids() if "privsep-helper" in (c := _cmdline(p)) and marker in c]
-
-
-def wait_no_daemons(marker: str) -> list[int]:
-    """The daemon exits when its client's socket closes; wait for that, then
-    kill (and report) whatever is left."""
-    deadline = time.monotonic() + 20
-    while (left := privsep_daemons(marker)) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    for pid in left:
-        with contextlib.suppress(OSError):
-            os.kill(pid, 9)
-    return left
 
 
 def run_agent_as(user: User, conf: str, cycles: int, cwd: str, marker: str
@@ -239,45 +210,11 @@ except OSError as e:
 print(json.dumps(out))
 """
 
-# Calls the daemon's entrypoints directly, as a compromised agent could.
-ATTACK = """\
-import json, os, sys
-from oslo_config import cfg
-from ceilometer_cmt import privileged
-root, outside = sys.argv[1], sys.argv[2]
-cfg.CONF(args=[], project="ceilometer-cmt-test", default_config_files=[])
-cfg.CONF.set_override("helper_command", "sudo privsep-helper", group="cmt_privsep")
-P = "ceilometer-"
-results = {}
-def attempt(label, fn, *args):
-    try:
-        fn(*args)
-        results[label] = "done"
-    except Exception as e:
-        results[label] = type(e).__name__ + ": " + str(e)
-attempt("good_mkdir", privileged.mkdir_group, root, "mon_groups/ceilometer-probe", P)
-results["good_exists"] = os.path.isdir(os.path.join(root, "mon_groups", "ceilometer-probe"))
-attempt("good_rmdir", privileged.rmdir_group, root, "mon_groups/ceilometer-probe", P)
-attempt("no_prefix", privileged.mkdir_group, root, "mon_groups/foreign-group", P)
-attempt("ctrl_group", privileged.mkdir_group, root, "ceilometer-ctrl", P)
-attempt("dotdot", privileged.mkdir_group, root, "mon_groups/../../ceilometer-x", P)
-attempt("nested", privileged.mkdir_group, root, "a/b/mon_groups/ceilometer-x", P)
-attempt("absolute", privileged.mkdir_group, root, outside + "/mon_groups/ceilometer-x", P)
-attempt("tasks_no_prefix", privileged.write_group_tasks, root, "mon_groups/foreign-group",
-        P, [1])
-attempt("tasks_of_root", privileged.write_group_tasks, root, ".", P, [1])
-attempt("not_resctrl_root", privileged.mkdir_group, outside, "mon_groups/ceilometer-x", P)
-results["outside_left"] = sorted(os.listdir(outside))
-print(json.dumps(results))
-"""
-
-
 def test_unprivileged_agent_polls_through_privsep_daemon(host: Host, agent_user: User) -> None:
     work = host.work
     marker = agent_user.tmp  # privsep's socket directory sits there: in the helper's argv
-    for name, text in (("probe.py", PROBE), ("attack.py", ATTACK)):
-        with open(os.path.join(work, name), "w", encoding="utf-8") as f:
-            f.write(text)
+    with open(os.path.join(work, "probe.py"), "w", encoding="utf-8") as f:
+        f.write(PROBE)
     # The unprivileged user can read the simulator but not change it, like the kernel's.
     probe = run_as(agent_user, [sys.executable, os.path.join(work, "probe.py"), host.resctrl],
                    work)
@@ -292,7 +229,8 @@ def test_unprivileged_agent_polls_through_privsep_daemon(host: Host, agent_user:
                                 os.path.join(agent_user.tmp, "x", "privsep.sock")], work)
     assert other.returncode != 0 and "a password is required" in other.stderr, other
     sock = ["--privsep_sock_path", os.path.join(agent_user.tmp, "tmpab_1", "privsep.sock")]
-    for args, allowed in (([], True), (["--config-file", f"{work}/ceilometer.conf"], True),
+    for args, allowed in ((["--config-file", host.daemon_conf], True), ([], False),
+                          (["--config-file", f"{work}/ceilometer.conf"], False),
                           (["--config-file", f"{work}/evil.conf"], False)):
         check = subprocess.run(["sudo", "-l", "-U", agent_user.name, HELPER, *args,
                                 "--privsep_context", CONTEXT, *sock],
@@ -300,7 +238,7 @@ def test_unprivileged_agent_polls_through_privsep_daemon(host: Host, agent_user:
         assert (check.returncode == 0) == allowed, (args, check)
     conf = host.config("ceilometer.conf", textwrap.dedent(f"""\
         [cmt_privsep]
-        helper_command = sudo {HELPER} --config-file {work}/ceilometer.conf
+        helper_command = {helper_command(host.daemon_conf)}
     """))
     agent, cycles = run_agent_as(agent_user, conf, 2, work, marker)
     # oslo.privsep ran its helper through sudo and the daemon started
@@ -323,28 +261,6 @@ def test_unprivileged_agent_polls_through_privsep_daemon(host: Host, agent_user:
         with open(os.path.join(host.group(inst), "tasks"), encoding="ascii") as f:
             assert sorted(int(t) for t in f.read().split()) == sorted(qemu.tids)
 
-    # The daemon checks every request itself.
-    outside = os.path.join(work, "outside")
-    os.mkdir(outside)
-    os.mkdir(os.path.join(outside, "mon_groups"))
-    try:
-        attack = run_as(agent_user, [sys.executable, os.path.join(work, "attack.py"),
-                                     host.resctrl, outside], work)
-        left = wait_no_daemons(marker)
-    finally:
-        kill_user_processes(agent_user.name)
-    assert attack.returncode == 0, attack.stderr
-    assert not left, f"privsep daemon(s) outlived their client: {left}"
-    r = json.loads(attack.stdout.strip().splitlines()[-1])
-    assert (r["good_mkdir"], r["good_exists"], r["good_rmdir"]) == ("done", True, "done")
-    for label in ("no_prefix", "ctrl_group", "dotdot", "nested", "absolute",
-                  "tasks_no_prefix", "tasks_of_root"):
-        assert r[label].startswith("PermissionError: refusing resctrl path"), (label, r[label])
-    assert r["not_resctrl_root"] != "done" and "not a mount point" in r["not_resctrl_root"]
-    assert r["outside_left"] == ["mon_groups"]
-    assert os.listdir(os.path.join(outside, "mon_groups")) == []
-    assert sorted(os.listdir(os.path.join(host.resctrl, "mon_groups"))) == sorted(
-        PREFIX + i.uuid for i in host.instances)
     # nothing of privsep's is left in the user's TMPDIR (socket directories)
     assert os.listdir(agent_user.tmp) == []
 
@@ -422,42 +338,3 @@ def test_guarded_privsep_ops_name_the_missing_helper_once(host: Host, monkeypatc
         assert not [s for s in samples if s["counter_name"] == "cache.occupancy"]
         assert [s["counter_volume"] for s in samples if s["counter_name"] == "cache.size"]
     assert os.listdir(os.path.join(host.resctrl, "mon_groups")) == []
-
-
-FOREIGN = """\
-import json, sys
-from oslo_config import cfg
-from ceilometer_cmt import privileged
-cfg.CONF(args=[], project="ceilometer-cmt-test", default_config_files=[])
-cfg.CONF.set_override("helper_command", "sudo privsep-helper", group="cmt_privsep")
-out = {}
-for prefix in ("", "foreign-"):
-    try:
-        privileged.rmdir_group(sys.argv[1], "mon_groups/foreign-" + str(len(out)), prefix)
-        out[prefix] = "done"
-    except Exception as e:
-        out[prefix] = type(e).__name__
-print(json.dumps(out))
-"""
-
-
-def test_daemon_keeps_other_tools_groups_whatever_prefix_the_client_claims(
-        host: Host, agent_user: User) -> None:
-    """Another tool's monitor groups stay, even when the client passes the
-    prefix "" or "foreign-" with its request."""
-    groups = os.path.join(host.resctrl, "mon_groups")
-    os.mkdir(os.path.join(groups, "foreign-0"))  # another tool's groups, made by root
-    os.mkdir(os.path.join(groups, "foreign-1"))
-    script = os.path.join(host.work, "foreign.py")
-    with open(script, "w", encoding="utf-8") as f:
-        f.write(FOREIGN)
-    try:
-        r = run_as(agent_user, [sys.executable, script, host.resctrl], host.work)
-        left = wait_no_daemons(agent_user.tmp)
-    finally:
-        kill_user_processes(agent_user.name)
-    assert r.returncode == 0, r.stderr
-    assert not left
-    assert sorted(os.listdir(groups)) == ["foreign-0", "foreign-1"]
-    assert json.loads(r.stdout.strip().splitlines()[-1]) == {"": "PermissionError",
-                                                             "foreign-": "PermissionError"}

@@ -94,3 +94,26 @@ def test_the_code_it_runs_is_checked_too() -> None:
     assert "the Python interpreter" in what and "the oslo_privsep package" in what
     paths = [p for p, _ in privsep_helper.code_paths()]
     assert all(p in paths for p in sys.path if p and os.path.isdir(p))
+
+
+def test_the_agent_starts_our_helper_with_the_daemons_config_by_default() -> None:
+    """Unset, oslo.privsep's helper_command would be ``sudo privsep-helper`` with the
+    agent's own config files: root would read a file the agent's user may write."""
+    from oslo_config import cfg
+
+    from ceilometer_cmt import privsep_guard
+    from ceilometer_cmt.options import DAEMON_CONFIG
+
+    conf = cfg.ConfigOpts()
+    conf(args=[], project="ceilometer-cmt-test", default_config_files=[])
+    try:
+        privsep_guard.configure(conf)
+        assert privsep_guard.helper_argv() == [
+            "sudo", "ceilometer-cmt-privsep-helper", "--config-file", DAEMON_CONFIG]
+        conf.set_override("helper_command", "sudo /opt/x/bin/ceilometer-cmt-privsep-helper "
+                          "--config-file /etc/x.conf", group="cmt_privsep")
+        privsep_guard.configure(conf)
+        assert privsep_guard.helper_argv()[1:4] == [
+            "/opt/x/bin/ceilometer-cmt-privsep-helper", "--config-file", "/etc/x.conf"]
+    finally:
+        cfg.CONF.clear_override("helper_command", group="cmt_privsep")
