@@ -73,6 +73,13 @@ PRIVSEP_OPTS = [
     cfg.ListOpt("qemu_users", default=["root", "qemu", "libvirt-qemu"],
                 help="Users (names or uids) a qemu process may run as; users missing "
                      "on this host are ignored."),
+    cfg.ListOpt("trusted_code_owners", default=[],
+                help="Users besides root who may own the code the daemon runs (the "
+                     "helper, the interpreter, what Python imports). Only for devstack, "
+                     "whose virtualenv belongs to the stack user, who has full sudo "
+                     "anyway; never on a production node, where such a user could run "
+                     "code as root. Files writable by group or others are refused "
+                     "whoever owns them."),
 ]
 
 

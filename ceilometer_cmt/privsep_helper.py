@@ -10,7 +10,9 @@ what the sudoers rule allows instead. Before it starts the daemon it:
   oslo.privsep builds from ``[cmt_privsep] helper_command``), nothing else;
 - refuses to start when ``F``, the helper, the interpreter, or any directory
   Python imports from (and their parents) could be changed by a user other
-  than root: each must be owned by root and writable by nobody else;
+  than root: each must be owned by root (or, for the code, by one of the
+  ``[cmt_privsep] trusted_code_owners`` of ``F``: devstack only) and writable
+  by nobody else;
 - reads ``F`` with no logging options registered, so none is honoured: the
   daemon logs only through privsep's channel to the agent, and to stderr
   before it is connected.
@@ -50,10 +52,10 @@ def parse_argv(argv: Sequence[str]) -> tuple[str, str]:
     return conf, sock
 
 
-def check_root_owned(path: str, what: str) -> None:
-    """``path`` and every directory above it: owned by root, writable by nobody
-    else (a root-owned sticky directory such as /tmp is fine above it: others
-    cannot rename or remove root's entries there)."""
+def check_root_owned(path: str, what: str, owners: frozenset[int] = frozenset({0})) -> None:
+    """``path`` and every directory above it: owned by root (or ``owners``),
+    writable by nobody else (a sticky directory such as /tmp is fine above it:
+    others cannot rename or remove the owner's entries there)."""
     real = os.path.realpath(path)
     cur = real
     while True:
@@ -62,7 +64,7 @@ def check_root_owned(path: str, what: str) -> None:
         except OSError as e:
             raise Refused(f"{what} {path}: cannot check {cur}: {e.strerror}") from None
         sticky_dir = stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX and cur != real
-        if st.st_uid != 0:
+        if st.st_uid not in owners:
             raise Refused(f"{what} {path} is not safe: {cur} is owned by uid {st.st_uid}, "
                           "not root")
         if st.st_mode & 0o022 and not sticky_dir:
@@ -87,13 +89,38 @@ def code_paths() -> list[tuple[str, str]]:
     return out
 
 
-def check_trusted(conf: str, code: Iterable[tuple[str, str]]) -> None:
+def check_config(conf: str) -> None:
     st = os.lstat(conf) if os.path.lexists(conf) else None
     if st is None or not stat.S_ISREG(st.st_mode):
         raise Refused(f"the config file {conf} is missing or not a regular file")
     check_root_owned(conf, "the config file")
+
+
+def code_owners(conf: str) -> frozenset[int]:
+    """root, and the ``[cmt_privsep] trusted_code_owners`` of the (checked) config."""
+    import pwd
+
+    from oslo_config import cfg
+
+    from ceilometer_cmt import options
+
+    c = cfg.ConfigOpts()
+    options.register_privsep_opts(c)
+    c(args=["--config-file", conf], project="ceilometer-cmt-privsep",
+      default_config_files=[], default_config_dirs=[])
+    uids = {0}
+    for user in c[options.PRIVSEP_GROUP].trusted_code_owners:
+        user = user.strip()
+        try:
+            uids.add(int(user) if user.isdigit() else pwd.getpwnam(user).pw_uid)
+        except KeyError:
+            raise Refused(f"trusted_code_owners names no such user: {user!r}") from None
+    return frozenset(uids)
+
+
+def check_code(code: Iterable[tuple[str, str]], owners: frozenset[int]) -> None:
     for path, what in code:
-        check_root_owned(path, what)
+        check_root_owned(path, what, owners)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -102,7 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         conf, sock_path = parse_argv(args)
-        check_trusted(conf, code_paths())
+        check_config(conf)
+        check_code(code_paths(), code_owners(conf))
     except Refused as e:
         print(f"{PROG}: refusing to start the privsep daemon: {e}", file=sys.stderr)
         return 2

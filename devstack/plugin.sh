@@ -21,11 +21,18 @@ function install_ceilometer_cmt {
 function configure_ceilometer_cmt_compute {
     iniset "$CEILOMETER_CONF" cmt backend "$CEILOMETER_CMT_BACKEND"
     iniset "$CEILOMETER_CONF" cmt privsep "$CEILOMETER_CMT_PRIVSEP"
-    # ceilometer keeps its own config object, so oslo.privsep cannot rebuild
-    # the helper's arguments: name the config file (the context and socket
-    # arguments are appended by oslo.privsep)
+    # The privsep daemon reads its own root-owned config, never the agent's.
+    # devstack's virtualenv belongs to $STACK_USER (who has full sudo): the
+    # helper refuses code owned by anybody but root unless that config says so.
+    local conf=$CEILOMETER_CMT_PRIVSEP_CONF staged
+    staged=$(mktemp)
+    printf '[cmt_privsep]\ntrusted_code_owners = %s\n' "$STACK_USER" > "$staged"
+    sudo install -d -o root -g root -m 0755 "$(dirname "$conf")"
+    sudo install -o root -g root -m 0644 "$staged" "$conf"
+    rm -f "$staged"
+    # the context and socket arguments are appended by oslo.privsep
     iniset "$CEILOMETER_CONF" cmt_privsep helper_command \
-        "sudo $(_cmt_bin privsep-helper) --config-file $CEILOMETER_CONF"
+        "sudo $(_cmt_bin ceilometer-cmt-privsep-helper) --config-file $conf"
 
     # Add our two sources to the agent's polling.yaml (replacing earlier
     # copies of them), and keep a wildcard source from polling our meters too.

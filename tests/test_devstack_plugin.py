@@ -30,6 +30,7 @@ function iniset { echo "$2|$3|$4" >> "$INISET_LOG"; }
 function setup_develop { echo "$*" >> "$DEVELOP_LOG"; }
 function echo_summary { echo "summary: $*"; }
 function get_python_exec_prefix { echo "$FAKE_BIN"; }
+function sudo { "$@"; }  # the test runs as root; the plugin's sudo calls act here
 """
 
 ALL_METERS = [m for r in gnocchi_resources.OUR_RESOURCES for m in r.metrics]
@@ -42,7 +43,9 @@ def run_plugin(tmp: Path, *phase: str, services: str) -> subprocess.CompletedPro
            "CEILOMETER_CMT_DIR": str(REPO), "CEILOMETER_CONF": str(tmp / "ceilometer.conf"),
            "CEILOMETER_CONF_DIR": str(tmp), "CEILOMETER_BIN_DIR": str(BIN),
            "FAKE_BIN": str(BIN), "PYTHON": sys.executable, "ENABLED_SERVICES": services,
-           "INISET_LOG": str(tmp / "iniset.log"), "DEVELOP_LOG": str(tmp / "develop.log")}
+           "INISET_LOG": str(tmp / "iniset.log"), "DEVELOP_LOG": str(tmp / "develop.log"),
+           "STACK_USER": "stack",
+           "CEILOMETER_CMT_PRIVSEP_CONF": str(tmp / "etc" / "privsep.conf")}
     proc = subprocess.run(["bash", "-euc", script], env=env, capture_output=True, text=True,
                           timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr + proc.stdout
@@ -69,7 +72,12 @@ def test_compute_post_config(tmp_path: Path) -> None:
     assert ["cmt", "backend", "auto"] in settings
     assert ["cmt", "privsep", "always"] in settings
     helper = next(v for s, k, v in settings if (s, k) == ("cmt_privsep", "helper_command"))
-    assert helper == (f"sudo {BIN}/privsep-helper --config-file {tmp_path}/ceilometer.conf")
+    daemon_conf = tmp_path / "etc" / "privsep.conf"
+    assert helper == f"sudo {BIN}/ceilometer-cmt-privsep-helper --config-file {daemon_conf}"
+    # the daemon's own config: root-owned, read-only for others, not the agent's
+    st = daemon_conf.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (0, 0, 0o644)
+    assert daemon_conf.read_text() == "[cmt_privsep]\ntrusted_code_owners = stack\n"
 
     sources = yaml.safe_load(polling.read_text())["sources"]
     assert [s["name"] for s in sources] == ["some_pollsters", "cpu_source", "cmt_cache",

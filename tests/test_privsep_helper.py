@@ -117,3 +117,27 @@ def test_the_agent_starts_our_helper_with_the_daemons_config_by_default() -> Non
             "/opt/x/bin/ceilometer-cmt-privsep-helper", "--config-file", "/etc/x.conf"]
     finally:
         cfg.CONF.clear_override("helper_command", group="cmt_privsep")
+
+
+@needs_root
+def test_trusted_code_owners_come_from_the_root_owned_config_only(tmp_path: Path) -> None:
+    """devstack's venv belongs to the stack user: its daemon config may name it."""
+    os.chmod(tmp_path, 0o755)
+    conf = tmp_path / "privsep.conf"
+    conf.write_text("[cmt_privsep]\ntrusted_code_owners = 65534\n")
+    os.chmod(conf, 0o644)
+    privsep_helper.check_config(str(conf))
+    owners = privsep_helper.code_owners(str(conf))
+    assert owners == {0, 65534}
+    code = tmp_path / "venv"
+    code.mkdir(mode=0o755)
+    os.chown(code, 65534, 65534)
+    privsep_helper.check_code([(str(code), "the venv")], owners)
+    with pytest.raises(Refused, match="owned by uid 65534"):
+        privsep_helper.check_code([(str(code), "the venv")], frozenset({0}))
+    os.chmod(code, 0o775)  # writable by a group: refused whoever owns it
+    with pytest.raises(Refused, match="writable by group or others"):
+        privsep_helper.check_code([(str(code), "the venv")], owners)
+    conf.write_text("[cmt_privsep]\ntrusted_code_owners = no-such-user-cmt\n")
+    with pytest.raises(Refused, match="no such user"):
+        privsep_helper.code_owners(str(conf))
