@@ -170,7 +170,7 @@ class ResctrlRoot:
             raise refuse("rmid-reserve", f"no monitor group made: {used} of {total} RMIDs are "
                                          f"in use and {reserve} are kept in reserve for "
                                          "control groups such as libvirt <cachetune> "
-                                         "([cmt_privsep] rmid_reserve)")
+                                         "([cmt_privsep] rmid_reserve)", err=errno.ENOSPC)
 
     # ------------------------------------------------------------ operations
     def mkdir(self, ctrl: object, uuid: object) -> None:

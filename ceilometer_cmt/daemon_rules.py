@@ -19,6 +19,7 @@ module checks the names and says who may be touched:
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import logging
 import os
@@ -54,8 +55,12 @@ _logged: dict[str, float] = {}
 _log_lock = threading.Lock()
 
 
-def refuse(rule: str, detail: str, *, clock: float | None = None) -> PermissionError:
-    """The error for a request broken ``rule``; logged once per rule per minute."""
+def refuse(rule: str, detail: str, *, clock: float | None = None,
+           err: int = errno.EPERM) -> OSError:
+    """The error for a request broken ``rule`` (a PermissionError, or an OSError
+    with ``err`` where the caller must tell it apart: ENOSPC for the RMID
+    reserve, so the agent treats it as the kernel's own "no free RMID");
+    logged once per rule per minute."""
     now = time.monotonic() if clock is None else clock
     with _log_lock:
         last = _logged.get(rule)
@@ -64,8 +69,8 @@ def refuse(rule: str, detail: str, *, clock: float | None = None) -> PermissionE
             LOG.warning("ceilometer-cmt privsep daemon refused a request (rule %s): %s "
                         "(further refusals under this rule are not logged for %.0f s)",
                         rule, detail, LOG_EVERY)
-    return PermissionError(f"refused by the ceilometer-cmt privsep daemon, rule {rule}: "
-                           f"{detail}")
+    text = f"refused by the ceilometer-cmt privsep daemon, rule {rule}: {detail}"
+    return PermissionError(text) if err == errno.EPERM else OSError(err, text)
 
 
 def _text(value: object, what: str, rule: str) -> str:

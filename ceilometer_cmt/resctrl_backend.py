@@ -391,6 +391,8 @@ class ResctrlBackend:
         except OSError as e:
             if e.errno in _NO_RMID:
                 ctx.no_rmid = _NO_RMID[e.errno]
+                if e.strerror and e.strerror != os.strerror(e.errno):
+                    ctx.no_rmid += f": {e.strerror}"  # the privsep daemon's reserve
                 status = resctrl.last_cmd_status(self.root)
                 ctx.warn_once(f"cannot create resctrl monitor group: {ctx.no_rmid}; "
                               f"last_cmd_status: {status}; affected instances stay "

@@ -774,3 +774,35 @@ def test_an_l3_domain_going_offline_is_no_data_not_a_vanished_group(host) -> Non
         assert mon.poll([ref]).instances[U1].mbm_total_bytes == 1600  # not 2600
     finally:
         b.close()
+
+
+def test_the_privsep_daemons_rmid_reserve_reads_as_no_free_rmid(host, caplog
+                                                                 ):  # type: ignore[no-untyped-def]
+    """The daemon refuses a mkdir that would eat into its RMID reserve with
+    ENOSPC and its own text: the instances are unmonitored with both, one WARNING."""
+    text = ("refused by the ceilometer-cmt privsep daemon, rule rmid-reserve: no monitor "
+            "group made: 160 of 176 RMIDs are in use and 16 are kept in reserve")
+    host.start_qemu("instance-1")
+    host.start_qemu("instance-2")
+
+    class Reserve:
+        def __init__(self, ops):  # type: ignore[no-untyped-def]
+            self.ops = ops
+
+        def mkdir(self, path: str) -> None:
+            raise OSError(errno.ENOSPC, text)
+
+        def rmdir(self, path: str) -> None:
+            self.ops.rmdir(path)
+
+        def write_tasks(self, tasks_path, tids, domain_name=""):  # type: ignore[no-untyped-def]
+            return self.ops.write_tasks(tasks_path, tids, domain_name)
+
+    b = host.backend(ops=Reserve(host.ops))
+    refs = [InstanceRef(U1, "instance-1"), InstanceRef(U2, "instance-2")]
+    with caplog.at_level(logging.WARNING):
+        cycle = b.sync(refs)
+    assert cycle.unmonitored == {U1: f"no free RMID (ENOSPC): {text}",
+                                 U2: f"no free RMID (ENOSPC): {text}"}
+    warnings = [r for r in caplog.records if "cannot create resctrl monitor group" in r.message]
+    assert len(warnings) == 1 and "rule rmid-reserve" in warnings[0].message

@@ -130,8 +130,8 @@ for i in range(10000):
     try:
         P.mkdir_group("", u)
         made.append(u)
-    except PermissionError as e:
-        refusals.add(str(e))
+    except OSError as e:
+        refusals.add(f"{type(e).__name__} {e.errno}: {e.strerror}")
     except Exception as e:
         other.append(f"{type(e).__name__}: {e}")
 results["flood"] = {"made": len(made), "refusals": sorted(refusals), "other": other[:5]}
