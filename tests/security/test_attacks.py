@@ -249,9 +249,10 @@ EXPECTED = {
 
 def test_every_attack_is_refused_naming_its_rule(attack: dict[str, Any]) -> None:
     r = attack["results"]
-    if str(r.get("userns", "")).startswith("unavailable"):
-        pytest.xfail(f"only the user-namespace attack could not run: {r['userns']}")
-    wrong = {label: r.get(label) for label, rule in EXPECTED.items()
+    expected = dict(EXPECTED)
+    if str(r["userns"]).startswith("unavailable"):  # test_the_user_namespace_attack_ran says so
+        expected = {k: v for k, v in expected.items() if not k.startswith("userns_")}
+    wrong = {label: r.get(label) for label, rule in expected.items()
              if not str(r.get(label)).startswith(REFUSED + rule + ":")}
     assert not wrong, json.dumps(wrong, indent=1)
     assert r["domain_unknown"].startswith("InstanceGone: no pidfile"), r["domain_unknown"]
