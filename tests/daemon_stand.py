@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sys
 import textwrap
 import time
@@ -17,6 +18,23 @@ CONTEXT = "ceilometer_cmt.privileged.cmt_pctxt"
 SUDOERS_TEMPLATE = Path(__file__).resolve().parent.parent / "etc" / "sudoers.d" / "ceilometer-cmt"
 #: the stand-in qemus run this interpreter: the tests' own [cmt_privsep] emulators entry
 EMULATOR = os.path.realpath(sys.executable)
+
+
+def missing_reason() -> str | None:
+    """Why the daemon cannot be started through sudo for a throwaway user here."""
+    from ceilometer_cmt.simulator import fuse_missing_reason
+
+    if os.geteuid() != 0:
+        return "needs root (creates a user, a sudoers file and a FUSE mount)"
+    reason = fuse_missing_reason()
+    if reason:
+        return f"no FUSE: {reason}"
+    for tool in ("sudo", "visudo", "useradd", "userdel", "unshare", "setpriv", "mount"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (Debian packages sudo, passwd, util-linux)"
+    if not os.path.exists(HELPER):
+        return f"{HELPER} is missing (pip install -e . makes it)"
+    return None
 
 
 def write_daemon_config(path: str, *, resctrl_root: str, pid_dir: str,

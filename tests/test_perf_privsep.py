@@ -34,10 +34,9 @@ from ceilometer_cmt.perf_registry import to_wire
 from ceilometer_cmt.simulator.topology import get_topology
 from ceilometer_cmt.testbed import FakeInstance, StandInQemu, make_instances, write_node_xml
 from tests.as_user import User, kill_user_processes, public_workdir, run_as
-from tests.daemon_stand import helper_command, write_daemon_config
+from tests.daemon_stand import helper_command, missing_reason, write_daemon_config
 from tests.test_privsep import (
     CLI,
-    _missing,
     agent_user,  # noqa: F401  (fixture)
     run_agent_as,
     samples_by_cycle,
@@ -49,7 +48,7 @@ PARANOID = "/proc/sys/kernel/perf_event_paranoid"
 
 
 def _why_skip() -> str | None:
-    reason = _missing()
+    reason = missing_reason()
     if reason:
         return reason
     try:

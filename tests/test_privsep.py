@@ -26,12 +26,11 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from ceilometer_cmt.simulator import Simulator, fuse_missing_reason, mount_fstype
+from ceilometer_cmt.simulator import Simulator, mount_fstype
 from ceilometer_cmt.simulator.topology import get_topology
 from ceilometer_cmt.testbed import FakeInstance, StandInQemu, make_instances, write_node_xml
 from tests.as_user import (
@@ -46,6 +45,7 @@ from tests.daemon_stand import (
     CONTEXT,
     HELPER,
     helper_command,
+    missing_reason,
     privsep_daemons,
     render_sudoers,
     wait_no_daemons,
@@ -53,25 +53,10 @@ from tests.daemon_stand import (
 )
 
 CLI = os.path.join(VENV_BIN, "ceilometer-cmt")
-SUDOERS_TEMPLATE = Path(__file__).resolve().parent.parent / "etc" / "sudoers.d" / "ceilometer-cmt"
 PREFIX = "ceilometer-"
 
 
-def _missing() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (creates a user, a sudoers file and a FUSE mount)"
-    reason = fuse_missing_reason()
-    if reason:
-        return f"no FUSE: {reason}"
-    for tool in ("sudo", "visudo", "useradd", "userdel", "unshare", "setpriv", "mount"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed (Debian packages sudo, passwd, util-linux)"
-    if not os.path.exists(HELPER):
-        return f"{HELPER} is missing (pip install -e . makes it)"
-    return None
-
-
-_reason = _missing()
+_reason = missing_reason()
 pytestmark = pytest.mark.skipif(_reason is not None, reason=str(_reason))
 
 

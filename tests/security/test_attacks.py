@@ -21,7 +21,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -34,33 +33,21 @@ import pytest
 
 from ceilometer_cmt import perf_pmu
 from ceilometer_cmt.perf_registry import to_wire
-from ceilometer_cmt.simulator import Simulator, fuse_missing_reason
+from ceilometer_cmt.simulator import Simulator
 from ceilometer_cmt.testbed import StandInQemu
 from tests.as_user import User, kill_user_processes, public_workdir, run_as, throwaway_user
 from tests.daemon_stand import (
     CONTEXT,
     HELPER,
     helper_command,
+    missing_reason,
     privsep_daemons,
     render_sudoers,
     wait_no_daemons,
     write_daemon_config,
 )
 
-
-def _missing() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (a user, a sudoers file, a FUSE mount)"
-    reason = fuse_missing_reason()
-    if reason:
-        return f"no FUSE: {reason}"
-    for tool in ("sudo", "visudo", "useradd", "userdel", "unshare", "setpriv"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed (Debian sudo, passwd, util-linux)"
-    return None
-
-
-_reason = _missing()
+_reason = missing_reason()
 pytestmark = pytest.mark.skipif(_reason is not None, reason=str(_reason))
 
 ATTACKER = Path(__file__).with_name("attacker.py")
