@@ -40,8 +40,8 @@ from ceilometer_cmt.daemon_rules import (
     check_uuid,
     refuse,
 )
+from ceilometer_cmt.resctrl import SIMULATOR_FSTYPE
 
-SIMULATOR_FSTYPE = "fuse.cmt-resctrl-sim"
 _DIR = os.O_RDONLY | os.O_DIRECTORY
 
 
