@@ -210,12 +210,6 @@ class _Libc:
         self.ioctl = self.lib.ioctl
         self.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong]
         self.ioctl.restype = ctypes.c_int
-        self.inotify_init1 = self.lib.inotify_init1
-        self.inotify_init1.argtypes = [ctypes.c_int]
-        self.inotify_init1.restype = ctypes.c_int
-        self.inotify_add_watch = self.lib.inotify_add_watch
-        self.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
-        self.inotify_add_watch.restype = ctypes.c_int
         self.nr_perf_event_open = SYSCALL_NUMBERS.get(platform.machine().lower())
 
 
@@ -223,7 +217,7 @@ _LIBC: _Libc | None = None
 
 
 def libc() -> _Libc:
-    """The process-wide libc handle (also lends inotify to the backend)."""
+    """The process-wide libc handle."""
     global _LIBC
     if _LIBC is None:
         _LIBC = _Libc()

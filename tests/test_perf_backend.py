@@ -429,3 +429,29 @@ def test_host_cache_from_sysfs(tmp_path: Path, pid_dir: str) -> None:
     assert host.domain_size(HOST_WIDE) == 2 * 35840 * 1024
     real = PerfBackend("/sys", "/proc", pid_dir, pmu=perf_pmu.discover(SOFTWARE))
     assert real.host_cache() == read_host_cache("/sys")
+
+
+def test_pid_dir_watch_follows_a_removed_and_made_again_dir(tmp_path: Path) -> None:
+    """The kernel drops the watch with its directory (IN_IGNORED): the watch is
+    closed, the directory listed while it is gone, and watched again once back."""
+    from ceilometer_cmt.perf_backend import _PidDirWatch
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "a.pid").write_text("1\n")
+    watch = _PidDirWatch(str(run))
+    try:
+        assert list(watch.inodes()) == ["a.pid"] and watch.inotify is not None
+        assert list(watch.inodes()) == ["a.pid"] and watch.scans == 1  # nothing changed
+        (run / "a.pid").unlink()
+        run.rmdir()
+        assert watch.inodes() == {} and watch.inotify is None
+        assert watch.inodes() == {} and watch.scans == 3  # no watch: listed each time
+        run.mkdir()
+        (run / "b.pid").write_text("2\n")
+        assert list(watch.inodes()) == ["b.pid"] and watch.inotify is not None
+        (run / "c.pid").write_text("3\n")
+        assert sorted(watch.inodes()) == ["b.pid", "c.pid"]
+    finally:
+        watch.close()
+    assert watch.inotify is None
