@@ -36,6 +36,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from ceilometer_cmt.childproc import die_with_parent
 from ceilometer_cmt.readings import InstanceRef
+from ceilometer_cmt.testing import standin_qemu
 
 NOVA_NS = "http://openstack.org/xmlns/libvirt/nova/1.1"
 TEST_NS = "http://libvirt.org/schemas/domain/test/1.0"
@@ -370,29 +371,6 @@ class LibvirtDaemon:
 # --------------------------------------------------------------------------
 # qemu stand-ins
 
-_CHILD = r"""
-import os, signal, sys, threading, time
-mode = [sys.argv[sys.argv.index("--cmt-mode") + 1]]
-nthreads = int(sys.argv[sys.argv.index("--cmt-threads") + 1])
-def burn(): mode[0] = "burn"
-def rest(): mode[0] = "sleep"
-signal.signal(signal.SIGUSR1, lambda *_: burn())
-signal.signal(signal.SIGUSR2, lambda *_: rest())
-def work():
-    while True:
-        if mode[0] == "burn":
-            end = time.monotonic() + 0.01
-            while time.monotonic() < end:
-                pass
-        else:
-            time.sleep(0.05)
-for _ in range(nthreads):
-    threading.Thread(target=work, daemon=True).start()
-sys.stdout.write("ready\n")
-sys.stdout.flush()
-sys.stdout.close()
-work()
-"""
 
 
 def qemu_name_arg(domain_name: str) -> str:
@@ -433,7 +411,7 @@ class StandInQemu:
         return tuple(sorted(int(t) for t in os.listdir(f"/proc/{self.pid}/task")))
 
     def start(self) -> StandInQemu:
-        argv = [sys.executable, "-I", "-S", "-c", _CHILD,
+        argv = [sys.executable, "-I", "-S", standin_qemu.__file__,
                 "-name", qemu_name_arg(self.domain_name),
                 "--cmt-mode", "burn" if self._burn else "sleep",
                 "--cmt-threads", str(self.extra_threads)]
