@@ -26,30 +26,9 @@ Lifecycle, per instance (libvirt domain):
   skips it (on the main thread: instance gone); EMFILE leaves the instance in
   ``unmonitored`` with that reason (retried next cycle).
 
-What the kernel (``arch/x86/events/intel/cqm.c``, 4.1 - 4.13) does with this:
-
-* Events on the same task share one RMID; an inherited event shares its
-  parent's RMID. Each TID we open is a distinct target, so **each opened TID
-  costs one RMID** (``monitors_used`` counts them). When RMIDs run out the
-  kernel rotates them between event groups, and values of a group without an
-  RMID are stale: that is the main reason the interface was removed.
-* A task event (``cpu=-1``) reports, on ``read``, the value of its RMID
-  summed over every package: the occupancy is host-wide
-  (:data:`~ceilometer_cmt.readings.HOST_WIDE`), never per socket.
-* ``llc_occupancy`` is a snapshot gauge (``.snapshot`` = 1): bytes = raw x
-  ``.scale``. ``total_bytes``/``local_bytes`` count bytes since the RMID was
-  given to the group (the kernel zeroes them then); ``.scale`` 1e-6 with
-  ``.unit`` MB only converts to MB for ``perf stat``.
-* A rotated-out group has its MBM count re-zeroed when it gets an RMID back
-  (``init_mbm_sample``), so ``total_bytes`` can restart under the same key:
-  the monitor's decrease-means-reset rule must stay on for this backend.
-* A thread created by a counted thread during the open pass already carries
-  an inherited event when the re-listing opens its own: cqm keeps the first
-  RMID in ``PQR_ASSOC`` (the second group stays ~0), so nothing is counted
-  twice there; for the software stand-in events such a thread would be.
-* The PMU refuses ``exclude_*`` bits and sampling (EINVAL), so counting
-  needs ``perf_event_paranoid`` <= 1 or CAP_SYS_ADMIN/CAP_PERFMON, plus
-  ptrace access to the qemu process.
+What the kernel's ``intel_cqm`` (4.1 - 4.13) does with these counters (one RMID
+per opened thread, host-wide values, resets of MBM counts under one key):
+doc/perf-intel-cqm.md.
 
 Counters come from a :class:`CounterProvider`: :class:`DirectCounters`
 (``perf_event_open`` in this process, the handles are the fds) by default, or
