@@ -80,7 +80,8 @@ class IndexedKernelOps(KernelOps):
         super().__init__(*args, **kw)  # type: ignore[arg-type]
         self._mon_of: dict[int, str] = {}
 
-    def write_tasks(self, tasks_path: str, tids: list[int]) -> list[tuple[int, int]]:
+    def write_tasks(self, tasks_path: str, tids: list[int],
+                    domain_name: str = "") -> list[tuple[int, int]]:
         self.calls.append(("write", tasks_path))
         group = os.path.dirname(tasks_path)
         failures = []

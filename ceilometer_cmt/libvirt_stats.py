@@ -98,7 +98,7 @@ class BankStat:
 
 
 @dataclass(frozen=True)
-class CacheMonitor:
+class StatsCacheMonitor:
     """One ``cpu.cache.monitor.<n>``; ``banks`` is None when its count is missing."""
 
     name: str | None
@@ -133,7 +133,7 @@ class DomainCacheStats:
     """
 
     state: int | None = None
-    cache_monitors: tuple[CacheMonitor, ...] | None = None
+    cache_monitors: tuple[StatsCacheMonitor, ...] | None = None
     bandwidth_monitors: tuple[BandwidthMonitor, ...] | None = None
     perf_cmt: int | None = None
     perf_mbmt: int | None = None
@@ -172,7 +172,7 @@ def _count(params: Mapping[str, object], key: str) -> int | None:
     return n if n is not None and n <= _MAX_COUNT else None
 
 
-def parse_cache_monitors(params: Mapping[str, object]) -> tuple[CacheMonitor, ...] | None:
+def parse_cache_monitors(params: Mapping[str, object]) -> tuple[StatsCacheMonitor, ...] | None:
     count = _count(params, f"{CACHE}.count")
     if count is None:
         return None
@@ -183,7 +183,7 @@ def parse_cache_monitors(params: Mapping[str, object]) -> tuple[CacheMonitor, ..
         banks = None if nbanks is None else tuple(
             BankStat(_uint(params, f"{p}.bank.{i}.id"), _uint(params, f"{p}.bank.{i}.bytes"))
             for i in range(nbanks))
-        monitors.append(CacheMonitor(_str(params, f"{p}.name"), _str(params, f"{p}.vcpus"),
+        monitors.append(StatsCacheMonitor(_str(params, f"{p}.name"), _str(params, f"{p}.vcpus"),
                                      banks))
     return tuple(monitors)
 
@@ -239,7 +239,7 @@ def parse_domain_stats(params: Mapping[str, object]) -> DomainCacheStats:
     )
 
 
-def occupancy_by_bank(monitors: tuple[CacheMonitor, ...]) -> dict[int, int | None]:
+def occupancy_by_bank(monitors: tuple[StatsCacheMonitor, ...]) -> dict[int, int | None]:
     """Bytes per host cache id, summed over the domain's monitors.
 
     A bank whose bytes are missing makes that cache id None (a partial sum

@@ -25,6 +25,7 @@ again as :func:`resctrl.read_event` does.
 from __future__ import annotations
 
 import contextlib
+import enum
 import errno
 import logging
 import os
@@ -34,7 +35,19 @@ from ceilometer_cmt import resctrl
 from ceilometer_cmt.readings import InstanceReading
 
 LOG = logging.getLogger(__name__)
-_KINDS = {"llc_occupancy": 0, "mbm_total_bytes": 1, "mbm_local_bytes": 2}
+
+
+class Slot(enum.IntEnum):
+    """Which of an :class:`InstanceReading`'s dicts a value file fills: the
+    index into ``(occupancy, mbm_total, mbm_local)``."""
+
+    OCCUPANCY = 0
+    MBM_TOTAL = 1
+    MBM_LOCAL = 2
+
+
+_SLOTS = {"llc_occupancy": Slot.OCCUPANCY, "mbm_total_bytes": Slot.MBM_TOTAL,
+          "mbm_local_bytes": Slot.MBM_LOCAL}
 _GONE = (errno.ENODEV, errno.ENOENT)
 _OFFLINE = -1  # _read_again: the value's L3 domain is offline (never a count)
 
@@ -48,11 +61,11 @@ class GroupVanished(Exception):
 
 
 class _File:
-    __slots__ = ("fd", "path", "kind", "key", "dom_dir", "event", "subs")
+    __slots__ = ("fd", "path", "slot", "key", "dom_dir", "event", "subs")
 
-    def __init__(self, path: str, kind: int, key: Any, dom_dir: str, event: str) -> None:
+    def __init__(self, path: str, slot: Slot, key: Any, dom_dir: str, event: str) -> None:
         self.fd = -1
-        self.path, self.kind, self.key = path, kind, key
+        self.path, self.slot, self.key = path, slot, key
         self.dom_dir, self.event = dom_dir, event
         #: SNC without a top-level file: the sub-node files whose values are
         #: summed; None: the value is in ``path``
@@ -80,9 +93,9 @@ class ValueReader:
                 self._inodes[path] = None  # read() tells what is there
             for dom_id, dom_dir in self.domains:
                 for event in self.events:
-                    kind = _KINDS[event]
-                    key = dom_id if kind == 0 else f"{ctrl}/{dom_id}{gen}"
-                    f = _File(os.path.join(path, "mon_data", dom_dir, event), kind, key,
+                    slot = _SLOTS[event]
+                    key = dom_id if slot is Slot.OCCUPANCY else f"{ctrl}/{dom_id}{gen}"
+                    f = _File(os.path.join(path, "mon_data", dom_dir, event), slot, key,
                               dom_dir, event)
                     if self.open_fds < self.fd_budget:
                         try:
@@ -135,13 +148,13 @@ class ValueReader:
                     raise
                 value = self._read_again(path, f)
                 if value == _OFFLINE:
-                    if f.kind == 0:
+                    if f.slot is Slot.OCCUPANCY:
                         continue
                     value = None
-            if merge and f.kind == 0 and f.key in occupancy:
+            if merge and f.slot is Slot.OCCUPANCY and f.key in occupancy:
                 prev = occupancy[f.key]
                 value = None if value is None or prev is None else prev + value
-            targets[f.kind][f.key] = value
+            targets[f.slot][f.key] = value
 
     def _locate(self, f: _File) -> list[str]:
         """Find where ``f``'s value lies now and remember it (see module doc)."""

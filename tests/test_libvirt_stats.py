@@ -62,7 +62,7 @@ def test_two_monitors_two_banks_are_summed_per_cache_id():
     stats = ls.parse_domain_stats(rec)
     assert stats.state == 1
     assert stats.cache_monitors is not None and len(stats.cache_monitors) == 2
-    assert stats.cache_monitors[1] == ls.CacheMonitor(
+    assert stats.cache_monitors[1] == ls.StatsCacheMonitor(
         "vcpus_2-3", "2-3", (ls.BankStat(0, 2 * MiB), ls.BankStat(1, 0)))
     reading = ls.to_reading(stats, "libvirt:7")
     assert reading.occupancy == {0: 5 * MiB, 1: 1 * MiB}
@@ -102,7 +102,7 @@ def test_count_says_more_monitors_than_present():
     rec["cpu.cache.monitor.count"] = 2
     stats = ls.parse_domain_stats(rec)
     assert stats.cache_monitors is not None
-    assert stats.cache_monitors[1] == ls.CacheMonitor(None, None, None)
+    assert stats.cache_monitors[1] == ls.StatsCacheMonitor(None, None, None)
     assert ls.to_reading(stats, "p").occupancy == {0: None}
 
 
