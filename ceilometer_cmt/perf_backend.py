@@ -132,7 +132,7 @@ class DirectCounters:
 
 
 @dataclass
-class _Role:
+class _EventFds:
     """One event of one instance: its fds, one per counted thread."""
 
     name: str
@@ -140,7 +140,7 @@ class _Role:
 
 
 @dataclass
-class _Tracked:
+class _CountedInstance:
     uuid: str
     domain_name: str
     pidfile: str
@@ -150,7 +150,7 @@ class _Tracked:
     pidfile_fd: int
     ino: int
     generation: int
-    roles: list[_Role] = field(default_factory=list)
+    roles: list[_EventFds] = field(default_factory=list)
     tids: set[int] = field(default_factory=set)
     key: str = ""  # set by freeze() once every counter is open
 
@@ -278,7 +278,7 @@ class PerfBackend:
         self._roles = [Role(role, ev.byte_factor.numerator, ev.byte_factor.denominator)
                        for role, ev in self.events.items()]
         self.counters: CounterProvider = counters if counters is not None else DirectCounters()
-        self._tracked: dict[str, _Tracked] = {}
+        self._tracked: dict[str, _CountedInstance] = {}
         self._plan: ReadPlan | None = None
         self._watch = _PidDirWatch(libvirt_pid_dir)
         self._generation = 0
@@ -379,7 +379,7 @@ class PerfBackend:
         cycle.unmonitored[uuid] = f"perf error: {e}"
         LOG.warning("instance %s: %s", uuid, e)
 
-    def _reopen(self, ref: InstanceRef) -> _Tracked:
+    def _reopen(self, ref: InstanceRef) -> _CountedInstance:
         """Counters of a new, renamed, stopped or restarted instance."""
         self._drop(ref.uuid)
         t = self._open(ref)
@@ -387,7 +387,7 @@ class PerfBackend:
         self._plan = None
         return t
 
-    def _open(self, ref: InstanceRef) -> _Tracked:
+    def _open(self, ref: InstanceRef) -> _CountedInstance:
         procfs.check_domain_name(ref.domain_name)
         name = ref.domain_name + ".pid"
         pidfile = os.path.join(self.pid_dir, name)
@@ -408,9 +408,9 @@ class PerfBackend:
             os.close(pidfile_fd)
             raise
         self._generation += 1
-        t = _Tracked(ref.uuid, ref.domain_name, name, proc.pid, pidfile_fd, ino,
+        t = _CountedInstance(ref.uuid, ref.domain_name, name, proc.pid, pidfile_fd, ino,
                      self._generation)
-        t.roles.extend(_Role(role) for role in self.events)
+        t.roles.extend(_EventFds(role) for role in self.events)
         tried: set[int] = set()
         pending = list(proc.tids)
         try:
@@ -442,7 +442,7 @@ class PerfBackend:
             raise
         return t
 
-    def _open_tid(self, t: _Tracked, tid: int) -> None:
+    def _open_tid(self, t: _CountedInstance, tid: int) -> None:
         try:
             handles = self.counters.open([self.specs[r.name] for r in t.roles], t.pid, tid,
                                          t.domain_name)
@@ -479,7 +479,7 @@ class PerfBackend:
                 self._failed(cycle, t.uuid, e)
         return out
 
-    def _read(self, t: _Tracked) -> dict[str, InstanceReading]:
+    def _read(self, t: _CountedInstance) -> dict[str, InstanceReading]:
         """The instance on its own (slow path)."""
         plan = ReadPlan.build([t], self._roles)
         try:

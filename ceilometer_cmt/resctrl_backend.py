@@ -58,7 +58,7 @@ def valid_uuid(value: str) -> str | None:
 
 
 @dataclass
-class _Tracked:
+class _MonitoredInstance:
     uuid: str
     domain_name: str
     pid: int | None = None
@@ -113,7 +113,7 @@ class ResctrlBackend:
         if fd_budget is None:
             # Value files kept open: half of what the process may open.
             fd_budget = resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 2
-        self._tracked: dict[str, _Tracked] = {}
+        self._tracked: dict[str, _MonitoredInstance] = {}
         self._watch = PidfdWatch(proc_root)
         self._uuids: dict[str, str | None] = {}  # instance id -> validated uuid
         self._cycle_no = 0
@@ -225,7 +225,7 @@ class ResctrlBackend:
                 if tracked is None or tracked.domain_name != ref.domain_name:
                     if tracked is not None:
                         self._watch.unwatch(tracked.pidfd)
-                    tracked = self._tracked[uuid] = _Tracked(
+                    tracked = self._tracked[uuid] = _MonitoredInstance(
                         uuid, ref.domain_name, groups=tracked.groups if tracked else {},
                         # the groups stay, and so do their counter keys
                         generations=tracked.generations if tracked else {},
@@ -261,7 +261,7 @@ class ResctrlBackend:
         cycle.monitors_used = None if used is None else used + self.mkdirs - mkdirs
         return cycle
 
-    def _drop_groups(self, t: _Tracked, ctrls: list[str]) -> None:
+    def _drop_groups(self, t: _MonitoredInstance, ctrls: list[str]) -> None:
         """Forget our vanished groups in ``ctrls``; they are made again with new
         counter keys. The other groups keep their files and keys: a counter that
         did not restart must not be counted twice."""
@@ -285,7 +285,7 @@ class ResctrlBackend:
         orphans = []
         for key, paths in self.owned_groups(groups).items():
             if key in wanted:
-                tracked = _Tracked(key, wanted[key].domain_name)
+                tracked = _MonitoredInstance(key, wanted[key].domain_name)
                 for path in paths:
                     ctrl_dir = os.path.dirname(os.path.dirname(path))
                     ctrl = "" if os.path.samefile(ctrl_dir, self.root) else \
@@ -302,14 +302,14 @@ class ResctrlBackend:
         self._adopted = True
         return orphans
 
-    def _steady(self, t: _Tracked) -> bool:
+    def _steady(self, t: _MonitoredInstance) -> bool:
         """Nothing to check this cycle: the pidfd says the very process lives,
         the last thread listing found nothing new, not its re-listing cycle."""
         return bool(t.settled and t.pidfd is not None and t.groups
                     and t.pidfd not in self._exited
                     and (self._cycle_no + t.stagger) % RELIST)
 
-    def _resolve(self, t: _Tracked) -> list[int]:
+    def _resolve(self, t: _MonitoredInstance) -> list[int]:
         """Current TIDs of the instance's qemu, re-resolved when the process changed."""
         if t.pid is not None:
             if t.pidfd is not None:
@@ -337,7 +337,7 @@ class ResctrlBackend:
         t.pid = proc.pid
         return list(proc.tids)
 
-    def _ensure(self, t: _Tracked, ctx: _CycleContext) -> None:
+    def _ensure(self, t: _MonitoredInstance, ctx: _CycleContext) -> None:
         # the re-listing cycle of a settled instance (without a pidfd, _ensure
         # runs every cycle: the tasks files are still read only then)
         periodic = t.settled and (self._cycle_no + t.stagger) % RELIST == 0
@@ -378,7 +378,7 @@ class ResctrlBackend:
         if not t.groups:
             raise NotMonitored("no thread could be placed in a monitor group")
 
-    def _make_group(self, t: _Tracked, ctrl: str, ctx: _CycleContext) -> str:
+    def _make_group(self, t: _MonitoredInstance, ctrl: str, ctx: _CycleContext) -> str:
         if ctx.no_rmid:
             raise NotMonitored(ctx.no_rmid)
         path = os.path.join(resctrl.mon_groups_path(self.root, ctrl),
@@ -402,7 +402,7 @@ class ResctrlBackend:
         t.groups[ctrl] = path
         return path
 
-    def _read(self, t: _Tracked) -> InstanceReading:
+    def _read(self, t: _MonitoredInstance) -> InstanceReading:
         reading = InstanceReading({}, {}, {})
         gens = t.generations
         for ctrl, path in sorted(t.groups.items()):
