@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Steady-state resctrl cycle over many instances against raw open+read of the same files.
 
-Issue 3's benchmark. Everything lives in a tmpfs (``/dev/shm`` by default, or a
+The resctrl backend's benchmark. Everything lives in a tmpfs (``/dev/shm`` by default, or a
 tmpfs this script mounts and unmounts with ``--mount``): an INTEL_2S resctrl
 fixture tree (tests/kernel_trees.py), a fake ``/proc`` with one qemu process
 per instance (``-name guest=<domain>,debug-threads=on`` and its threads), and
