@@ -20,7 +20,7 @@ and thread ids. The daemon:
   that sit in another tool's monitor group of that control group. (A thread of
   another control group cannot be pulled in through a monitor group at all:
   the kernel answers EINVAL, "Can't move task to different control group",
-  ``rdtgroup_move_task``.)
+  ``__rdtgroup_move_task`` in ``fs/resctrl/rdtgroup.c``.)
 """
 
 from __future__ import annotations
