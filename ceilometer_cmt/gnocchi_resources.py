@@ -38,12 +38,11 @@ from typing import Any
 
 import yaml
 
-RATE_POLICY = "ceilometer-low-rate"
-PEAK_POLICY = "ceilometer-cmt-low"
+from ceilometer_cmt import meters
 
 OUR_ARCHIVE_POLICIES: tuple[Mapping[str, Any], ...] = (
     {
-        "name": PEAK_POLICY,
+        "name": meters.PEAK_POLICY,
         "aggregation_methods": ["mean", "max"],
         "back_window": 0,
         "definition": [{"granularity": "5 minutes", "timespan": "30 days"}],
@@ -62,39 +61,35 @@ class ResourceMeters:
     attributes: Mapping[str, str] = field(default_factory=dict)
 
 
-OUR_RESOURCES: tuple[ResourceMeters, ...] = (
-    ResourceMeters(
-        resource_type="instance",
-        metrics={
-            "cache.occupancy": {"archive_policy_name": PEAK_POLICY},
-            "cache.occupancy.percent": {"archive_policy_name": PEAK_POLICY},
-            "cpu_l3_cache": {"archive_policy_name": PEAK_POLICY},
-            "memory.bandwidth.total.bytes": {"archive_policy_name": RATE_POLICY},
-            "memory.bandwidth.local.bytes": {"archive_policy_name": RATE_POLICY},
-            "memory.bandwidth.total": {"archive_policy_name": PEAK_POLICY},
-            "memory.bandwidth.local": {"archive_policy_name": PEAK_POLICY},
-        },
-        # ceilometer's default ``instance`` entry already maps host, flavor_id,
-        # display_name, ... from make_sample_from_instance's metadata; these are
-        # used only when the base file has no ``instance`` entry at all.
-        attributes={
-            "host": "resource_metadata.(instance_host|host)",
-            "display_name": "resource_metadata.display_name",
-            "flavor_id": "resource_metadata.(instance_flavor_id|(flavor.id)|flavor_id)",
-            "flavor_name": "resource_metadata.(instance_type|(flavor.name)|flavor_name)",
-        },
-    ),
-    ResourceMeters(
-        resource_type="host",
-        metrics={
-            "cache.size": {},
-            "cache.monitors.total": {},
-            "cache.monitors.used": {},
-            "cache.instances.unmonitored": {},
-        },
-        attributes={"host_name": "resource_metadata.(host_name|host)"},
-    ),
-)
+#: Gnocchi resource type -> the attributes an entry of that type needs (used
+#: only when the base file has no entry of that type at all).
+RESOURCE_ATTRIBUTES: Mapping[str, Mapping[str, str]] = {
+    # ceilometer's default ``instance`` entry already maps host, flavor_id,
+    # display_name, ... from make_sample_from_instance's metadata.
+    "instance": {
+        "host": "resource_metadata.(instance_host|host)",
+        "display_name": "resource_metadata.display_name",
+        "flavor_id": "resource_metadata.(instance_flavor_id|(flavor.id)|flavor_id)",
+        "flavor_name": "resource_metadata.(instance_type|(flavor.name)|flavor_name)",
+    },
+    "host": {"host_name": "resource_metadata.(host_name|host)"},
+}
+
+
+def resources_of(table: Sequence[meters.Meter] = meters.TABLE) -> tuple[ResourceMeters, ...]:
+    """The meter table grouped by Gnocchi resource type (in the table's order)."""
+    types = list(dict.fromkeys(m.resource_type for m in table))
+    return tuple(
+        ResourceMeters(
+            resource_type=rt,
+            metrics={m.name: ({"archive_policy_name": m.archive_policy}
+                              if m.archive_policy else {})
+                     for m in table if m.resource_type == rt},
+            attributes=RESOURCE_ATTRIBUTES.get(rt, {}))
+        for rt in types)
+
+
+OUR_RESOURCES: tuple[ResourceMeters, ...] = resources_of()
 
 
 def our_meter_names() -> list[str]:

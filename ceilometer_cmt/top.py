@@ -30,16 +30,11 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TextIO
 
-from ceilometer_cmt import pollrun
+from ceilometer_cmt import meters, pollrun
 from ceilometer_cmt.readings import HOST_WIDE
 
-INSTANCE_METERS = (
-    "cache.occupancy", "cache.occupancy.percent", "cpu_l3_cache",
-    "memory.bandwidth.total", "memory.bandwidth.local",
-    "memory.bandwidth.total.bytes", "memory.bandwidth.local.bytes",
-)
-HOST_METERS = ("cache.size", "cache.monitors.total", "cache.monitors.used",
-               "cache.instances.unmonitored")
+INSTANCE_METERS = meters.names(meters.INSTANCE)
+HOST_METERS = meters.names(meters.HOST)
 
 
 @dataclass(frozen=True)
@@ -95,6 +90,21 @@ def _float(v: Any) -> float | None:
     return None if v is None else float(v)
 
 
+def row_values(volume: Callable[[str], Any]) -> dict[str, Any]:
+    """An instance's :class:`InstanceRow` values, given its sample volume of each meter.
+
+    Each per-instance meter fills the row field named like the
+    :class:`~ceilometer_cmt.monitor.InstanceMeters` field it is read from; byte
+    counts are whole numbers. Two meters read ``occupancy``: the first in the
+    table with a sample (``cache.occupancy``, then ``cpu_l3_cache``) gives it.
+    """
+    out: dict[str, Any] = {}
+    for m in meters.of(meters.INSTANCE):
+        if out.get(m.field) is None:
+            out[m.field] = (_int if m.unit == "B" else _float)(volume(m.name))
+    return out
+
+
 def build_view(samples: Iterable[Mapping[str, Any]],
                names: Mapping[str, str] | None = None) -> HostView:
     """One cycle's published samples -> the view (pure).
@@ -114,10 +124,10 @@ def build_view(samples: Iterable[Mapping[str, Any]],
     def meta(s: Mapping[str, Any] | None) -> Mapping[str, Any]:
         return (s or {}).get("resource_metadata") or {}
 
-    size_s = host_s.get("cache.size")
+    size_s = host_s.get(meters.CACHE_SIZE.name)
     domain_sizes = {int(d["id"]): int(d["size"])
                     for d in meta(size_s).get("cache_domains", []) if "id" in d and "size" in d}
-    un_s = host_s.get("cache.instances.unmonitored")
+    un_s = host_s.get(meters.CACHE_INSTANCES_UNMONITORED.name)
     unmonitored: dict[str, str] = dict(meta(un_s).get("unmonitored") or {})
     host = next((str(s["resource_id"]) for s in host_s.values()), None)
     backend = next((str(meta(s)["cmt_backend"]) for s in
@@ -133,19 +143,12 @@ def build_view(samples: Iterable[Mapping[str, Any]],
         any_meta = meta(next(iter(ms.values())))
         domains_meta = next((meta(s).get("cache_domains") for s in ms.values()
                              if meta(s).get("cache_domains") is not None), None) or {}
-        occupancy = vol("cache.occupancy")
-        if occupancy is None:
-            occupancy = vol("cpu_l3_cache")
         rows.append(InstanceRow(
             uuid=uuid, name=any_meta.get("display_name") or names.get(uuid),
             domain_name=any_meta.get("name"), monitored=uuid not in unmonitored,
-            reason=unmonitored.get(uuid), occupancy=_int(occupancy),
-            occupancy_percent=_float(vol("cache.occupancy.percent")),
+            reason=unmonitored.get(uuid),
             domains={int(k): int(v) for k, v in domains_meta.items() if v is not None},
-            mbm_total_rate=_float(vol("memory.bandwidth.total")),
-            mbm_local_rate=_float(vol("memory.bandwidth.local")),
-            mbm_total_bytes=_int(vol("memory.bandwidth.total.bytes")),
-            mbm_local_bytes=_int(vol("memory.bandwidth.local.bytes"))))
+            **row_values(vol)))
     for uuid, reason in unmonitored.items():
         if uuid not in per:
             rows.append(InstanceRow(uuid=uuid, name=names.get(uuid), monitored=False,
@@ -157,10 +160,10 @@ def build_view(samples: Iterable[Mapping[str, Any]],
         host=host, backend=backend,
         cache_size=_int(size_s["counter_volume"]) if size_s else None,
         domain_sizes=domain_sizes,
-        monitors_total=_int(host_s["cache.monitors.total"]["counter_volume"])
-        if "cache.monitors.total" in host_s else None,
-        monitors_used=_int(host_s["cache.monitors.used"]["counter_volume"])
-        if "cache.monitors.used" in host_s else None,
+        monitors_total=_int(host_s[meters.CACHE_MONITORS_TOTAL.name]["counter_volume"])
+        if meters.CACHE_MONITORS_TOTAL.name in host_s else None,
+        monitors_used=_int(host_s[meters.CACHE_MONITORS_USED.name]["counter_volume"])
+        if meters.CACHE_MONITORS_USED.name in host_s else None,
         unmonitored=_int(un_s["counter_volume"]) if un_s else None,
         rows=sort_rows(rows), timestamp=max(stamps) if stamps else None)
 

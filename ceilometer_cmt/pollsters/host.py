@@ -1,14 +1,20 @@
-"""Host meters: the L3 cache itself, its monitors, instances left unmonitored."""
+"""Host meters: the L3 cache itself, its monitors, instances left unmonitored.
+
+One pollster class per meter of :mod:`ceilometer_cmt.meters` with
+``per="host"``, made from its row. :data:`MEASURE` says, for each reading
+field a row names (``source``), how the value and its metadata are read.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ceilometer import sample
 from ceilometer.polling import plugin_base
 
+from ceilometer_cmt import meters as table
 from ceilometer_cmt.monitor import CycleResult
 from ceilometer_cmt.pollsters import runtime
 from ceilometer_cmt.readings import HostCache
@@ -16,9 +22,12 @@ from ceilometer_cmt.sysfs_cache import HostCacheReader
 
 LOG = logging.getLogger(__name__)
 
+Measured = tuple[float | int | None, dict[str, Any]]
+
 
 class _HostPollster(plugin_base.PollsterBase):
     meter: str
+    sample_type: str
     unit: str
     needs_backend = True
 
@@ -47,8 +56,8 @@ class _HostPollster(plugin_base.PollsterBase):
             return runtime.cycle(self.rt, cache, instances)
         return cache[runtime.CACHE_KEY]  # type: ignore[no-any-return]
 
-    def measure(self, manager: Any, cache: dict[str, Any]
-                ) -> tuple[float | int | None, dict[str, Any]]:
+    def measure(self, manager: Any, cache: dict[str, Any]) -> Measured:
+        """(value, metadata) of this meter now; None: no sample. One of MEASURE."""
         raise NotImplementedError
 
     def get_samples(self, manager: Any, cache: dict[str, Any],
@@ -63,46 +72,53 @@ class _HostPollster(plugin_base.PollsterBase):
         host = self.conf.host
         for _resource in resources[:1]:  # local_node yields this host once
             yield sample.Sample(
-                name=self.meter, type=sample.TYPE_GAUGE, unit=self.unit, volume=volume,
+                name=self.meter, type=self.sample_type, unit=self.unit, volume=volume,
                 user_id=None, project_id=None, resource_id=host,
                 resource_metadata={"host_name": host, **metadata})
 
 
-class CacheSizePollster(_HostPollster):
-    meter, unit = "cache.size", "B"
-    needs_backend = False
-
-    def measure(self, manager: Any, cache: dict[str, Any]
-                ) -> tuple[float | int | None, dict[str, Any]]:
-        hc = self.host_cache()
-        domains = [{"id": d.id, "size": d.size, "level": d.level, "cpus": d.cpus}
-                   for d in hc.domains]
-        return hc.size, {"cache_domains": domains, "source": hc.source}
+def _cache_size(p: _HostPollster, manager: Any, cache: dict[str, Any]) -> Measured:
+    hc = p.host_cache()
+    domains = [{"id": d.id, "size": d.size, "level": d.level, "cpus": d.cpus}
+               for d in hc.domains]
+    return hc.size, {"cache_domains": domains, "source": hc.source}
 
 
-class CacheMonitorsTotalPollster(_HostPollster):
-    meter, unit = "cache.monitors.total", "monitor"
-
-    def measure(self, manager: Any, cache: dict[str, Any]
-                ) -> tuple[float | int | None, dict[str, Any]]:
-        assert self.rt.monitor is not None
-        return self.host_cache().monitors_total, {"cmt_backend": self.rt.monitor.backend.name}
+def _monitors_total(p: _HostPollster, manager: Any, cache: dict[str, Any]) -> Measured:
+    assert p.rt.monitor is not None
+    return p.host_cache().monitors_total, {"cmt_backend": p.rt.monitor.backend.name}
 
 
-class CacheMonitorsUsedPollster(_HostPollster):
-    meter, unit = "cache.monitors.used", "monitor"
-
-    def measure(self, manager: Any, cache: dict[str, Any]
-                ) -> tuple[float | int | None, dict[str, Any]]:
-        result = self.cycle(manager, cache)
-        return result.monitors_used, {"cmt_backend": result.backend}
+def _monitors_used(p: _HostPollster, manager: Any, cache: dict[str, Any]) -> Measured:
+    result = p.cycle(manager, cache)
+    return result.monitors_used, {"cmt_backend": result.backend}
 
 
-class CacheInstancesUnmonitoredPollster(_HostPollster):
-    meter, unit = "cache.instances.unmonitored", "instance"
+def _unmonitored(p: _HostPollster, manager: Any, cache: dict[str, Any]) -> Measured:
+    result = p.cycle(manager, cache)
+    return len(result.unmonitored), {"cmt_backend": result.backend,
+                                     "unmonitored": dict(sorted(result.unmonitored.items()))}
 
-    def measure(self, manager: Any, cache: dict[str, Any]
-                ) -> tuple[float | int | None, dict[str, Any]]:
-        result = self.cycle(manager, cache)
-        return len(result.unmonitored), {"cmt_backend": result.backend,
-                                         "unmonitored": dict(sorted(result.unmonitored.items()))}
+
+#: a host meter's ``source`` -> how its value and metadata are read
+MEASURE: dict[str, Callable[[_HostPollster, Any, dict[str, Any]], Measured]] = {
+    "HostCache.size": _cache_size,
+    "HostCache.monitors_total": _monitors_total,
+    "CycleResult.monitors_used": _monitors_used,
+    "CycleResult.unmonitored": _unmonitored,
+}
+
+
+def _pollster(m: table.Meter) -> type[_HostPollster]:
+    return type(m.pollster, (_HostPollster,), {
+        "__module__": __name__, "__qualname__": m.pollster,
+        "__doc__": f"``{m.name}`` ({m.type}, {m.unit}): {m.summary}.",
+        "meter": m.name, "sample_type": m.type, "unit": m.unit,
+        "needs_backend": m.needs_backend, "measure": MEASURE[m.source],
+    })
+
+
+# setup.cfg's entry points name these module attributes.
+for _m in table.of(table.HOST):
+    globals()[_m.pollster] = _pollster(_m)
+del _m

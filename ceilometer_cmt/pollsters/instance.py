@@ -1,15 +1,23 @@
-"""Per-instance meters: cache occupancy and memory bandwidth."""
+"""Per-instance meters: cache occupancy and memory bandwidth.
+
+One pollster class per meter of :mod:`ceilometer_cmt.meters` with
+``per="instance"``, made from its row: the class name setup.cfg names, the
+meter, sample type, unit, and the :class:`~ceilometer_cmt.monitor.InstanceMeters`
+field the value comes from. They differ in nothing else.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
+from operator import attrgetter
 from typing import Any
 
 from ceilometer import sample
 from ceilometer.compute.pollsters import util
 from ceilometer.polling import plugin_base
 
+from ceilometer_cmt import meters as table
 from ceilometer_cmt.monitor import InstanceMeters
 from ceilometer_cmt.pollsters import runtime
 
@@ -59,38 +67,19 @@ class _InstancePollster(plugin_base.PollsterBase):
                               getattr(instance, "id", instance))
 
 
-class CacheOccupancyPollster(_InstancePollster):
-    meter, sample_type, unit = "cache.occupancy", sample.TYPE_GAUGE, "B"
-    value = staticmethod(lambda m: m.occupancy)
+def _pollster(m: table.Meter) -> type[_InstancePollster]:
+    reading, _, field = m.source.partition(".")
+    if reading != "InstanceMeters" or field not in InstanceMeters.__dataclass_fields__:
+        raise AssertionError(f"{m.name}: instance meters read InstanceMeters, not {m.source}")
+    return type(m.pollster, (_InstancePollster,), {
+        "__module__": __name__, "__qualname__": m.pollster,
+        "__doc__": f"``{m.name}`` ({m.type}, {m.unit}): {m.summary}.",
+        "meter": m.name, "sample_type": m.type, "unit": m.unit,
+        "value": staticmethod(attrgetter(field)),
+    })
 
 
-class CacheOccupancyPercentPollster(_InstancePollster):
-    meter, sample_type, unit = "cache.occupancy.percent", sample.TYPE_GAUGE, "%"
-    value = staticmethod(lambda m: m.occupancy_percent)
-
-
-class CPUL3CachePollster(_InstancePollster):
-    """The name ceilometer <= 23 used, for migrating dashboards and alarms."""
-
-    meter, sample_type, unit = "cpu_l3_cache", sample.TYPE_GAUGE, "B"
-    value = staticmethod(lambda m: m.occupancy)
-
-
-class MemoryBandwidthTotalBytesPollster(_InstancePollster):
-    meter, sample_type, unit = "memory.bandwidth.total.bytes", sample.TYPE_CUMULATIVE, "B"
-    value = staticmethod(lambda m: m.mbm_total_bytes)
-
-
-class MemoryBandwidthLocalBytesPollster(_InstancePollster):
-    meter, sample_type, unit = "memory.bandwidth.local.bytes", sample.TYPE_CUMULATIVE, "B"
-    value = staticmethod(lambda m: m.mbm_local_bytes)
-
-
-class MemoryBandwidthTotalPollster(_InstancePollster):
-    meter, sample_type, unit = "memory.bandwidth.total", sample.TYPE_GAUGE, "B/s"
-    value = staticmethod(lambda m: m.mbm_total_rate)
-
-
-class MemoryBandwidthLocalPollster(_InstancePollster):
-    meter, sample_type, unit = "memory.bandwidth.local", sample.TYPE_GAUGE, "B/s"
-    value = staticmethod(lambda m: m.mbm_local_rate)
+# setup.cfg's entry points name these module attributes.
+for _m in table.of(table.INSTANCE):
+    globals()[_m.pollster] = _pollster(_m)
+del _m

@@ -1,0 +1,224 @@
+"""THE table of this plugin's meters: every meter name is written here and nowhere else.
+
+One :class:`Meter` row per meter: its name, sample type and unit, whether it
+is per instance or per host, the reading field its value comes from, the
+pollster class ``setup.cfg`` names, and where Gnocchi keeps it. Generated from
+the table:
+
+* the pollster classes (``pollsters/instance.py``, ``pollsters/host.py``);
+* the meters ``ceilometer-cmt top`` shows (:mod:`ceilometer_cmt.top`);
+* the metrics merged into ``gnocchi_resources.yaml``
+  (:mod:`ceilometer_cmt.gnocchi_resources`);
+* ``etc/polling.yaml``: ``python -m ceilometer_cmt.meters > etc/polling.yaml``.
+
+What cannot be generated is checked by ``tests/test_meters.py``: the
+``ceilometer.poll.compute`` entry points in ``setup.cfg`` (ceilometer finds a
+pollster only there), ``etc/polling.yaml`` and ``ceilometer_cmt/data/polling.yaml``,
+and that no other module spells a meter name.
+
+Plain Python: no OpenStack import, so every layer may use it.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+#: ceilometer's sample types (``ceilometer.sample.TYPE_GAUGE``, ``TYPE_CUMULATIVE``)
+GAUGE: Literal["gauge"] = "gauge"
+CUMULATIVE: Literal["cumulative"] = "cumulative"
+
+#: per instance: discovery ``local_instances``, resource id = the instance uuid;
+#: per host: discovery ``local_node``, resource id = ``[DEFAULT] host``
+Per = Literal["instance", "host"]
+INSTANCE: Per = "instance"
+HOST: Per = "host"
+
+#: Gnocchi archive policies. ceilometer's own ``ceilometer-low-rate`` (rate:mean
+#: on a cumulative counter) and ours, ``ceilometer-low`` with ``max`` besides
+#: ``mean`` (defined in :data:`ceilometer_cmt.gnocchi_resources.OUR_ARCHIVE_POLICIES`).
+RATE_POLICY = "ceilometer-low-rate"
+PEAK_POLICY = "ceilometer-cmt-low"
+
+
+@dataclass(frozen=True)
+class Meter:
+    """One meter of this plugin."""
+
+    name: str  # the meter name, also the name of its entry point
+    type: Literal["gauge", "cumulative"]  # the sample type
+    unit: str
+    per: Per  # per instance or per host
+    # Where the value comes from: ``<reading class>.<field>``. Instance meters
+    # read ``monitor.InstanceMeters``; host meters ``readings.HostCache`` or
+    # ``monitor.CycleResult`` (``CycleResult.unmonitored``: how many entries).
+    source: str
+    pollster: str  # the class in ceilometer_cmt/pollsters/<per>.py that setup.cfg names
+    resource_type: str  # the Gnocchi resource type
+    archive_policy: str | None  # None: the file's archive_policy_default
+    summary: str  # one line (etc/polling.yaml's comment)
+    needs_backend: bool = True  # False: reported also without a monitoring backend
+
+    @property
+    def field(self) -> str:
+        """The reading's field (``occupancy`` of ``InstanceMeters.occupancy``)."""
+        return self.source.rpartition(".")[2]
+
+    @property
+    def module(self) -> str:
+        return f"ceilometer_cmt.pollsters.{self.per}"
+
+    @property
+    def entry_point(self) -> str:
+        """``setup.cfg``'s ``ceilometer.poll.compute`` line for this meter."""
+        return f"{self.name} = {self.module}:{self.pollster}"
+
+
+# ------------------------------------------------------------ per instance
+CACHE_OCCUPANCY = Meter(
+    name="cache.occupancy", type=GAUGE, unit="B", per=INSTANCE,
+    source="InstanceMeters.occupancy", pollster="CacheOccupancyPollster",
+    resource_type="instance", archive_policy=PEAK_POLICY,
+    summary="LLC bytes summed over L3 domains")
+CACHE_OCCUPANCY_PERCENT = Meter(
+    name="cache.occupancy.percent", type=GAUGE, unit="%", per=INSTANCE,
+    source="InstanceMeters.occupancy_percent", pollster="CacheOccupancyPercentPollster",
+    resource_type="instance", archive_policy=PEAK_POLICY,
+    summary="max over domains of occupancy/size (alarm on this)")
+CPU_L3_CACHE = Meter(
+    name="cpu_l3_cache", type=GAUGE, unit="B", per=INSTANCE,
+    source="InstanceMeters.occupancy", pollster="CPUL3CachePollster",
+    resource_type="instance", archive_policy=PEAK_POLICY,
+    summary="same as cache.occupancy, ceilometer <= 23 name")
+MEMORY_BANDWIDTH_TOTAL_BYTES = Meter(
+    name="memory.bandwidth.total.bytes", type=CUMULATIVE, unit="B", per=INSTANCE,
+    source="InstanceMeters.mbm_total_bytes", pollster="MemoryBandwidthTotalBytesPollster",
+    resource_type="instance", archive_policy=RATE_POLICY,
+    summary="MBM total bytes (Gnocchi rate:mean)")
+MEMORY_BANDWIDTH_LOCAL_BYTES = Meter(
+    name="memory.bandwidth.local.bytes", type=CUMULATIVE, unit="B", per=INSTANCE,
+    source="InstanceMeters.mbm_local_bytes", pollster="MemoryBandwidthLocalBytesPollster",
+    resource_type="instance", archive_policy=RATE_POLICY,
+    summary="MBM local bytes (Gnocchi rate:mean)")
+MEMORY_BANDWIDTH_TOTAL = Meter(
+    name="memory.bandwidth.total", type=GAUGE, unit="B/s", per=INSTANCE,
+    source="InstanceMeters.mbm_total_rate", pollster="MemoryBandwidthTotalPollster",
+    resource_type="instance", archive_policy=PEAK_POLICY,
+    summary="rate between two cycles (none on the first)")
+MEMORY_BANDWIDTH_LOCAL = Meter(
+    name="memory.bandwidth.local", type=GAUGE, unit="B/s", per=INSTANCE,
+    source="InstanceMeters.mbm_local_rate", pollster="MemoryBandwidthLocalPollster",
+    resource_type="instance", archive_policy=PEAK_POLICY,
+    summary="rate between two cycles (none on the first)")
+
+# ---------------------------------------------------------------- per host
+CACHE_SIZE = Meter(
+    name="cache.size", type=GAUGE, unit="B", per=HOST,
+    source="HostCache.size", pollster="CacheSizePollster",
+    resource_type="host", archive_policy=None,
+    summary="sum of the L3 domain sizes", needs_backend=False)
+CACHE_MONITORS_TOTAL = Meter(
+    name="cache.monitors.total", type=GAUGE, unit="monitor", per=HOST,
+    source="HostCache.monitors_total", pollster="CacheMonitorsTotalPollster",
+    resource_type="host", archive_policy=None,
+    summary="monitoring ids (RMIDs) per domain")
+CACHE_MONITORS_USED = Meter(
+    name="cache.monitors.used", type=GAUGE, unit="monitor", per=HOST,
+    source="CycleResult.monitors_used", pollster="CacheMonitorsUsedPollster",
+    resource_type="host", archive_policy=None,
+    summary="monitor groups that exist now, anyone's")
+CACHE_INSTANCES_UNMONITORED = Meter(
+    name="cache.instances.unmonitored", type=GAUGE, unit="instance", per=HOST,
+    source="CycleResult.unmonitored", pollster="CacheInstancesUnmonitoredPollster",
+    resource_type="host", archive_policy=None,
+    summary="running instances without a monitor")
+
+#: every meter, in the order of setup.cfg, polling.yaml and gnocchi_resources.yaml
+TABLE: tuple[Meter, ...] = (
+    CACHE_OCCUPANCY, CACHE_OCCUPANCY_PERCENT, CPU_L3_CACHE,
+    MEMORY_BANDWIDTH_TOTAL_BYTES, MEMORY_BANDWIDTH_LOCAL_BYTES,
+    MEMORY_BANDWIDTH_TOTAL, MEMORY_BANDWIDTH_LOCAL,
+    CACHE_SIZE, CACHE_MONITORS_TOTAL, CACHE_MONITORS_USED, CACHE_INSTANCES_UNMONITORED,
+)
+
+
+def of(per: Per) -> tuple[Meter, ...]:
+    """The meters per instance or per host, in table order."""
+    return tuple(m for m in TABLE if m.per == per)
+
+
+def names(per: Per | None = None) -> tuple[str, ...]:
+    return tuple(m.name for m in (TABLE if per is None else of(per)))
+
+
+# ------------------------------------------------------------ polling.yaml
+
+@dataclass(frozen=True)
+class PollingSource:
+    """One source of etc/polling.yaml: all the meters of one kind."""
+
+    name: str
+    per: Per
+    interval: int  # seconds
+    comment: tuple[str, ...]  # the lines above it
+
+
+POLLING_SOURCES: tuple[PollingSource, ...] = (
+    PollingSource("cmt_cache", INSTANCE, 60, (
+        "Per instance (discovery local_instances; resource = the Nova instance uuid).",
+        "Keep these meters in ONE source: one backend read per polling cycle serves",
+        "them all, shared through the cycle's cache. 60 s matches the 5-minute",
+        "points of Gnocchi's ceilometer-low policies (five samples per point) and",
+        "the bytes-per-interval reading of rate:mean on the cumulative counters.",
+    )),
+    PollingSource("cmt_host", HOST, 600, (
+        "Per host (discovery local_node; resource = [DEFAULT] host, Gnocchi type `host`).",
+        "These change only when instances come and go or hardware changes: every 10 min.",
+    )),
+)
+
+POLLING_HEADER = """\
+---
+# ceilometer-polling sources for the ceilometer-cmt meters
+# (ceilometer-polling --polling-namespaces compute, on each compute node).
+#
+# A polling.yaml REPLACES ceilometer's default one: append these two sources to
+# the `sources:` list of the file your agent already uses ([polling] cfg_file,
+# default /etc/ceilometer/polling.yaml) rather than installing this file as is,
+# unless these are the only meters you want.
+#
+# Samples reach Gnocchi only if gnocchi_resources.yaml maps them: write the
+# merged file with
+#   ceilometer-cmt gnocchi-resources -o /etc/ceilometer/gnocchi_resources.yaml
+"""
+
+
+def polling_yaml(sources: Sequence[PollingSource] = POLLING_SOURCES,
+                 table: Sequence[Meter] = TABLE) -> str:
+    """The text of etc/polling.yaml: one source per kind, each meter with its comment."""
+    width = max(len(m.name) for m in table) + 2
+    lines = ["sources:"]
+    for i, src in enumerate(sources):
+        if i:
+            lines.append("")
+        lines += [f"  # {c}" for c in src.comment]
+        lines += [f"  - name: {src.name}", f"    interval: {src.interval}", "    meters:"]
+        lines += [f"      - {m.name.ljust(width)}# {m.type}, {m.unit}: {m.summary}"
+                  for m in table if m.per == src.per]
+    return POLLING_HEADER + "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m ceilometer_cmt.meters``: print etc/polling.yaml."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args:
+        print("usage: python -m ceilometer_cmt.meters > etc/polling.yaml", file=sys.stderr)
+        return 2
+    sys.stdout.write(polling_yaml())
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
