@@ -192,6 +192,10 @@ POLLING_HEADER = """\
 # Samples reach Gnocchi only if gnocchi_resources.yaml maps them: write the
 # merged file with
 #   ceilometer-cmt gnocchi-resources -o /etc/ceilometer/gnocchi_resources.yaml
+#
+# Written from the meter table, ceilometer_cmt/meters.py, by
+#   python -m ceilometer_cmt.meters > etc/polling.yaml
+# (edit the table, not this file; tests/test_meters.py checks they agree).
 """
 
 

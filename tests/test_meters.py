@@ -292,3 +292,11 @@ def test_the_literal_check_can_fail(tmp_path: Path) -> None:
     assert meter_literals(probe, tmp_path) == ["probe.py:1: 'cache.size'",
                                                "probe.py:2: 'cache.size'",
                                                "probe.py:4: 'cpu_l3_cache'"]
+
+
+def test_main_prints_etc_polling_yaml(capsys: pytest.CaptureFixture[str]) -> None:
+    assert meters.main([]) == 0
+    assert capsys.readouterr().out == (REPO / "etc" / "polling.yaml").read_text()
+    assert meters.main(["--write"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "usage:" in err
