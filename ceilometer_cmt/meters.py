@@ -1,4 +1,4 @@
-"""THE table of this plugin's meters: every meter name is written here and nowhere else.
+"""THE table of this plugin's meters, the only module that spells a meter name.
 
 One :class:`Meter` row per meter: its name, sample type and unit, whether it
 is per instance or per host, the reading field its value comes from, the
@@ -36,9 +36,9 @@ Per = Literal["instance", "host"]
 INSTANCE: Per = "instance"
 HOST: Per = "host"
 
-#: Gnocchi archive policies. ceilometer's own ``ceilometer-low-rate`` (rate:mean
-#: on a cumulative counter) and ours, ``ceilometer-low`` with ``max`` besides
-#: ``mean`` (defined in :data:`ceilometer_cmt.gnocchi_resources.OUR_ARCHIVE_POLICIES`).
+#: Gnocchi archive policies: ceilometer's own ``ceilometer-low-rate`` (rate:mean
+#: on a cumulative counter), and ours: ceilometer-low's resolution with ``max``
+#: besides ``mean`` (defined in :data:`ceilometer_cmt.gnocchi_resources.OUR_ARCHIVE_POLICIES`).
 RATE_POLICY = "ceilometer-low-rate"
 PEAK_POLICY = "ceilometer-cmt-low"
 
