@@ -33,7 +33,9 @@ from ceilometer_cmt.errors import BackendUnavailable
 
 #: FUSE subtype under which ``ceilometer-cmt simulate`` mounts; mountinfo shows
 #: it as ``fuse.cmt-resctrl-sim``. Any other filesystem (tmpfs, a plain
-#: directory on the root fs) is refused when the mount is verified.
+#: directory on the root fs) is refused when the mount is verified. The
+#: simulator states its own (simulator/layout.py: the plugin does not import
+#: its test oracle); tests/test_simulator_independence.py checks they agree.
 SIMULATOR_SUBTYPE = "cmt-resctrl-sim"
 SIMULATOR_FSTYPE = f"fuse.{SIMULATOR_SUBTYPE}"
 RESCTRL_FSTYPES = ("resctrl", SIMULATOR_FSTYPE)

@@ -16,15 +16,9 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from ceilometer_cmt.simulator import host
-from ceilometer_cmt.simulator.model import (
-    Caller,
-    ManualClock,
-    Model,
-    SimError,
-    kstrtoint,
-    parse_cpu_list,
-    parse_cpu_mask,
-)
+from ceilometer_cmt.simulator.errors import SimError
+from ceilometer_cmt.simulator.groups import Caller
+from ceilometer_cmt.simulator.model import Model
 from ceilometer_cmt.simulator.scenario import (
     Fault,
     ScenarioError,
@@ -32,8 +26,10 @@ from ceilometer_cmt.simulator.scenario import (
     parse_quantity,
     parse_scenario,
 )
+from ceilometer_cmt.simulator.timeline import ManualClock
 from ceilometer_cmt.simulator.topology import format_cpu_list, format_cpu_mask, get_topology
 from ceilometer_cmt.simulator.tree import Dir, File, resolve
+from ceilometer_cmt.simulator.writes import kstrtoint, parse_cpu_list, parse_cpu_mask
 
 MiB = 1024 * 1024
 ROOT = Caller(uid=0, pid=os.getpid())

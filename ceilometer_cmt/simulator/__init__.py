@@ -4,10 +4,25 @@ It lets the plugin's resctrl code run unchanged, with real syscalls, on hosts
 without RDT.  The mount shows in ``/proc/self/mountinfo`` as fstype
 ``fuse.cmt-resctrl-sim`` (source ``resctrl``), never as ``resctrl``.
 
-Modules: :mod:`.topology` (host presets), :mod:`.scenario` (workload and fault
-file schema), :mod:`.model` (the state machine), :mod:`.tree` (paths),
-:mod:`.fs` (FUSE operations), :mod:`.control` (run-time control socket),
-:mod:`.runner` (``Simulator``, ``mount()``, ``simulate_main``).
+It is the oracle the plugin is checked against, so it imports nothing from
+the plugin: it reads procfs and mountinfo with its own parsers
+(tests/test_simulator_independence.py keeps it so).
+
+Modules, bottom up (each imports only modules above it in this list):
+
+* inputs: :mod:`.topology` (host presets), :mod:`.timeline` (scenario time,
+  load curves), :mod:`.scenario` (workload and fault file schema),
+  :mod:`.host` (what it reads from ``/proc``), :mod:`.workload` (which host
+  processes carry which load);
+* the state machine: :mod:`.errors` (``SimError``), :mod:`.groups` (groups,
+  task entries), :mod:`.layout` (fstype and which paths exist),
+  :mod:`.rmids` (RMID/CLOSID allocation, limbo), :mod:`.writes` (cpus,
+  schemata, mode writes and the kernel's parsers), :mod:`.tasks` (task
+  membership), :mod:`.counters` (what mon_data reads), :mod:`.model`
+  (``Model``: the syscalls, under one mutex);
+* serving it: :mod:`.tree` (path -> file with read/write), :mod:`.fs` (FUSE
+  operations), :mod:`.control` (run-time control socket), :mod:`.runner`
+  (``Simulator``, ``mount()``, ``simulate_main``).
 """
 
 from ceilometer_cmt.simulator.runner import (

@@ -32,8 +32,9 @@ import threading
 from dataclasses import replace
 from typing import Any
 
-from ceilometer_cmt.simulator.model import ManualClock, Model
+from ceilometer_cmt.simulator.model import Model
 from ceilometer_cmt.simulator.scenario import Action, Fault, ScenarioError, parse_fault
+from ceilometer_cmt.simulator.timeline import ManualClock
 
 
 def handle(model: Model, request: dict[str, Any]) -> Any:

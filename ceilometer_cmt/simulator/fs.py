@@ -22,16 +22,17 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ceilometer_cmt.resctrl import SIMULATOR_FSTYPE, SIMULATOR_SUBTYPE
-from ceilometer_cmt.simulator.model import Caller, Model, SimError
+from ceilometer_cmt.simulator.errors import SimError
+from ceilometer_cmt.simulator.groups import Caller
+from ceilometer_cmt.simulator.layout import FSTYPE, SUBTYPE
+from ceilometer_cmt.simulator.model import Model
 from ceilometer_cmt.simulator.tree import Dir, File, Node, resolve
 
 os.environ["FUSE_LIBRARY_NAME"] = "fuse3"  # mfusepy would pick libfuse 2 first
 
 import mfusepy  # noqa: E402  (must come after FUSE_LIBRARY_NAME)
 
-SUBTYPE = SIMULATOR_SUBTYPE
-FSTYPE = SIMULATOR_FSTYPE
+__all__ = ["FSTYPE", "SUBTYPE", "ResctrlOperations", "serve_forever"]
 
 
 @dataclass

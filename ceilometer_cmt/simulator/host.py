@@ -1,8 +1,13 @@
-"""What the simulator needs to know about the host's tasks, from procfs.
+"""What the simulator reads from the host's procfs: tasks and mounts.
 
-Every function takes the proc root as a value.  A task is identified by its
-tid *and* its start time (``/proc/TID/stat`` field 22, clock ticks since
-boot), so that a reused tid is never mistaken for the task that was assigned.
+Every function takes the proc root (or the mountinfo path) as a value.  A task
+is identified by its tid *and* its start time (``/proc/TID/stat`` field 22,
+clock ticks since boot), so that a reused tid is never mistaken for the task
+that was assigned.
+
+The parsers here are the simulator's own, written from the kernel's formats
+(``Documentation/filesystems/proc.rst``), not the plugin's: the simulator is
+the oracle the plugin is checked against and must not share its bugs.
 """
 
 from __future__ import annotations
@@ -10,8 +15,6 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-
-from ceilometer_cmt.procfs import stat_start_time
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -39,9 +42,30 @@ def _read(path: str) -> str | None:
         return None
 
 
+def stat_fields(stat: str) -> list[str]:
+    """The fields of a ``/proc/PID/stat`` line from field 3 (state) on.
+
+    Field 2 is ``(comm)``, and comm may hold spaces and parentheses: the
+    fields go on after the *last* ``)``.  ``stat_fields(s)[0]`` is field 3,
+    so field N is ``[N - 3]``: ppid (4) is ``[1]``, starttime (22) ``[19]``.
+    """
+    close = stat.rfind(")")
+    return stat[close + 1 :].split() if close >= 0 else []
+
+
+def _stat_field(fields: list[str], number: int) -> int:
+    return int(fields[number - 3])
+
+
 def task_start(proc_root: str, tid: int) -> int | None:
     """Start time of ``tid``, or None when no such task exists."""
-    return stat_start_time(os.path.join(proc_root, str(tid), "stat"))
+    stat = _read(os.path.join(proc_root, str(tid), "stat"))
+    if stat is None:
+        return None
+    try:
+        return _stat_field(stat_fields(stat), 22)
+    except (ValueError, IndexError):
+        return None
 
 
 def task_info(proc_root: str, tid: int) -> TaskInfo | None:
@@ -50,8 +74,8 @@ def task_info(proc_root: str, tid: int) -> TaskInfo | None:
     if stat is None or status is None:
         return None
     try:
-        fields = stat[stat.rindex(")") + 2 :].split()
-        ppid, start = int(fields[1]), int(fields[19])
+        fields = stat_fields(stat)
+        ppid, start = _stat_field(fields, 4), _stat_field(fields, 22)
         info: dict[str, list[str]] = {}
         for line in status.splitlines():
             key, _, rest = line.partition(":")
@@ -84,3 +108,50 @@ def comm_and_cmdline(proc_root: str, pid: int) -> tuple[str, str] | None:
     if comm is None or cmdline is None:
         return None
     return comm.rstrip("\n"), cmdline.replace("\0", " ").strip()
+
+
+def _unmangle(field: bytes) -> bytes:
+    r"""Undo the kernel's ``mangle()`` of a mountinfo field: space, tab,
+    newline and backslash are written as ``\ooo`` (three octal digits)."""
+    out = bytearray()
+    i = 0
+    while i < len(field):
+        octal = field[i + 1 : i + 4]
+        if field[i : i + 1] == b"\\" and len(octal) == 3 and all(48 <= c <= 55 for c in octal):
+            out.append(int(octal, 8) & 0xFF)
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return bytes(out)
+
+
+def fstype_at(mountinfo: bytes, mount_point: str) -> str | None:
+    """The fstype of the last mount on ``mount_point`` in a mountinfo text.
+
+    A line is ``ID PARENT MAJ:MIN ROOT MOUNT_POINT OPTIONS [OPTIONAL...] -
+    FSTYPE SOURCE SUPER_OPTIONS``.  Mangled fields hold no space or newline,
+    so lines split on newlines alone and fields on single spaces; the optional
+    fields end at the first field that is exactly ``-``.
+    """
+    target = os.fsencode(mount_point)
+    found = None
+    for line in mountinfo.split(b"\n"):
+        fields = line.split(b" ")
+        if len(fields) < 8 or b"-" not in fields[6:]:
+            continue
+        dash = fields.index(b"-", 6)
+        if dash + 1 >= len(fields) or _unmangle(fields[4]) != target:
+            continue
+        found = os.fsdecode(_unmangle(fields[dash + 1]))
+    return found
+
+
+def mount_fstype(mountpoint: str, mountinfo: str = "/proc/self/mountinfo") -> str | None:
+    """The fstype mounted at ``mountpoint`` (last mount wins), or None."""
+    try:
+        with open(mountinfo, "rb") as f:
+            text = f.read()
+    except OSError:
+        return None
+    return fstype_at(text, os.path.realpath(mountpoint))

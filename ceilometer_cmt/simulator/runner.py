@@ -25,23 +25,14 @@ from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import Any
 
-from ceilometer_cmt import resctrl
-from ceilometer_cmt.childproc import die_with_parent
+from ceilometer_cmt.simulator.host import mount_fstype
+from ceilometer_cmt.simulator.layout import FSTYPE, SUBTYPE
 from ceilometer_cmt.simulator.topology import PRESETS
 
-SUBTYPE = resctrl.SIMULATOR_SUBTYPE
-FSTYPE = resctrl.SIMULATOR_FSTYPE
+__all__ = ["FSTYPE", "SUBTYPE", "Simulator", "fuse_missing_reason", "mount", "mount_fstype",
+           "simulate_main"]
 
-
-def mount_fstype(mountpoint: str, mountinfo: str = "/proc/self/mountinfo") -> str | None:
-    """The fstype mounted at ``mountpoint`` (last mount wins), or None; parsed
-    by the plugin's own mountinfo reader (resctrl.mount_fstype)."""
-    try:
-        with open(mountinfo, encoding="utf-8", errors="surrogateescape", newline="\n") as f:
-            text = f.read()
-    except OSError:
-        return None
-    return resctrl.mount_fstype(text, os.path.realpath(mountpoint))
+_PR_SET_PDEATHSIG = 1
 
 
 def fuse_missing_reason() -> str | None:
@@ -62,7 +53,11 @@ def fuse_missing_reason() -> str | None:
     return None
 
 
-_die_with_parent = die_with_parent
+def _die_with_parent() -> None:
+    """``preexec_fn``: the child gets SIGTERM when its parent dies
+    (``prctl(PR_SET_PDEATHSIG)``), and libfuse's auto_unmount cleans up."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class Simulator:
