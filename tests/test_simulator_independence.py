@@ -34,6 +34,14 @@ ALLOWED_PLUGIN_IMPORTS: frozenset[str] = frozenset()
 STATE_MACHINE = ("errors", "groups", "layout", "rmids", "writes", "tasks", "counters", "model")
 SERVING = ("tree", "fs", "control", "runner")
 
+#: Every module, bottom up, as simulator/__init__.py lists them: each may
+#: import only modules before it (so there can be no cycle).
+ORDER = (
+    "topology", "timeline", "scenario", "host", "workload",  # inputs
+    "errors", "groups", "layout", "rmids", "writes", "tasks", "counters", "model",
+    "tree", "fs", "control", "runner", "__init__", "__main__",  # serving it
+)
+
 MAX_LINES = 420  # "no module over about 400 lines"
 
 
@@ -162,6 +170,20 @@ def test_the_state_machine_does_not_import_the_layers_serving_it() -> None:
         for m in STATE_MACHINE
         for s in SERVING
         if f"{PACKAGE}.{s}" in graph[f"{PACKAGE}.{m}"]
+    }
+    assert not wrong, sorted(wrong)
+
+
+def test_each_module_imports_only_the_ones_below_it() -> None:
+    graph = _graph()
+    names = {m: m.removeprefix(PACKAGE).lstrip(".") or "__init__" for m in graph}
+    assert sorted(names.values()) == sorted(ORDER), "ORDER must list every module"
+    rank = {name: i for i, name in enumerate(ORDER)}
+    wrong = {
+        f"{names[m]} imports {names[d]}"
+        for m, deps in graph.items()
+        for d in deps
+        if rank[names[d]] >= rank[names[m]]
     }
     assert not wrong, sorted(wrong)
 
