@@ -27,7 +27,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import uuid as uuidlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from xml.sax.saxutils import escape, quoteattr
 from ceilometer_cmt.childproc import die_with_parent
 from ceilometer_cmt.readings import InstanceRef
 from ceilometer_cmt.testing import standin_qemu
+from ceilometer_cmt.testing.wait import wait_until
 
 NOVA_NS = "http://openstack.org/xmlns/libvirt/nova/1.1"
 TEST_NS = "http://libvirt.org/schemas/domain/test/1.0"
@@ -299,23 +299,21 @@ class LibvirtDaemon:
         return self
 
     def _wait_ready(self) -> None:
-        assert self.proc is not None
-        deadline = time.monotonic() + self.start_timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise DaemonError(
-                    f"libvirtd exited with {self.proc.returncode}: {self.read_log()}")
-            if os.path.exists(self.socket_path):
-                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                    try:
-                        s.connect(self.socket_path)
-                        return
-                    except OSError:
-                        pass
-            if time.monotonic() > deadline:
-                raise DaemonError(f"libvirtd did not answer within {self.start_timeout}s: "
-                                  f"{self.read_log()}")
-            time.sleep(0.02)
+        proc = self.proc
+        assert proc is not None
+
+        def exited() -> None:
+            if proc.poll() is not None:
+                raise DaemonError(f"libvirtd exited with {proc.returncode}: {self.read_log()}")
+
+        def answers() -> bool:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.connect(self.socket_path)
+            return True
+
+        wait_until(answers, what="libvirtd to answer on its socket",
+                   timeout=self.start_timeout, interval=0.02, fail=exited,
+                   error=lambda msg: DaemonError(f"{msg}: {self.read_log()}"))
 
     def read_log(self) -> str:
         out = []

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ceilometer_cmt.testing.wait import wait_until
 from tests.as_user import public_workdir
 
 REPO = Path(__file__).resolve().parents[2]
@@ -110,22 +111,13 @@ def wait_for(what: str, predicate: Callable[[], Any], timeout: float,
 
     Fails at once, with its log, when one of ``daemons`` has exited.
     """
-    deadline = time.monotonic() + timeout
-    last_error: BaseException | None = None
-    while True:
+    def exited() -> None:
         for daemon in daemons:
             daemon.check_alive()
-        try:
-            result = predicate()
-            if result:
-                return result
-        except Exception as e:  # noqa: BLE001 - reported on timeout
-            last_error = e
-        if time.monotonic() > deadline:
-            detail = f" (last error: {last_error!r})" if last_error else ""
-            raise ServiceError(f"timed out after {timeout:.0f}s waiting for {what}{detail}\n"
-                               + "\n".join(tail(p) for p in logs))
-        time.sleep(interval)
+
+    return wait_until(predicate, what=what, timeout=timeout, interval=interval, fail=exited,
+                      error=lambda msg: ServiceError(
+                          msg + "\n" + "\n".join(tail(p) for p in logs)))
 
 
 @dataclass
