@@ -35,8 +35,9 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "privsep": ("options", "daemon_rules", "daemon_resctrl", "perf_registry", "privileged",
                 "privsep_guard", "privsep_helper"),
     "openstack": ("pollsters", "pollsters.host", "pollsters.instance", "pollsters.runtime"),
-    "commands": ("cli", "pollrun", "top", "demo", "testbed", "gnocchi_resources", "testing",
-                 "testing.standin_qemu"),
+    "commands": ("cli", "pollrun", "top", "top.view", "top.render", "top.loop", "top.command",
+                 "demo", "testbed", "gnocchi_resources", "testing", "testing.standin_qemu",
+                 "testing.wait"),
 }
 ORDER = list(LAYERS)
 #: third-party packages only the privsep layer and above may import

@@ -1,36 +1,24 @@
-"""``ceilometer-cmt top``: a live per-instance view of cache occupancy and bandwidth.
+"""What ``ceilometer-cmt top`` shows, as plain values (pure: no terminal, no rich).
 
-It runs real polling cycles through ceilometer's polling manager with the
-agent's own config files (:mod:`ceilometer_cmt.pollrun`), so the view shows
-exactly the samples ceilometer would publish, whatever backend runs.
+:func:`build_view` turns one polling cycle's sample dicts into a
+:class:`HostView`: the host's cache and monitors, and one :class:`InstanceRow`
+per running instance, monitored or with the reason why not. :func:`sort_rows`
+orders the rows (the ``--sort`` keys, :data:`SORT_KEYS`), :func:`view_json` is
+the ``--json`` document, and the text helpers (:func:`human_bytes`,
+:func:`pct`, :func:`domain_breakdown`, :func:`short_uuids`) make the cells
+:mod:`ceilometer_cmt.top.render` puts in its table.
 
-Two halves, kept apart so the view can be tested on real samples:
-
-* :func:`build_view` (pure): one cycle's sample dicts -> :class:`HostView`
-  (host cache, monitors, one :class:`InstanceRow` per running instance,
-  monitored or with the reason why not); :func:`sort_rows`,
-  :func:`render` (a ``rich`` renderable) and :func:`view_json`;
-* :func:`watch`: the loop (poll, render, sleep) shared with ``ceilometer-cmt demo``.
-
-Like the agent, ``top`` creates monitor groups with the plugin's prefix on a
-resctrl host (the same groups: they are adopted, not duplicated).
+Which meters are read, and into which row field, comes from the meter table
+(:mod:`ceilometer_cmt.meters`).
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import json
-import os
-import shutil
-import sys
-import tempfile
-import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any, TextIO
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
-from ceilometer_cmt import meters, pollrun
+from ceilometer_cmt import meters
 from ceilometer_cmt.readings import HOST_WIDE
 
 INSTANCE_METERS = meters.names(meters.INSTANCE)
@@ -189,7 +177,7 @@ def sort_rows(rows: Iterable[InstanceRow], key: str = "occupancy-percent"
     return tuple(sorted(have, key=get, reverse=desc)) + tuple(missing)
 
 
-# ----------------------------------------------------------------- formats
+# ----------------------------------------------------------------- text
 
 def human_bytes(n: float | None, suffix: str = "") -> str:
     if n is None:
@@ -203,7 +191,7 @@ def human_bytes(n: float | None, suffix: str = "") -> str:
     return str(n)  # pragma: no cover
 
 
-def _pct(p: float | None) -> str:
+def pct(p: float | None) -> str:
     return "-" if p is None else f"{p:.1f}%"
 
 
@@ -214,7 +202,7 @@ def domain_breakdown(view: HostView, row: InstanceRow) -> str:
         k: v for k, v in row.domains.items() if v}
     for dom, value in sorted(shown.items()):
         label = "host" if dom == HOST_WIDE else f"L3#{dom}"
-        parts.append(f"{label} {human_bytes(value)} {_pct(view.domain_percent(dom, value))}")
+        parts.append(f"{label} {human_bytes(value)} {pct(view.domain_percent(dom, value))}")
     if len(shown) < len(row.domains):
         parts.append(f"{len(row.domains) - len(shown)} more at 0 B")
     return "\n".join(parts) or "-"
@@ -248,266 +236,3 @@ def short_uuids(rows: Sequence[InstanceRow]) -> dict[str, str]:
     if len(set(heads)) == len(heads):
         return {r.uuid: r.uuid[:8] for r in rows}
     return {r.uuid: "\u2026" + r.uuid[-8:] for r in rows}
-
-
-def render(view: HostView, *, title: str = "ceilometer-cmt top", alert_percent: float = 30.0,
-           footer: str | None = None, width: int | None = None) -> Any:
-    """The view as a ``rich`` renderable (a header line and a table).
-
-    ``width`` (the terminal's): below 150 columns uuids are shortened, below
-    120 the per-domain column is left out and headers are terse.
-    """
-    from rich.console import Group
-    from rich.table import Table
-    from rich.text import Text
-
-    short = short_uuids(view.rows) if width is not None and width < 150 else None
-    narrow = width is not None and width < 120
-    doms = ", ".join(f"L3#{k} {human_bytes(v)}" for k, v in sorted(view.domain_sizes.items()))
-    head = Text.assemble(
-        (title, "bold"), f"  host {view.host or '?'}  backend {view.backend or 'none'}  ",
-        f"L3 {human_bytes(view.cache_size)} ({doms or 'unknown'})  ",
-        f"monitors {view.monitors_used if view.monitors_used is not None else '-'}"
-        f"/{view.monitors_total if view.monitors_total is not None else '-'}  ",
-        f"unmonitored {view.unmonitored if view.unmonitored is not None else '-'}",
-        f"  cycle {view.cycle}" if view.cycle is not None else "",
-        f"  {view.timestamp}" if view.timestamp else "")
-    from rich import box
-
-    table = Table(expand=False, show_lines=False, box=box.SIMPLE_HEAD if narrow else box.HEAVY_HEAD)
-    table.add_column("instance", no_wrap=True, max_width=16 if narrow else None)
-    table.add_column("uuid", no_wrap=True, style="dim")
-    table.add_column("occupancy", justify="right", no_wrap=True)
-    table.add_column("%L3" if narrow else "% busiest L3", justify="right", no_wrap=True)
-    table.add_column("MBM total", justify="right", no_wrap=True)
-    table.add_column("MBM local", justify="right", no_wrap=True)
-    if not narrow:
-        table.add_column("per domain", no_wrap=True)
-    table.add_column("status", min_width=6, overflow="ellipsis", no_wrap=narrow)
-    for r in view.rows:
-        hot = r.occupancy_percent is not None and r.occupancy_percent >= alert_percent
-        cells: list[Any] = [
-            r.name or r.domain_name or "?", short[r.uuid] if short else r.uuid,
-            human_bytes(r.occupancy),
-            Text(_pct(r.occupancy_percent), style="bold red" if hot else ""),
-            human_bytes(r.mbm_total_rate, "/s"), human_bytes(r.mbm_local_rate, "/s")]
-        if not narrow:
-            cells.append(domain_breakdown(view, r))
-        status = r.status
-        if narrow:
-            status = {"monitored": "ok", "monitored, no data": "no data"}.get(
-                status, status.replace("not monitored", "off"))
-        cells.append(Text(status, style="green" if r.status == "monitored" else "yellow"))
-        table.add_row(*cells)
-    if not view.rows:
-        table.add_row("(none)")
-    parts: list[Any] = [head, table]
-    if view.backend is None:
-        parts.append(Text("No cache monitoring backend: per-instance meters are off on this "
-                          "host. 'ceilometer-cmt probe' says why.", style="yellow"))
-    if footer:
-        parts.append(Text(footer, style="dim"))
-    return Group(*parts)
-
-
-# -------------------------------------------------------------------- loop
-
-class Poller:
-    """Real polling cycles on one ceilometer agent, with instance names remembered."""
-
-    def __init__(self, agent: Any) -> None:
-        self.agent = agent
-        self.names: dict[str, str] = {}
-        self.cycles = 0
-
-    def _discover_names(self) -> None:
-        with contextlib.suppress(Exception):  # names are a nicety; never fail the view
-            for r in self.agent.discover(["local_instances"]):
-                name = getattr(r, "name", None)
-                if name:
-                    self.names[str(r.id)] = str(name)
-
-    def poll(self) -> tuple[list[dict[str, Any]], HostView]:
-        samples = pollrun.run_cycles(self.agent, 1)[0]
-        self.cycles += 1
-        for s in samples:
-            name = (s.get("resource_metadata") or {}).get("display_name")
-            if name and s["counter_name"] in INSTANCE_METERS:
-                self.names[str(s["resource_id"])] = str(name)
-        view = build_view(samples, self.names)
-        if any(r.name is None for r in view.rows):
-            self._discover_names()
-            view = build_view(samples, self.names)
-        return samples, replace(view, cycle=self.cycles)
-
-
-def watch(agent: Any, *, interval: float, cycles: int | None = None,
-          sort: str = "occupancy-percent", out: TextIO | None = None,
-          mode: str = "live", title: str = "ceilometer-cmt top",
-          footer: str | None = None, on_cycle: Callable[[HostView], None] | None = None
-          ) -> HostView | None:
-    """Poll ``cycles`` times (None: until interrupted), ``interval`` s apart.
-
-    ``mode``: ``live`` (a refreshing rich view), ``print`` (one table per
-    cycle, for a pipe), ``jsonl`` (every sample as one JSON line with its
-    cycle number), ``views`` (each cycle's :func:`view_json` as one line),
-    ``quiet``. Returns the last view.
-    """
-    out = out or sys.stdout
-    poller = Poller(agent)
-    last: HostView | None = None
-    with _live(mode, out) as (show, width):
-        n = 0
-        while cycles is None or n < cycles:
-            if n:
-                time.sleep(interval)
-            samples, view = poller.poll()
-            last = replace(view, rows=sort_rows(view.rows, sort))
-            n += 1
-            if mode == "jsonl":  # one write per cycle: see demo.SignalSafeOut
-                out.write("".join(
-                    json.dumps({"cycle": n, **pollrun.sample_row(s)},
-                               sort_keys=True, default=str) + "\n" for s in samples))
-                out.flush()
-            elif mode == "views":
-                out.write(json.dumps(view_json(last), sort_keys=True) + "\n")
-                out.flush()
-            elif mode != "quiet":
-                show(render(last, title=title, footer=footer, width=width()))
-            if on_cycle is not None:
-                on_cycle(last)
-    return last
-
-
-@contextlib.contextmanager
-def _live(mode: str, out: TextIO
-          ) -> Iterator[tuple[Callable[[Any], None], Callable[[], int | None]]]:
-    """(show a renderable, the output's width now) for ``mode``."""
-    if mode not in ("live", "print"):
-        yield (lambda _r: None), (lambda: None)
-        return
-    from rich.console import Console
-
-    console = Console(file=out)
-    if not console.is_terminal and "COLUMNS" not in os.environ:
-        console = Console(file=out, width=160)  # a pipe or a file: room for every column
-    if mode == "print" or not console.is_terminal:
-        yield console.print, (lambda: console.width)
-        return
-    from rich.live import Live
-
-    with Live(console=console, auto_refresh=False, transient=False) as live:
-        yield (lambda r: live.update(r, refresh=True)), (lambda: console.width)
-
-
-def logging_conf(log_file: str) -> str:
-    """A Python logging config (oslo.log ``log_config_append``) sending all to ``log_file``.
-
-    It replaces oslo.log's handlers, stderr included, so nothing scribbles
-    over a live view (pollrun turns ``use_stderr`` on for ``poll``).
-    """
-    return (
-        "[loggers]\nkeys = root\n[handlers]\nkeys = file\n[formatters]\nkeys = plain\n"
-        "[logger_root]\nlevel = INFO\nhandlers = file\n"
-        f"[handler_file]\nclass = FileHandler\nargs = ({log_file!r},)\nformatter = plain\n"
-        "[formatter_plain]\n"
-        "format = %(asctime)s %(process)d %(levelname)s %(name)s [-] %(message)s\n"
-    )
-
-
-def write_log_config(directory: str, log_file: str) -> str:
-    """Write :func:`logging_conf` and a ceilometer config file using it; returns the latter."""
-    logging_path = os.path.join(directory, "logging.conf")
-    with open(logging_path, "w", encoding="utf-8") as f:
-        f.write(logging_conf(log_file))
-    conf = os.path.join(directory, "log.conf")
-    with open(conf, "w", encoding="utf-8") as f:
-        f.write(f"[DEFAULT]\nlog_config_append = {logging_path}\n")
-    return conf
-
-
-# --------------------------------------------------------------------- CLI
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="ceilometer-cmt top",
-        description="Live per-instance L3 cache occupancy and memory bandwidth, from real "
-                    "polling cycles with the agent's own configuration.")
-    p.add_argument("--config-file", action="append", default=[],
-                   help="ceilometer config file(s), as given to ceilometer-polling "
-                        "(default: $CEILOMETER_CMT_CONFIG, else /etc/ceilometer/ceilometer.conf "
-                        "when it exists)")
-    pollrun.add_set_option(p, "backend=resctrl")
-    p.add_argument("--interval", type=float, default=2.0,
-                   help="seconds between polling cycles (default 2)")
-    p.add_argument("--cycles", type=int, help="stop after N cycles (default, or 0: until Ctrl-C)")
-    p.add_argument("--sort", choices=sorted(SORT_KEYS), default="occupancy-percent",
-                   help="row order (default occupancy-percent, largest first)")
-    p.add_argument("--once", action="store_true",
-                   help="poll twice, --interval apart (bandwidth is a rate between two "
-                        "reads), print the second cycle and exit")
-    p.add_argument("--json", action="store_true",
-                   help="with --once: one JSON document; else one per cycle (JSON lines)")
-    p.add_argument("--log-file",
-                   help="agent log file (default: the config's; with the live view on a "
-                        "terminal a temporary file whose warnings are printed at exit)")
-    return p
-
-
-def default_config_files() -> list[str]:
-    files = pollrun.env_config_files()
-    if not files and os.path.exists("/etc/ceilometer/ceilometer.conf"):
-        files = ["/etc/ceilometer/ceilometer.conf"]
-    return files
-
-
-def print_log_problems(path: str, out: TextIO) -> None:
-    """WARNING/ERROR lines of an agent log, minus known harmless noise."""
-    with contextlib.suppress(OSError), open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            if (" WARNING " in line or " ERROR " in line) and "memcache" not in line:
-                out.write(line)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    if args.interval < 0 or (args.cycles is not None and args.cycles < 0):
-        print("ceilometer-cmt top: --interval must be >= 0 and --cycles >= 0", file=sys.stderr)
-        return 2
-    if args.cycles == 0:
-        args.cycles = None
-    config_files = args.config_file or default_config_files()
-    overrides = pollrun.cmt_overrides(args.set)
-    live = not args.json and sys.stdout.isatty()
-    # the log setup (and, live, the log itself) is the only thing top writes
-    tmp = tempfile.mkdtemp(prefix="cmt-top-") if live or args.log_file else ""
-    log_file = args.log_file or (os.path.join(tmp, "agent.log") if live else None)
-    try:
-        extra = [write_log_config(tmp, log_file)] if log_file else []
-        return _run(args, [*config_files, *extra], overrides, live)
-    except KeyboardInterrupt:
-        return 130
-    finally:
-        if log_file and not args.log_file:
-            print_log_problems(log_file, sys.stderr)
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _run(args: argparse.Namespace, config_files: list[str],
-         overrides: pollrun.Overrides, live: bool) -> int:
-    with pollrun.polling_agent(config_files, overrides=overrides) as agent:
-        if args.once:
-            last = watch(agent, interval=args.interval, cycles=2, sort=args.sort,
-                         mode="quiet")
-            assert last is not None
-            if args.json:
-                print(json.dumps(view_json(last), indent=2, sort_keys=True))
-            else:
-                from rich.console import Console
-
-                Console().print(render(last))
-            return 0
-        watch(agent, interval=args.interval, cycles=args.cycles, sort=args.sort,
-              mode="views" if args.json else ("live" if live else "print"))
-    return 0
