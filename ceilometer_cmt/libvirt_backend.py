@@ -23,7 +23,7 @@ from typing import Any
 
 from ceilometer_cmt import libvirt_stats
 from ceilometer_cmt.errors import BackendUnavailable
-from ceilometer_cmt.readings import BackendCycle, HostCache, InstanceRef
+from ceilometer_cmt.readings import BackendCycle, Decision, HostCache, InstanceRef
 from ceilometer_cmt.sysfs_cache import read_host_cache
 
 LOG = logging.getLogger(__name__)
@@ -219,6 +219,16 @@ class LibvirtBackend:
             if stats.has_cache_data and libvirt_stats.is_active(stats.state):
                 n += 1
         return n
+
+    def auto_decision(self) -> Decision:
+        """May ``auto`` take this backend? Only if some running domain reports
+        cache data: libvirt alone, without a ``<monitor>`` or the perf event
+        ``cmt``, has no cache meter to give."""
+        n = self.domains_with_cache_data()
+        if not n:
+            return Decision(self.name, False, "no libvirt domain reports cache data "
+                            "(no <monitor> or perf event cmt)")
+        return Decision(self.name, True, f"{n} domain(s) report cache data")
 
     def close(self) -> None:
         conn, self._conn = self._conn, None

@@ -56,7 +56,7 @@ from inotify_simple import INotify
 from inotify_simple import flags as iflags
 
 from ceilometer_cmt import perf_events, perf_pmu, procfs
-from ceilometer_cmt.errors import BackendUnavailable, InstanceGone, NotMonitored
+from ceilometer_cmt.errors import BackendUnavailable, CmtError, InstanceGone, NotMonitored
 from ceilometer_cmt.perf_counts import (
     MBM_LOCAL,
     MBM_TOTAL,
@@ -76,6 +76,7 @@ from ceilometer_cmt.perf_events import (
 from ceilometer_cmt.perf_pmu import CqmPmu, PmuEvent
 from ceilometer_cmt.readings import (
     BackendCycle,
+    Decision,
     HostCache,
     InstanceReading,
     InstanceRef,
@@ -302,6 +303,14 @@ class PerfBackend:
         when the kernel refuses, which is what ``auto`` selection needs.
         """
         self.counters.probe(list(self.specs.values()))
+
+    def auto_decision(self) -> Decision:
+        """May ``auto`` take this backend? Only if every event opens (:meth:`probe`)."""
+        try:
+            self.probe()
+        except CmtError as e:
+            return Decision(self.name, False, f"intel_cqm PMU present but does not open: {e}")
+        return Decision(self.name, True, "intel_cqm PMU opens")
 
     def sync(self, instances: Sequence[InstanceRef]) -> BackendCycle:
         cycle = BackendCycle()

@@ -88,6 +88,16 @@ class BackendCycle:
     monitors_used: int | None = None
 
 
+@dataclass(frozen=True)
+class Decision:
+    """Whether a backend may run on this host: usable, or the stated reason why
+    not (selection's verdicts, ``ceilometer-cmt probe``, the start-up log)."""
+
+    backend: str
+    usable: bool
+    reason: str
+
+
 class Backend(Protocol):
     """What every backend (resctrl, perf, libvirt) offers the monitor."""
 

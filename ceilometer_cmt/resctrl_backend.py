@@ -35,7 +35,13 @@ from dataclasses import dataclass, field
 from ceilometer_cmt import procfs, resctrl
 from ceilometer_cmt.errors import BackendUnavailable, InstanceGone, NotMonitored
 from ceilometer_cmt.process_watch import PidfdWatch, start_time
-from ceilometer_cmt.readings import BackendCycle, HostCache, InstanceReading, InstanceRef
+from ceilometer_cmt.readings import (
+    BackendCycle,
+    Decision,
+    HostCache,
+    InstanceReading,
+    InstanceRef,
+)
 from ceilometer_cmt.resctrl_values import GroupVanished, ValueReader
 from ceilometer_cmt.sysfs_cache import read_host_cache
 
@@ -124,6 +130,11 @@ class ResctrlBackend:
         self.mkdirs = 0
         self.rmdirs = 0
         self.writes = 0
+
+    def auto_decision(self) -> Decision:
+        """May ``auto`` take this backend? Always once it opened: the
+        constructor already refused a tree without ``llc_occupancy``."""
+        return Decision(self.name, True, f"{self.root} has llc_occupancy")
 
     # ----------------------------------------------------------- host side
     def host_cache(self) -> HostCache:
