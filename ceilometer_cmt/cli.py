@@ -162,7 +162,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 
     s = load_settings(args.config_file, args.set)
     # the very backend the agent would build from these settings
-    backend = cast(ResctrlBackend, selection._resctrl(s, None))
+    backend = cast(ResctrlBackend, selection.entry("resctrl").open(s, None, None))
     owned = backend.owned_groups()
     keep: set[str] = set()
     if args.stale_only:
