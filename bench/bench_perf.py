@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Per-instance read cost of the perf backend against raw ``os.read`` of the same fds.
 
-Real stand-in qemu processes (see tests/perf_child_helper.py), real counters
+Real stand-in qemu processes (see ceilometer_cmt/testing/perf_child.py), real counters
 from the software-event stand-in of the intel_cqm PMU (tests/fixtures/perf/
 software). Both sides are measured in the same run, in alternating blocks; the judged
 ratio is the median over blocks of backend/raw, each pair measured back to
@@ -31,12 +31,10 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "tests"))
-
-from perf_child_helper import Child  # noqa: E402
 
 from ceilometer_cmt.perf_backend import PerfBackend  # noqa: E402
 from ceilometer_cmt.readings import InstanceRef  # noqa: E402
+from ceilometer_cmt.testing.perf_child import Child  # noqa: E402
 
 SOFTWARE = os.path.join(ROOT, "tests", "fixtures", "perf", "software")
 #: the fewest threads a running qemu has: the main loop, the ``call_rcu``

@@ -3,7 +3,7 @@
 
 The resctrl backend's benchmark. Everything lives in a tmpfs (``/dev/shm`` by default, or a
 tmpfs this script mounts and unmounts with ``--mount``): an INTEL_2S resctrl
-fixture tree (tests/kernel_trees.py), a fake ``/proc`` with one qemu process
+fixture tree (ceilometer_cmt/testing/kernel_trees.py), a fake ``/proc`` with one qemu process
 per instance (``-name guest=<domain>,debug-threads=on`` and its threads), and
 libvirt-style pidfiles. ``ResctrlBackend`` (``verify_mount=False``, the
 fixture's :class:`KernelOps`) syncs once to create and fill the groups; then,
@@ -46,9 +46,11 @@ from collections.abc import Callable, Iterator
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-from kernel_trees import (  # noqa: E402
+from ceilometer_cmt.monitor import CacheMonitor  # noqa: E402
+from ceilometer_cmt.readings import InstanceRef  # noqa: E402
+from ceilometer_cmt.resctrl_backend import ResctrlBackend  # noqa: E402
+from ceilometer_cmt.testing.kernel_trees import (  # noqa: E402
     INTEL_2S,
     KernelOps,
     build_proc,
@@ -57,10 +59,6 @@ from kernel_trees import (  # noqa: E402
     qemu_cmdline,
     set_value,
 )
-
-from ceilometer_cmt.monitor import CacheMonitor  # noqa: E402
-from ceilometer_cmt.readings import InstanceRef  # noqa: E402
-from ceilometer_cmt.resctrl_backend import ResctrlBackend  # noqa: E402
 
 DOC = os.path.join(ROOT, "doc", "benchmarks.md")
 SECTION = "## resctrl backend"

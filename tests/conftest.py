@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
-
-from kernel_trees import INTEL_2S, KernelOps, Topology, build_resctrl, build_sysfs  # noqa: E402
-
-from ceilometer_cmt.testbed import StandInQemu  # noqa: E402
+from ceilometer_cmt.testbed import StandInQemu
+from ceilometer_cmt.testing.kernel_trees import (
+    INTEL_2S,
+    KernelOps,
+    Topology,
+    build_resctrl,
+    build_sysfs,
+)
 
 
 @dataclass

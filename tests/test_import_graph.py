@@ -37,7 +37,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "openstack": ("pollsters", "pollsters.host", "pollsters.instance", "pollsters.runtime"),
     "commands": ("cli", "pollrun", "top", "top.view", "top.render", "top.loop", "top.command",
                  "demo", "testbed", "gnocchi_resources", "testing", "testing.standin_qemu",
-                 "testing.wait"),
+                 "testing.wait", "testing.kernel_trees", "testing.perf_child"),
 }
 ORDER = list(LAYERS)
 #: third-party packages only the privsep layer and above may import

@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from perf_child_helper import Child, as_nobody, open_fds, write_pidfile
 
 from ceilometer_cmt import perf_pmu
 from ceilometer_cmt.errors import BackendUnavailable
@@ -24,6 +23,7 @@ from ceilometer_cmt.perf_counts import sum_counts
 from ceilometer_cmt.perf_events import PerfPermissionError, PerfUnsupported
 from ceilometer_cmt.readings import HOST_WIDE, BackendCycle, InstanceRef
 from ceilometer_cmt.sysfs_cache import read_host_cache
+from ceilometer_cmt.testing.perf_child import Child, as_nobody, open_fds, write_pidfile
 from tests.as_user import public_workdir
 
 FIXTURES = Path(__file__).parent / "fixtures" / "perf"

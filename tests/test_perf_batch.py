@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from perf_child_helper import Child
 
 from ceilometer_cmt.perf_backend import PerfBackend
 from ceilometer_cmt.perf_events import EventSpec
 from ceilometer_cmt.readings import HOST_WIDE, InstanceReading, InstanceRef
+from ceilometer_cmt.testing.perf_child import Child
 
 SOFTWARE = Path(__file__).parent / "fixtures" / "perf" / "software"
 PMU_REL = Path("bus/event_source/devices/intel_cqm")

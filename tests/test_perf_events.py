@@ -18,10 +18,10 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from perf_child_helper import Child, as_nobody, open_fds
 
 from ceilometer_cmt import perf_events as pe
 from ceilometer_cmt.errors import BackendUnavailable, CmtError, InstanceGone, NotMonitored
+from ceilometer_cmt.testing.perf_child import Child, as_nobody, open_fds
 
 TASK_CLOCK = pe.EventSpec(pe.PERF_TYPE_SOFTWARE, pe.PERF_COUNT_SW_TASK_CLOCK)
 

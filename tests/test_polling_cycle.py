@@ -13,10 +13,10 @@ import shutil
 import textwrap
 
 import pytest
-from kernel_trees import set_value
 
 from ceilometer_cmt import pollrun
 from ceilometer_cmt.pollsters import runtime
+from ceilometer_cmt.testing.kernel_trees import set_value
 
 MiB = 1024 * 1024
 L3 = 36608 * 1024  # INTEL_2S domain size

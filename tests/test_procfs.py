@@ -9,7 +9,6 @@ import sys
 import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
-from kernel_trees import build_proc, qemu_cmdline
 
 from ceilometer_cmt.errors import InstanceGone
 from ceilometer_cmt.procfs import (
@@ -22,6 +21,7 @@ from ceilometer_cmt.procfs import (
     parse_pidfile,
 )
 from ceilometer_cmt.testbed import StandInQemu, qemu_name_arg
+from ceilometer_cmt.testing.kernel_trees import build_proc, qemu_cmdline
 
 PID_MAX = 4194304
 FIXTURE_OK = settings(suppress_health_check=[HealthCheck.function_scoped_fixture],
@@ -354,7 +354,7 @@ def test_fake_proc_garbage_cmdline(tmp_path, raw: bytes) -> None:  # type: ignor
 
 
 def test_backend_survives_lone_surrogate_name(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from conftest import make_host
+    from tests.conftest import make_host
 
     from ceilometer_cmt.readings import InstanceRef
 

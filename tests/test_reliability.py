@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from kernel_trees import file_calls
 
 from ceilometer_cmt import resctrl
 from ceilometer_cmt.monitor import CacheMonitor
@@ -30,6 +29,7 @@ from ceilometer_cmt.resctrl_backend import ResctrlBackend
 from ceilometer_cmt.simulator import Simulator, fuse_missing_reason, mount_fstype
 from ceilometer_cmt.simulator.topology import get_topology
 from ceilometer_cmt.testbed import StandInQemu
+from ceilometer_cmt.testing.kernel_trees import file_calls
 
 _reason = fuse_missing_reason()
 if _reason is None and os.geteuid() != 0:

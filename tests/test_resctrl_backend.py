@@ -9,13 +9,20 @@ import os
 import shutil
 
 import pytest
-from kernel_trees import AMD_CCX, SNC, build_proc, file_calls, qemu_cmdline, set_value
 
 from ceilometer_cmt import resctrl
 from ceilometer_cmt.errors import BackendUnavailable
 from ceilometer_cmt.monitor import CacheMonitor
 from ceilometer_cmt.readings import InstanceRef
 from ceilometer_cmt.resctrl_backend import ResctrlBackend
+from ceilometer_cmt.testing.kernel_trees import (
+    AMD_CCX,
+    SNC,
+    build_proc,
+    file_calls,
+    qemu_cmdline,
+    set_value,
+)
 
 U1 = "11111111-1111-4111-8111-111111111111"
 U2 = "22222222-2222-4222-8222-222222222222"
@@ -193,7 +200,7 @@ def _cachetune_instance(host):  # type: ignore[no-untyped-def]
     control group "vcpus_0-1"; returns (qemu, control group path)."""
     q = host.start_qemu("instance-1", extra_threads=2)
     ctrl = os.path.join(host.resctrl, "vcpus_0-1")
-    from kernel_trees import _group_files
+    from ceilometer_cmt.testing.kernel_trees import _group_files
 
     _group_files(host.topo, ctrl, True, resctrl.EVENTS)
     with open(os.path.join(ctrl, "tasks"), "w") as f:
@@ -228,10 +235,9 @@ def test_occupancy_is_summed_over_an_instances_groups_only(tmp_path
     """Occupancy of a domain the reading already holds comes from the instance's
     group in another control group: summed (no data in one: no data); MBM
     counters keep one key per control group; a fresh reading starts anew."""
-    from kernel_trees import INTEL_2S, KernelOps, _group_files, build_resctrl
-
     from ceilometer_cmt.readings import InstanceReading
     from ceilometer_cmt.resctrl_values import ValueReader
+    from ceilometer_cmt.testing.kernel_trees import INTEL_2S, KernelOps, _group_files, build_resctrl
 
     root = build_resctrl(str(tmp_path / "r"), INTEL_2S)
     ops = KernelOps(root, INTEL_2S)
@@ -413,7 +419,7 @@ def test_unavailable_values_are_none_never_zero(host):  # type: ignore[no-untype
 
 
 def test_snc_sums_sub_nodes_when_no_top_level_file(tmp_path):  # type: ignore[no-untyped-def]
-    from conftest import make_host
+    from tests.conftest import make_host
 
     h = make_host(str(tmp_path), SNC)
     try:
@@ -456,7 +462,7 @@ def test_snc_without_top_level_files_opens_each_node_file_once_per_cycle(tmp_pat
                                                                          ):  # type: ignore[no-untyped-def]
     """The layout is found once: later cycles open each node file once and never
     try the missing top-level file (it was tried twice per value and cycle)."""
-    from conftest import make_host
+    from tests.conftest import make_host
 
     h = make_host(str(tmp_path), SNC)
     try:
@@ -494,10 +500,9 @@ def test_snc_layout_change_is_followed_and_a_vanished_group_told(tmp_path
     directory: top-level files appear, node files only again, then the whole
     group gone (GroupVanished; a group made again is one too, see
     test_reliability); fds released throughout."""
-    from kernel_trees import KernelOps, build_resctrl
-
     from ceilometer_cmt.readings import InstanceReading
     from ceilometer_cmt.resctrl_values import GroupVanished, ValueReader
+    from ceilometer_cmt.testing.kernel_trees import KernelOps, build_resctrl
 
     root = build_resctrl(str(tmp_path / "r"), SNC)
     g = os.path.join(root, "mon_groups", "ceilometer-x")
@@ -539,7 +544,7 @@ def test_snc_layout_change_is_followed_and_a_vanished_group_told(tmp_path
 
 
 def test_amd_many_domains_and_percent_of_busiest(tmp_path):  # type: ignore[no-untyped-def]
-    from conftest import make_host
+    from tests.conftest import make_host
 
     h = make_host(str(tmp_path), AMD_CCX)
     try:
@@ -587,7 +592,7 @@ def test_group_recreated_keeps_cumulative_monotonic(host):  # type: ignore[no-un
 
 
 def test_refuses_plain_directory_and_missing_feature(tmp_path):  # type: ignore[no-untyped-def]
-    from kernel_trees import INTEL_2S, build_resctrl
+    from ceilometer_cmt.testing.kernel_trees import INTEL_2S, build_resctrl
 
     root = build_resctrl(str(tmp_path / "r"), INTEL_2S)
     with pytest.raises(BackendUnavailable, match="not a mount point"):

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
-from kernel_trees import AMD_CCX, INTEL_2S, SNC, build_resctrl, set_value
 
 from ceilometer_cmt import resctrl
 from ceilometer_cmt.errors import BackendUnavailable
@@ -28,6 +27,7 @@ from ceilometer_cmt.resctrl import (
     read_info,
     verify_mount,
 )
+from ceilometer_cmt.testing.kernel_trees import AMD_CCX, INTEL_2S, SNC, build_resctrl, set_value
 
 
 # ------------------------------------------------------------------ parse_value

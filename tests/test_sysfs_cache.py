@@ -11,7 +11,6 @@ import subprocess
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from kernel_trees import AMD_CCX, INTEL_2S, SNC, Topology, build_sysfs
 
 from ceilometer_cmt.readings import CacheDomain
 from ceilometer_cmt.simulator.topology import format_cpu_list
@@ -23,6 +22,7 @@ from ceilometer_cmt.sysfs_cache import (
     read_cache_domains,
     read_host_cache,
 )
+from ceilometer_cmt.testing.kernel_trees import AMD_CCX, INTEL_2S, SNC, Topology, build_sysfs
 
 UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
 

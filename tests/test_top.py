@@ -14,12 +14,12 @@ import os
 import tempfile
 
 import pytest
-from kernel_trees import set_value
 from rich.console import Console
 
 from ceilometer_cmt import cli, pollrun, top
 from ceilometer_cmt.pollsters import runtime
 from ceilometer_cmt.readings import HOST_WIDE
+from ceilometer_cmt.testing.kernel_trees import set_value
 
 MiB = 1024 * 1024
 L3 = 36608 * 1024  # INTEL_2S domain size in the fixture sysfs
