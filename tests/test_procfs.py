@@ -354,9 +354,8 @@ def test_fake_proc_garbage_cmdline(tmp_path, raw: bytes) -> None:  # type: ignor
 
 
 def test_backend_survives_lone_surrogate_name(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from tests.conftest import make_host
-
     from ceilometer_cmt.readings import InstanceRef
+    from tests.conftest import make_host
 
     h = make_host(str(tmp_path))
     b = h.backend()
