@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from procutil import alive
+from tests.procutil import alive
 
 PARENT = """
 import sys

@@ -18,11 +18,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from procutil import alive, processes_mentioning
 
 from ceilometer_cmt.demo import fuse_problem
 from ceilometer_cmt.resctrl import SIMULATOR_FSTYPE as FSTYPE
 from ceilometer_cmt.testbed import StandInQemu
+from tests.procutil import alive, processes_mentioning
 
 pytestmark = pytest.mark.skipif(fuse_problem() is not None,
                                 reason=f"no FUSE here: {fuse_problem()}")

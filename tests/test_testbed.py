@@ -7,10 +7,10 @@ import os
 import time
 
 import pytest
-from procutil import alive, processes_mentioning
 
 from ceilometer_cmt import procfs, testbed
 from ceilometer_cmt.errors import InstanceGone
+from tests.procutil import alive, processes_mentioning
 
 libvirt = pytest.importorskip("libvirt")
 
