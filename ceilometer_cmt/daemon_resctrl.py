@@ -40,7 +40,7 @@ from ceilometer_cmt.daemon_rules import (
     check_uuid,
     refuse,
 )
-from ceilometer_cmt.resctrl import SIMULATOR_FSTYPE
+from ceilometer_cmt.resctrl import NOT_GROUPS, SIMULATOR_FSTYPE
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY
 
@@ -154,7 +154,7 @@ class ResctrlRoot:
         """The default group, each control group and each monitor group hold one."""
         used = 1 + len(self._listdir("mon_groups"))
         for name in self._listdir(""):
-            if name not in ("info", "mon_groups", "mon_data"):
+            if name not in NOT_GROUPS:
                 try:
                     used += 1 + len(self._listdir(f"{name}/mon_groups"))
                 except (OSError, ValueError):

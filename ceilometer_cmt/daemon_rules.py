@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 from ceilometer_cmt import procfs
 from ceilometer_cmt.errors import InstanceGone
+from ceilometer_cmt.resctrl import NOT_GROUPS, UUID_RE
 
 LOG = logging.getLogger(__name__)
 
@@ -47,9 +48,8 @@ DEFAULT_EMULATORS = ("qemu-system-*", "qemu-kvm")
 DEFAULT_QEMU_USERS = ("root", "qemu", "libvirt-qemu")
 
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,255}")
-_UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 #: root entries of resctrl that are not control groups
-_NOT_CTRL = frozenset({".", "..", "info", "mon_groups", "mon_data"})
+_NOT_CTRL = frozenset({".", ".."}) | NOT_GROUPS
 
 _logged: dict[str, float] = {}
 _log_lock = threading.Lock()
@@ -89,7 +89,7 @@ def check_ctrl(ctrl: object) -> str:
 
 def check_uuid(uuid: object) -> str:
     value = _text(uuid, "instance uuid", "names")
-    if not _UUID_RE.fullmatch(value):
+    if not UUID_RE.fullmatch(value):
         raise refuse("names", f"not an instance uuid (lower-case, canonical): {value[:80]!r}")
     return value
 

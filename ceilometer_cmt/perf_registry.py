@@ -42,7 +42,7 @@ import threading
 from collections.abc import Iterable, Sequence
 
 from ceilometer_cmt import perf_events, perf_pmu, procfs
-from ceilometer_cmt.daemon_rules import Qemu, QemuRule, refuse
+from ceilometer_cmt.daemon_rules import Qemu, QemuRule, check_tids, refuse
 from ceilometer_cmt.errors import InstanceGone
 from ceilometer_cmt.perf_events import EventSpec, PerfProcessGone, PerfTooManyFiles
 
@@ -108,9 +108,7 @@ class CounterRegistry:
     def open(self, events: Iterable[Sequence[int]], pid: int, tid: int,
              domain_name: str) -> list[int]:
         """One counter per event on thread ``tid`` of the qemu ``pid``; their handles."""
-        if isinstance(pid, bool) or isinstance(tid, bool) or not isinstance(pid, int) \
-                or not isinstance(tid, int) or pid <= 0 or tid <= 0:
-            raise refuse("threads", f"not a pid / thread id: {pid!r} / {tid!r}")
+        pid, tid = check_tids([pid, tid])
         specs = self._specs(events)
         try:
             qemu = self.rule.qemu_of(domain_name, pid)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
 from collections.abc import Sequence
 
@@ -29,7 +28,7 @@ from oslo_config import cfg
 from oslo_privsep import capabilities as caps
 from oslo_privsep import priv_context
 
-from ceilometer_cmt import options, perf_registry
+from ceilometer_cmt import options, perf_registry, resctrl
 from ceilometer_cmt.daemon_resctrl import ResctrlRoot
 from ceilometer_cmt.daemon_rules import QemuRule, refuse
 from ceilometer_cmt.perf_events import EventSpec
@@ -50,7 +49,6 @@ cmt_pctxt = priv_context.PrivContext(
 )
 options.register_privsep_opts(cfg.CONF)
 
-_PREFIX_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _state_lock = threading.Lock()
 _resctrl: ResctrlRoot | None = None
 
@@ -70,7 +68,7 @@ def daemon_resctrl() -> ResctrlRoot:
         if _resctrl is None:
             c = cfg.CONF
             prefix = c.cmt.resctrl_group_prefix or ""
-            if not _PREFIX_RE.fullmatch(prefix):
+            if not resctrl.PREFIX_RE.fullmatch(prefix):
                 raise refuse("config", f"this daemon's [cmt] resctrl_group_prefix "
                                        f"{prefix!r} is not usable")
             _resctrl = ResctrlRoot(c.cmt.resctrl_root, prefix, qemu_rule(),

@@ -45,7 +45,11 @@ NO_DATA_WORDS = ("Unavailable", "Error", "Unassigned")
 _DOMAIN_RE = re.compile(r"^mon_L3_(\d+)$")
 _SUB_DOMAIN_RE = re.compile(r"^mon_sub_L3_(\d+)$")
 #: Root entries that are not control groups.
-_NOT_GROUPS = frozenset({"info", "mon_groups", "mon_data"})
+NOT_GROUPS = frozenset({"info", "mon_groups", "mon_data"})
+#: An instance uuid as our group names carry it (lower-case, canonical); fullmatch
+UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+#: A usable ``resctrl_group_prefix``; fullmatch
+PREFIX_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 class ValueMissing(Exception):
@@ -163,7 +167,7 @@ def list_ctrl_groups(root: str) -> list[str]:
     names = [""]
     with os.scandir(root) as it:
         for e in it:
-            if e.name not in _NOT_GROUPS and e.is_dir(follow_symlinks=False):
+            if e.name not in NOT_GROUPS and e.is_dir(follow_symlinks=False):
                 names.append(e.name)
     return sorted(names)
 

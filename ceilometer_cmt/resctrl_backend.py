@@ -26,7 +26,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import re
 import resource
 import zlib
 from collections.abc import Callable, Sequence
@@ -47,8 +46,6 @@ from ceilometer_cmt.sysfs_cache import read_host_cache
 
 LOG = logging.getLogger(__name__)
 
-_UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 #: With a pidfd, threads are listed again every RELIST cycles (threads that
 #: qemu forks later join the group by themselves; this catches threads
 #: another tool moved away).
@@ -60,7 +57,7 @@ Groups = dict[str, list[str]]
 
 def valid_uuid(value: str) -> str | None:
     v = value.strip().lower()
-    return v if _UUID_RE.match(v) else None
+    return v if resctrl.UUID_RE.fullmatch(v) else None
 
 
 @dataclass
@@ -98,7 +95,7 @@ class ResctrlBackend:
         warn: Callable[[str], None] | None = None,
         fd_budget: int | None = None,
     ) -> None:
-        if not _PREFIX_RE.match(prefix):
+        if not resctrl.PREFIX_RE.fullmatch(prefix):
             raise BackendUnavailable(f"bad resctrl_group_prefix {prefix!r}")
         self.root = resctrl_root
         self.sysfs_root = sysfs_root
