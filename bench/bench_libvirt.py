@@ -2,7 +2,7 @@
 """One polling cycle of the libvirt backend against the per-domain pattern.
 
 A private libvirtd (test driver only, unix socket; see
-ceilometer_cmt.testbed.LibvirtDaemon) serves N Nova-like domains. For each N
+ceilometer_cmt.testing.fakehost.LibvirtDaemon) serves N Nova-like domains. For each N
 in one run, interleaved, median of several rounds:
 
 - bulk: ``LibvirtBackend.sync()`` over all N instances: one
@@ -32,8 +32,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import libvirt  # noqa: E402
 
-from ceilometer_cmt import libvirt_stats, testbed  # noqa: E402
-from ceilometer_cmt.libvirt_backend import LibvirtBackend  # noqa: E402
+from ceilometer_cmt.backends.libvirt import stats as libvirt_stats  # noqa: E402
+from ceilometer_cmt.backends.libvirt.backend import LibvirtBackend  # noqa: E402
+from ceilometer_cmt.testing import fakehost as testbed  # noqa: E402
 
 
 def timed(fn: Callable[[], object]) -> float:

@@ -32,7 +32,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
-from ceilometer_cmt.perf_backend import PerfBackend  # noqa: E402
+from ceilometer_cmt.backends.perf.backend import PerfBackend  # noqa: E402
 from ceilometer_cmt.readings import InstanceRef  # noqa: E402
 from ceilometer_cmt.testing.perf_child import Child  # noqa: E402
 

@@ -47,9 +47,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
+from ceilometer_cmt.backends.resctrl.backend import ResctrlBackend  # noqa: E402
 from ceilometer_cmt.monitor import CacheMonitor  # noqa: E402
 from ceilometer_cmt.readings import InstanceRef  # noqa: E402
-from ceilometer_cmt.resctrl_backend import ResctrlBackend  # noqa: E402
 from ceilometer_cmt.testing.kernel_trees import (  # noqa: E402
     INTEL_2S,
     KernelOps,
@@ -148,7 +148,7 @@ def real_processes(work: str, n: int) -> Iterator[tuple[str, str, list[InstanceR
     """``n`` real processes whose cmdline is a qemu's (``-name guest=<domain>,...``):
     a ``sh -c 'sleep ...; :'`` (not the last command, so dash stays and keeps its
     argv) per instance, with libvirt-style pidfiles; all killed on exit."""
-    from ceilometer_cmt.childproc import die_with_parent
+    from ceilometer_cmt.testing.childproc import die_with_parent
 
     pid_dir = os.path.join(work, "run", "libvirt", "qemu")
     os.makedirs(pid_dir)

@@ -6,12 +6,12 @@ pollster class ``setup.cfg`` names, and where Gnocchi keeps it. Generated from
 the table:
 
 * the pollster classes (``pollsters/instance.py``, ``pollsters/host.py``);
-* the meters ``ceilometer-cmt top`` shows (:mod:`ceilometer_cmt.top`);
+* the meters ``ceilometer-cmt top`` shows (:mod:`ceilometer_cmt.cmd.top`);
 * the metrics merged into ``gnocchi_resources.yaml``
-  (:mod:`ceilometer_cmt.gnocchi_resources`);
+  (:mod:`ceilometer_cmt.cmd.gnocchi_resources`);
 * ``etc/polling.yaml``: ``python -m ceilometer_cmt.meters > etc/polling.yaml``.
 
-What cannot be generated is checked by ``tests/test_meters.py``: the
+What cannot be generated is checked by ``tests/unit/test_meters.py``: the
 ``ceilometer.poll.compute`` entry points in ``setup.cfg`` (ceilometer finds a
 pollster only there), ``etc/polling.yaml`` and ``ceilometer_cmt/data/polling.yaml``,
 and that no other module spells a meter name.
@@ -38,7 +38,7 @@ HOST: Per = "host"
 
 #: Gnocchi archive policies: ceilometer's own ``ceilometer-low-rate`` (rate:mean
 #: on a cumulative counter), and ours: ceilometer-low's resolution with ``max``
-#: besides ``mean`` (defined in :data:`ceilometer_cmt.gnocchi_resources.OUR_ARCHIVE_POLICIES`).
+#: besides ``mean`` (defined in :data:`ceilometer_cmt.cmd.gnocchi_resources.OUR_ARCHIVE_POLICIES`).
 RATE_POLICY = "ceilometer-low-rate"
 PEAK_POLICY = "ceilometer-cmt-low"
 
@@ -195,7 +195,7 @@ POLLING_HEADER = """\
 #
 # Written from the meter table, ceilometer_cmt/meters.py, by
 #   python -m ceilometer_cmt.meters > etc/polling.yaml
-# (edit the table, not this file; tests/test_meters.py checks they agree).
+# (edit the table, not this file; tests/unit/test_meters.py checks they agree).
 """
 
 

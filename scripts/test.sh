@@ -10,7 +10,7 @@
 #   scripts/test.sh tests/test_x.py # extra arguments go to pytest
 set -euo pipefail
 # The venvs must not be group- or world-writable whatever the caller's umask:
-# tests run their code as other users (tests/as_user.py) and as root via sudo.
+# tests run their code as other users (tests/support/as_user.py) and as root via sudo.
 umask 022
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"

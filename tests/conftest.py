@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from ceilometer_cmt.testbed import StandInQemu
+from ceilometer_cmt.testing.fakehost import StandInQemu
 from ceilometer_cmt.testing.kernel_trees import (
     INTEL_2S,
     KernelOps,
@@ -38,7 +38,7 @@ class FixtureHost:
         """A libvirt test-driver host (Nova metadata) with stand-in qemus for the
         running instances, and an agent config pointing [cmt] at this tree.
         Returns (running, stopped, config file)."""
-        from ceilometer_cmt.testbed import make_instances, write_node_xml
+        from ceilometer_cmt.testing.fakehost import make_instances, write_node_xml
 
         up = make_instances(running)
         down = make_instances(stopped, running=False, start=running + 1)
@@ -54,7 +54,7 @@ class FixtureHost:
         return up, down, conf
 
     def backend(self, **kw: object):  # type: ignore[no-untyped-def]
-        from ceilometer_cmt.resctrl_backend import ResctrlBackend
+        from ceilometer_cmt.backends.resctrl.backend import ResctrlBackend
 
         args: dict[str, object] = dict(sysfs_root=self.sysfs, proc_root="/proc",
                                        pid_dir=self.pid_dir, verify_mount=False, ops=self.ops)

@@ -1,2 +1,2 @@
-"""Ceilometer pollsters (the only modules, with options.py and privileged.py,
+"""Ceilometer pollsters (the only modules, with options.py and privsep/, cmd/ and testing/
 that import OpenStack code)."""

@@ -15,10 +15,10 @@ from ceilometer import sample
 from ceilometer.polling import plugin_base
 
 from ceilometer_cmt import meters as table
+from ceilometer_cmt.linux.sysfs_cache import HostCacheReader
 from ceilometer_cmt.monitor import CycleResult
 from ceilometer_cmt.pollsters import runtime
 from ceilometer_cmt.readings import HostCache
-from ceilometer_cmt.sysfs_cache import HostCacheReader
 
 LOG = logging.getLogger(__name__)
 

@@ -14,11 +14,12 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from ceilometer_cmt import options, selection
+from ceilometer_cmt import options
+from ceilometer_cmt.backends import registry as selection
+from ceilometer_cmt.backends.perf.backend import CounterProvider, DirectCounters
+from ceilometer_cmt.backends.resctrl.fs import DirectOps, ResctrlOps
 from ceilometer_cmt.monitor import CacheMonitor, CycleResult
-from ceilometer_cmt.perf_backend import CounterProvider, DirectCounters
 from ceilometer_cmt.readings import InstanceRef
-from ceilometer_cmt.resctrl import DirectOps, ResctrlOps
 
 LOG = logging.getLogger(__name__)
 CACHE_KEY = "ceilometer_cmt.cycle"
@@ -67,8 +68,8 @@ def resctrl_ops(conf: Any, settings: selection.Settings) -> ResctrlOps:
     if _direct(conf):
         return DirectOps()
     try:
-        from ceilometer_cmt import privsep_guard
-        from ceilometer_cmt.privileged import PrivsepOps
+        from ceilometer_cmt.privsep import guard as privsep_guard
+        from ceilometer_cmt.privsep.entrypoints import PrivsepOps
     except ImportError as e:  # pragma: no cover - oslo.privsep is a dependency
         raise RuntimeError(f"[cmt] privsep={mode} needs oslo.privsep: {e}") from e
     privsep_guard.configure(conf)  # the agent's [cmt_privsep] reaches oslo.privsep
@@ -81,8 +82,8 @@ def perf_counters(conf: Any, ops: ResctrlOps) -> CounterProvider:
     privsep daemon (chosen like :func:`resctrl_ops`, sharing its guard)."""
     if _direct(conf):
         return DirectCounters()
-    from ceilometer_cmt import privsep_guard
-    from ceilometer_cmt.privileged import PrivsepCounters
+    from ceilometer_cmt.privsep import guard as privsep_guard
+    from ceilometer_cmt.privsep.entrypoints import PrivsepCounters
 
     privsep_guard.configure(conf)
     guard = ops if isinstance(ops, privsep_guard.DaemonGuard) else None

@@ -6,7 +6,7 @@ without RDT.  The mount shows in ``/proc/self/mountinfo`` as fstype
 
 It is the oracle the plugin is checked against, so it imports nothing from
 the plugin: it reads procfs and mountinfo with its own parsers
-(tests/test_simulator_independence.py keeps it so).
+(tests/unit/simulator/test_independence.py keeps it so).
 
 Modules, bottom up (each imports only modules above it in this list):
 

@@ -20,7 +20,7 @@ from ceilometer_cmt.simulator.topology import Topology
 
 #: The FUSE subtype of the mount: ``/proc/self/mountinfo`` shows the fstype
 #: ``fuse.cmt-resctrl-sim`` (never ``resctrl``).  The plugin keeps its own
-#: copy (``ceilometer_cmt.resctrl.SIMULATOR_SUBTYPE``); a test checks that
+#: copy (``ceilometer_cmt.backends.resctrl.fs.SIMULATOR_SUBTYPE``); a test checks that
 #: the two agree.
 SUBTYPE = "cmt-resctrl-sim"
 FSTYPE = f"fuse.{SUBTYPE}"

@@ -1,4 +1,4 @@
-"""The program a stand-in qemu runs (:class:`ceilometer_cmt.testbed.StandInQemu`).
+"""The program a stand-in qemu runs (:class:`ceilometer_cmt.testing.fakehost.StandInQemu`).
 
 Started as ``python -I -S standin_qemu.py -name guest=<domain> --cmt-mode
 sleep|burn --cmt-threads N``: its command line names the guest as libvirt's

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from ceilometer_cmt.testing.wait import wait_until
-from tests.as_user import public_workdir
+from tests.support.as_user import public_workdir
 
 REPO = Path(__file__).resolve().parents[2]
 LOOPBACK = "127.0.0.1"
@@ -232,7 +232,7 @@ def write_ini(path: Path, sections: Mapping[str, Mapping[str, object]]) -> Path:
 @contextlib.contextmanager
 def workdir(prefix: str, owner: str | None = None) -> Iterator[Path]:
     """A fresh directory in a public place (/tmp, whatever TMPDIR says: the
-    ``postgres`` user must reach it, see tests/as_user.py), owned by ``owner``
+    ``postgres`` user must reach it, see tests/support/as_user.py), owned by ``owner``
     if given, removed at the end whatever happens."""
     with public_workdir(f"cmt-e2e-{prefix}-") as path:
         if owner:

@@ -35,9 +35,14 @@ import services
 import yaml
 from services import Stack, push_samples, wait_for
 
-from ceilometer_cmt import gnocchi_resources
-from ceilometer_cmt.sysfs_cache import read_cache_domains
-from ceilometer_cmt.testbed import FakeInstance, StandInQemu, make_instances, write_node_xml
+from ceilometer_cmt.cmd import gnocchi_resources
+from ceilometer_cmt.linux.sysfs_cache import read_cache_domains
+from ceilometer_cmt.testing.fakehost import (
+    FakeInstance,
+    StandInQemu,
+    make_instances,
+    write_node_xml,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 AODH_EXAMPLES = REPO / "etc" / "aodh"

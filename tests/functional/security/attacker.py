@@ -1,0 +1,145 @@
+"""What a hostile agent tries against the privsep daemon. Run as the
+unprivileged user by tests/functional/security/test_attacks.py, never imported by it.
+
+It starts the daemon the way the agent does (oslo.privsep, ``sudo`` and the
+installed rule), calls the daemon's entrypoints directly with whatever it
+likes, and prints one JSON object: label -> "done", a return value, or
+"<ExceptionType>: <message>".
+"""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import uuid as uuidlib
+
+from oslo_config import cfg
+
+from ceilometer_cmt.privsep import entrypoints as P
+
+logging.basicConfig(level=logging.INFO)  # oslo.privsep says how it started the daemon
+facts = json.loads(sys.argv[1])
+cfg.CONF(args=[], project="ceilometer-cmt-attacker", default_config_files=[])
+cfg.CONF.set_override("helper_command", facts["helper_command"], group="cmt_privsep")
+results: dict[str, object] = {}
+
+
+def attempt(label, fn, *args):
+    try:
+        out = fn(*args)
+        results[label] = "done" if out is None else out
+    except Exception as e:
+        results[label] = f"{type(e).__name__}: {e}"
+
+
+root, victim = facts["resctrl"], facts["victim"]
+q1, q2 = facts["qemu1"], facts["qemu2"]
+U1, U2 = facts["uuid1"], facts["uuid2"]
+mine = os.environ["TMPDIR"]
+
+# --- the daemon works for what the agent is meant to do
+attempt("ok_mkdir", P.mkdir_group, "", U1)
+attempt("ok_tasks", P.write_group_tasks, "", U1, q1["domain"], q1["tids"])
+attempt("ok_mkdir_ctrl", P.mkdir_group, "qemu-9-vcpus", U1)
+
+# --- paths where names belong (the old API took a root and a relative path)
+attempt("path_as_ctrl", P.mkdir_group, root, "mon_groups/ceilometer-x")
+attempt("path_as_uuid", P.mkdir_group, "", "mon_groups/ceilometer-x")
+for i, ctrl in enumerate(["..", "../..", victim, "/", "/proc/self/root" + root, "info",
+                          "mon_groups", "x\n", "x\x00y", "a" * 300, "qemu-9-vcpus/../..",
+                          "qemu-9-vcpus/mon_groups/..", mine, 42]):
+    attempt(f"ctrl_{i}", P.mkdir_group, ctrl, U2)
+# a symlinked mon_groups the user made, named as a control group
+os.symlink(victim, os.path.join(mine, "mon_groups"))
+attempt("ctrl_symlinked_mon_groups", P.mkdir_group, mine, U2)
+attempt("ctrl_symlinked_relative", P.mkdir_group, os.path.relpath(mine, root), U2)
+os.unlink(os.path.join(mine, "mon_groups"))
+for i, u in enumerate([U2 + "\n", U2.upper(), "../../" + U2, "", "x", 12,
+                       U2 + "/../../victim", U2[:-1] + "\x00"]):
+    attempt(f"uuid_{i}", P.mkdir_group, "", u)
+
+# --- removing what is not ours
+attempt("rmdir_foreign", P.rmdir_group, "", "pqos-1")
+attempt("rmdir_foreign_ctrl", P.rmdir_group, "qemu-9-vcpus", "libvirt-mon")
+attempt("rmdir_escape", P.rmdir_group, "", "ceilometer-../../victim")
+attempt("rmdir_newline", P.rmdir_group, "", "ceilometer-x\n")
+attempt("rmdir_victim", P.rmdir_group, victim, "ceilometer-victim")
+attempt("rmdir_ctrl_itself", P.rmdir_group, "", "ceilometer-../qemu-9-vcpus")
+
+# --- thread ids that are not the named guest's qemu threads
+for label, tids in (("tid_pid1", [1]), ("tid_sim", [facts["simulator_pid"]]),
+                    ("tid_self", [os.getpid()]), ("tid_negative", [-42]), ("tid_zero", [0]),
+                    ("tid_huge", [2**40]), ("tid_string", ["1337"]), ("tid_bool", [True]),
+                    ("tid_other_guest", [q2["tids"][0]]), ("tid_many", list(range(1, 5001)))):
+    attempt(label, P.write_group_tasks, "", U1, q1["domain"], tids)
+attempt("tid_foreign_group", P.write_group_tasks, "", U2, q2["domain"], [q2["foreign_tid"]])
+attempt("domain_escape", P.write_group_tasks, "", U1, "../" + q1["domain"], q1["tids"])
+attempt("domain_unknown", P.write_group_tasks, "", U1, "instance-ffffffff", q1["tids"])
+
+# --- a process of our own that looks like the guest's qemu on its command line
+fake = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)",
+                         "-name", f"guest={q1['domain']},debug-threads=on"])
+try:
+    attempt("tasks_fake_qemu", P.write_group_tasks, "", U1, q1["domain"], [fake.pid])
+    attempt("perf_fake_qemu", P.perf_open, facts["events"], fake.pid, fake.pid, q1["domain"])
+    attempt("perf_pid1", P.perf_open, facts["events"], 1, 1, q1["domain"])
+finally:
+    fake.kill()
+    fake.wait()
+
+# --- perf: events of the daemon's own PMU only, on the guest's threads only
+handles = None
+try:
+    handles = P.perf_open(facts["events"], q1["pid"], q1["tids"][0], q1["domain"])
+    results["perf_ok"] = len(handles)
+except Exception as e:
+    results["perf_ok"] = f"{type(e).__name__}: {e}"
+attempt("perf_raw_event", P.perf_open, [[4, 0xC0, 0, 0]], q1["pid"], q1["pid"], q1["domain"])
+attempt("perf_other_guest_thread", P.perf_open, facts["events"], q1["pid"], q2["tids"][0],
+        q1["domain"])
+if handles:
+    P.perf_close(handles)
+
+# --- the user-namespace attack: a tmpfs over the resctrl path in our own mount
+# namespace, then the path through /proc/<pid>/root (realpath says "/")
+ns = subprocess.run(["unshare", "-Urm", "true"], capture_output=True, text=True)
+if ns.returncode != 0:
+    results["userns"] = f"unavailable: {ns.stderr.strip()[:200]}"
+else:
+    holder = subprocess.Popen(
+        ["unshare", "-Urm", "sh", "-c",
+         f"mount -t tmpfs cmt-attack {root} && mkdir -p {root}/mon_groups && "
+         f"ln -s {victim}/secret {root}/tasks && echo ready && exec sleep 120"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        ready = holder.stdout.readline().strip()
+        via = f"/proc/{holder.pid}/root{root}"
+        results["userns"] = ready
+        attempt("userns_ctrl", P.mkdir_group, via, U2)
+        attempt("userns_rmdir", P.rmdir_group, via, "ceilometer-x")
+        attempt("userns_tasks", P.write_group_tasks, via, U1, q1["domain"], q1["tids"])
+    finally:
+        holder.kill()
+        holder.wait()
+
+# --- the RMID budget: 10,000 mkdirs
+made, refusals, other = [], set(), []
+for i in range(10000):
+    u = str(uuidlib.UUID(int=i + 1, version=4))
+    try:
+        P.mkdir_group("", u)
+        made.append(u)
+    except OSError as e:
+        refusals.add(f"{type(e).__name__} {e.errno}: {e.strerror}")
+    except Exception as e:
+        other.append(f"{type(e).__name__}: {e}")
+results["flood"] = {"made": len(made), "refusals": sorted(refusals), "other": other[:5]}
+results["flood_removed"] = 0
+for u in made:
+    P.rmdir_group("", "ceilometer-" + u)
+    results["flood_removed"] += 1
+
+attempt("ok_rmdir_ctrl", P.rmdir_group, "qemu-9-vcpus", "ceilometer-" + U1)
+attempt("ok_rmdir", P.rmdir_group, "", "ceilometer-" + U1)
+print(json.dumps(results))

@@ -1,0 +1,282 @@
+"""``ceilometer-cmt demo`` as a real subprocess: samples, noisy neighbour, cleanup.
+
+Each run gets its own TMPDIR, so "temp dirs are gone" means that directory
+is empty afterwards (the demo's, the simulator's and pollrun's temp dirs all
+go there).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from ceilometer_cmt.backends.resctrl.fs import SIMULATOR_FSTYPE as FSTYPE
+from ceilometer_cmt.cmd.demo import fuse_problem
+from ceilometer_cmt.testing.fakehost import StandInQemu
+from tests.support.procutil import alive, processes_mentioning
+
+pytestmark = pytest.mark.skipif(fuse_problem() is not None,
+                                reason=f"no FUSE here: {fuse_problem()}")
+
+
+def demo_argv(*args: str) -> list[str]:
+    script = os.path.join(os.path.dirname(sys.executable), "ceilometer-cmt")
+    base = [script] if os.access(script, os.X_OK) else [sys.executable, "-m",
+                                                        "ceilometer_cmt.cmd.cli"]
+    return [*base, "demo", *args]
+
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def set_subreaper(on: bool) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def orphans() -> list[int]:
+    """Live processes whose parent is this test process.
+
+    With this process a child subreaper, anything the demo started and left
+    running when it exited (stand-in qemus, the simulator) is re-parented here.
+    """
+    me = os.getpid()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == me and fields[0] != "Z":
+            found.append(int(entry))
+    return found
+
+
+@pytest.fixture
+def run_env(tmp_path) -> Iterator[tuple[dict[str, str], str]]:  # type: ignore[no-untyped-def]
+    tmpdir = str(tmp_path / "tmp")
+    os.mkdir(tmpdir)
+    env = dict(os.environ, TMPDIR=tmpdir, COLUMNS="200")
+    set_subreaper(True)
+    try:
+        yield env, tmpdir
+    finally:
+        set_subreaper(False)
+        # whatever happened, nothing of a run may outlive the test
+        for pid in {*processes_mentioning(tmpdir), *orphans()}:
+            os.kill(pid, signal.SIGKILL)
+        for mnt in sim_mounts_under(tmpdir):
+            subprocess.run(["umount", "-l", mnt], check=False)
+        while True:  # reap what was re-parented here
+            try:
+                if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                    break
+            except ChildProcessError:
+                break
+
+
+def sim_mounts_under(path: str) -> list[str]:
+    out = []
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            mnt = left.split()[4].replace("\\040", " ")
+            if right.split()[0] == FSTYPE and mnt.startswith(path):
+                out.append(mnt)
+    return out
+
+
+def assert_nothing_left(start: dict[str, Any], tmpdir: str) -> None:
+    assert sim_mounts_under(tmpdir) == []
+    assert not sim_mounts_under(start["mountpoint"])
+    for pid in [start["simulator_pid"], *start["qemu_pids"]]:
+        assert not alive(pid), f"process {pid} survived the demo"
+    assert processes_mentioning(tmpdir) == []
+    assert orphans() == []
+    assert not os.path.exists(start["tmpdir"])
+    assert os.listdir(tmpdir) == []
+
+
+def parse(stdout: str) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any] | None]:
+    lines = [json.loads(ln) for ln in stdout.splitlines() if ln.strip()]
+    start = lines[0]
+    assert start["event"] == "start"
+    stop = lines[-1] if lines[-1].get("event") == "stop" else None
+    samples = [ln for ln in lines if "event" not in ln]
+    return start, samples, stop
+
+
+def test_demo_cycles_json(run_env, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    env, tmpdir = run_env
+    # look-alikes of the demo's qemus elsewhere on the host (other tests, a real
+    # compute node): the demo's load must land on its own processes only
+    others = [StandInQemu(f"instance-{n:08x}", str(tmp_path / "other-run")).start()
+              for n in (1, 2, 2, 3)]
+    try:
+        proc = subprocess.run(demo_argv("--cycles", "3", "--interval", "0.2", "--json"),
+                              env=env, capture_output=True, text=True, timeout=240)
+    finally:
+        for q in others:
+            q.stop()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    start, samples, stop = parse(proc.stdout)
+    assert stop == {"event": "stop", "clean": True, "leftovers": [], "cycles": 3}
+    running = [i for i in start["instances"] if i["running"]]
+    stopped = [i for i in start["instances"] if not i["running"]]
+    assert len(running) == 4 and len(stopped) == 1
+    noisy = start["noisy_neighbour"]
+    assert noisy in {i["uuid"] for i in running}
+
+    def value(cycle: int, meter: str, rid: str) -> Any:
+        found = [s["volume"] for s in samples
+                 if (s["cycle"], s["name"], s["resource_id"]) == (cycle, meter, rid)]
+        assert len(found) == 1, (cycle, meter, rid, found)
+        return found[0]
+
+    assert {s["cycle"] for s in samples} == {1, 2, 3}
+    for cycle in (1, 2, 3):
+        for inst in running:
+            assert value(cycle, "cache.occupancy", inst["uuid"]) > 0
+            assert value(cycle, "memory.bandwidth.total.bytes", inst["uuid"]) >= 0
+            if cycle > 1:  # a rate needs two reads
+                assert value(cycle, "memory.bandwidth.total", inst["uuid"]) > 0
+        assert value(cycle, "cache.instances.unmonitored", "demo-compute") == 0
+        assert value(cycle, "cache.monitors.used", "demo-compute") == 5  # 4 + root group
+        assert not [s for s in samples if s["resource_id"] == stopped[0]["uuid"]]
+    # the noisy neighbour has crossed 30% of its L3 by the last cycle; the others have not
+    assert value(3, "cache.occupancy.percent", noisy) > 30.0
+    for inst in running:
+        if inst["uuid"] != noisy:
+            assert value(3, "cache.occupancy.percent", inst["uuid"]) < 30.0
+    meta = next(s["resource_metadata"] for s in samples
+                if s["name"] == "cache.occupancy" and s["resource_id"] == noisy)
+    assert meta["cmt_backend"] == "resctrl" and meta["display_name"] == "vm-2"
+    assert_nothing_left(start, tmpdir)
+
+
+def read_until_cycle(proc: subprocess.Popen[str], cycle: int) -> list[str]:
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if json.loads(line).get("cycle") == cycle:
+            return lines
+    raise AssertionError(f"demo ended before cycle {cycle}: {''.join(lines)[-2000:]}")
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_demo_interrupted_leaves_nothing(run_env, tmp_path, how: str
+                                         ) -> None:  # type: ignore[no-untyped-def]
+    env, tmpdir = run_env
+    with open(tmp_path / "stderr", "w+") as err_file:
+        proc = subprocess.Popen(demo_argv("--cycles", "100000", "--interval", "0.2", "--json"),
+                                env=env, stdout=subprocess.PIPE, stderr=err_file, text=True,
+                                start_new_session=True)
+        try:
+            lines = read_until_cycle(proc, 2)
+            if how == "ctrl-c":  # a terminal sends SIGINT to the whole foreground group
+                os.killpg(proc.pid, signal.SIGINT)
+            else:  # a service manager stops the demo process only
+                proc.send_signal(signal.SIGTERM)
+            assert proc.stdout is not None
+            out = proc.stdout.read()  # the same buffered reader: no line lost
+            proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+        err_file.seek(0)
+        err = err_file.read()
+    assert proc.returncode == (0 if how == "ctrl-c" else 128 + signal.SIGTERM), err[-3000:]
+    start, _samples, stop = parse("".join(lines) + out)  # every line is whole JSON
+    assert stop is not None and stop["clean"] is True and stop["cycles"] >= 1, err[-3000:]
+    assert_nothing_left(start, tmpdir)
+
+
+def test_live_view_on_a_pipe(run_env) -> None:  # type: ignore[no-untyped-def]
+    env, tmpdir = run_env
+    proc = subprocess.run(demo_argv("--cycles", "2", "--interval", "0.1"),
+                          env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    tables = proc.stdout.split("ceilometer-cmt demo  host demo-compute")
+    assert len(tables) == 3  # one header line, then one table per cycle
+    last = tables[-1]
+    assert "backend resctrl" in last and "cycle 2" in last
+    first_row = next(ln for ln in last.splitlines() if "c3e70000-" in ln)
+    assert "vm-2" in first_row  # the noisy neighbour sorts first
+    assert "INFO" not in proc.stdout + proc.stderr  # the agent logs to its own file
+    assert os.listdir(tmpdir) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+                    reason="needs root and unshare to hide /dev/fuse")
+def test_without_fuse_says_what_to_install(run_env) -> None:  # type: ignore[no-untyped-def]
+    env, tmpdir = run_env
+    argv = demo_argv("--cycles", "1")
+    # a private mount namespace whose /dev has no fuse device
+    proc = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c",
+         'mount -t tmpfs none /dev && exec "$@"', "sh", *argv],
+        env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "/dev/fuse" in proc.stderr
+    for package in ("fuse3", "libfuse3-3", "mfusepy"):
+        assert package in proc.stderr
+    assert proc.stdout == "" and os.listdir(tmpdir) == []
+
+
+def test_stopped_while_setting_up_leaves_nothing(run_env) -> None:  # type: ignore[no-untyped-def]
+    env, tmpdir = run_env
+    proc = subprocess.Popen(demo_argv("--cycles", "5", "--json"), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while not any(n.startswith("cmt-demo-") for n in os.listdir(tmpdir)):
+            assert proc.poll() is None, "the demo ended before making its host"
+        proc.send_signal(signal.SIGTERM)  # somewhere in the middle of the set-up
+        assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert sim_mounts_under(tmpdir) == []
+    assert processes_mentioning(tmpdir) == []
+    assert orphans() == []
+    assert os.listdir(tmpdir) == []
+
+
+@pytest.mark.parametrize("topology", ["amd-ccx", "snc"])
+def test_other_topologies(run_env, topology: str) -> None:  # type: ignore[no-untyped-def]
+    env, tmpdir = run_env
+    proc = subprocess.run(demo_argv("--topology", topology, "--cycles", "2", "--interval", "0.2",
+                                    "--json"), env=env, capture_output=True, text=True,
+                          timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    start, samples, stop = parse(proc.stdout)
+    assert stop is not None and stop["clean"] is True
+    percent = {s["resource_id"]: s["volume"] for s in samples
+               if s["cycle"] == 2 and s["name"] == "cache.occupancy.percent"}
+    running = {i["uuid"] for i in start["instances"] if i["running"]}
+    assert set(percent) == running
+    noisy = start["noisy_neighbour"]
+    assert percent.pop(noisy) > 30.0  # of an L3 as the plugin sees it (with SNC: both nodes)
+    assert all(p < 30.0 for p in percent.values())
+    domains = {s["resource_id"]: s["resource_metadata"]["cache_domains"] for s in samples
+               if s["cycle"] == 2 and s["name"] == "cache.occupancy"}
+    expected = {"amd-ccx": {str(i) for i in range(8)}, "snc": {"0", "1"}}[topology]
+    assert all(set(d) == expected for d in domains.values())
+    assert_nothing_left(start, tmpdir)

@@ -1,0 +1,186 @@
+"""The fake compute host: a real private libvirtd, real Nova-like domains seen
+by ceilometer's real discovery, real stand-in qemu processes."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from ceilometer_cmt.errors import InstanceGone
+from ceilometer_cmt.linux import procfs
+from ceilometer_cmt.testing import fakehost as testbed
+from tests.support.procutil import alive, processes_mentioning
+
+libvirt = pytest.importorskip("libvirt")
+
+pytestmark = pytest.mark.skipif(
+    not os.access(testbed.LIBVIRTD, os.X_OK), reason="Debian's libvirt-daemon is not installed")
+
+
+@pytest.fixture(scope="module")
+def daemon():
+    with testbed.LibvirtDaemon() as d:
+        yield d
+
+
+@pytest.fixture
+def host(daemon, tmp_path):
+    """Three running instances and one shut off, in a node file."""
+    running = testbed.make_instances(3)
+    stopped = testbed.make_instances(1, running=False, start=100)
+    path = testbed.write_node_xml(str(tmp_path / "node.xml"), running + stopped)
+    return daemon.uri_for(path), running, stopped
+
+
+def test_libvirtd_starts_answers_and_stops_without_leftovers():
+    run_libvirt_existed = os.path.exists("/run/libvirt")
+    d = testbed.LibvirtDaemon()
+    d.start()
+    try:
+        pid, base = d.pid, d.base_dir
+        assert pid is not None and base is not None
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            assert b"libvirtd" in f.read()
+        conn = libvirt.open(d.default_uri)
+        try:
+            assert conn.getType() == "TEST"
+            assert [dom.name() for dom in conn.listAllDomains()] == ["test"]
+        finally:
+            conn.close()
+    finally:
+        d.stop()
+    assert not alive(pid)
+    assert not os.path.exists(base)
+    assert processes_mentioning(base) == []
+    if not run_libvirt_existed:
+        assert not os.path.exists("/run/libvirt"), "libvirtd wrote into the host's /run"
+
+
+def test_libvirtd_that_fails_to_start_leaves_nothing(tmp_path):
+    d = testbed.LibvirtDaemon(binary="/bin/false", start_timeout=5)
+    with pytest.raises(testbed.DaemonError, match="exited"):
+        d.start()
+    assert d.proc is None and d.base_dir is None
+
+
+def test_libvirtd_restart_drops_clients_and_serves_again(daemon, host):
+    uri, running, stopped = host
+    conn = libvirt.open(uri)
+    old_pid = daemon.pid
+    daemon.restart()
+    assert daemon.pid != old_pid and not alive(old_pid)
+    with pytest.raises(libvirt.libvirtError):
+        conn.listAllDomains()
+    conn2 = libvirt.open(uri)
+    try:
+        assert len(conn2.listAllDomains()) == len(running) + len(stopped)
+    finally:
+        conn2.close()
+    assert processes_mentioning(daemon.base_dir) == [daemon.pid]
+
+
+def test_node_xml_escapes_odd_names(daemon, tmp_path):
+    inst = testbed.FakeInstance(
+        uuid="2d0a3bd7-3d41-4bb8-a1f4-6c1e4c1d2f10", domain_name="instance-<&'\">",
+        display_name="a <b> & 'c'", project_id="p", user_id="u", flavor_name='f"1')
+    path = testbed.write_node_xml(str(tmp_path / "node.xml"), [inst])
+    conn = libvirt.open(daemon.uri_for(path))
+    try:
+        dom = conn.lookupByUUIDString(inst.uuid)
+        assert dom.name() == inst.domain_name
+        meta = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, testbed.NOVA_NS)
+        assert "a &lt;b&gt; &amp; 'c'" in meta
+    finally:
+        conn.close()
+
+
+def test_ceilometer_discovery_lists_the_instances(host):
+    from ceilometer import service
+    from ceilometer.compute import discovery
+
+    uri, running, stopped = host
+    conf = service.prepare_service([], [])
+    conf.set_override("libvirt_uri", uri)
+    assert conf.compute.instance_discovery_method == "libvirt_metadata"
+    found = discovery.InstanceDiscovery(conf).discover(manager=None)
+    by_id = {r.id: r for r in found}
+    assert set(by_id) == {i.uuid for i in running + stopped}
+    for inst in running:
+        r = by_id[inst.uuid]
+        assert r.name == inst.display_name
+        assert getattr(r, "OS-EXT-SRV-ATTR:instance_name") == inst.domain_name
+        assert getattr(r, "OS-EXT-STS:vm_state") == "running"
+        assert r.flavor["id"] == inst.flavor_id
+        assert r.flavor["name"] == inst.flavor_name
+        assert r.flavor["vcpus"] == inst.vcpus and r.flavor["ram"] == inst.memory_mb
+        assert r.tenant_id == inst.project_id and r.user_id == inst.user_id
+        assert r.image == {"id": inst.image_id}
+        assert r.architecture == "x86_64"
+    for inst in stopped:
+        assert getattr(by_id[inst.uuid], "OS-EXT-STS:vm_state") == "shutdown"
+
+
+def test_stand_in_qemu_looks_like_qemu_to_procfs(tmp_path):
+    pid_dir = str(tmp_path / "qemu")
+    q = testbed.StandInQemu("instance-0000002a", pid_dir, extra_threads=3)
+    q.start()
+    try:
+        found = procfs.find_qemu_process(pid_dir, "/proc", "instance-0000002a")
+        assert found.pid == q.pid
+        assert len(found.tids) == 4 and q.pid in found.tids
+        with pytest.raises(InstanceGone):
+            procfs.find_qemu_process(pid_dir, "/proc", "instance-0000002b")
+    finally:
+        pid = q.pid
+        q.stop()
+    assert not alive(pid)
+    assert not os.path.exists(os.path.join(pid_dir, "instance-0000002a.pid"))
+    with pytest.raises(InstanceGone):
+        procfs.find_qemu_process(pid_dir, "/proc", "instance-0000002a")
+
+
+def test_stand_in_qemu_with_comma_in_name(tmp_path):
+    with testbed.StandInQemu("a,b", str(tmp_path)) as q:
+        assert procfs.find_qemu_process(str(tmp_path), "/proc", "a,b").pid == q.pid
+
+
+def _cpu_ticks(pid: int) -> int:
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().split(") ", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def _thread_states(pid: int) -> set[str]:
+    states = set()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/stat", encoding="ascii") as f:
+            states.add(f.read().split(") ", 1)[1][0])
+    return states
+
+
+def _eventually(pred, what: str, deadline: float = 20.0) -> None:
+    end = time.monotonic() + deadline
+    while not pred():
+        if time.monotonic() > end:
+            pytest.fail(f"never happened: {what}")
+        time.sleep(0.05)
+
+
+def test_stand_in_qemu_burns_then_rests(tmp_path):
+    with testbed.StandInQemu("instance-burn", str(tmp_path), extra_threads=1) as q:
+        before = _cpu_ticks(q.pid)
+        q.burn()
+        _eventually(lambda: _cpu_ticks(q.pid) > before + 5, "cpu time grows while burning")
+        q.rest()
+        _eventually(lambda: _thread_states(q.pid) == {"S"}, "all threads asleep after rest")
+
+
+def test_fake_host_starts_running_instances_only(tmp_path):
+    insts = testbed.make_instances(2) + testbed.make_instances(1, running=False, start=9)
+    with testbed.FakeHost(insts, str(tmp_path)) as fh:
+        pids = [q.pid for q in fh.qemus.values()]
+        assert sorted(os.listdir(tmp_path)) == sorted(i.domain_name + ".pid" for i in insts[:2])
+    assert os.listdir(tmp_path) == []
+    assert not any(alive(p) for p in pids)

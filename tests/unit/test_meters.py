@@ -1,0 +1,303 @@
+"""ceilometer_cmt/meters.py is THE table of meters: what is not generated from it
+matches it (setup.cfg's entry points, the polling.yaml files), what is
+generated behaves as the table says, and no other module spells a meter name.
+"""
+
+from __future__ import annotations
+
+import ast
+import configparser
+import dataclasses
+import importlib
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import yaml
+from ceilometer import sample as ceilometer_sample
+from ceilometer.polling import plugin_base
+from ceilometer.polling.manager import PollingSource
+
+from ceilometer_cmt import meters
+from ceilometer_cmt.cmd import gnocchi_resources, top
+from ceilometer_cmt.monitor import CycleResult, InstanceMeters
+from ceilometer_cmt.pollsters import host as host_pollsters
+from ceilometer_cmt.pollsters import instance as instance_pollsters
+from ceilometer_cmt.pollsters import runtime
+from ceilometer_cmt.readings import CacheDomain, HostCache
+from tests.support.paths import REPO
+
+PACKAGE = REPO / "ceilometer_cmt"
+GROUP = "ceilometer.poll.compute"
+BASES = {meters.INSTANCE: instance_pollsters._InstancePollster,
+         meters.HOST: host_pollsters._HostPollster}
+READINGS: dict[str, type] = {"InstanceMeters": InstanceMeters, "HostCache": HostCache,
+                             "CycleResult": CycleResult}
+
+
+# ------------------------------------------------------------- the table
+
+def test_names_and_classes_are_unique() -> None:
+    assert len({m.name for m in meters.TABLE}) == len(meters.TABLE)
+    assert len({m.pollster for m in meters.TABLE}) == len(meters.TABLE)
+    assert meters.names() == meters.names(meters.INSTANCE) + meters.names(meters.HOST)
+    # every module-level Meter is in the table, and the other way round
+    constants = [v for v in vars(meters).values() if isinstance(v, meters.Meter)]
+    assert sorted(m.name for m in constants) == sorted(meters.names())
+
+
+def test_types_are_ceilometers() -> None:
+    assert meters.GAUGE == ceilometer_sample.TYPE_GAUGE
+    assert meters.CUMULATIVE == ceilometer_sample.TYPE_CUMULATIVE
+    for m in meters.TABLE:
+        assert m.type in ceilometer_sample.TYPES, m.name
+
+
+def test_every_source_is_a_field_of_its_reading() -> None:
+    for m in meters.TABLE:
+        reading, _, field = m.source.partition(".")
+        if m.per == meters.INSTANCE:
+            assert reading == "InstanceMeters", m.name
+            assert field in {f.name for f in dataclasses.fields(InstanceMeters)}, m.name
+        else:
+            assert reading in ("HostCache", "CycleResult"), m.name
+        assert hasattr(READINGS[reading], field) or field in {
+            f.name for f in dataclasses.fields(READINGS[reading])}, m.name
+    # how each host source is read: exactly the sources the table names
+    assert set(host_pollsters.MEASURE) == {m.source for m in meters.of(meters.HOST)}
+
+
+def test_archive_policies_and_resource_types() -> None:
+    ours = {p["name"] for p in gnocchi_resources.OUR_ARCHIVE_POLICIES}
+    for m in meters.TABLE:
+        assert m.resource_type in gnocchi_resources.RESOURCE_ATTRIBUTES, m.name
+        if m.archive_policy == meters.RATE_POLICY:  # rate:mean is for counters
+            assert m.type == meters.CUMULATIVE, m.name
+        else:
+            assert m.archive_policy is None or m.archive_policy in ours, m.name
+
+
+# ------------------------------------------------ setup.cfg's entry points
+
+def entry_points(setup_cfg: str) -> list[tuple[str, str]]:
+    """(name, target) of each ``ceilometer.poll.compute`` line, duplicates kept."""
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.read_string(setup_cfg)
+    lines = parser["options.entry_points"].get(GROUP, "").strip().splitlines()
+    out = []
+    for line in lines:
+        name, sep, target = line.partition("=")
+        assert sep, f"not an entry point: {line!r}"
+        out.append((name.strip(), target.strip()))
+    return out
+
+
+def entry_point_problems(setup_cfg: str) -> list[str]:
+    """What is wrong with setup.cfg's pollster entry points, compared with the table."""
+    problems = []
+    found = entry_points(setup_cfg)
+    names = [n for n, _ in found]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        problems.append(f"{name}: more than one entry point")
+    by_name = dict(found)
+    for m in meters.TABLE:
+        target = by_name.get(m.name)
+        if target is None:
+            problems.append(f"{m.name}: no entry point")
+            continue
+        module_name, _, class_name = target.partition(":")
+        try:
+            cls = getattr(importlib.import_module(module_name), class_name)
+        except (ImportError, AttributeError) as e:
+            problems.append(f"{m.name}: {target} does not exist ({e})")
+            continue
+        if not (isinstance(cls, type) and issubclass(cls, BASES[m.per])):
+            problems.append(f"{m.name}: {target} is not a {m.per} pollster")
+            continue
+        got = (cls.meter, cls.sample_type, cls.unit)
+        if got != (m.name, m.type, m.unit):
+            problems.append(f"{m.name}: {target} has meter, type, unit {got}")
+        if target != f"{m.module}:{m.pollster}":
+            problems.append(f"{m.name}: {target}, the table says {m.module}:{m.pollster}")
+    for name in sorted(set(names) - set(meters.names())):
+        problems.append(f"{name}: an entry point for no meter of the table")
+    if not problems and names != list(meters.names()):
+        problems.append(f"entry points not in the table's order: {names}")
+    return problems
+
+
+def test_setup_cfg_names_exactly_the_tables_pollsters() -> None:
+    assert entry_point_problems((REPO / "setup.cfg").read_text()) == []
+
+
+def test_the_entry_point_check_can_fail() -> None:
+    text = (REPO / "setup.cfg").read_text()
+    size = meters.CACHE_SIZE.entry_point
+    assert size in text
+    assert entry_point_problems(text.replace(f"    {size}\n", "")) == [
+        "cache.size: no entry point"]
+    assert entry_point_problems(text.replace(size, size + f"\n    {size}")) == [
+        "cache.size: more than one entry point"]
+    wrong = size.replace("CacheSizePollster", "CacheMonitorsUsedPollster")
+    assert entry_point_problems(text.replace(size, wrong)) == [
+        "cache.size: ceilometer_cmt.pollsters.host:CacheMonitorsUsedPollster has meter, "
+        "type, unit ('cache.monitors.used', 'gauge', 'monitor')",
+        "cache.size: ceilometer_cmt.pollsters.host:CacheMonitorsUsedPollster, "
+        "the table says ceilometer_cmt.pollsters.host:CacheSizePollster"]
+    missing = size.replace("CacheSizePollster", "CacheSizePoller")
+    assert entry_point_problems(text.replace(size, missing))[0].startswith(
+        "cache.size: ceilometer_cmt.pollsters.host:CacheSizePoller does not exist")
+    extra = "    cache.colour = ceilometer_cmt.pollsters.host:CacheSizePollster\n"
+    assert entry_point_problems(text.replace(f"    {size}\n", f"    {size}\n{extra}")) == [
+        "cache.colour: an entry point for no meter of the table"]
+
+
+# ------------------------------------------------ the generated pollsters
+
+def pollster_classes(module: Any, base: type) -> dict[str, type]:
+    return {name: cls for name, cls in vars(module).items()
+            if isinstance(cls, type) and issubclass(cls, base) and cls is not base}
+
+
+@pytest.mark.parametrize("per", [meters.INSTANCE, meters.HOST])
+def test_each_pollster_module_holds_the_tables_classes(per: meters.Per) -> None:
+    module = instance_pollsters if per == meters.INSTANCE else host_pollsters
+    classes = pollster_classes(module, BASES[per])
+    assert sorted(classes) == sorted(m.pollster for m in meters.of(per))
+    assert issubclass(BASES[per], plugin_base.PollsterBase)
+    for m in meters.of(per):
+        cls = classes[m.pollster]
+        assert (cls.__module__, cls.__qualname__) == (m.module, m.pollster)
+        assert (cls.meter, cls.sample_type, cls.unit) == (m.name, m.type, m.unit)
+        discovery = BASES[per].default_discovery.fget(None)  # type: ignore[attr-defined]
+        assert discovery == {"instance": "local_instances", "host": "local_node"}[per]
+
+
+def test_instance_pollsters_read_their_field() -> None:
+    fields = [f.name for f in dataclasses.fields(InstanceMeters) if f.name != "occupancy_domains"]
+    reading = InstanceMeters(**{f: 1000 + i for i, f in enumerate(fields)})
+    classes = pollster_classes(instance_pollsters, instance_pollsters._InstancePollster)
+    for m in meters.of(meters.INSTANCE):
+        assert classes[m.pollster].value(reading) == 1000 + fields.index(m.field), m.name
+    assert classes["CPUL3CachePollster"].value(reading) == reading.occupancy
+
+
+def host_pollster(cls: type, monitor: Any) -> Any:
+    pollster = cls.__new__(cls)  # no agent: measure() reads rt and the polling cache
+    pollster.rt = SimpleNamespace(monitor=monitor)
+    return pollster
+
+
+def test_host_pollsters_measure_their_field_with_its_metadata() -> None:
+    hc = HostCache(domains=(CacheDomain(id=0, level=3, size=32, cpus="0-3"),
+                            CacheDomain(id=1, level=3, size=16, cpus="4-7")),
+                   monitors_total=128, source="resctrl")
+    result = CycleResult(backend="resctrl", timestamp=0.0, host=hc,
+                         unmonitored={"u2": "no free RMID", "u1": "gone"}, monitors_used=7)
+    monitor = SimpleNamespace(host=hc, backend=SimpleNamespace(name="resctrl"))
+    cache = {runtime.CACHE_KEY: result}
+    got = {}
+    for m in meters.of(meters.HOST):
+        cls = getattr(host_pollsters, m.pollster)
+        assert cls.needs_backend == m.needs_backend
+        got[m.name] = host_pollster(cls, monitor).measure(None, cache)
+    assert got == {
+        "cache.size": (48, {"cache_domains": [
+            {"id": 0, "size": 32, "level": 3, "cpus": "0-3"},
+            {"id": 1, "size": 16, "level": 3, "cpus": "4-7"}], "source": "resctrl"}),
+        "cache.monitors.total": (128, {"cmt_backend": "resctrl"}),
+        "cache.monitors.used": (7, {"cmt_backend": "resctrl"}),
+        "cache.instances.unmonitored": (2, {"cmt_backend": "resctrl", "unmonitored": {
+            "u1": "gone", "u2": "no free RMID"}}),
+    }
+    assert list(got["cache.instances.unmonitored"][1]["unmonitored"]) == ["u1", "u2"]
+
+
+# ------------------------------------------------------------- the others
+
+def test_gnocchi_resources_come_from_the_table() -> None:
+    by_type = {r.resource_type: r for r in gnocchi_resources.OUR_RESOURCES}
+    assert gnocchi_resources.our_meter_names() == list(meters.names())
+    for m in meters.TABLE:
+        extra = by_type[m.resource_type].metrics[m.name]
+        assert extra == ({"archive_policy_name": m.archive_policy} if m.archive_policy else {})
+
+
+def test_top_shows_the_tables_meters() -> None:
+    assert set(top.INSTANCE_METERS) == set(meters.names(meters.INSTANCE))
+    assert set(top.HOST_METERS) == set(meters.names(meters.HOST))
+    row_fields = {f.name for f in dataclasses.fields(top.InstanceRow)}
+    for m in meters.of(meters.INSTANCE):
+        assert m.field in row_fields, m.name
+    volumes = {m.name: 10 * i + 0.5 for i, m in enumerate(meters.of(meters.INSTANCE))}
+    values = top.row_values(volumes.get)
+    assert values["occupancy"] == 0 and type(values["occupancy"]) is int
+    assert values["occupancy_percent"] == 10.5
+    # the old name stands in when cache.occupancy gave no sample
+    volumes[meters.CACHE_OCCUPANCY.name] = None  # type: ignore[assignment]
+    assert top.row_values(volumes.get)["occupancy"] == 20
+
+
+def shipped_sources(path: Path) -> dict[str, list[str]]:
+    data = yaml.safe_load(path.read_text())
+    parsed = [PollingSource(s) for s in data["sources"]]  # ceilometer's own parser
+    assert len(parsed) == len(data["sources"])
+    return {s["name"]: list(s["meters"]) for s in data["sources"]}
+
+
+def test_etc_polling_yaml_is_generated_from_the_table() -> None:
+    assert (REPO / "etc" / "polling.yaml").read_text() == meters.polling_yaml(), (
+        "etc/polling.yaml is stale: run python -m ceilometer_cmt.meters > etc/polling.yaml")
+
+
+def test_etc_polling_yaml_lists_the_table_per_kind() -> None:
+    sources = shipped_sources(REPO / "etc" / "polling.yaml")
+    assert sources == {s.name: list(meters.names(s.per)) for s in meters.POLLING_SOURCES}
+    assert [s.per for s in meters.POLLING_SOURCES] == [meters.INSTANCE, meters.HOST]
+    # the generator follows the table: a meter added there shows up in its source
+    extra = dataclasses.replace(meters.CACHE_SIZE, name="cache.extra", summary="x")
+    data = yaml.safe_load(meters.polling_yaml(table=(*meters.TABLE, extra)))
+    assert {s["name"]: s["meters"] for s in data["sources"]} == {
+        "cmt_cache": list(meters.names(meters.INSTANCE)),
+        "cmt_host": [*meters.names(meters.HOST), "cache.extra"]}
+
+
+def test_builtin_polling_yaml_lists_every_meter_once() -> None:
+    # ceilometer_cmt/data/polling.yaml: what `ceilometer-cmt poll` polls by default
+    sources = shipped_sources(PACKAGE / "data" / "polling.yaml")
+    listed = [m for ms in sources.values() for m in ms]
+    assert sorted(listed) == sorted(meters.names())
+
+
+# ----------------------------------------------- no meter name elsewhere
+
+def meter_literals(path: Path, root: Path = REPO) -> list[str]:
+    """Meter names spelled as string constants in ``path`` (f-string parts included)."""
+    names = set(meters.names())
+    return sorted(f"{path.relative_to(root)}:{node.lineno}: {node.value!r}"
+                  for node in ast.walk(ast.parse(path.read_text(), str(path)))
+                  if isinstance(node, ast.Constant) and node.value in names)
+
+
+def test_no_other_module_spells_a_meter_name() -> None:
+    found = [hit for path in sorted(PACKAGE.rglob("*.py")) if path.name != "meters.py"
+             for hit in meter_literals(path)]
+    assert found == [], "use ceilometer_cmt.meters instead:\n" + "\n".join(found)
+
+
+def test_the_literal_check_can_fail(tmp_path: Path) -> None:
+    probe = tmp_path / "probe.py"
+    probe.write_text('"""cache.size"""\nX = "cache.size"\nY = f"{X}: cpu_l3_cache"\n'
+                     'Z = ["cache.sizes", f"{X}" "cpu_l3_cache"]\n')
+    assert meter_literals(probe, tmp_path) == ["probe.py:1: 'cache.size'",
+                                               "probe.py:2: 'cache.size'",
+                                               "probe.py:4: 'cpu_l3_cache'"]
+
+
+def test_main_prints_etc_polling_yaml(capsys: pytest.CaptureFixture[str]) -> None:
+    assert meters.main([]) == 0
+    assert capsys.readouterr().out == (REPO / "etc" / "polling.yaml").read_text()
+    assert meters.main(["--write"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "usage:" in err
