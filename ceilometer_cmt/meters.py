@@ -9,12 +9,14 @@ the table:
 * the meters ``ceilometer-cmt top`` shows (:mod:`ceilometer_cmt.cmd.top`);
 * the metrics merged into ``gnocchi_resources.yaml``
   (:mod:`ceilometer_cmt.cmd.gnocchi_resources`);
-* ``etc/polling.yaml``: ``python -m ceilometer_cmt.meters > etc/polling.yaml``.
+* ``etc/polling.yaml``: ``python -m ceilometer_cmt.meters > etc/polling.yaml``;
+* the one-source polling file ``ceilometer-cmt poll``, ``top`` and the demo use
+  when given none (written when they start).
 
 What cannot be generated is checked by ``tests/unit/test_meters.py``: the
 ``ceilometer.poll.compute`` entry points in ``setup.cfg`` (ceilometer finds a
-pollster only there), ``etc/polling.yaml`` and ``ceilometer_cmt/data/polling.yaml``,
-and that no other module spells a meter name.
+pollster only there), ``etc/polling.yaml``, and that no other module spells a
+meter name.
 
 Plain Python: no OpenStack import, so every layer may use it.
 """
@@ -160,7 +162,7 @@ class PollingSource:
     """One source of etc/polling.yaml: all the meters of one kind."""
 
     name: str
-    per: Per
+    per: Per | None  # None: every meter
     interval: int  # seconds
     comment: tuple[str, ...]  # the lines above it
 
@@ -178,6 +180,12 @@ POLLING_SOURCES: tuple[PollingSource, ...] = (
         "These change only when instances come and go or hardware changes: every 10 min.",
     )),
 )
+
+#: what ``ceilometer-cmt poll``, ``top`` and the demo poll when given no polling
+#: file: every meter in one source, so that one backend read serves them all
+ALL_IN_ONE_SOURCE = PollingSource("cmt_all", None, 60, (
+    "Every meter of this plugin in one source (ceilometer-cmt poll, top, demo).",
+))
 
 POLLING_HEADER = """\
 ---
@@ -210,7 +218,7 @@ def polling_yaml(sources: Sequence[PollingSource] = POLLING_SOURCES,
         lines += [f"  # {c}" for c in src.comment]
         lines += [f"  - name: {src.name}", f"    interval: {src.interval}", "    meters:"]
         lines += [f"      - {m.name.ljust(width)}# {m.type}, {m.unit}: {m.summary}"
-                  for m in table if m.per == src.per]
+                  for m in table if src.per is None or m.per == src.per]
     return POLLING_HEADER + "\n".join(lines) + "\n"
 
 

@@ -13,7 +13,6 @@ import os
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from importlib import resources
 from typing import Any
 
 #: option overrides for :func:`polling_agent`: ``{(group, name): value}``
@@ -55,8 +54,14 @@ def cmt_overrides(pairs: Sequence[tuple[str, str]]) -> Overrides:
     return {(options.GROUP, name): value for name, value in pairs}
 
 
-def default_polling_file() -> str:
-    return str(resources.files("ceilometer_cmt").joinpath("data", "polling.yaml"))
+def write_default_polling_file(directory: str) -> str:
+    """Every meter of the table in one source, written into ``directory``."""
+    from ceilometer_cmt import meters
+
+    path = os.path.join(directory, "polling.yaml")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(meters.polling_yaml(sources=(meters.ALL_IN_ONE_SOURCE,)))
+    return path
 
 
 @contextmanager
@@ -80,7 +85,7 @@ def polling_agent(config_files: Sequence[str], polling_file: str | None = None,
             stderr = "" if _logs_elsewhere(config_files) else "use_stderr = true\n"
             f.write(f"[DEFAULT]\ntransport_url = fake://\n{stderr}"
                     "[publisher_notifier]\ntelemetry_driver = test\n"
-                    f"[polling]\ncfg_file = {polling_file or default_polling_file()}\n"
+                    f"[polling]\ncfg_file = {polling_file or write_default_polling_file(tmp)}\n"
                     f"heartbeat_socket_dir = {tmp}\n")
         argv = ["ceilometer-cmt"]
         for cf in [*config_files, extra]:
