@@ -12,7 +12,7 @@ Modules, bottom up (each imports only modules above it in this list):
 
 * inputs: :mod:`.topology` (host presets), :mod:`.timeline` (scenario time,
   load curves), :mod:`.scenario` (workload and fault file schema),
-  :mod:`.host` (what it reads from ``/proc``), :mod:`.workload` (which host
+  :mod:`.procfs` (what it reads from ``/proc``), :mod:`.workload` (which host
   processes carry which load);
 * the state machine: :mod:`.errors` (``SimError``), :mod:`.groups` (groups,
   task entries), :mod:`.layout` (fstype and which paths exist),

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 
-from ceilometer_cmt.simulator import host
+from ceilometer_cmt.simulator import procfs
 from ceilometer_cmt.simulator.groups import Group
 from ceilometer_cmt.simulator.scenario import Fault, Scenario
 from ceilometer_cmt.simulator.tasks import Membership
@@ -55,7 +55,7 @@ class Meter:
         proc_root = self._membership.proc_root
         result: list[tuple[Group, float, Timeline]] = []
         for pid, load in self._matcher.matched().items():
-            tids = host.threads_of(proc_root, pid)
+            tids = procfs.threads_of(proc_root, pid)
             if not tids:
                 continue
             shares = [(pid, 1.0)] if load.split == "main" else [(t, 1 / len(tids)) for t in tids]

@@ -25,8 +25,8 @@ from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import Any
 
-from ceilometer_cmt.simulator.host import mount_fstype
 from ceilometer_cmt.simulator.layout import FSTYPE, SUBTYPE
+from ceilometer_cmt.simulator.procfs import mount_fstype
 from ceilometer_cmt.simulator.topology import PRESETS
 
 __all__ = ["FSTYPE", "SUBTYPE", "Simulator", "fuse_missing_reason", "mount", "mount_fstype",

@@ -17,7 +17,7 @@ from __future__ import annotations
 import errno
 from collections.abc import Callable
 
-from ceilometer_cmt.simulator import host
+from ceilometer_cmt.simulator import procfs
 from ceilometer_cmt.simulator.errors import SimError
 from ceilometer_cmt.simulator.groups import Caller, Group, TaskEntry
 from ceilometer_cmt.simulator.writes import kstrtoint
@@ -39,7 +39,7 @@ class Membership:
         entry = self.entries.get(tid)
         if entry is None:
             return None
-        if host.task_start(self.proc_root, tid) != entry.start:
+        if procfs.task_start(self.proc_root, tid) != entry.start:
             del self.entries[tid]
             return None
         return entry
@@ -48,7 +48,7 @@ class Membership:
         """A task with no entry: did it start inside an assigned one?"""
         if not self.entries:
             return None
-        info = host.task_info(self.proc_root, tid)
+        info = procfs.task_info(self.proc_root, tid)
         if info is None:
             return None
         origin = info.tgid if info.tgid != tid else info.ppid
@@ -88,7 +88,7 @@ class Membership:
                 raise SimError(e.errno, f"{e.status}Error while processing task {tid}\n") from None
 
     def _move(self, tid: int, group: Group, caller: Caller) -> None:
-        info = host.task_info(self.proc_root, tid)
+        info = procfs.task_info(self.proc_root, tid)
         if info is None:
             raise SimError(errno.ESRCH, f"No task {tid}\n")
         if caller.uid != 0 and caller.uid not in (info.uid, info.suid):
@@ -107,7 +107,7 @@ class Membership:
                 return
             new_ctrl, new_mon = group, None
         self._on_change()
-        self.entries[tid] = TaskEntry(new_ctrl, new_mon, info.start, host.now_ticks(), info.tgid)
+        self.entries[tid] = TaskEntry(new_ctrl, new_mon, info.start, procfs.now_ticks(), info.tgid)
 
     # ------------------------------------------------- groups going away
     def group_removed(self, group: Group) -> None:
@@ -137,7 +137,7 @@ class Membership:
             if entry is not None and self._in(entry, group):
                 found.add(tid)
         for tgid in {e.tgid for e in self.entries.values()}:
-            for tid in host.threads_of(self.proc_root, tgid):
+            for tid in procfs.threads_of(self.proc_root, tgid):
                 if tid not in self.entries:
                     entry = self._inherit(tid)
                     if entry is not None and self._in(entry, group):
@@ -150,8 +150,8 @@ class Membership:
 
     def _root_ids(self) -> list[int]:
         found = []
-        for pid in host.all_pids(self.proc_root):
-            for tid in host.threads_of(self.proc_root, pid):
+        for pid in procfs.all_pids(self.proc_root):
+            for tid in procfs.threads_of(self.proc_root, pid):
                 entry = self.of(tid)
                 if entry is None or entry.ctrl is self.root:
                     found.append(tid)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from ceilometer_cmt.simulator import host
+from ceilometer_cmt.simulator import procfs
 from ceilometer_cmt.simulator.scenario import ProcessLoad, Scenario
 
 
@@ -43,13 +43,13 @@ class ProcessMatcher:
         for load in self._loads:
             pid = load.match.pid
             if (pid is not None and pid not in found
-                    and host.task_start(self._proc_root, pid) is not None):
+                    and procfs.task_start(self._proc_root, pid) is not None):
                 found[pid] = load
         if self._needs_scan:
-            for pid in host.all_pids(self._proc_root):
+            for pid in procfs.all_pids(self._proc_root):
                 if pid in found:
                     continue
-                names = host.comm_and_cmdline(self._proc_root, pid)
+                names = procfs.comm_and_cmdline(self._proc_root, pid)
                 if names is None:
                     continue
                 for load in self._loads:

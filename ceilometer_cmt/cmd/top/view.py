@@ -101,25 +101,25 @@ def build_view(samples: Iterable[Mapping[str, Any]],
     instance sample this cycle (the unmonitored ones only show their uuid).
     """
     per: dict[str, dict[str, Mapping[str, Any]]] = {}
-    host_s: dict[str, Mapping[str, Any]] = {}
+    host_samples: dict[str, Mapping[str, Any]] = {}
     for s in samples:
         meter = s["counter_name"]
         if meter in HOST_METERS:
-            host_s[meter] = s
+            host_samples[meter] = s
         elif meter in INSTANCE_METERS:
             per.setdefault(str(s["resource_id"]), {})[meter] = s
 
     def meta(s: Mapping[str, Any] | None) -> Mapping[str, Any]:
         return (s or {}).get("resource_metadata") or {}
 
-    size_s = host_s.get(meters.CACHE_SIZE.name)
+    size_s = host_samples.get(meters.CACHE_SIZE.name)
     domain_sizes = {int(d["id"]): int(d["size"])
                     for d in meta(size_s).get("cache_domains", []) if "id" in d and "size" in d}
-    un_s = host_s.get(meters.CACHE_INSTANCES_UNMONITORED.name)
+    un_s = host_samples.get(meters.CACHE_INSTANCES_UNMONITORED.name)
     unmonitored: dict[str, str] = dict(meta(un_s).get("unmonitored") or {})
-    host = next((str(s["resource_id"]) for s in host_s.values()), None)
+    host = next((str(s["resource_id"]) for s in host_samples.values()), None)
     backend = next((str(meta(s)["cmt_backend"]) for s in
-                    [*host_s.values(), *(x for m in per.values() for x in m.values())]
+                    [*host_samples.values(), *(x for m in per.values() for x in m.values())]
                     if "cmt_backend" in meta(s)), None)
     names = names or {}
     rows = []
@@ -141,17 +141,17 @@ def build_view(samples: Iterable[Mapping[str, Any]],
         if uuid not in per:
             rows.append(InstanceRow(uuid=uuid, name=names.get(uuid), monitored=False,
                                     reason=str(reason)))
-    stamps = [str(s["timestamp"]) for s in [*host_s.values(),
+    stamps = [str(s["timestamp"]) for s in [*host_samples.values(),
                                             *(x for m in per.values() for x in m.values())]
               if s.get("timestamp")]
     return HostView(
         host=host, backend=backend,
         cache_size=_int(size_s["counter_volume"]) if size_s else None,
         domain_sizes=domain_sizes,
-        monitors_total=_int(host_s[meters.CACHE_MONITORS_TOTAL.name]["counter_volume"])
-        if meters.CACHE_MONITORS_TOTAL.name in host_s else None,
-        monitors_used=_int(host_s[meters.CACHE_MONITORS_USED.name]["counter_volume"])
-        if meters.CACHE_MONITORS_USED.name in host_s else None,
+        monitors_total=_int(host_samples[meters.CACHE_MONITORS_TOTAL.name]["counter_volume"])
+        if meters.CACHE_MONITORS_TOTAL.name in host_samples else None,
+        monitors_used=_int(host_samples[meters.CACHE_MONITORS_USED.name]["counter_volume"])
+        if meters.CACHE_MONITORS_USED.name in host_samples else None,
         unmonitored=_int(un_s["counter_volume"]) if un_s else None,
         rows=sort_rows(rows), timestamp=max(stamps) if stamps else None)
 

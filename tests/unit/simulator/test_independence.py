@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ceilometer_cmt.backends.resctrl import fs as resctrl
-from ceilometer_cmt.simulator import host, layout
+from ceilometer_cmt.simulator import layout, procfs
 from tests.support import paths
 from tests.support.import_scan import find_cycle, imported_modules
 
@@ -24,7 +24,7 @@ SIM_DIR = paths.PACKAGE / "simulator"
 
 #: Plugin modules the simulator may import.  None: the simulator is the oracle
 #: for the plugin's resctrl code, so a shared parser would share its bugs.  It
-#: has its own /proc/PID/stat and mountinfo readers (simulator/host.py), its
+#: has its own /proc/PID/stat and mountinfo readers (simulator/procfs.py), its
 #: own mount name (simulator/layout.py: SUBTYPE, FSTYPE) and its own prctl
 #: PDEATHSIG helper (simulator/runner.py).
 ALLOWED_PLUGIN_IMPORTS: frozenset[str] = frozenset()
@@ -38,7 +38,7 @@ SERVING = ("tree", "fs", "control", "runner")
 #: Every module, bottom up, as simulator/__init__.py lists them: each may
 #: import only modules before it (so there can be no cycle).
 ORDER = (
-    "topology", "timeline", "scenario", "host", "workload",  # inputs
+    "topology", "timeline", "scenario", "procfs", "workload",  # inputs
     "errors", "groups", "layout", "rmids", "writes", "tasks", "counters", "model",
     "tree", "fs", "control", "runner", "__init__", "__main__",  # serving it
 )
@@ -193,20 +193,20 @@ def test_stat_fields_start_after_the_last_parenthesis(tmp_path: Path) -> None:
         (tmp_path / "99").mkdir(exist_ok=True)
         (tmp_path / "99" / "stat").write_text(f"99 ({comm}) {' '.join(fields)}\n")
         (tmp_path / "99" / "status").write_text("Tgid:\t98\nUid:\t1\t2\t3\t4\n")
-        assert host.task_start(str(tmp_path), 99) == 424242
-        info = host.task_info(str(tmp_path), 99)
+        assert procfs.task_start(str(tmp_path), 99) == 424242
+        info = procfs.task_info(str(tmp_path), 99)
         assert info is not None
         assert (info.ppid, info.start, info.tgid, info.uid, info.suid) == (77, 424242, 98, 1, 3)
     (tmp_path / "99" / "stat").write_text("99 (short) S 1 2\n")
-    assert host.task_start(str(tmp_path), 99) is None
-    assert host.task_start(str(tmp_path), 12345) is None
+    assert procfs.task_start(str(tmp_path), 99) is None
+    assert procfs.task_start(str(tmp_path), 12345) is None
 
 
 def test_task_start_of_real_tasks() -> None:
-    mine = host.task_start("/proc", os.getpid())
-    assert mine is not None and 0 < mine <= host.now_ticks()
-    assert host.task_start("/proc", 1) is not None
-    assert host.task_start("/proc", 1) <= mine  # type: ignore[operator]
+    mine = procfs.task_start("/proc", os.getpid())
+    assert mine is not None and 0 < mine <= procfs.now_ticks()
+    assert procfs.task_start("/proc", 1) is not None
+    assert procfs.task_start("/proc", 1) <= mine  # type: ignore[operator]
 
 
 MOUNTINFO = (
@@ -239,10 +239,10 @@ MOUNTINFO = (
 def test_fstype_at_reads_mountinfo_as_the_kernel_writes_it(
     mount_point: str, fstype: str | None
 ) -> None:
-    assert host.fstype_at(MOUNTINFO, mount_point) == fstype
+    assert procfs.fstype_at(MOUNTINFO, mount_point) == fstype
 
 
 def test_mount_fstype_of_the_real_mountinfo(tmp_path: Path) -> None:
-    assert host.mount_fstype("/proc") == "proc"
-    assert host.mount_fstype(str(tmp_path)) is None
-    assert host.mount_fstype("/proc", str(tmp_path / "no-such-file")) is None
+    assert procfs.mount_fstype("/proc") == "proc"
+    assert procfs.mount_fstype(str(tmp_path)) is None
+    assert procfs.mount_fstype("/proc", str(tmp_path / "no-such-file")) is None

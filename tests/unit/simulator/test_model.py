@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from ceilometer_cmt.simulator import host
+from ceilometer_cmt.simulator import procfs
 from ceilometer_cmt.simulator.errors import SimError
 from ceilometer_cmt.simulator.groups import Caller
 from ceilometer_cmt.simulator.model import Model
@@ -286,7 +286,7 @@ def test_threads_started_after_assignment_inherit_the_group(spawn) -> None:  # t
     m = model()
     m.mkdir(("mon_groups", "a"))
     p = spawn(threads=2)
-    before = host.threads_of("/proc", p.pid)
+    before = procfs.threads_of("/proc", p.pid)
     assert len(before) == 3
     time.sleep(0.05)  # start times have a 10 ms tick: keep "before" strictly before
     write(m, b"%d" % p.pid, "mon_groups", "a", "tasks")  # the main thread only
@@ -296,7 +296,7 @@ def test_threads_started_after_assignment_inherit_the_group(spawn) -> None:  # t
     p.stdin.write("go\n")
     p.stdin.flush()
     assert p.stdout.readline() == "more\n"
-    (new,) = set(host.threads_of("/proc", p.pid)) - set(before)
+    (new,) = set(procfs.threads_of("/proc", p.pid)) - set(before)
     assert read(m, "mon_groups", "a", "tasks").split() == [str(p.pid), str(new)]
     root = read(m, "tasks").split()
     for old in before[1:]:
@@ -446,7 +446,7 @@ def test_load_is_shared_by_threads_and_follows_their_groups(spawn) -> None:  # t
     p = spawn(threads=3)  # 4 threads
     m = model(scenario={"processes": [load_of(p.pid, mbm_total={0: 400})]})
     m.mkdir(("mon_groups", "a"))
-    tids = host.threads_of("/proc", p.pid)
+    tids = procfs.threads_of("/proc", p.pid)
     write(m, b"%d" % tids[0], "mon_groups", "a", "tasks")
     advance(m, 10)
     assert read(m, "mon_groups", "a", "mon_data", "mon_L3_00", "mbm_total_bytes") == "1000\n"
