@@ -7,7 +7,7 @@
 # RabbitMQ, Gnocchi, Aodh) is started and stopped by the tests themselves.
 #
 #   scripts/test.sh                 # everything
-#   scripts/test.sh tests/test_x.py # extra arguments go to pytest
+#   scripts/test.sh tests/unit/test_meters.py  # extra arguments go to pytest
 set -euo pipefail
 # The venvs must not be group- or world-writable whatever the caller's umask:
 # tests run their code as other users (tests/support/as_user.py) and as root via sudo.
@@ -48,7 +48,7 @@ echo "== pytest"
 export CMT_E2E_REQUIRED=1
 # pytest's tmp_path directories (below $TMPDIR, else /tmp) go in one directory
 # per run, removed when the run ends; directories that other users must reach
-# are made by the tests themselves in /tmp (tests/as_user.public_workdir).
+# are made by the tests themselves in /tmp (tests/support/as_user.public_workdir).
 basetemp=$(mktemp -d "${TMPDIR:-/tmp}/cmt-pytest-XXXXXX")
 trap 'rm -rf "$basetemp"' EXIT
 PATH="$venv/bin:$PATH" "$venv/bin/python" -m pytest -p no:cacheprovider --basetemp "$basetemp" "$@"
