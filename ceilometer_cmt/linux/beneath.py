@@ -147,7 +147,9 @@ def fs_magic(fd: int) -> int:
 
 
 @dataclass(frozen=True)
-class Mount:
+class MountInfo:
+    """One line of /proc/self/mountinfo: the mount an fd sits on."""
+
     mount_id: int
     mount_point: str
     fstype: str
@@ -168,7 +170,7 @@ def _unescape(field: str) -> str:
     return "".join(out)
 
 
-def mount_of(fd: int) -> Mount:
+def mount_of(fd: int) -> MountInfo:
     """The mount ``fd`` sits on, by its mount id (not by a path someone may
     have mounted over). OSError when /proc does not say."""
     with open(f"/proc/self/fdinfo/{fd}", encoding="ascii", errors="replace") as f:
@@ -183,6 +185,6 @@ def mount_of(fd: int) -> Mount:
             if sep and len(fields) >= 5 and fields[0] == ids[0]:
                 rfields = right.split(" ")
                 if len(rfields) >= 3:
-                    return Mount(int(fields[0]), _unescape(fields[4]), rfields[0],
+                    return MountInfo(int(fields[0]), _unescape(fields[4]), rfields[0],
                                  _unescape(rfields[1]), tuple(rfields[2].split(",")))
     raise OSError(errno.ENOENT, f"mount {ids[0]} is not in /proc/self/mountinfo")

@@ -325,11 +325,11 @@ def test_a_simulator_mount_not_made_by_root_is_refused(stand: Stand, tmp_path: P
 
     real_mount_of = beneath.mount_of
 
-    def mount_of(fd: int) -> beneath.Mount:
+    def mount_of(fd: int) -> beneath.MountInfo:
         m = real_mount_of(fd)
         opts = tuple(f"user_id={stand.user.uid}" if o == "user_id=0" else o
                      for o in m.super_options)
-        return beneath.Mount(m.mount_id, m.mount_point, m.fstype, m.source, opts)
+        return beneath.MountInfo(m.mount_id, m.mount_point, m.fstype, m.source, opts)
 
     root = ResctrlRoot(stand.resctrl, PREFIX, QemuRule(stand.pid_dir), allow_simulator=True)
     with pytest.MonkeyPatch.context() as mp:
