@@ -2,7 +2,7 @@
 """One polling cycle of the libvirt backend against the per-domain pattern.
 
 A private libvirtd (test driver only, unix socket; see
-ceilometer_cmt.testing.fakehost.LibvirtDaemon) serves N Nova-like domains. For each N
+ceilometer_cmt.testing.libvirtd.LibvirtDaemon) serves N Nova-like domains. For each N
 in one run, interleaved, median of several rounds:
 
 - bulk: ``LibvirtBackend.sync()`` over all N instances: one
@@ -35,6 +35,7 @@ import libvirt  # noqa: E402
 from ceilometer_cmt.backends.libvirt import stats as libvirt_stats  # noqa: E402
 from ceilometer_cmt.backends.libvirt.backend import LibvirtBackend  # noqa: E402
 from ceilometer_cmt.testing import fakehost as testbed  # noqa: E402
+from ceilometer_cmt.testing.libvirtd import LibvirtDaemon  # noqa: E402
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -46,7 +47,7 @@ def timed(fn: Callable[[], object]) -> float:
 Row = tuple[int, float, float, float, float, float, float, bool]
 
 
-def measure(daemon: testbed.LibvirtDaemon, n: int, rounds: int) -> Row:
+def measure(daemon: LibvirtDaemon, n: int, rounds: int) -> Row:
     insts = testbed.make_instances(n)
     path = testbed.write_node_xml(os.path.join(daemon.base_dir or "", f"node{n}.xml"), insts)
     uri = daemon.uri_for(path)
@@ -99,7 +100,7 @@ def measure(daemon: testbed.LibvirtDaemon, n: int, rounds: int) -> Row:
 
 
 def run(sizes: list[int], rounds: int) -> int:
-    with testbed.LibvirtDaemon() as daemon:
+    with LibvirtDaemon() as daemon:
         rows = [measure(daemon, n, rounds) for n in sizes]
     ok = all(row[7] for row in rows)
     v = libvirt.getVersion()

@@ -19,12 +19,13 @@ from ceilometer_cmt.backends.libvirt.backend import LibvirtBackend
 from ceilometer_cmt.errors import BackendUnavailable
 from ceilometer_cmt.readings import InstanceRef
 from ceilometer_cmt.testing import fakehost as testbed
+from ceilometer_cmt.testing.libvirtd import LIBVIRTD, LibvirtDaemon
 from tests.unit.backends.libvirt.test_stats import CAPS, MISSING, STATES, MiB, cache_keys, mbw_keys
 
 libvirt = pytest.importorskip("libvirt")
 
 pytestmark = pytest.mark.skipif(
-    not os.access(testbed.LIBVIRTD, os.X_OK), reason="Debian's libvirt-daemon is not installed")
+    not os.access(LIBVIRTD, os.X_OK), reason="Debian's libvirt-daemon is not installed")
 
 
 class CountingConnection:
@@ -68,7 +69,7 @@ class CountingConnection:
 class Host:
     """A node file, and a factory of counting connections to it."""
 
-    def __init__(self, daemon: testbed.LibvirtDaemon, path: str,
+    def __init__(self, daemon: LibvirtDaemon, path: str,
                  instances: list[testbed.FakeInstance]) -> None:
         self.daemon = daemon
         self.instances = instances
@@ -96,7 +97,7 @@ class Host:
 
 @pytest.fixture(scope="module")
 def daemon():
-    with testbed.LibvirtDaemon() as d:
+    with LibvirtDaemon() as d:
         yield d
 
 
@@ -194,7 +195,7 @@ def test_every_state_test_of_the_backend_agrees(host, state, active):
 def test_reconnects_after_libvirtd_restart(tmp_path):
     warnings: list[str] = []
     insts = testbed.make_instances(2)
-    with testbed.LibvirtDaemon() as d:
+    with LibvirtDaemon() as d:
         h = Host(d, str(tmp_path / "node.xml"), insts)
         for i in insts:
             h.extra[i.domain_name] = cache_keys([("m", "0", [(0, 4096)])])
@@ -228,7 +229,7 @@ def test_reconnects_after_libvirtd_restart(tmp_path):
 
 def test_connection_lost_warns_through_logging(tmp_path, caplog):
     insts = testbed.make_instances(1)
-    with testbed.LibvirtDaemon() as d:
+    with LibvirtDaemon() as d:
         path = testbed.write_node_xml(str(tmp_path / "node.xml"), insts)
         backend = LibvirtBackend(d.uri_for(path))  # the real libvirt.openReadOnly
         try:
