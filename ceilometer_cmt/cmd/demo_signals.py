@@ -60,10 +60,10 @@ def uninterrupted() -> Iterator[None]:
         yield
     finally:
         _Signals.depth -= 1
-        signum, _Signals.pending = _Signals.pending, None
-        if signum is not None and not _Signals.depth \
-                and signal.getsignal(signum) is _on_signal:
-            _on_signal(signum, None)
+        if not _Signals.depth:  # a held signal waits for the outermost block
+            signum, _Signals.pending = _Signals.pending, None
+            if signum is not None and signal.getsignal(signum) is _on_signal:
+                _on_signal(signum, None)
 
 
 @contextlib.contextmanager

@@ -52,6 +52,19 @@ def test_uninterrupted_holds_the_signal_until_its_end() -> None:
     assert done == ["inside"]
 
 
+def test_a_signal_held_by_an_inner_block_waits_for_the_outer_one() -> None:
+    done = []
+    with pytest.raises(Stop) as caught, stop_on_signals():
+        with uninterrupted():
+            with uninterrupted():
+                os.kill(os.getpid(), signal.SIGINT)
+                signal.pthread_sigmask(signal.SIG_BLOCK, [])
+            done.append("outer block goes on")  # the inner end must not drop or raise it
+        done.append("after")  # never
+    assert caught.value.signum == signal.SIGINT
+    assert done == ["outer block goes on"]
+
+
 def test_signal_safe_out_writes_and_flushes() -> None:
     buf = io.StringIO()
     out = SignalSafeOut(buf)
