@@ -4,11 +4,23 @@ refusals logged once per rule per minute."""
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
 
 import pytest
 
 from ceilometer_cmt.privsep import rules as daemon_rules
-from ceilometer_cmt.privsep.rules import QemuRule, check_ctrl, check_group_name, check_tids, refuse
+from ceilometer_cmt.privsep.rules import (
+    Qemu,
+    QemuRule,
+    check_ctrl,
+    check_group_name,
+    check_tids,
+    refuse,
+)
 
 
 def test_refusals_name_their_rule_and_are_logged_once_a_minute(
@@ -55,3 +67,81 @@ def test_emulators_by_basename_pattern_or_exact_path() -> None:
     assert exact.is_emulator("/opt/qemu/bin/qemu")
     assert not exact.is_emulator("/home/x/opt/qemu/bin/qemu")
     assert QemuRule("/run", users=("root", "0", "no-such-user-cmt")).uids() == {0}
+
+
+# ------------------------------------------------ QemuRule over a /proc it is given
+# The rule reads its configured proc_root itself, with the kernel's own fields,
+# not through psutil (doc/psutil.md): these pin what psutil would read otherwise.
+EMULATOR = "/usr/bin/qemu-system-x86_64"
+
+
+def _proc_of_me(root: Path, *, uids: str, exe: str, cmdline: bytes) -> Qemu:
+    """A fixture ``<root>/<our pid>/`` (status, exe, cmdline) and a pidfd on us."""
+    base = root / str(os.getpid())
+    base.mkdir(parents=True)
+    (base / "status").write_text(f"Name:\tqemu\nUid:\t{uids}\nGid:\t0\t0\t0\t0\n")
+    (base / "exe").symlink_to(exe)
+    (base / "cmdline").write_bytes(cmdline)
+    return Qemu(os.getpid(), os.pidfd_open(os.getpid()))
+
+
+def _rule(root: Path) -> QemuRule:
+    return QemuRule("/run", proc_root=str(root), emulators=(EMULATOR,), users=("4242",))
+
+
+QEMU_ARGV = b"qemu\x00-name\x00guest=instance-1,debug-threads=on\x00"
+
+
+def test_qemu_rule_reads_its_own_proc_root(tmp_path: Path) -> None:
+    qemu = _proc_of_me(tmp_path, uids="4242\t4242\t4242\t4242", exe=EMULATOR, cmdline=QEMU_ARGV)
+    try:
+        _rule(tmp_path)._check(qemu, "instance-1")
+        with pytest.raises(PermissionError, match=r"rule qemu: .* not the qemu of 'instance-2'"):
+            _rule(tmp_path)._check(qemu, "instance-2")
+    finally:
+        qemu.close()
+
+
+@pytest.mark.parametrize("uids,exe,cmdline,why", [
+    # the fs uid (4th field) counts too; psutil's uids() has only three
+    ("4242\t4242\t4242\t0", EMULATOR, QEMU_ARGV, "runs as uid"),
+    # argv[0] never stands for the exe; psutil's exe() guesses it from argv[0]
+    # when the exe link cannot be read
+    ("4242\t4242\t4242\t4242", "/usr/bin/python3", EMULATOR.encode() + QEMU_ARGV[4:],
+     "not a configured emulator"),
+    # a rewritten argv without NULs is one argument; psutil splits it on spaces
+    ("4242\t4242\t4242\t4242", EMULATOR, b"qemu -name guest=instance-1", "not the qemu"),
+])
+def test_qemu_rule_refuses_what_psutil_would_read_otherwise(
+        tmp_path: Path, uids: str, exe: str, cmdline: bytes, why: str) -> None:
+    qemu = _proc_of_me(tmp_path, uids=uids, exe=exe, cmdline=cmdline)
+    try:
+        with pytest.raises(PermissionError, match=f"rule qemu: .*{why}"):
+            _rule(tmp_path)._check(qemu, "instance-1")
+    finally:
+        qemu.close()
+
+
+def test_thread_of_another_process_is_a_stranger_not_gone() -> None:
+    """A non-leader thread of another process is refused: ``/proc/<tid>``
+    answers for it (psutil.pid_exists says False for any non-leader tid, which
+    would let it pass as a thread that exited)."""
+    other = threading.Event()
+    thread = threading.Thread(target=other.wait, daemon=True)
+    thread.start()
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        qemu = Qemu(child.pid, os.pidfd_open(child.pid))
+        try:
+            rule = QemuRule("/run")
+            assert rule.check_threads(qemu, [child.pid]) == set()
+            stranger = thread.native_id
+            assert stranger is not None and stranger != os.getpid()
+            with pytest.raises(PermissionError, match=rf"rule threads: .*\[{stranger}\]"):
+                rule.check_threads(qemu, [child.pid, stranger])
+        finally:
+            qemu.close()
+    finally:
+        other.set()
+        child.kill()
+        child.wait()
