@@ -1,8 +1,14 @@
-"""Looking at this host's processes from tests (leftovers, liveness)."""
+"""Looking at this host's processes from tests (leftovers, liveness).
+
+Off every hot path and on the real ``/proc`` only, so psutil reads them
+(doc/psutil.md); ``alive`` stays the plugin's own, which takes a proc_root.
+"""
 
 from __future__ import annotations
 
 import os
+
+import psutil
 
 from ceilometer_cmt.linux.procfs import alive
 
@@ -10,16 +16,12 @@ __all__ = ["alive", "processes_mentioning"]
 
 
 def processes_mentioning(text: str) -> list[int]:
-    """Pids (other than ours) whose cmdline contains ``text``."""
+    """Pids (other than ours) with an argument that contains ``text``."""
+    me = os.getpid()
     found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                if text.encode() in f.read():
-                    found.append(int(entry))
-        except OSError:
-            continue
-    return found
-
+    # a process that exits or is a zombie meanwhile comes with cmdline None
+    for p in psutil.process_iter(["cmdline"], ad_value=None):
+        argv = p.info["cmdline"]
+        if p.pid != me and argv and any(text in arg for arg in argv):
+            found.append(p.pid)
+    return sorted(found)
