@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import types
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,6 +92,51 @@ def perf_counters(conf: Any, ops: ResctrlOps) -> CounterProvider:
     return privsep_guard.GuardedCounters(PrivsepCounters(), guard)
 
 
+class _CeilometerLibvirt:
+    """The agent's libvirt connection, kept and renewed by ceilometer's own
+    ``refresh_libvirt_connection`` (which stores it on this object, as it does
+    on its libvirt inspector): a new read-only connection when the held one is
+    no longer alive. The URI is the plugin's (``[cmt] libvirt_uri`` first)."""
+
+    _libvirt_connection: Any = None
+
+    def __init__(self, uri: str) -> None:
+        from ceilometer.compute.virt.libvirt import utils as libvirt_utils
+
+        self._utils = libvirt_utils
+        # new_libvirt_connection reads only these two options.
+        self._conf = types.SimpleNamespace(libvirt_uri=uri, libvirt_type="kvm")
+
+    def __call__(self) -> Any:
+        return self._utils.refresh_libvirt_connection(self._conf, self)
+
+
+def libvirt_connector(uri: str) -> tuple[Callable[[], Any], Callable[[BaseException], bool]]:
+    """The libvirt backend's ``connect`` and ``is_disconnected``, from
+    ceilometer's ``ceilometer.compute.virt.libvirt.utils`` (the backend itself
+    imports no ceilometer)."""
+    from ceilometer.compute.virt.libvirt import utils as libvirt_utils
+
+    if libvirt_utils.libvirt is None:
+        raise ImportError("libvirt backend needs libvirt-python (pip install libvirt-python)")
+    return _CeilometerLibvirt(uri), libvirt_utils.is_disconnection_exception
+
+
+def _open_libvirt(s: selection.Settings, ops: ResctrlOps | None,
+                  counters: CounterProvider | None = None) -> selection.Candidate:
+    from ceilometer_cmt.backends.libvirt.backend import LibvirtBackend
+
+    connect, is_disconnected = libvirt_connector(s.libvirt_uri)
+    return LibvirtBackend(s.libvirt_uri, sysfs_root=s.sysfs_root, connect=connect,
+                          is_disconnected=is_disconnected)
+
+
+def agent_registry() -> tuple[selection.Entry, ...]:
+    """The registry, with the libvirt entry connecting through ceilometer."""
+    return tuple(selection.Entry(e.name, _open_libvirt) if e.name == "libvirt" else e
+                 for e in selection.REGISTRY)
+
+
 def get_runtime(conf: Any) -> Runtime:
     with _LOCK:
         rt = _RUNTIMES.get(id(conf))
@@ -97,7 +144,8 @@ def get_runtime(conf: Any) -> Runtime:
             return rt
         settings = settings_from_conf(conf)
         ops = resctrl_ops(conf, settings)
-        backend, decisions = selection.choose(settings, ops, perf_counters(conf, ops))
+        backend, decisions = selection.choose(settings, ops, perf_counters(conf, ops),
+                                              registry=agent_registry())
         interval = conf.cmt.log_interval  # None for "log_interval =" in a file
         monitor = (CacheMonitor(backend, log_interval=options.LOG_INTERVAL
                                 if interval is None else interval)

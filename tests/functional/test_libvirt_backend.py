@@ -9,6 +9,7 @@ backend calls on the connection.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from typing import Any
@@ -338,3 +339,170 @@ def test_cycles_become_meters_through_the_monitor(host):
         assert second.host.source == "libvirt" and second.host.monitors_total == 176
     finally:
         mon.close()
+
+
+# --- reconnection through ceilometer's own libvirt helpers -------------------
+
+class CeilometerConnections:
+    """The agent's ``connect`` (ceilometer's refresh_libvirt_connection, built
+    by the pollsters' runtime), with each connection it gives wrapped once in
+    a CountingConnection so that the test driver's records carry cache keys."""
+
+    def __init__(self, host: Host) -> None:
+        from ceilometer_cmt.pollsters import runtime
+
+        self.host = host
+        self.ceilometer, self.is_disconnected = runtime.libvirt_connector(host.uri)
+        self._wrapped: dict[int, tuple[Any, CountingConnection]] = {}
+
+    def __call__(self) -> CountingConnection:
+        raw = self.ceilometer()
+        held = self._wrapped.get(id(raw))
+        if held is None or held[0] is not raw:
+            held = (raw, CountingConnection(raw, self.host.extra, self.host.calls))
+            self._wrapped[id(raw)] = held
+            self.host.conns.append(held[1])
+        return held[1]
+
+    @property
+    def raw(self) -> Any:
+        """The connection ceilometer's cache holds now."""
+        return self.ceilometer._libvirt_connection  # type: ignore[attr-defined]
+
+
+def test_ceilometer_connect_reconnects_after_libvirtd_restart(tmp_path):
+    """The backend with the agent's connect: a libvirtd restart on the same
+    socket costs one cycle (reported unmonitored with the reason, one WARNING),
+    then ceilometer's refresh opens a new connection and the data is back."""
+    warnings: list[str] = []
+    insts = testbed.make_instances(2)
+    with LibvirtDaemon() as d:
+        h = Host(d, str(tmp_path / "node.xml"), insts)
+        for i in insts:
+            h.extra[i.domain_name] = cache_keys([("m", "0", [(0, 4096)])])
+        connect = CeilometerConnections(h)
+        backend = LibvirtBackend(h.uri, connect=connect, is_disconnected=connect.is_disconnected,
+                                 warn=warnings.append)
+        try:
+            refs = h.refs()
+            for _ in range(2):
+                cycle = backend.sync(refs)
+                assert {u: r.occupancy for u, r in cycle.readings.items()} == {
+                    i.uuid: {0: 4096} for i in insts}
+            first = connect.raw
+            assert backend.connects == 1
+
+            socket_before = d.socket_path
+            d.restart()
+            assert d.socket_path == socket_before
+            lost = backend.sync(refs)
+            assert lost.readings == {}  # no value given: no reading, never a 0
+            assert set(lost.unmonitored) == {i.uuid for i in insts}
+            assert all("connection lost" in r for r in lost.unmonitored.values())
+            assert len(warnings) == 1 and h.uri in warnings[0]
+
+            for _ in range(2):
+                back = backend.sync(refs)
+                assert len(back.readings) == 2 and back.unmonitored == {}
+            assert connect.raw is not first and connect.raw.isAlive()
+            assert backend.connects == 2
+
+            d.kill()  # down for two cycles: nothing raised, no second warning
+            for _ in range(2):
+                down = backend.sync(refs)
+                assert down.readings == {}
+                assert set(down.unmonitored) == {i.uuid for i in insts}
+            assert len(warnings) == 2  # one per outage
+            d.start()
+            assert len(backend.sync(refs).readings) == 2
+            assert backend.connects == 3
+        finally:
+            backend.close()
+
+
+def test_ceilometer_refresh_is_what_reconnects(tmp_path):
+    """ceilometer's refresh_libvirt_connection keeps the connection while it
+    is alive and opens a new one once a restart of libvirtd has killed it;
+    ceilometer's is_disconnection_exception recognises the failed call."""
+    from ceilometer.compute.virt.libvirt import utils as libvirt_utils
+
+    from ceilometer_cmt.pollsters import runtime
+
+    insts = testbed.make_instances(1)
+    with LibvirtDaemon() as d:
+        uri = d.uri_for(testbed.write_node_xml(str(tmp_path / "node.xml"), insts))
+        connect, is_disconnected = runtime.libvirt_connector(uri)
+        assert is_disconnected is libvirt_utils.is_disconnection_exception
+        conns: list[Any] = []
+        try:
+            first = connect()
+            conns.append(first)
+            assert connect() is first  # alive: the cached one
+            assert first.lookupByName(insts[0].domain_name).UUIDString() == insts[0].uuid
+
+            d.restart()
+            with pytest.raises(libvirt.libvirtError) as failed:
+                first.getAllDomainStats(0, 0)
+            assert is_disconnected(failed.value)
+            assert not first.isAlive()
+
+            second = connect()  # ceilometer sees isAlive() false: a new connection
+            conns.append(second)
+            assert second is not first and second.isAlive()
+            assert connect() is second
+            assert [dom.name() for dom, _ in second.getAllDomainStats(0, 0)] == [
+                insts[0].domain_name]
+        finally:
+            for c in conns:
+                with contextlib.suppress(libvirt.libvirtError):
+                    c.close()
+
+
+def test_agent_runtime_polls_across_a_libvirtd_restart(tmp_path):
+    """The whole agent path: [cmt] options -> pollsters' runtime -> registry
+    entry built with ceilometer's helpers -> monitor cycles. The test driver
+    gives no cache data, so libvirt answering shows as its no-data reason."""
+    from oslo_config import cfg
+
+    from ceilometer_cmt import options
+    from ceilometer_cmt.backends.libvirt import stats as libvirt_stats
+    from ceilometer_cmt.pollsters import runtime
+
+    insts = testbed.make_instances(2)
+    with LibvirtDaemon() as d:
+        uri = d.uri_for(testbed.write_node_xml(str(tmp_path / "node.xml"), insts))
+        conf = cfg.ConfigOpts()
+        conf(args=[], default_config_files=[], default_config_dirs=[])
+        options.register_opts(conf)
+        conf.set_override("backend", "libvirt", group="cmt")
+        conf.set_override("libvirt_uri", uri, group="cmt")
+        conf.set_override("privsep", "never", group="cmt")
+        try:
+            rt = runtime.get_runtime(conf)
+            assert rt.monitor is not None and rt.monitor.backend.name == "libvirt"
+            backend = rt.monitor.backend
+            assert isinstance(backend, LibvirtBackend)
+
+            def reasons() -> set[str]:
+                result = runtime.cycle(rt, {}, [Resource(i) for i in insts])
+                assert result.instances == {}  # nothing given: no meter, never a 0
+                assert set(result.unmonitored) == {i.uuid for i in insts}
+                return set(result.unmonitored.values())
+
+            assert reasons() == {libvirt_stats.REASON_NO_DATA}
+            d.restart()
+            lost = reasons()
+            assert len(lost) == 1 and "connection lost" in lost.pop()
+            assert reasons() == {libvirt_stats.REASON_NO_DATA}
+            assert backend.connects == 2 and backend.stats_calls == 3
+        finally:
+            runtime.reset()
+
+
+class Resource:
+    """What ceilometer's local_instances discovery gives, as runtime reads it."""
+
+    def __init__(self, inst: testbed.FakeInstance) -> None:
+        self.id = inst.uuid
+        setattr(self, "OS-EXT-STS:vm_state", "running")
+        setattr(self, "OS-EXT-SRV-ATTR:instance_name", inst.domain_name)

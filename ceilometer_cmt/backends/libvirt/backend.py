@@ -7,9 +7,20 @@ for the keys). Domains are matched to instances by libvirt UUID (Nova uses
 the instance uuid), then by domain name. The host cache comes from
 ``virConnectGetCapabilities`` (fetched once per connection), else sysfs.
 
+Which connection a cycle uses is decided by a ``connect`` callable, called
+at the start of every cycle: it returns the live connection it holds, or opens
+a new one when that one is no longer alive. In the agent it is ceilometer's
+own ``refresh_libvirt_connection`` and the errors that mean "disconnected"
+are told by ceilometer's ``is_disconnection_exception``
+(:func:`ceilometer_cmt.pollsters.runtime.libvirt_connector` hands both in as
+plain callables); the demo, the CLI and the benchmarks use
+:class:`Reconnecting`, the same rule in plain Python.
+
 A dropped connection (libvirtd restarted, socket gone) never raises out of
 ``sync``: that cycle reports every instance unmonitored, one WARNING is
-logged, and the next cycle opens a new connection.
+logged, and the next cycle's ``connect`` opens a new connection. There is no
+retry within a cycle (ceilometer's ``retry_on_disconnect`` would sleep 3 s and
+6 s inside the polling cycle).
 
 Plain Python: no ceilometer/oslo imports; ``libvirt`` (libvirt-python) is
 imported lazily so that the rest of the plugin works without it.
@@ -31,6 +42,12 @@ LOG = logging.getLogger(__name__)
 #: Opens a connection for a URI; returns an object with libvirt's
 #: ``virConnect`` methods (getAllDomainStats, getCapabilities, isAlive, close).
 ConnectionFactory = Callable[[str], Any]
+#: The connection to use now: the one held while it is alive, else a new one
+#: (ceilometer's ``refresh_libvirt_connection`` rule). Raises libvirtError
+#: (or OSError) when none can be opened.
+Connect = Callable[[], Any]
+#: Whether an error of a libvirt call means the connection is gone.
+IsDisconnected = Callable[[BaseException], bool]
 
 
 def _default_factory(uri: str) -> Any:
@@ -48,6 +65,38 @@ def _libvirt_error() -> type[Exception]:
     return err
 
 
+def _alive(conn: Any) -> bool:
+    try:
+        return bool(conn.isAlive())
+    except Exception:  # noqa: BLE001 - any failure (a closed connection raises) = not usable
+        return False
+
+
+def _never(_e: BaseException) -> bool:
+    return False
+
+
+class Reconnecting:
+    """A :data:`Connect` without ceilometer: keeps one connection, opens a new
+    one through ``opener`` when it is no longer alive and closes the dead one."""
+
+    def __init__(self, opener: Callable[[], Any]) -> None:
+        self._open = opener
+        self._conn: Any = None
+
+    def __call__(self) -> Any:
+        conn = self._conn
+        if conn is None or not _alive(conn):
+            self._conn = None
+            if conn is not None:
+                try:
+                    conn.close()
+                except Exception:  # noqa: BLE001 - a dead connection may refuse to close
+                    pass
+            conn = self._conn = self._open()
+        return conn
+
+
 class LibvirtBackend:
     """Readings from libvirt's bulk domain stats."""
 
@@ -59,10 +108,17 @@ class LibvirtBackend:
         *,
         sysfs_root: str = "/sys",
         connection_factory: ConnectionFactory | None = None,
+        connect: Connect | None = None,
+        is_disconnected: IsDisconnected | None = None,
         connect_now: bool = True,
         warn: Callable[[str], None] | None = None,
     ) -> None:
-        if connection_factory is None:
+        """``connect`` (see :data:`Connect`) wins over ``connection_factory``
+        (a URI -> new connection, wrapped in :class:`Reconnecting`); with
+        neither, libvirt.openReadOnly(uri). A connection ``connect`` returns is
+        owned by it: the backend only closes the one it holds in :meth:`close`,
+        which ends the backend."""
+        if connect is None and connection_factory is None:
             try:
                 import libvirt  # noqa: F401
             except ImportError as e:
@@ -70,17 +126,21 @@ class LibvirtBackend:
                     "libvirt backend needs libvirt-python (pip install libvirt-python)") from e
         self.uri = uri
         self.sysfs_root = sysfs_root
-        self._factory = connection_factory or _default_factory
+        if connect is None:
+            factory = connection_factory or _default_factory
+            connect = Reconnecting(lambda: factory(uri))
+        self._connect_fn = connect
+        self._is_disconnected = is_disconnected or _never
         self._error = _libvirt_error()
         self._warn = warn or LOG.warning
-        self._conn: Any = None
+        self._conn: Any = None  # the connection the last cycle used
         self._host_cache: HostCache | None = None
         self._lost = False  # a WARNING was logged and no cycle has succeeded since
         #: the error of the failing stats call already logged, until one succeeds
         self._stats_error: str | None = None
         #: Number of getAllDomainStats calls made (tests assert one per cycle).
         self.stats_calls = 0
-        #: Number of connections opened.
+        #: Number of distinct connections used (1 + reconnections).
         self.connects = 0
         if connect_now:
             try:
@@ -90,32 +150,24 @@ class LibvirtBackend:
 
     # connection -------------------------------------------------------------
     def _connect(self) -> Any:
-        if self._conn is None:
-            self._conn = self._factory(self.uri)
+        """The connection for this call: ``connect``'s answer, noticing a new one."""
+        conn = self._connect_fn()
+        if conn is not self._conn:
+            self._conn = conn
             self.connects += 1
-            self._host_cache = None
+            self._host_cache = None  # the capabilities are fetched once per connection
             if self._lost:
                 LOG.info("reconnected to libvirt at %s", self.uri)
-        return self._conn
+        return conn
 
     def _drop(self, why: str) -> None:
-        conn, self._conn = self._conn, None
+        # Neither closed nor forgotten here: ``connect`` owns it and replaces it
+        # when it is not alive; if it answers again, it is the same connection.
         self._host_cache = None
-        if conn is not None:
-            try:
-                conn.close()
-            except Exception:  # noqa: BLE001 - a dead connection may refuse to close
-                pass
         if not self._lost:
             self._lost = True
             self._warn(f"libvirt connection to {self.uri} lost ({why}); "
                        "instances are unmonitored until it is re-opened on the next cycle")
-
-    def _alive(self, conn: Any) -> bool:
-        try:
-            return bool(conn.isAlive())
-        except Exception:  # noqa: BLE001 - any failure means not usable
-            return False
 
     def _all_stats(self) -> list[tuple[Any, dict[str, object]]] | str:
         """One bulk stats call, or the reason there is no answer this cycle."""
@@ -128,7 +180,7 @@ class LibvirtBackend:
         try:
             records = conn.getAllDomainStats(libvirt_stats.STATS_GROUPS, 0)
         except self._error as e:
-            if not self._alive(conn):
+            if self._disconnected(e) or not _alive(conn):
                 self._drop(str(e))
                 return f"libvirt connection lost: {e}"
             if str(e) != self._stats_error:  # once per error, not every cycle
@@ -141,6 +193,13 @@ class LibvirtBackend:
             self._stats_error = None
             LOG.info("libvirt getAllDomainStats answers again")
         return list(records)
+
+    def _disconnected(self, e: Exception) -> bool:
+        try:
+            return bool(self._is_disconnected(e))
+        except Exception:  # noqa: BLE001 - a failing classifier must not end the cycle
+            LOG.debug("is_disconnected failed on %r", e, exc_info=True)
+            return False
 
     # Backend protocol ---------------------------------------------------------
     def host_cache(self) -> HostCache:
