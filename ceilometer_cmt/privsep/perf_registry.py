@@ -41,9 +41,10 @@ import secrets
 import threading
 from collections.abc import Iterable, Sequence
 
-from ceilometer_cmt.backends.perf import abi as perf_events
+from ceilometer_cmt.backends.perf import counter_fds as perf_events
 from ceilometer_cmt.backends.perf import pmu as perf_pmu
-from ceilometer_cmt.backends.perf.abi import EventSpec, PerfProcessGone, PerfTooManyFiles
+from ceilometer_cmt.backends.perf.abi import EventSpec
+from ceilometer_cmt.backends.perf.syscall import PerfProcessGone, PerfTooManyFiles
 from ceilometer_cmt.errors import InstanceGone
 from ceilometer_cmt.linux import procfs
 from ceilometer_cmt.privsep.rules import Qemu, QemuRule, check_tids, refuse

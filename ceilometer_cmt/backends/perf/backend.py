@@ -55,16 +55,9 @@ from typing import Protocol
 from inotify_simple import INotify
 from inotify_simple import flags as iflags
 
-from ceilometer_cmt.backends.perf import abi as perf_events
+from ceilometer_cmt.backends.perf import counter_fds as perf_events
 from ceilometer_cmt.backends.perf import pmu as perf_pmu
-from ceilometer_cmt.backends.perf.abi import (
-    EventSpec,
-    PerfError,
-    PerfPermissionError,
-    PerfProcessGone,
-    PerfTooManyFiles,
-    PerfUnsupported,
-)
+from ceilometer_cmt.backends.perf.abi import EventSpec
 from ceilometer_cmt.backends.perf.counts import (
     MBM_LOCAL,
     MBM_TOTAL,
@@ -74,6 +67,13 @@ from ceilometer_cmt.backends.perf.counts import (
     Role,
 )
 from ceilometer_cmt.backends.perf.pmu import CqmPmu, PmuEvent
+from ceilometer_cmt.backends.perf.syscall import (
+    PerfError,
+    PerfPermissionError,
+    PerfProcessGone,
+    PerfTooManyFiles,
+    PerfUnsupported,
+)
 from ceilometer_cmt.errors import BackendUnavailable, CmtError, InstanceGone, NotMonitored
 from ceilometer_cmt.linux import procfs
 from ceilometer_cmt.linux.sysfs_cache import read_host_cache
@@ -106,7 +106,7 @@ class CounterProvider(Protocol):
         none; PerfProcessGone when the thread exited."""
 
     def read(self, handles: Sequence[int]) -> bytes:
-        """One ``read`` per handle, as :func:`ceilometer_cmt.backends.perf.abi.read_counts`
+        """One ``read`` per handle, as :func:`ceilometer_cmt.backends.perf.counter_fds.read_counts`
         gives them: 24 bytes per handle in order; OSError when any of them fails."""
 
     def close(self, handles: Sequence[int]) -> None:

@@ -137,7 +137,8 @@ def _host(work: str) -> Iterator[Host]:
 DIRECT = """\
 import json, os, sys
 from ceilometer_cmt.backends.perf import pmu as perf_pmu
-from ceilometer_cmt.backends.perf.abi import Counter, PerfError
+from ceilometer_cmt.backends.perf.counter_fds import Counter
+from ceilometer_cmt.backends.perf.syscall import PerfError
 pmu = perf_pmu.discover(sys.argv[1])
 out = {"euid": os.geteuid()}
 for name in sorted(pmu.events):

@@ -22,13 +22,9 @@ from pathlib import Path
 import pytest
 
 from ceilometer_cmt.backends.perf import pmu as perf_pmu
-from ceilometer_cmt.backends.perf.abi import (
-    PERF_TYPE_HARDWARE,
-    EventSpec,
-    PerfProcessGone,
-    PerfTooManyFiles,
-)
+from ceilometer_cmt.backends.perf.abi import PERF_TYPE_HARDWARE, EventSpec
 from ceilometer_cmt.backends.perf.backend import PerfBackend
+from ceilometer_cmt.backends.perf.syscall import PerfProcessGone, PerfTooManyFiles
 from ceilometer_cmt.privsep.perf_registry import CounterRegistry, to_wire
 from ceilometer_cmt.privsep.rules import QemuRule
 from ceilometer_cmt.readings import HOST_WIDE, InstanceRef
@@ -279,7 +275,7 @@ def test_reads_and_closes_hold_one_lock(registry: CounterRegistry, qemus: list[S
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """A close during a read would free an fd number the read is about to use
     (and privsep serves requests from a pool): the read holds the lock."""
-    from ceilometer_cmt.backends.perf import abi as perf_events
+    from ceilometer_cmt.backends.perf import counter_fds as perf_events
 
     q = qemus[0]
     handles = registry.open(EVENTS, q.pid, q.pid, q.domain_name)

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from ceilometer_cmt.backends.perf import pmu as perf_pmu
-from ceilometer_cmt.backends.perf.abi import PerfPermissionError, PerfUnsupported
 from ceilometer_cmt.backends.perf.backend import PerfBackend
 from ceilometer_cmt.backends.perf.counts import sum_counts
+from ceilometer_cmt.backends.perf.syscall import PerfPermissionError, PerfUnsupported
 from ceilometer_cmt.errors import BackendUnavailable
 from ceilometer_cmt.linux.sysfs_cache import read_host_cache
 from ceilometer_cmt.readings import HOST_WIDE, BackendCycle, InstanceRef

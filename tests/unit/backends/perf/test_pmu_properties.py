@@ -37,7 +37,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from ceilometer_cmt.backends.perf import abi as pe
+from ceilometer_cmt.backends.perf import abi, syscall
 from ceilometer_cmt.backends.perf import pmu as perf_pmu
 from ceilometer_cmt.backends.perf.pmu import CONFIG_WORDS, PmuMalformed
 from ceilometer_cmt.errors import BackendUnavailable
@@ -530,11 +530,11 @@ def test_absent_pmu_is_backend_unavailable_not_malformed() -> None:
 # ---------------------------------------------------------------- uapi header
 
 UAPI = "/usr/include/linux/perf_event.h"
-ATTR_FIELDS = [f[0] for f in pe.PerfEventAttr._fields_ if f[0] != "flags"]
-FLAG_BITS = {"disabled": pe.ATTR_DISABLED, "inherit": pe.ATTR_INHERIT,
-             "pinned": pe.ATTR_PINNED, "exclusive": pe.ATTR_EXCLUSIVE,
-             "exclude_user": pe.ATTR_EXCLUDE_USER, "exclude_kernel": pe.ATTR_EXCLUDE_KERNEL,
-             "exclude_hv": pe.ATTR_EXCLUDE_HV, "exclude_idle": pe.ATTR_EXCLUDE_IDLE}
+ATTR_FIELDS = [f[0] for f in abi.PerfEventAttr._fields_ if f[0] != "flags"]
+FLAG_BITS = {"disabled": abi.ATTR_DISABLED, "inherit": abi.ATTR_INHERIT,
+             "pinned": abi.ATTR_PINNED, "exclusive": abi.ATTR_EXCLUSIVE,
+             "exclude_user": abi.ATTR_EXCLUDE_USER, "exclude_kernel": abi.ATTR_EXCLUDE_KERNEL,
+             "exclude_hv": abi.ATTR_EXCLUDE_HV, "exclude_idle": abi.ATTR_EXCLUDE_IDLE}
 CONSTANTS = ["PERF_TYPE_HARDWARE", "PERF_TYPE_SOFTWARE", "PERF_COUNT_SW_CPU_CLOCK",
              "PERF_COUNT_SW_TASK_CLOCK", "PERF_COUNT_SW_PAGE_FAULTS",
              "PERF_COUNT_SW_CONTEXT_SWITCHES", "PERF_FORMAT_TOTAL_TIME_ENABLED",
@@ -577,7 +577,7 @@ def uapi() -> dict[str, int]:
 
 
 def test_attr_layout_matches_the_compiled_uapi_header(uapi: dict[str, int]) -> None:
-    a = pe.PerfEventAttr
+    a = abi.PerfEventAttr
     assert ctypes.sizeof(a) <= uapi["sizeof"]  # newer headers only append fields
     for f in ATTR_FIELDS:
         if f.startswith("reserved"):
@@ -596,18 +596,18 @@ def test_attr_flag_bits_match_the_compiled_bitfield(uapi: dict[str, int]) -> Non
 
 def test_constants_match_the_uapi_header(uapi: dict[str, int]) -> None:
     for c in CONSTANTS:
-        assert getattr(pe, c) == uapi[c], c
-    assert pe.syscall_number(platform.machine()) == uapi["__NR_perf_event_open"]
+        assert getattr(abi, c) == uapi[c], c
+    assert syscall.syscall_number(platform.machine()) == uapi["__NR_perf_event_open"]
 
 
 @SETTINGS
 @given(st.integers(0, 2**32 - 1), U64, U64, U64)
 def test_make_attr_carries_every_config_word(type_: int, c0: int, c1: int, c2: int) -> None:
-    attr = pe.make_attr(pe.EventSpec(type_, c0, c1, c2))
+    attr = abi.make_attr(abi.EventSpec(type_, c0, c1, c2))
     raw = bytes(attr)[:attr.size]
     assert int.from_bytes(raw[0:4], sys.byteorder) == type_
     assert int.from_bytes(raw[8:16], sys.byteorder) == c0
     assert int.from_bytes(raw[56:64], sys.byteorder) == c1
     if c2:
-        assert attr.size >= pe.PERF_ATTR_SIZE_VER1
+        assert attr.size >= abi.PERF_ATTR_SIZE_VER1
         assert int.from_bytes(raw[64:72], sys.byteorder) == c2
