@@ -19,7 +19,7 @@ from ceilometer_cmt.errors import CmtError
 from ceilometer_cmt.readings import Backend, Decision
 
 if TYPE_CHECKING:
-    from ceilometer_cmt.backends.perf.backend import CounterProvider
+    from ceilometer_cmt.backends.perf.counter_providers import CounterProvider
 
 __all__ = ["BACKENDS", "REGISTRY", "Candidate", "Decision", "Entry", "Settings", "choose",
            "entry", "open_backend"]

@@ -18,7 +18,7 @@ from typing import Any
 
 from ceilometer_cmt import options
 from ceilometer_cmt.backends import registry as selection
-from ceilometer_cmt.backends.perf.backend import CounterProvider, DirectCounters
+from ceilometer_cmt.backends.perf.counter_providers import CounterProvider, DirectCounters
 from ceilometer_cmt.backends.resctrl.fs import DirectOps, ResctrlOps
 from ceilometer_cmt.monitor import CacheMonitor, CycleResult
 from ceilometer_cmt.readings import InstanceRef

@@ -37,7 +37,7 @@ from ceilometer_cmt.errors import CmtError, NotMonitored
 from ceilometer_cmt.options import DAEMON_CONFIG
 
 if TYPE_CHECKING:
-    from ceilometer_cmt.backends.perf.backend import CounterProvider
+    from ceilometer_cmt.backends.perf.counter_providers import CounterProvider
 
 LOG = logging.getLogger(__name__)
 SECTION = "cmt_privsep"

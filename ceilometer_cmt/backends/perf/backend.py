@@ -1,45 +1,31 @@
-"""Per-instance cache occupancy and memory bandwidth through perf ``intel_cqm``.
+"""The perf backend: cache occupancy and memory bandwidth per qemu thread via ``intel_cqm``.
 
 Lifecycle, per instance (libvirt domain):
 
 * **appears**: resolve its qemu process (pidfile + ``/proc/<pid>/cmdline``),
-  then open one counter per thread (TID) per event: ``perf_event_open(attr
-  {type=<intel_cqm type>, config=<event>, inherit=1, disabled=1},
-  pid=<tid>, cpu=-1)`` + ``PERF_EVENT_IOC_ENABLE``. ``inherit`` only covers
-  threads created *after* the open, so every existing TID gets its own
-  counter; after the pass the thread list is read again and TIDs that
-  appeared meanwhile are opened too, until the list is stable.
-* **steady state**: one ``read`` per fd, all fds of all instances in one
-  batch, plus one zero-timeout ``poll()`` per cycle on an inotify watch of
-  the pidfile directory. Threads started later are counted by inheritance,
-  so no thread listing is needed. The directory is listed again only when
-  inotify reports a change (a domain stopped, started or restarted between
-  two polls); the pidfile of each instance is held open, so its inode number
-  cannot be reused and "same name, same inode" means "same qemu process".
-* **goes** (not in the list any more, pidfile gone or replaced): its fds are
-  closed. A new qemu process of the same instance gets new counters and new
-  MBM counter keys (``perf/<pid>/<generation>``), so the monitor carries an
+  then open one counter per thread (TID) per event (``inherit=1``, enabled).
+  ``inherit`` only covers threads created *after* the open, so every existing
+  TID gets its own counter; after the pass the thread list is read again and
+  TIDs that appeared meanwhile are opened too, until the list is stable.
+* **steady state**: one batched ``read`` of every counter of every instance,
+  plus one look at the pid directory's watch
+  (:mod:`~ceilometer_cmt.backends.perf.pid_dir_watch`). Threads started later
+  are counted by inheritance, so no thread listing is needed.
+* **goes** (not in the list any more, pidfile gone or replaced): its counters
+  are closed. A new qemu process of the same instance gets new counters and a
+  new counter key (``perf/<pid>/<generation>``), so the monitor carries an
   offset.
-* **errors**: EACCES/EPERM raise :class:`PerfPermissionError` (a
-  BackendUnavailable naming ``perf_event_paranoid`` and CAP_PERFMON);
-  ENOENT/EINVAL/ENODEV raise :class:`PerfUnsupported`; ESRCH on a thread
-  skips it (on the main thread: instance gone); EMFILE leaves the instance in
-  ``unmonitored`` with that reason (retried next cycle).
+* **errors**: EACCES/EPERM raise :class:`PerfPermissionError` and
+  ENOENT/EINVAL/ENODEV :class:`PerfUnsupported` (both BackendUnavailable);
+  ESRCH on a thread skips it (on the main thread: instance gone); EMFILE
+  leaves the instance in ``unmonitored`` with that reason (retried next cycle).
 
-What the kernel's ``intel_cqm`` (4.1 - 4.13) does with these counters (one RMID
-per opened thread, host-wide values, resets of MBM counts under one key):
-doc/perf-intel-cqm.md.
-
-Counters come from a :class:`CounterProvider`: :class:`DirectCounters`
-(``perf_event_open`` in this process, the handles are the fds) by default, or
-the privsep daemon's (:class:`ceilometer_cmt.privsep.entrypoints.PrivsepCounters`),
-which holds the fds for an unprivileged agent and answers one batched read
-per cycle.
-
-Values: :mod:`ceilometer_cmt.backends.perf.counts` turns the batch into readings
-(per event, the counts of an instance's threads summed; a counter that never
-ran or was multiplexed adds nothing; an event where no counter qualifies is
-``None``).
+Counters come from a
+:class:`~ceilometer_cmt.backends.perf.counter_providers.CounterProvider`, each
+instance's are kept in a
+:class:`~ceilometer_cmt.backends.perf.counted_instance.CountedInstance`, and
+:mod:`~ceilometer_cmt.backends.perf.counts` turns the batch into readings.
+What the kernel does with these counters: doc/perf-intel-cqm.md.
 """
 
 from __future__ import annotations
@@ -47,17 +33,12 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import select
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
 
-from inotify_simple import INotify
-from inotify_simple import flags as iflags
-
-from ceilometer_cmt.backends.perf import counter_fds as perf_events
 from ceilometer_cmt.backends.perf import pmu as perf_pmu
 from ceilometer_cmt.backends.perf.abi import EventSpec
+from ceilometer_cmt.backends.perf.counted_instance import CountedInstance, EventFds
+from ceilometer_cmt.backends.perf.counter_providers import CounterProvider, DirectCounters
 from ceilometer_cmt.backends.perf.counts import (
     MBM_LOCAL,
     MBM_TOTAL,
@@ -66,14 +47,9 @@ from ceilometer_cmt.backends.perf.counts import (
     ReadPlan,
     Role,
 )
+from ceilometer_cmt.backends.perf.pid_dir_watch import PidDirWatch
 from ceilometer_cmt.backends.perf.pmu import CqmPmu, PmuEvent
-from ceilometer_cmt.backends.perf.syscall import (
-    PerfError,
-    PerfPermissionError,
-    PerfProcessGone,
-    PerfTooManyFiles,
-    PerfUnsupported,
-)
+from ceilometer_cmt.backends.perf.syscall import PerfError, PerfProcessGone, PerfTooManyFiles
 from ceilometer_cmt.errors import BackendUnavailable, CmtError, InstanceGone, NotMonitored
 from ceilometer_cmt.linux import procfs
 from ceilometer_cmt.linux.sysfs_cache import read_host_cache
@@ -96,153 +72,6 @@ DEFAULT_EVENTS: Mapping[str, str] = {
 
 #: how many times the thread list is re-read while opening one instance
 MAX_OPEN_ROUNDS = 5
-
-class CounterProvider(Protocol):
-    """Where counters are opened, read and closed; counters are int handles."""
-
-    def open(self, specs: Sequence[EventSpec], pid: int, tid: int,
-             domain_name: str) -> list[int]:
-        """One enabled counter per spec on thread ``tid`` of qemu ``pid``, all or
-        none; PerfProcessGone when the thread exited."""
-
-    def read(self, handles: Sequence[int]) -> bytes:
-        """One ``read`` per handle, as :func:`ceilometer_cmt.backends.perf.counter_fds.read_counts`
-        gives them: 24 bytes per handle in order; OSError when any of them fails."""
-
-    def close(self, handles: Sequence[int]) -> None:
-        """Release the handles (idempotent, never raises OSError)."""
-
-    def probe(self, specs: Sequence[EventSpec]) -> None:
-        """Open, read and close each event once: raises when counting cannot work."""
-
-
-class DirectCounters:
-    """The counters in this process: handles are the perf fds themselves."""
-
-    def open(self, specs: Sequence[EventSpec], pid: int, tid: int,
-             domain_name: str) -> list[int]:
-        return perf_events.open_counters(specs, tid)
-
-    def read(self, handles: Sequence[int]) -> bytes:
-        return perf_events.read_counts(handles)
-
-    def close(self, handles: Sequence[int]) -> None:
-        for fd in handles:
-            perf_events.close_fd(fd)
-
-    def probe(self, specs: Sequence[EventSpec]) -> None:
-        perf_events.probe(specs)
-
-
-@dataclass
-class _EventFds:
-    """One event of one instance: its fds, one per counted thread."""
-
-    name: str
-    fds: list[int] = field(default_factory=list)
-
-
-@dataclass
-class _CountedInstance:
-    uuid: str
-    domain_name: str
-    pidfile: str
-    pid: int
-    #: an open fd on the pidfile: while we hold it, its inode number cannot be
-    #: given to a new file, so "same name, same inode" means "same qemu"
-    pidfile_fd: int
-    ino: int
-    generation: int
-    roles: list[_EventFds] = field(default_factory=list)
-    tids: set[int] = field(default_factory=set)
-    key: str = ""  # set by freeze() once every counter is open
-
-    @property
-    def threads(self) -> int:
-        return len(self.tids)
-
-    @property
-    def all_fds(self) -> list[int]:
-        """Every counter handle, role after role (the order a batch reads them)."""
-        return [fd for r in self.roles for fd in r.fds]
-
-    def freeze(self) -> None:
-        self.key = f"perf/{self.pid}/{self.generation}"
-
-    def close(self, provider: CounterProvider) -> int:
-        """Closes every counter and the pidfile; returns how many counters."""
-        handles = self.all_fds
-        if handles:
-            provider.close(handles)
-        for role in self.roles:
-            role.fds.clear()
-        fd, self.pidfile_fd = self.pidfile_fd, -1
-        if fd >= 0:
-            perf_events.close_fd(fd)
-        return len(handles)
-
-
-class _PidDirWatch:
-    """The pidfile inodes of ``pid_dir``, re-listed only when inotify says it changed.
-
-    Steady state costs one ``poll()`` with a zero timeout per cycle on the
-    inotify fd (inotify_simple's own ``read(timeout=0)`` would cost an ioctl and
-    a read as well). Without inotify (watch limit, no such directory) the
-    directory is listed every cycle instead.
-    """
-
-    MASK = (iflags.CLOSE_WRITE | iflags.MOVED_FROM | iflags.MOVED_TO | iflags.CREATE
-            | iflags.DELETE | iflags.DELETE_SELF | iflags.MOVE_SELF)
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.inotify: INotify | None = None
-        self.poller: select.poll | None = None
-        self.cache: dict[str, int] | None = None
-        self.scans = 0
-
-    def _arm(self) -> None:
-        try:
-            inotify = INotify(nonblocking=True)
-        except OSError:
-            return
-        try:
-            inotify.add_watch(self.path, self.MASK)
-        except OSError:
-            inotify.close()
-            return
-        self.inotify = inotify
-        self.poller = select.poll()
-        self.poller.register(inotify.fileno(), select.POLLIN)
-
-    def _drain(self) -> None:
-        """Empty the queue; drop the watch when the kernel removed it."""
-        assert self.inotify is not None
-        if any(ev.mask & iflags.IGNORED for ev in self.inotify.read(timeout=0)):
-            self.close()
-
-    def inodes(self) -> dict[str, int]:
-        if self.inotify is None:
-            self._arm()
-        elif self.cache is not None and self.poller is not None and not self.poller.poll(0):
-            return self.cache
-        else:
-            self._drain()
-        self.scans += 1
-        try:
-            with os.scandir(self.path) as it:
-                found = {e.name: e.inode() for e in it if e.name.endswith(".pid")}
-        except OSError:
-            found = {}
-        self.cache = found if self.inotify is not None else None
-        return found
-
-    def close(self) -> None:
-        inotify, self.inotify = self.inotify, None
-        self.poller = None
-        self.cache = None
-        if inotify is not None:
-            inotify.close()
 
 
 class PerfBackend:
@@ -281,9 +110,9 @@ class PerfBackend:
         self._roles = [Role(role, ev.byte_factor.numerator, ev.byte_factor.denominator)
                        for role, ev in self.events.items()]
         self.counters: CounterProvider = counters if counters is not None else DirectCounters()
-        self._tracked: dict[str, _CountedInstance] = {}
+        self._tracked: dict[str, CountedInstance] = {}
         self._plan: ReadPlan | None = None
-        self._watch = _PidDirWatch(libvirt_pid_dir)
+        self._watch = PidDirWatch(libvirt_pid_dir)
         self._generation = 0
         #: (refs, pid dir inodes, monitors used) of the last cycle that left
         #: nothing to do; a cycle with the same refs and inodes only reads
@@ -390,7 +219,7 @@ class PerfBackend:
         cycle.unmonitored[uuid] = f"perf error: {e}"
         LOG.warning("instance %s: %s", uuid, e)
 
-    def _reopen(self, ref: InstanceRef) -> _CountedInstance:
+    def _reopen(self, ref: InstanceRef) -> CountedInstance:
         """Counters of a new, renamed, stopped or restarted instance."""
         self._drop(ref.uuid)
         t = self._open(ref)
@@ -398,7 +227,7 @@ class PerfBackend:
         self._plan = None
         return t
 
-    def _open(self, ref: InstanceRef) -> _CountedInstance:
+    def _open(self, ref: InstanceRef) -> CountedInstance:
         procfs.check_domain_name(ref.domain_name)
         name = ref.domain_name + ".pid"
         pidfile = os.path.join(self.pid_dir, name)
@@ -419,9 +248,9 @@ class PerfBackend:
             os.close(pidfile_fd)
             raise
         self._generation += 1
-        t = _CountedInstance(ref.uuid, ref.domain_name, name, proc.pid, pidfile_fd, ino,
+        t = CountedInstance(ref.uuid, ref.domain_name, name, proc.pid, pidfile_fd, ino,
                      self._generation)
-        t.roles.extend(_EventFds(role) for role in self.events)
+        t.roles.extend(EventFds(role) for role in self.events)
         tried: set[int] = set()
         pending = list(proc.tids)
         try:
@@ -453,7 +282,7 @@ class PerfBackend:
             raise
         return t
 
-    def _open_tid(self, t: _CountedInstance, tid: int) -> None:
+    def _open_tid(self, t: CountedInstance, tid: int) -> None:
         try:
             handles = self.counters.open([self.specs[r.name] for r in t.roles], t.pid, tid,
                                          t.domain_name)
@@ -490,7 +319,7 @@ class PerfBackend:
                 self._failed(cycle, t.uuid, e)
         return out
 
-    def _read(self, t: _CountedInstance) -> dict[str, InstanceReading]:
+    def _read(self, t: CountedInstance) -> dict[str, InstanceReading]:
         """The instance on its own (slow path)."""
         plan = ReadPlan.build([t], self._roles)
         try:
@@ -504,5 +333,4 @@ class PerfBackend:
         return plan.careful(data)
 
 
-__all__ = ["PerfBackend", "PerfPermissionError", "PerfUnsupported", "DEFAULT_EVENTS",
-           "CounterProvider", "DirectCounters"]
+__all__ = ["PerfBackend", "DEFAULT_EVENTS"]

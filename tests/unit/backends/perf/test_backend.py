@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import resource
 import shutil
-import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,7 +17,6 @@ import pytest
 
 from ceilometer_cmt.backends.perf import pmu as perf_pmu
 from ceilometer_cmt.backends.perf.backend import PerfBackend
-from ceilometer_cmt.backends.perf.counts import sum_counts
 from ceilometer_cmt.backends.perf.syscall import PerfPermissionError, PerfUnsupported
 from ceilometer_cmt.errors import BackendUnavailable
 from ceilometer_cmt.linux.sysfs_cache import read_host_cache
@@ -366,16 +364,6 @@ def test_read_error_drops_only_that_instance(backend: PerfBackend, spawn: Spawn)
     assert UUID_B in backend.sync(refs).readings  # reopened next cycle
 
 
-def test_sum_of_mixed_counters() -> None:
-    """The careful path: never-run (also an empty read, which a batch holds as
-    zeros) and multiplexed counters add nothing."""
-    pack = struct.Struct("=QQQ").pack
-    assert sum_counts(pack(5, 10, 10) + pack(7, 3, 3)) == 12
-    assert sum_counts(pack(5, 10, 10) + pack(100, 10, 4) + bytes(24) + pack(9, 0, 0)) == 5
-    assert sum_counts(pack(100, 10, 4) + bytes(24)) is None
-    assert sum_counts(b"") is None
-
-
 def test_steady_state_does_not_list_the_pid_dir(backend: PerfBackend, spawn: Spawn,
                                                 pid_dir: str) -> None:
     spawn("instance-s")
@@ -430,29 +418,3 @@ def test_host_cache_from_sysfs(tmp_path: Path, pid_dir: str) -> None:
     assert host.domain_size(HOST_WIDE) == 2 * 35840 * 1024
     real = PerfBackend("/sys", "/proc", pid_dir, pmu=perf_pmu.discover(SOFTWARE))
     assert real.host_cache() == read_host_cache("/sys")
-
-
-def test_pid_dir_watch_follows_a_removed_and_made_again_dir(tmp_path: Path) -> None:
-    """The kernel drops the watch with its directory (IN_IGNORED): the watch is
-    closed, the directory listed while it is gone, and watched again once back."""
-    from ceilometer_cmt.backends.perf.backend import _PidDirWatch
-
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "a.pid").write_text("1\n")
-    watch = _PidDirWatch(str(run))
-    try:
-        assert list(watch.inodes()) == ["a.pid"] and watch.inotify is not None
-        assert list(watch.inodes()) == ["a.pid"] and watch.scans == 1  # nothing changed
-        (run / "a.pid").unlink()
-        run.rmdir()
-        assert watch.inodes() == {} and watch.inotify is None
-        assert watch.inodes() == {} and watch.scans == 3  # no watch: listed each time
-        run.mkdir()
-        (run / "b.pid").write_text("2\n")
-        assert list(watch.inodes()) == ["b.pid"] and watch.inotify is not None
-        (run / "c.pid").write_text("3\n")
-        assert sorted(watch.inodes()) == ["b.pid", "c.pid"]
-    finally:
-        watch.close()
-    assert watch.inotify is None

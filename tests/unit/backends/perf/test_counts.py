@@ -24,6 +24,7 @@ import pytest
 
 from ceilometer_cmt.backends.perf.abi import EventSpec
 from ceilometer_cmt.backends.perf.backend import PerfBackend
+from ceilometer_cmt.backends.perf.counts import sum_counts
 from ceilometer_cmt.readings import HOST_WIDE, InstanceReading, InstanceRef
 from ceilometer_cmt.testing.perf_child import Child
 from tests.support.paths import SOFTWARE
@@ -283,3 +284,13 @@ def test_a_provider_opening_too_many_counters_leaks_none(host: Host) -> None:
     assert backend.sync(refs).unmonitored == {}
     fill(counters, lambda dom, role, tid: PACK(5, 9, 9))
     check(backend, counters, refs)
+
+
+def test_sum_of_mixed_counters() -> None:
+    """The careful path: never-run (also an empty read, which a batch holds as
+    zeros) and multiplexed counters add nothing."""
+    pack = struct.Struct("=QQQ").pack
+    assert sum_counts(pack(5, 10, 10) + pack(7, 3, 3)) == 12
+    assert sum_counts(pack(5, 10, 10) + pack(100, 10, 4) + bytes(24) + pack(9, 0, 0)) == 5
+    assert sum_counts(pack(100, 10, 4) + bytes(24)) is None
+    assert sum_counts(b"") is None
