@@ -162,7 +162,7 @@ class GuardedOps(DaemonGuard):
 
 
 class GuardedCounters:
-    """A :class:`~ceilometer_cmt.backends.perf.backend.CounterProvider` in the daemon that
+    """A :class:`~ceilometer_cmt.backends.perf.counter_providers.CounterProvider` in the daemon that
     starts it first: instances stay unmonitored with the reason while it cannot
     start; a failing channel becomes NotMonitored (open) or OSError (read)."""
 

@@ -17,7 +17,7 @@ every request itself, trusting only its own configuration:
   pidfd and the thread's start time is read before the open and again after
   it, so a pid or thread id reused meanwhile is refused, not counted.
 * **cap**: at most ``max_counters`` counters are open at once
-  (:class:`~ceilometer_cmt.backends.perf.abi.PerfTooManyFiles` beyond, which the
+  (:class:`~ceilometer_cmt.backends.perf.syscall.PerfTooManyFiles` beyond, which the
   backend turns into an unmonitored instance).
 * **lifetime**: the client closes handles it drops; whatever it leaves is
   closed when the daemon exits with its client. Reads and closes hold one
@@ -25,7 +25,7 @@ every request itself, trusting only its own configuration:
 
 Reads are batched: :meth:`CounterRegistry.read` answers for every handle in
 one call (one privsep round trip per polling cycle) with what
-:func:`~ceilometer_cmt.backends.perf.abi.read_counts` gives, 24 bytes per handle in
+:func:`~ceilometer_cmt.backends.perf.counter_fds.read_counts` gives, 24 bytes per handle in
 the order asked (an empty read, event in error state, as 24 zero bytes: no
 data). An unknown
 handle or a failing ``read`` fails the whole batch (``OSError``), so the
