@@ -173,7 +173,8 @@ def _wire(specs: Sequence[EventSpec]) -> list[list[int]]:
 
 
 class PrivsepCounters:
-    """:class:`ceilometer_cmt.backends.perf.counter_providers.CounterProvider` in the privsep daemon:
+    """:class:`~ceilometer_cmt.backends.perf.counter_providers.CounterProvider` in the
+    privsep daemon:
     handles are the daemon's, one round trip per thread opened and one per cycle
     for all reads."""
 

@@ -85,7 +85,7 @@ def sum_counts(data: bytes) -> int | None:
 
 
 @dataclass(frozen=True)
-class Group:
+class SameThreadCount:
     """Instances with the same number of counted threads ``m``.
 
     Their fds sit in the plan from ``start`` to ``stop``, instance after
@@ -133,7 +133,7 @@ class ReadPlan:
     values: Callable[[bytes], tuple[int, ...]]  # the counts of every fd
     running: Callable[[bytes], tuple[int, ...]]  # their time running
     zeros: tuple[int, ...]  # a count of 0 for every fd
-    groups: tuple[Group, ...]
+    groups: tuple[SameThreadCount, ...]
     #: per instance: uuid, counter key, threads, where its reads start in the batch
     entries: tuple[tuple[str, str, int, int], ...]
     nroles: int
@@ -153,7 +153,7 @@ class ReadPlan:
             for inst in members:
                 entries.append((inst.uuid, inst.key, m, len(fds) * READ_SIZE))
                 fds.extend(inst.all_fds)
-            groups.append(Group(m, start, len(fds), tuple(i.uuid for i in members),
+            groups.append(SameThreadCount(m, start, len(fds), tuple(i.uuid for i in members),
                                 tuple(i.key for i in members)))
         names = [r.name for r in roles]
         n = len(fds)
@@ -186,7 +186,7 @@ class ReadPlan:
             self._group(g, values, unrun, out)
         return out
 
-    def _group(self, g: Group, values: Sequence[int], running: Sequence[int] | None,
+    def _group(self, g: SameThreadCount, values: Sequence[int], running: Sequence[int] | None,
                out: dict[str, InstanceReading]) -> None:
         """``running`` is given when some counter may never have run; ``values``
         then holds 0 for those."""

@@ -33,7 +33,7 @@ PMU_REL = Path("bus/event_source/devices/intel_cqm")
 PACK = struct.Struct("=QQQ").pack
 SCALE = 64
 #: extra threads per stand-in qemu: groups of 1, 3, 4 and 6 counted threads
-#: (Group.sums adds up to 4 threads by slices, more by tuples)
+#: (SameThreadCount.sums adds up to 4 threads by slices, more by tuples)
 EXTRA_THREADS = (0, 2, 3, 2, 0, 5)
 
 
