@@ -95,8 +95,8 @@ class Rig:
         for rel in self.our_groups():
             if rel.endswith(PREFIX + uuid):
                 for _dom, dom_dir in resctrl.list_domains(self.root):
-                    v = resctrl.read_event(os.path.join(self.root, rel), dom_dir,
-                                           "mbm_total_bytes")
+                    v = resctrl.read_group_event(os.path.join(self.root, rel), dom_dir,
+                                                 "mbm_total_bytes")
                     total += v
         return total
 

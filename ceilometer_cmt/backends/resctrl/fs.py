@@ -60,14 +60,21 @@ class ValueMissing(Exception):
         self.reason = reason
 
 
-def parse_value(text: str) -> int:
-    """Content of a mon_data file -> bytes, or :class:`ValueMissing`."""
-    body = text.strip()
-    if body.isascii() and body.isdigit():
+def parse_value(data: bytes) -> int:
+    """What one read of a mon_data file gave -> bytes counted, or
+    :class:`ValueMissing` (a no-data word, or anything but a decimal number).
+
+    The one value parser: values read through kept fds and values read by
+    path both come here. The kernel's plain digits take the first test."""
+    body = data.strip()
+    if body.isdigit():  # bytes.isdigit: ASCII digits only
         return int(body)
-    if body in NO_DATA_WORDS:
-        raise ValueMissing(body)
-    raise ValueMissing(f"malformed value {body[:32]!r}")
+    text = data.decode("ascii", "replace").strip()
+    if text.isascii() and text.isdigit():
+        return int(text)
+    if text in NO_DATA_WORDS:
+        raise ValueMissing(text)
+    raise ValueMissing(f"malformed value {text[:32]!r}")
 
 
 def parse_tasks(text: str) -> set[int]:
@@ -211,30 +218,21 @@ def list_domains(group_path: str) -> list[tuple[int, str]]:
     return sorted(out)
 
 
-def value_of(data: bytes) -> int:
-    """Bytes read from a mon_data file -> bytes counted, or :class:`ValueMissing`
-    (as :func:`parse_value`; plain digits take a shortcut)."""
-    body = data.strip()
-    if body.isdigit():  # bytes.isdigit: ASCII digits only
-        return int(body)
-    return parse_value(data.decode("ascii", "replace"))
-
-
-def read_value(path: str) -> int:
-    """Open, read and close one mon_data file: its bytes, or ValueMissing;
-    OSError as the open or the read gives it."""
+def read_value_file(path: str) -> int:
+    """Open, read and close one mon_data file (a path): its bytes, or
+    ValueMissing; OSError as the open or the read gives it."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         data = os.read(fd, 64)
     finally:
         os.close(fd)
-    return value_of(data)
+    return parse_value(data)
 
 
-def event_files(domain_path: str, event: str) -> list[str]:
-    """The files that hold ``event`` in one ``mon_data/mon_L3_<id>`` directory:
-    the top-level file; on an SNC layout without one, the file of each
-    ``mon_sub_L3_*`` node (to be summed); [] when there are none.
+def find_event_files(domain_path: str, event: str) -> list[str]:
+    """Where ``event`` lies in one ``mon_data/mon_L3_<id>`` directory (paths,
+    nothing read): the top-level file; on an SNC layout without one, the file
+    of each ``mon_sub_L3_*`` node (to be summed); [] when there are none.
     FileNotFoundError when the directory (the group) is gone."""
     top = os.path.join(domain_path, event)
     if os.path.lexists(top):
@@ -243,18 +241,19 @@ def event_files(domain_path: str, event: str) -> list[str]:
             for sub in sorted(os.listdir(domain_path)) if _SUB_DOMAIN_RE.match(sub)]
 
 
-def read_event_files(domain_path: str, event: str, files: list[str]) -> int:
-    """The bytes of ``event`` held by ``files`` (what :func:`event_files` gave):
-    the one top-level value or the sum of the sub-node values. ValueMissing
-    when there is no file or one gives no number (never a partial sum);
-    FileNotFoundError when the top-level file went (with its group)."""
+def sum_event_files(domain_path: str, event: str, files: list[str]) -> int:
+    """The bytes of ``event`` held by ``files`` (what :func:`find_event_files`
+    gave): the one top-level value or the sum of the sub-node values.
+    ValueMissing when there is no file or one gives no number (never a
+    partial sum); FileNotFoundError when the top-level file went (with its
+    group)."""
     domain_dir = os.path.basename(domain_path)
     if not files:
         raise ValueMissing(f"no {event} in {domain_dir}")
     total = 0
     for path in files:
         try:
-            total += read_value(path)
+            total += read_value_file(path)
         except FileNotFoundError as e:
             node = os.path.dirname(path)
             if node == domain_path:
@@ -264,15 +263,12 @@ def read_event_files(domain_path: str, event: str, files: list[str]) -> int:
     return total
 
 
-def read_event(group_path: str, domain_dir: str, event: str) -> int:
-    """Bytes of ``event`` in one L3 domain; ValueMissing when there are none.
-
-    Reads the top-level file; on an SNC layout without one, sums the
-    ``mon_sub_L3_*`` files (any missing sub value makes the sum missing).
-    FileNotFoundError when the group is gone.
-    """
+def read_group_event(group_path: str, domain_dir: str, event: str) -> int:
+    """Bytes of ``event`` in one L3 domain of a group, found and read now
+    (:func:`find_event_files`, then :func:`sum_event_files`); ValueMissing
+    when there are none, FileNotFoundError when the group is gone."""
     base = os.path.join(group_path, "mon_data", domain_dir)
-    return read_event_files(base, event, event_files(base, event))
+    return sum_event_files(base, event, find_event_files(base, event))
 
 
 class ResctrlOps(Protocol):

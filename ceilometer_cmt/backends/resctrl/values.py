@@ -19,7 +19,7 @@ Where a value lies is found once per group and remembered: the top-level
 which makes it the sum of the nodes), or on an SNC layout without it the
 ``mon_sub_L3_*/<event>`` files, summed at each read without a failed open
 first. When the remembered place is gone (ENOENT, ENODEV) it is looked for
-again as :func:`resctrl.read_event` does.
+again as :func:`resctrl.read_group_event` does.
 """
 
 from __future__ import annotations
@@ -124,22 +124,22 @@ class ValueReader:
             reading.occupancy, reading.mbm_total, reading.mbm_local)
         occupancy = reading.occupancy
         merge = bool(occupancy)
-        pread, value_of, read_value = os.pread, resctrl.value_of, resctrl.read_value
+        pread, parse, read_file = os.pread, resctrl.parse_value, resctrl.read_value_file
         files = self._groups.get(path) or self._files(path, ctrl, gen)
         for f in files:
             value: int | None
             try:
                 if f.fd >= 0:
-                    value = value_of(pread(f.fd, 64, 0))
+                    value = parse(pread(f.fd, 64, 0))
                 elif f.subs is None:
                     if self.open_fds < self.fd_budget:  # room now: keep it open
                         f.fd = os.open(f.path, os.O_RDONLY | os.O_CLOEXEC)
                         self.open_fds += 1
-                        value = value_of(pread(f.fd, 64, 0))
+                        value = parse(pread(f.fd, 64, 0))
                     else:
-                        value = read_value(f.path)
+                        value = read_file(f.path)
                 else:
-                    value = sum(map(read_value, f.subs))
+                    value = sum(map(read_file, f.subs))
             except resctrl.ValueMissing as e:
                 value = None
                 LOG.debug("%s %s %s: %s", path, f.dom_dir, f.event, e.reason)
@@ -158,7 +158,7 @@ class ValueReader:
 
     def _locate(self, f: _File) -> list[str]:
         """Find where ``f``'s value lies now and remember it (see module doc)."""
-        files = resctrl.event_files(os.path.dirname(f.path), f.event)
+        files = resctrl.find_event_files(os.path.dirname(f.path), f.event)
         f.subs = files if files and files[0] != f.path else None
         return files
 
@@ -180,7 +180,7 @@ class ValueReader:
             raise GroupVanished(path)
         domain_path = os.path.dirname(f.path)
         try:
-            return resctrl.read_event_files(domain_path, f.event, self._locate(f))
+            return resctrl.sum_event_files(domain_path, f.event, self._locate(f))
         except resctrl.ValueMissing as e:
             LOG.debug("%s %s %s: %s", path, f.dom_dir, f.event, e.reason)
         except FileNotFoundError:  # the group is there, the domain is not: offline

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import os
@@ -23,6 +22,7 @@ from ceilometer_cmt.testing.kernel_trees import (
     qemu_cmdline,
     set_value,
 )
+from tests.unit.backends.resctrl.test_values import _node_files_only, _open_under
 
 U1 = "11111111-1111-4111-8111-111111111111"
 U2 = "22222222-2222-4222-8222-222222222222"
@@ -230,42 +230,6 @@ def test_cachetune_control_group_gets_its_own_monitor_group(host):  # type: igno
     assert os.path.isdir(ctrl)
 
 
-def test_occupancy_is_summed_over_an_instances_groups_only(tmp_path
-                                                         ):  # type: ignore[no-untyped-def]
-    """Occupancy of a domain the reading already holds comes from the instance's
-    group in another control group: summed (no data in one: no data); MBM
-    counters keep one key per control group; a fresh reading starts anew."""
-    from ceilometer_cmt.backends.resctrl.values import ValueReader
-    from ceilometer_cmt.readings import InstanceReading
-    from ceilometer_cmt.testing.kernel_trees import INTEL_2S, KernelOps, _group_files, build_resctrl
-
-    root = build_resctrl(str(tmp_path / "r"), INTEL_2S)
-    ops = KernelOps(root, INTEL_2S)
-    a = os.path.join(root, "mon_groups", "ceilometer-a")
-    ops.mkdir(a)
-    _group_files(INTEL_2S, os.path.join(root, "ct"), True, resctrl.EVENTS)
-    b = os.path.join(root, "ct", "mon_groups", "ceilometer-a")
-    ops.mkdir(b)
-    for grp, base in ((a, 100), (b, 10)):
-        for l3 in (0, 1):
-            set_value(grp, l3, "llc_occupancy", base + l3)
-            set_value(grp, l3, "mbm_total_bytes", 1000 * base + l3)
-    set_value(b, 1, "llc_occupancy", "Unavailable")
-    reader = ValueReader(resctrl.list_domains(root), resctrl.EVENTS, fd_budget=100)
-    one = InstanceReading({}, {}, {})
-    reader.read(one, a, "", "")
-    assert one.occupancy == {0: 100, 1: 101}
-    both = InstanceReading({}, {}, {})
-    reader.read(both, a, "", "")
-    reader.read(both, b, "ct", "#1")
-    assert both.occupancy == {0: 110, 1: None}
-    assert both.mbm_total == {"/0": 100000, "/1": 100001, "ct/0#1": 10000, "ct/1#1": 10001}
-    alone = InstanceReading({}, {}, {})
-    reader.read(alone, b, "ct", "#1")
-    assert alone.occupancy == {0: 10, 1: None}
-    reader.close()
-
-
 def test_one_vanished_group_does_not_count_the_other_groups_again(host):  # type: ignore[no-untyped-def]
     """Our group in libvirt's control group is removed (libvirt remakes that
     control group when the domain restarts): it is made again with new counter
@@ -284,8 +248,8 @@ def test_one_vanished_group_does_not_count_the_other_groups_again(host):  # type
     assert before == 2 * 1_000_000 + 2 * 7_000
     shutil.rmtree(group(host, U1, "vcpus_0-1"))  # behind our back
     after = mon.poll(refs).instances[U1].mbm_total_bytes
-    remade = sum(resctrl.read_event(group(host, U1, "vcpus_0-1"), f"mon_L3_{l3:02d}",
-                                    "mbm_total_bytes") or 0 for l3 in (0, 1))
+    remade = sum(resctrl.read_group_event(group(host, U1, "vcpus_0-1"), f"mon_L3_{l3:02d}",
+                                          "mbm_total_bytes") or 0 for l3 in (0, 1))
     assert after == before + remade  # the default group's 2,000,000 counted once
     assert set(b.sync(refs).readings[U1].mbm_total) == {
         "/0", "/1", "vcpus_0-1/0#1", "vcpus_0-1/1#1"}
@@ -443,21 +407,6 @@ def test_snc_sums_sub_nodes_when_no_top_level_file(tmp_path):  # type: ignore[no
             q.stop()
 
 
-def _node_files_only(group_dir: str, values: dict[tuple[int, int], int]) -> list[str]:
-    """Make ``group_dir`` look like an SNC kernel without top-level value files:
-    remove them, write ``values`` ((L3 id, node) -> bytes, every event) in the
-    nodes' files, and return the paths of those files."""
-    nodes = []
-    for (l3, node), value in sorted(values.items()):
-        for ev in resctrl.EVENTS:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(os.path.join(group_dir, "mon_data", f"mon_L3_{l3:02d}", ev))
-            set_value(group_dir, l3, ev, value, sub=node)
-            nodes.append(os.path.join(group_dir, "mon_data", f"mon_L3_{l3:02d}",
-                                      f"mon_sub_L3_{node:02d}", ev))
-    return nodes
-
-
 def test_snc_without_top_level_files_opens_each_node_file_once_per_cycle(tmp_path
                                                                          ):  # type: ignore[no-untyped-def]
     """The layout is found once: later cycles open each node file once and never
@@ -492,55 +441,6 @@ def test_snc_without_top_level_files_opens_each_node_file_once_per_cycle(tmp_pat
     finally:
         for q in h.qemus:
             q.stop()
-
-
-def test_snc_layout_change_is_followed_and_a_vanished_group_told(tmp_path
-                                                                 ):  # type: ignore[no-untyped-def]
-    """The remembered layout is left when its files go, within the same group
-    directory: top-level files appear, node files only again, then the whole
-    group gone (GroupVanished; a group made again is one too, see
-    test_reliability); fds released throughout."""
-    from ceilometer_cmt.backends.resctrl.values import GroupVanished, ValueReader
-    from ceilometer_cmt.readings import InstanceReading
-    from ceilometer_cmt.testing.kernel_trees import KernelOps, build_resctrl
-
-    root = build_resctrl(str(tmp_path / "r"), SNC)
-    g = os.path.join(root, "mon_groups", "ceilometer-x")
-    KernelOps(root, SNC).mkdir(g)
-    domains = resctrl.list_domains(root)
-    # values opened at each read: on tmpfs a kept fd goes on reading a removed
-    # file, where kernfs answers ENODEV (kept fds: see test_reliability)
-    reader = ValueReader(domains, resctrl.EVENTS, fd_budget=0)
-
-    def read() -> InstanceReading:
-        r = InstanceReading({}, {}, {})
-        reader.read(r, g, "", "")
-        return r
-
-    nodes = _node_files_only(g, {(0, 0): 1, (0, 1): 2, (1, 2): 3, (1, 3): 4})
-    assert read().occupancy == {0: 3, 1: 7} and reader.open_fds == 0
-    # top-level files appear and the node files go: followed at once
-    for l3 in SNC.domains:
-        for ev in resctrl.EVENTS:
-            set_value(g, l3, ev, 1000 + l3)
-    for p in nodes:
-        os.remove(p)
-    assert read().occupancy == {0: 1000, 1: 1001}
-    tops = [os.path.join(g, "mon_data", f"mon_L3_{l3:02d}", ev)
-            for l3 in SNC.domains for ev in resctrl.EVENTS]
-    with file_calls(os.path.join(g, "mon_data")) as calls:
-        assert read().mbm_total == {"/0": 1000, "/1": 1001}
-    assert sorted(calls.opens) == sorted(tops)
-    # node files only again
-    _node_files_only(g, {(0, 0): 10, (0, 1): 20, (1, 2): 30, (1, 3): 40})
-    assert read().occupancy == {0: 30, 1: 70}
-    # one node without a value: no partial sum
-    set_value(g, 1, "llc_occupancy", "Unavailable", sub=3)
-    assert read().occupancy == {0: 30, 1: None}
-    shutil.rmtree(g)
-    with pytest.raises(GroupVanished):
-        read()
-    assert reader.open_fds == 0 and _open_under(str(tmp_path)) == 0
 
 
 def test_amd_many_domains_and_percent_of_busiest(tmp_path):  # type: ignore[no-untyped-def]
@@ -683,16 +583,6 @@ def test_thread_moved_away_is_put_back_within_relist_cycles(host
     assert b.writes == writes + 1
 
 
-def _open_under(root: str) -> int:
-    n = 0
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            n += os.readlink(f"/proc/self/fd/{fd}").startswith(root)
-        except FileNotFoundError:
-            pass
-    return n
-
-
 def test_value_files_stay_open_and_are_released(host):  # type: ignore[no-untyped-def]
     host.start_qemu("instance-1")
     host.start_qemu("instance-2")
@@ -716,34 +606,6 @@ def test_no_fd_budget_reads_by_opening_each_time(host):  # type: ignore[no-untyp
     set_value(group(host, U1), 0, "mbm_local_bytes", 77)
     assert b.sync(refs).readings[U1].mbm_local["/0"] == 77
     assert _open_under(host.resctrl) == 0
-
-
-def test_a_value_file_that_cannot_be_opened_leaks_no_fd(tmp_path):  # type: ignore[no-untyped-def]
-    """ELOOP (like EMFILE or EACCES) on one file of a group: the files of that
-    group already opened must not be lost; the read fails, nothing stays open."""
-    from ceilometer_cmt.backends.resctrl.values import ValueReader
-    from ceilometer_cmt.readings import InstanceReading
-
-    group_dir = str(tmp_path / "mon_groups" / "ceilometer-x")
-    events = ("llc_occupancy", "mbm_total_bytes", "mbm_local_bytes")
-    for dom in ("mon_L3_00", "mon_L3_01"):
-        os.makedirs(os.path.join(group_dir, "mon_data", dom))
-        for ev in events:
-            path = os.path.join(group_dir, "mon_data", dom, ev)
-            if dom == "mon_L3_01" and ev == "llc_occupancy":
-                os.symlink(path, path)  # a loop: open() gives ELOOP
-            else:
-                with open(path, "w") as f:
-                    f.write("1000\n")
-    reader = ValueReader([(0, "mon_L3_00"), (1, "mon_L3_01")], events, fd_budget=100)
-    for _ in range(3):
-        with pytest.raises(OSError) as info:
-            reader.read(InstanceReading({}, {}, {}), group_dir, "", "")
-        assert info.value.errno == errno.ELOOP
-        assert _open_under(str(tmp_path)) == reader.open_fds
-    reader.close()
-    assert reader.open_fds == 0
-    assert _open_under(str(tmp_path)) == 0
 
 
 def test_an_l3_domain_going_offline_is_no_data_not_a_vanished_group(host) -> None:  # type: ignore[no-untyped-def]

@@ -22,7 +22,7 @@ from ceilometer_cmt.backends.resctrl.fs import (
     mount_fstype,
     parse_tasks,
     parse_value,
-    read_event,
+    read_group_event,
     read_info,
     verify_mount,
 )
@@ -31,19 +31,19 @@ from ceilometer_cmt.testing.kernel_trees import AMD_CCX, INTEL_2S, SNC, build_re
 
 
 # ------------------------------------------------------------------ parse_value
-@pytest.mark.parametrize("text,value", [
-    ("0\n", 0), ("1048576\n", 1048576), ("18446744073709551615", 2**64 - 1), (" 12 ", 12),
-    ("007\n", 7),
+@pytest.mark.parametrize("data,value", [
+    (b"0\n", 0), (b"1048576\n", 1048576), (b"18446744073709551615", 2**64 - 1),
+    (b" 12 ", 12), (b"007\n", 7), (b"12\x1c", 12),
 ])
-def test_parse_value_numbers(text: str, value: int) -> None:
-    assert parse_value(text) == value
+def test_parse_value_numbers(data: bytes, value: int) -> None:
+    assert parse_value(data) == value
 
 
 @pytest.mark.parametrize("word", ["Unavailable", "Error", "Unassigned"])
 @pytest.mark.parametrize("tail", ["", "\n", "  \n"])
 def test_parse_value_no_data_words(word: str, tail: str) -> None:
     with pytest.raises(ValueMissing) as e:
-        parse_value(word + tail)
+        parse_value((word + tail).encode())
     assert e.value.reason == word
 
 
@@ -53,55 +53,43 @@ def test_parse_value_no_data_words(word: str, tail: str) -> None:
 ])
 def test_parse_value_garbage_is_missing(text: str) -> None:
     with pytest.raises(ValueMissing) as e:
-        parse_value(text)
+        parse_value(text.encode())
     assert e.value.reason.startswith("malformed value")
 
 
 @given(st.integers(min_value=0, max_value=2**64 - 1), st.sampled_from(["", "\n", " \n"]))
 def test_parse_value_roundtrip(n: int, tail: str) -> None:
-    assert parse_value(f"{n}{tail}") == n
-
-
-@given(st.text(max_size=24))
-@example("Unavailable")
-@example("0")
-@example("\u0660")
-def test_parse_value_number_or_missing_never_zero_for_words(text: str) -> None:
-    body = text.strip()
-    try:
-        value = parse_value(text)
-    except ValueMissing as e:
-        assert not (body.isascii() and body.isdigit())
-        assert e.reason == body if body in resctrl.NO_DATA_WORDS else e.reason
-        return
-    assert re.fullmatch(r"[0-9]+", body) and value == int(body)
+    assert parse_value(f"{n}{tail}".encode()) == n
 
 
 @given(st.binary(max_size=24) | st.text(max_size=24).map(lambda t: t.encode()))
 @example(b"12\x1c")
 @example(b" 007 \n")
 @example(b"Unavailable\n")
-def test_value_of_bytes_is_parse_value(data: bytes) -> None:
-    """The shortcut for plain digits gives what parse_value gives, as does its
-    fallback (one parser for the kept-open reads and the opened-per-read ones)."""
-    def outcome(fn, arg):  # type: ignore[no-untyped-def]
-        try:
-            return fn(arg)
-        except ValueMissing as e:
-            return ("missing", e.reason)
-    assert outcome(resctrl.value_of, data) == outcome(
-        parse_value, data.decode("ascii", "replace"))
+@example(b"0")
+@example("\u0660".encode())
+def test_parse_value_number_or_missing_never_zero_for_words(data: bytes) -> None:
+    """A number exactly when the text (ASCII, stripped) is decimal digits: the
+    shortcut for the kernel's plain digits never answers otherwise."""
+    body = data.decode("ascii", "replace").strip()
+    try:
+        value = parse_value(data)
+    except ValueMissing as e:
+        assert not re.fullmatch(r"[0-9]+", body)
+        assert e.reason == body if body in resctrl.NO_DATA_WORDS else e.reason
+        return
+    assert re.fullmatch(r"[0-9]+", body) and value == int(body)
 
 
-def test_read_value_opens_reads_and_closes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_read_value_file_opens_reads_and_closes(tmp_path) -> None:  # type: ignore[no-untyped-def]
     before = len(os.listdir("/proc/self/fd"))
     _put(str(tmp_path / "v"), "4096\n")
-    assert resctrl.read_value(str(tmp_path / "v")) == 4096
+    assert resctrl.read_value_file(str(tmp_path / "v")) == 4096
     _put(str(tmp_path / "v"), "Error\n")
     with pytest.raises(ValueMissing, match="Error"):
-        resctrl.read_value(str(tmp_path / "v"))
+        resctrl.read_value_file(str(tmp_path / "v"))
     with pytest.raises(FileNotFoundError):
-        resctrl.read_value(str(tmp_path / "none"))
+        resctrl.read_value_file(str(tmp_path / "none"))
     assert len(os.listdir("/proc/self/fd")) == before
 
 
@@ -331,7 +319,7 @@ def test_last_cmd_status(tmp_path) -> None:  # type: ignore[no-untyped-def]
     assert resctrl.last_cmd_status(root) == "Out of RMIDs"
 
 
-# ------------------------------------------------------------------ read_event
+# ------------------------------------------------------------- read_group_event
 def test_list_domains(tmp_path) -> None:  # type: ignore[no-untyped-def]
     root = build_resctrl(str(tmp_path), AMD_CCX)
     os.makedirs(os.path.join(root, "mon_data", "mon_MB_00"))
@@ -339,54 +327,84 @@ def test_list_domains(tmp_path) -> None:  # type: ignore[no-untyped-def]
     assert resctrl.list_domains(root) == [(i, f"mon_L3_{i:02d}") for i in range(8)]
 
 
-def test_read_event_intel(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_read_group_event_intel(tmp_path) -> None:  # type: ignore[no-untyped-def]
     root = build_resctrl(str(tmp_path), INTEL_2S)
     set_value(root, 0, "llc_occupancy", 123456)
     set_value(root, 1, "mbm_total_bytes", 2**50)
-    assert read_event(root, "mon_L3_00", "llc_occupancy") == 123456
-    assert read_event(root, "mon_L3_01", "mbm_total_bytes") == 2**50
-    assert read_event(root, "mon_L3_01", "llc_occupancy") == 0
+    assert read_group_event(root, "mon_L3_00", "llc_occupancy") == 123456
+    assert read_group_event(root, "mon_L3_01", "mbm_total_bytes") == 2**50
+    assert read_group_event(root, "mon_L3_01", "llc_occupancy") == 0
     for word in resctrl.NO_DATA_WORDS:
         set_value(root, 0, "mbm_local_bytes", word)
         with pytest.raises(ValueMissing, match=word):
-            read_event(root, "mon_L3_00", "mbm_local_bytes")
+            read_group_event(root, "mon_L3_00", "mbm_local_bytes")
     os.unlink(os.path.join(root, "mon_data", "mon_L3_00", "mbm_local_bytes"))
     with pytest.raises(ValueMissing, match="no mbm_local_bytes"):
-        read_event(root, "mon_L3_00", "mbm_local_bytes")
+        read_group_event(root, "mon_L3_00", "mbm_local_bytes")
     with pytest.raises(FileNotFoundError):  # group gone: the backend recreates it
-        read_event(str(tmp_path / "gone"), "mon_L3_00", "llc_occupancy")
+        read_group_event(str(tmp_path / "gone"), "mon_L3_00", "llc_occupancy")
 
 
-def test_read_event_snc(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_read_group_event_snc(tmp_path) -> None:  # type: ignore[no-untyped-def]
     root = build_resctrl(str(tmp_path), SNC)
     # kernel layout: the top-level file is the sum of the sub-node files
     set_value(root, 0, "llc_occupancy", 300, sub=0)
     set_value(root, 0, "llc_occupancy", 200, sub=1)
     set_value(root, 0, "llc_occupancy", 500)
-    assert read_event(root, "mon_L3_00", "llc_occupancy") == 500
+    assert read_group_event(root, "mon_L3_00", "llc_occupancy") == 500
     # without the top-level file, the sub-nodes are summed
     os.unlink(os.path.join(root, "mon_data", "mon_L3_00", "llc_occupancy"))
-    assert read_event(root, "mon_L3_00", "llc_occupancy") == 500
+    assert read_group_event(root, "mon_L3_00", "llc_occupancy") == 500
     # one sub-node without data: no sum at all (never a partial one)
     set_value(root, 0, "llc_occupancy", "Unavailable", sub=1)
     with pytest.raises(ValueMissing, match="Unavailable"):
-        read_event(root, "mon_L3_00", "llc_occupancy")
+        read_group_event(root, "mon_L3_00", "llc_occupancy")
     set_value(root, 0, "llc_occupancy", "12x", sub=1)
     with pytest.raises(ValueMissing, match="malformed"):
-        read_event(root, "mon_L3_00", "llc_occupancy")
+        read_group_event(root, "mon_L3_00", "llc_occupancy")
     # a sub-node without the file at all
     set_value(root, 0, "llc_occupancy", 7, sub=1)
     os.unlink(os.path.join(root, "mon_data", "mon_L3_00", "mon_sub_L3_00", "llc_occupancy"))
     with pytest.raises((ValueMissing, FileNotFoundError)):
-        read_event(root, "mon_L3_00", "llc_occupancy")
+        read_group_event(root, "mon_L3_00", "llc_occupancy")
 
 
-def test_read_event_snc_missing_sub_file_is_value_missing(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_find_event_files_then_sum_them(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """find_event_files names where a value lies (nothing read); sum_event_files
+    reads what it named: one top-level file, or every node's file summed."""
+    intel = build_resctrl(str(tmp_path / "i"), INTEL_2S)
+    dom = os.path.join(intel, "mon_data", "mon_L3_01")
+    assert resctrl.find_event_files(dom, "llc_occupancy") == [os.path.join(dom, "llc_occupancy")]
+    set_value(intel, 1, "llc_occupancy", 64)
+    assert resctrl.sum_event_files(dom, "llc_occupancy", [os.path.join(dom, "llc_occupancy")]) == 64
+    snc = build_resctrl(str(tmp_path / "s"), SNC)
+    dom = os.path.join(snc, "mon_data", "mon_L3_00")
+    os.unlink(os.path.join(dom, "mbm_total_bytes"))
+    subs = [os.path.join(dom, f"mon_sub_L3_{n:02d}", "mbm_total_bytes") for n in (0, 1)]
+    assert resctrl.find_event_files(dom, "mbm_total_bytes") == subs
+    set_value(snc, 0, "mbm_total_bytes", 5, sub=0)
+    set_value(snc, 0, "mbm_total_bytes", 6, sub=1)
+    assert resctrl.sum_event_files(dom, "mbm_total_bytes", subs) == 11
+    os.unlink(subs[1])
+    with pytest.raises(ValueMissing, match="no mbm_total_bytes in mon_L3_00/mon_sub_L3_01"):
+        resctrl.sum_event_files(dom, "mbm_total_bytes", subs)
+    with pytest.raises(FileNotFoundError):  # the top-level file went with its group
+        resctrl.sum_event_files(dom, "llc_occupancy", [os.path.join(dom, "gone")])
+    with pytest.raises(ValueMissing, match="no mbm_total_bytes in mon_L3_00"):
+        resctrl.sum_event_files(dom, "mbm_total_bytes", [])
+    shutil.rmtree(os.path.join(dom, "mon_sub_L3_00"))
+    shutil.rmtree(os.path.join(dom, "mon_sub_L3_01"))
+    assert resctrl.find_event_files(dom, "mbm_total_bytes") == []
+    with pytest.raises(FileNotFoundError):
+        resctrl.find_event_files(str(tmp_path / "gone"), "llc_occupancy")
+
+
+def test_read_group_event_snc_missing_sub_file_is_value_missing(tmp_path) -> None:  # type: ignore[no-untyped-def]
     root = build_resctrl(str(tmp_path), SNC)
     os.unlink(os.path.join(root, "mon_data", "mon_L3_00", "llc_occupancy"))
     os.unlink(os.path.join(root, "mon_data", "mon_L3_00", "mon_sub_L3_00", "llc_occupancy"))
     with pytest.raises(ValueMissing):
-        read_event(root, "mon_L3_00", "llc_occupancy")
+        read_group_event(root, "mon_L3_00", "llc_occupancy")
 
 
 # ------------------------------------------------------------ tasks and lock
