@@ -50,6 +50,8 @@ NOT_GROUPS = frozenset({"info", "mon_groups", "mon_data"})
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 #: A usable ``resctrl_group_prefix``; fullmatch
 PREFIX_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+#: A listing of the groups (:func:`list_groups`): control group -> monitor groups
+Groups = dict[str, list[str]]
 
 
 class ValueMissing(Exception):
@@ -196,10 +198,20 @@ def list_mon_groups(root: str, ctrl: str) -> list[str]:
         return []
 
 
-def list_groups(root: str) -> dict[str, list[str]]:
+def list_groups(root: str) -> Groups:
     """One listing of the groups: control group name ("" = the default one) ->
     names of its monitor groups, both sorted."""
     return {ctrl: list_mon_groups(root, ctrl) for ctrl in list_ctrl_groups(root)}
+
+
+def mon_group_paths(root: str, groups: Groups, prefix: str, with_prefix: bool) -> list[str]:
+    """Paths of the monitor groups in a listing whose name starts with
+    ``prefix`` (``with_prefix``) or does not."""
+    out: list[str] = []
+    for ctrl, names in groups.items():
+        base = mon_groups_path(root, ctrl) + "/"
+        out.extend(base + n for n in names if n.startswith(prefix) == with_prefix)
+    return out
 
 
 def read_tasks(group_path: str) -> set[int]:
