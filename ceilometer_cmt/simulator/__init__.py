@@ -14,11 +14,14 @@ Modules, bottom up (each imports only modules above it in this list):
   load curves), :mod:`.scenario` (workload and fault file schema),
   :mod:`.procfs` (what it reads from ``/proc``), :mod:`.workload` (which host
   processes carry which load);
-* the state machine: :mod:`.errors` (``SimError``), :mod:`.groups` (groups,
-  task entries), :mod:`.layout` (fstype and which paths exist),
-  :mod:`.rmids` (RMID/CLOSID allocation, limbo), :mod:`.writes` (cpus,
-  schemata, mode writes and the kernel's parsers), :mod:`.tasks` (task
-  membership), :mod:`.counters` (what mon_data reads), :mod:`.model`
+* the state machine: :mod:`.errors` (``SimError``), :mod:`.kstr` (the
+  kernel's kstrtoul, kstrtobool, strsep, strim), :mod:`.groups` (groups,
+  task entries), :mod:`.bmec` (BMEC event configuration), :mod:`.assign`
+  (MBM counter assignment, ``mbm_event`` mode), :mod:`.layout` (fstype and
+  which paths exist), :mod:`.rmids` (RMID/CLOSID allocation, limbo),
+  :mod:`.writes` (cpus, schemata, mode writes and the kernel's parsers),
+  :mod:`.tasks` (task membership), :mod:`.telemetry` (Intel AET PERF_PKG
+  counters), :mod:`.counters` (what mon_data reads), :mod:`.model`
   (``Model``: the syscalls, under one mutex);
 * serving it: :mod:`.tree` (path -> file with read/write), :mod:`.fs` (FUSE
   operations), :mod:`.control` (run-time control socket), :mod:`.runner`

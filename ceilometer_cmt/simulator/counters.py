@@ -6,23 +6,30 @@ load is shared by its threads (or put on its main thread) and counted in the
 group each thread is in; the background load is the root group's.  A control
 group's files show its own RMID plus its monitor groups' (errors dropped when
 any read succeeds); with SNC the ``mon_L3_XX`` files sum the node files and
-say ``Unavailable`` only when every node fails.
+say ``Unavailable`` only when every node fails.  ``word`` says what an MBM
+read shows instead of a number (``Unassigned`` without a counter in
+``mbm_event`` mode, ``Unavailable`` once after a BMEC reset); the PERF_PKG
+counts of :mod:`.telemetry` are integrated along with the MBM ones.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from ceilometer_cmt.simulator import procfs
 from ceilometer_cmt.simulator.groups import Group
 from ceilometer_cmt.simulator.scenario import Fault, Scenario
 from ceilometer_cmt.simulator.tasks import Membership
+from ceilometer_cmt.simulator.telemetry import PackageMeter
 from ceilometer_cmt.simulator.timeline import Timeline
 from ceilometer_cmt.simulator.topology import Topology
 from ceilometer_cmt.simulator.workload import ProcessMatcher
 
 MBM_EVENTS = {"mbm_total_bytes": "mbm_total", "mbm_local_bytes": "mbm_local"}
 _EPSILON = 1e-6
+#: (group, event, domain) -> a word a read shows instead of the number, or None
+Word = Callable[[Group, str, int], str | None]
 
 
 def zero_counters(group: Group, topology: Topology) -> None:
@@ -34,8 +41,13 @@ class Meter:
     until :meth:`invalidate` (membership changed)."""
 
     def __init__(
-        self, scenario: Scenario, membership: Membership, scan_interval: float
+        self,
+        scenario: Scenario,
+        membership: Membership,
+        scan_interval: float,
+        packages: PackageMeter | None = None,
     ) -> None:
+        self._packages = packages
         self._background = scenario.background
         self._membership = membership
         self._matcher = ProcessMatcher(scenario, membership.proc_root, scan_interval)
@@ -72,6 +84,8 @@ class Meter:
         """Add each group's MBM bytes from ``t0`` to ``t1`` (scenario time)."""
         if t1 <= t0:
             return
+        if self._packages is not None:
+            self._packages.integrate(self._attributions(), t0, t1)
         for group, share, timeline in self._attributions():
             for dom in topology.mon_domains:
                 if dom.l3_id in offline_l3:
@@ -107,6 +121,7 @@ class Meter:
         l3_id: int,
         sub_id: int | None,
         event: str,
+        word: Word | None = None,
     ) -> str:
         """The text of ``mon_data/mon_L3_XX[/mon_sub_L3_YY]/<event>`` at ``t``."""
         occ = self._occupancy(topology, t)
@@ -119,7 +134,7 @@ class Meter:
         rmids = [group, *group.children.values()] if group.kind == "ctrl" else [group]
         values: list[int | str] = []
         for g in rmids:
-            parts = [_rmid_value(faults, g, leaf, event, t, occ) for leaf in leaves]
+            parts = [_rmid_value(faults, g, leaf, event, t, occ, word) for leaf in leaves]
             numbers = [p for p in parts if isinstance(p, int)]
             if summing:
                 values.append(sum(numbers) if numbers else "Unavailable")
@@ -137,12 +152,16 @@ def _rmid_value(
     event: str,
     t: float,
     occ: dict[tuple[int, int], int],
+    word: Word | None = None,
 ) -> int | str:
-    """One RMID's value in one domain: a fault's word, or the number."""
+    """One RMID's value in one domain: a fault's word, ``word``'s, or the number."""
     for fault in faults:
         if fault.applies(group.path, domain, event, t):
             return fault.value
     if event == "llc_occupancy":
         return occ.get((id(group), domain), 0)
+    said = word(group, event, domain) if word is not None else None
+    if said is not None:
+        return said
     # Shares of a load are fractions: absorb float error before flooring.
     return int(group.counters.get((event, domain), 0.0) + _EPSILON)

@@ -3,6 +3,8 @@
 * The root group is CLOSID 0, RMID 0; control groups are made at the root
   (a CLOSID and an RMID each); monitor groups in any control group's
   ``mon_groups`` (an RMID each, the CLOSID of their control group).
+* A monitor group may be renamed into another control group's
+  ``mon_groups`` (:func:`rename_target`, ``rdtgroup_rename()``).
 * A task is in one control group and at most one monitor group of it; a
   :class:`TaskEntry` records that, with the task's start time so that a
   reused tid is a new task.
@@ -10,7 +12,10 @@
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass, field
+
+from ceilometer_cmt.simulator.errors import SimError
 
 
 @dataclass(frozen=True)
@@ -60,3 +65,23 @@ class TaskEntry:
     @property
     def group(self) -> Group:
         return self.mon or self.ctrl
+
+
+def rename_target(
+    root: Group, ctrl_groups: dict[str, Group], group: Group, new: tuple[str, ...]
+) -> Group:
+    """The control group a monitor group may be renamed into."""
+    if group.kind != "mon":
+        raise SimError(errno.EPERM, "Source must be a MON group\n")
+    new_parent: Group | None = None
+    if len(new) == 2 and new[0] == "mon_groups":
+        new_parent = root
+    elif len(new) == 3 and new[1] == "mon_groups":
+        new_parent = ctrl_groups.get(new[0])
+    if new_parent is None or new[-1] == "mon_groups":
+        raise SimError(errno.EPERM, "Destination must be a mon_groups subdirectory\n")
+    if group.cpus and group.parent is not new_parent:
+        raise SimError(errno.EPERM, "Cannot move a MON group that monitors CPUs\n")
+    if new[-1] in new_parent.children and new_parent.children[new[-1]] is not group:
+        raise SimError(errno.EEXIST)
+    return new_parent

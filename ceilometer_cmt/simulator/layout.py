@@ -5,6 +5,17 @@ group files ``tasks``, ``cpus``, ``cpus_list`` in every group, ``schemata``,
 ``size`` and ``mode`` in control groups, ``mon_data/mon_L3_XX/<event>``, with
 SNC also ``mon_L3_XX/mon_sub_L3_YY/<event>``; ``info/`` at the root only.
 
+Newer kernels add, when the topology has them:
+
+* Linux 6.18 (``res_common_files[]``, ``resctrl_l3_mon_resource_init()``):
+  ``info/L3_MON/mbm_assign_mode``; with assignable counters also
+  ``num_mbm_cntrs``, ``available_mbm_cntrs``, ``mbm_assign_on_mkdir``,
+  ``event_configs/<event>/event_filter`` and ``mbm_L3_assignments`` in every
+  group; the BMEC files ``mbm_{total,local}_bytes_config`` only outside
+  ``mbm_event`` mode (``resctrl_bmec_files_show()``);
+* Linux 7.0 (Intel AET): ``info/PERF_PKG_MON/{num_rmids,mon_features}`` and
+  ``mon_data/mon_PERF_PKG_XX/<event>`` per package.
+
 :func:`lookup` only names things; :mod:`.tree` says what each file reads and
 writes.  The model uses :func:`lookup` to tell "not a group" (EPERM) from "no
 such path" (ENOENT) in rmdir and rename.
@@ -15,8 +26,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from ceilometer_cmt.simulator.assign import CounterAssign
 from ceilometer_cmt.simulator.groups import Group
-from ceilometer_cmt.simulator.topology import Topology
+from ceilometer_cmt.simulator.topology import PERF_PKG_EVENTS, Topology
 
 #: The FUSE subtype of the mount: ``/proc/self/mountinfo`` shows the fstype
 #: ``fuse.cmt-resctrl-sim`` (never ``resctrl``).  The plugin keeps its own
@@ -31,6 +43,9 @@ INFO_TOP = ("L3", "L3_MON", "last_cmd_status")
 INFO_L3 = ("bit_usage", "cbm_mask", "min_cbm_bits", "num_closids", "shareable_bits",
            "sparse_masks")
 INFO_L3_MON = ("max_threshold_occupancy", "mon_features", "num_rmids")
+INFO_ASSIGN = ("available_mbm_cntrs", "event_configs", "mbm_assign_on_mkdir", "num_mbm_cntrs")
+INFO_PERF_PKG_MON = ("mon_features", "num_rmids")
+ASSIGNMENTS = "mbm_L3_assignments"
 #: Names at the root that are not control groups (mkdir of one: EEXIST).
 ROOT_NAMES = frozenset({"info", "mon_groups", "mon_data", *GROUP_FILES, *CTRL_FILES})
 
@@ -41,6 +56,7 @@ class Mount(Protocol):
     topology: Topology
     offline_l3: set[int]
     ctrl_groups: dict[str, Group]
+    assign: CounterAssign
 
     def group_at(self, parts: tuple[str, ...]) -> Group | None: ...
 
@@ -59,10 +75,15 @@ class Place:
     group: Group | None = None
     l3_id: int | None = None
     sub_id: int | None = None
+    pkg_id: int | None = None  # an event of mon_data/mon_PERF_PKG_XX
 
 
 def l3_name(l3_id: int) -> str:
     return f"mon_L3_{l3_id:02d}"
+
+
+def pkg_name(pkg_id: int) -> str:
+    return f"mon_PERF_PKG_{pkg_id:02d}"
 
 
 def sub_name(dom_id: int) -> str:
@@ -84,14 +105,15 @@ def online_l3_ids(mount: Mount) -> list[int]:
     return [c.id for c in mount.topology.l3 if c.id not in mount.offline_l3]
 
 
-def group_files(group: Group) -> tuple[str, ...]:
-    return GROUP_FILES + CTRL_FILES if group.kind == "ctrl" else GROUP_FILES
+def group_files(mount: Mount, group: Group) -> tuple[str, ...]:
+    files = GROUP_FILES + CTRL_FILES if group.kind == "ctrl" else GROUP_FILES
+    return files + (ASSIGNMENTS,) if mount.assign.assignable else files
 
 
 def lookup(mount: Mount, parts: tuple[str, ...]) -> Place | None:
     """What ``parts`` (relative to the mount) names, or None: no such path."""
     if parts and parts[0] == "info":
-        return _info(parts[1:])
+        return _info(mount, parts[1:])
     # Find the longest prefix that is a group.
     for cut in (3, 2, 1, 0):
         if cut <= len(parts):
@@ -102,7 +124,7 @@ def lookup(mount: Mount, parts: tuple[str, ...]) -> Place | None:
 
 
 def _in_group(mount: Mount, group: Group, rest: tuple[str, ...]) -> Place | None:
-    files = group_files(group)
+    files = group_files(mount, group)
     if not rest:
         names = [*files, "mon_data"]
         if group.kind == "ctrl":
@@ -124,8 +146,17 @@ def _in_group(mount: Mount, group: Group, rest: tuple[str, ...]) -> Place | None
 def _mon_data(mount: Mount, group: Group, rest: tuple[str, ...]) -> Place | None:
     topo = mount.topology
     events = tuple(topo.mon_features)
+    pkgs = [p.id for p in topo.packages]
     if not rest:
-        return Place(entries=tuple(l3_name(i) for i in online_l3_ids(mount)))
+        return Place(entries=tuple(l3_name(i) for i in online_l3_ids(mount))
+                     + tuple(pkg_name(p) for p in pkgs))
+    pkg_id = _parse_id(rest[0], "mon_PERF_PKG_")
+    if pkg_id is not None and pkg_id in pkgs:
+        if len(rest) == 1:
+            return Place(entries=PERF_PKG_EVENTS)
+        if len(rest) == 2 and rest[1] in PERF_PKG_EVENTS:
+            return Place(name=rest[1], group=group, pkg_id=pkg_id)
+        return None
     l3_id = _parse_id(rest[0], "mon_L3_")
     if l3_id is None or l3_id not in online_l3_ids(mount):
         return None
@@ -144,14 +175,34 @@ def _mon_data(mount: Mount, group: Group, rest: tuple[str, ...]) -> Place | None
     return None
 
 
-def _info(rest: tuple[str, ...]) -> Place | None:
-    dirs = {"L3": INFO_L3, "L3_MON": INFO_L3_MON}
-    if not rest:
-        return Place(entries=tuple(sorted(INFO_TOP)))
-    if len(rest) == 1 and rest[0] in dirs:
-        return Place(entries=tuple(sorted(dirs[rest[0]])))
-    if len(rest) == 1 and rest[0] in INFO_TOP:
-        return Place(name=rest[0])
-    if len(rest) == 2 and rest[1] in dirs.get(rest[0], ()):
-        return Place(name=f"{rest[0]}/{rest[1]}")
+def info_dirs(mount: Mount) -> dict[str, tuple[str, ...]]:
+    """``info/`` directories (by path below ``info/``, ``""`` is ``info/``)
+    and their entries, as this topology and mode show them."""
+    topo, assign = mount.topology, mount.assign
+    l3_mon = list(INFO_L3_MON)
+    if topo.assign_mode_file:
+        l3_mon.append("mbm_assign_mode")
+    if assign.assignable:
+        l3_mon.extend(INFO_ASSIGN)
+    if assign.bmec_files:
+        l3_mon.extend(f"{e}_config" for e in assign.bmec.config_events)
+    dirs = {"": INFO_TOP, "L3": INFO_L3, "L3_MON": tuple(l3_mon)}
+    if topo.packages:
+        dirs[""] = (*INFO_TOP, "PERF_PKG_MON")
+        dirs["PERF_PKG_MON"] = INFO_PERF_PKG_MON
+    if assign.assignable:
+        dirs["L3_MON/event_configs"] = assign.events
+        for event in assign.events:
+            dirs[f"L3_MON/event_configs/{event}"] = ("event_filter",)
+    return {path: tuple(sorted(entries)) for path, entries in dirs.items()}
+
+
+def _info(mount: Mount, rest: tuple[str, ...]) -> Place | None:
+    dirs = info_dirs(mount)
+    path = "/".join(rest)
+    if path in dirs:
+        return Place(entries=dirs[path])
+    parent, _, name = path.rpartition("/")
+    if rest and parent in dirs and name in dirs[parent]:
+        return Place(name=path)
     return None

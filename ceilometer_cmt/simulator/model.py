@@ -9,23 +9,30 @@ kernel's own.  :class:`Model` holds the groups and runs the syscalls on them
 * :mod:`.rmids` -- RMID/CLOSID allocation and limbo;
 * :mod:`.tasks` -- which group each host task is in;
 * :mod:`.writes` -- cpus, schemata, mode and threshold writes;
-* :mod:`.counters` -- what the ``mon_data`` files read.
+* :mod:`.counters` -- what the ``mon_data`` files read;
+* :mod:`.assign`, :mod:`.bmec` -- MBM counter assignment and BMEC (the
+  ``info/L3_MON`` files of Linux 6.18);
+* :mod:`.telemetry` -- Intel AET's ``PERF_PKG`` counters (Linux 7.0).
 
 Errors are :class:`.errors.SimError`; :mod:`.fs` turns them into errnos.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fnmatch
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from typing import TypeVar
 
-from ceilometer_cmt.simulator import counters, writes
+from ceilometer_cmt.simulator import counters, telemetry, writes
+from ceilometer_cmt.simulator.assign import CounterAssign
+from ceilometer_cmt.simulator.bmec import Bmec
 from ceilometer_cmt.simulator.errors import SimError
-from ceilometer_cmt.simulator.groups import Caller, Group, TaskEntry
+from ceilometer_cmt.simulator.groups import Caller, Group, TaskEntry, rename_target
 from ceilometer_cmt.simulator.layout import ROOT_NAMES, lookup
 from ceilometer_cmt.simulator.rmids import IdPool
 from ceilometer_cmt.simulator.scenario import Action, Fault, Scenario
@@ -34,6 +41,7 @@ from ceilometer_cmt.simulator.timeline import ManualClock
 from ceilometer_cmt.simulator.topology import Topology
 
 _STATUS_MAX = 511  # the kernel's last_cmd_status buffer is 512 bytes
+T = TypeVar("T")
 
 
 class Model:
@@ -52,6 +60,8 @@ class Model:
             topology = replace(topology, num_rmids=scenario.rmids)
         if scenario.closids is not None:
             topology = replace(topology, num_closids=scenario.closids)
+        if scenario.mbm_cntrs is not None and topology.num_mbm_cntrs:
+            topology = replace(topology, num_mbm_cntrs=scenario.mbm_cntrs)
         self.topology = topology
         self.scenario = scenario
         self.proc_root = proc_root
@@ -72,11 +82,15 @@ class Model:
         self.root.schemata = {c.id: topology.cbm_mask for c in topology.l3}
         counters.zero_counters(self.root, topology)
         self.ctrl_groups: dict[str, Group] = {}
-        self.ids = IdPool(topology.num_rmids, topology.num_closids, scenario.limbo_seconds)
+        self.ids = IdPool(topology.rmid_limit, topology.num_closids, scenario.limbo_seconds)
         self.membership = Membership(proc_root, self.root, self._changed)
         #: tid -> entry (the same dict as ``membership.entries``)
         self.tasks: dict[int, TaskEntry] = self.membership.entries
-        self.meter = counters.Meter(scenario, self.membership, scan_interval)
+        self.packages = telemetry.PackageMeter(topology)
+        self.meter = counters.Meter(scenario, self.membership, scan_interval, self.packages)
+        self.assign = CounterAssign(topology, Bmec(topology), self._puts)
+        self.assign.assign_on_mkdir(self.root)  # rdt_get_tree(), status cleared after
+        self.status = ""
 
     # ----------------------------------------------------------- plumbing
     def now(self) -> float:
@@ -145,7 +159,7 @@ class Model:
         with self._mutex:
             num_rmids = max(1, int(num_rmids))
             self.topology = replace(self.topology, num_rmids=num_rmids)
-            self.ids.set_rmids(num_rmids, {g.rmid for g in self.groups()})
+            self.ids.set_rmids(self.topology.rmid_limit, {g.rmid for g in self.groups()})
 
     def set_l3_online(self, l3_id: int, online: bool) -> None:
         """CPU hotplug of a whole L3 domain. While offline its MBM counters
@@ -189,6 +203,7 @@ class Model:
                     raise SimError(errno.EPERM)
             except SimError as e:
                 raise self._report(e) from None
+            self.assign.assign_on_mkdir(group)
             self._changed()
             return group
 
@@ -229,6 +244,8 @@ class Model:
             self._changed()
             self.membership.group_removed(group)
             now = self.now()
+            for g in (group, *group.children.values()):
+                self.assign.release(g)
             if group.kind == "mon":
                 assert group.parent is not None
                 group.parent.cpus |= group.cpus
@@ -253,7 +270,7 @@ class Model:
                 raise self._not_a_group(old)
             self.status = ""
             try:
-                new_parent = self._rename_target(group, new)
+                new_parent = rename_target(self.root, self.ctrl_groups, group, new)
             except SimError as e:
                 raise self._report(e) from None
             self._changed()
@@ -263,32 +280,25 @@ class Model:
             new_parent.children[group.name] = group
             self.membership.group_moved(group)
 
-    def _rename_target(self, group: Group, new: tuple[str, ...]) -> Group:
-        """The control group a monitor group may be renamed into."""
-        if group.kind != "mon":
-            raise SimError(errno.EPERM, "Source must be a MON group\n")
-        new_parent: Group | None = None
-        if len(new) == 2 and new[0] == "mon_groups":
-            new_parent = self.root
-        elif len(new) == 3 and new[1] == "mon_groups":
-            new_parent = self.ctrl_groups.get(new[0])
-        if new_parent is None or new[-1] == "mon_groups":
-            raise SimError(errno.EPERM, "Destination must be a mon_groups subdirectory\n")
-        if group.cpus and group.parent is not new_parent:
-            raise SimError(errno.EPERM, "Cannot move a MON group that monitors CPUs\n")
-        if new[-1] in new_parent.children and new_parent.children[new[-1]] is not group:
-            raise SimError(errno.EEXIST)
-        return new_parent
-
     # ------------------------------------------------------------ writes
-    def write_tasks(self, group: Group, data: bytes, caller: Caller) -> None:
+    def command(self, fn: Callable[[], T], data: bytes | None = None, now: bool = True) -> T:
+        """One read or write of a file whose kernel function clears
+        last_cmd_status (a write of ``data`` without a trailing newline:
+        EINVAL before that) and may append to it; ``now=False`` inside
+        :meth:`advance` (a scheduled action)."""
         with self._mutex:
-            self.advance()
+            if data is not None and not data.endswith(b"\n"):
+                raise SimError(errno.EINVAL)
+            if now:
+                self.advance()
             self.status = ""
             try:
-                self.membership.write(group, data, caller)
+                return fn()
             except SimError as e:
                 raise self._report(e) from None
+
+    def write_tasks(self, group: Group, data: bytes, caller: Caller) -> None:
+        self.command(lambda: self.membership.write(group, data, caller))
 
     def task_ids(self, group: Group) -> list[int]:
         """Tids in ``group``: a control group lists its monitor groups' too."""
@@ -310,25 +320,12 @@ class Model:
             writes.assign_cpus(group, new, self.root, list(self.ctrl_groups.values()))
 
     def write_schemata(self, group: Group, data: bytes) -> None:
-        with self._mutex:
-            if not data.endswith(b"\n"):
-                raise SimError(errno.EINVAL)
-            self.status = ""
-            try:
-                staged = writes.parse_schemata(self.topology, group, data)
-            except SimError as e:
-                raise self._report(e) from None
-            group.schemata.update(staged)
+        self.command(
+            lambda: group.schemata.update(writes.parse_schemata(self.topology, group, data)), data
+        )
 
     def write_mode(self, group: Group, data: bytes) -> None:
-        with self._mutex:
-            if not data.endswith(b"\n"):
-                raise SimError(errno.EINVAL)
-            self.status = ""
-            try:
-                group.mode = writes.parse_mode(group, data)
-            except SimError as e:
-                raise self._report(e) from None
+        self.command(lambda: setattr(group, "mode", writes.parse_mode(group, data)), data)
 
     def write_max_threshold(self, data: bytes) -> None:
         with self._mutex:
@@ -344,7 +341,13 @@ class Model:
             self.advance()
             t = self.now()
             return self.meter.event_text(self.topology, self.faults, t, group, l3_id,
-                                         sub_id, event)
+                                         sub_id, event, self.assign.word)
+
+    def read_pkg_event(self, group: Group, pkg: int, event: str) -> str:
+        """``mon_data/mon_PERF_PKG_XX/<event>``."""
+        with self._mutex:
+            self.advance()
+            return self.packages.text(self.faults, self.now(), group, pkg, event)
 
     # ------------------------------------------------------ fault control
     def add_fault(self, fault: Fault) -> None:
@@ -380,6 +383,11 @@ class Model:
                 self.set_rmids(int(action.value))
             elif action.action == "set_limbo" and action.value is not None:
                 self.set_limbo(action.value)
+            elif action.action in ("assign_mode", "event_filter", "bmec_config"):
+                data, groups = (action.text + "\n").encode(), list(self.groups())
+                with contextlib.suppress(SimError):  # the status tells
+                    self.command(lambda: self.assign.write_action(
+                        action.action, action.event, data, groups), data, now=False)
 
     def schedule(self, action: Action) -> None:
         with self._mutex:
@@ -402,5 +410,6 @@ class Model:
                     g.path: {"rmid": g.rmid, "closid": g.closid} for g in self.groups()
                 },
                 "faults": len(self.faults),
+                **self.assign.state(),
                 "last_cmd_status": self.status or "ok\n",
             }

@@ -7,6 +7,7 @@ optional; an empty file is an idle host::
                              # when the control command "advance" is sent
     rmids: 16                # override the topology's info/L3_MON/num_rmids
     closids: 8               # override info/L3/num_closids
+    mbm_cntrs: 32            # override num_mbm_cntrs (ABMC counters per domain)
     limbo_seconds: 1.0       # how long a freed RMID stays busy (mkdir -> EBUSY)
 
     background:              # load of the rest of the host (tasks no process
@@ -33,6 +34,9 @@ optional; an empty file is an idle host::
               1: "25%"       # (bytes, or percent of the domain)
             mbm_total: {0: 1GiB, 1: 100MiB}   # bytes per second per domain
             mbm_local: {0: 900MiB}
+            cpu: {0: 2, 1: "50%"}   # busy CPUs per domain (or percent of its
+                             # CPUs): drives the PERF_PKG telemetry (intel-aet);
+                             # without it, one busy CPU per GiB/s of mbm_total
           - t: 60
             occupancy: {0: 20MiB}
 
@@ -47,6 +51,16 @@ optional; an empty file is an idle host::
       - {at: 30, action: reset_counters, group: "*"}   # MBM counters back to 0
       - {at: 40, action: set_rmids, value: 4}          # num_rmids becomes 4
       - {at: 50, action: set_limbo, value: 10}         # limbo_seconds becomes 10
+      # writes to info/L3_MON files, as if another tool made them (the text
+      # gets its newline; last_cmd_status shows the result):
+      - {at: 60, action: assign_mode, value: default}  # mbm_assign_mode
+      - {at: 70, action: event_filter, event: mbm_total_bytes,
+         value: "local_reads,remote_reads"}          # event_configs/<event>/event_filter
+      - {at: 80, action: bmec_config, event: mbm_local_bytes,
+         value: "0=0x15;1=0x05"}                     # mbm_local_bytes_config
+
+Fault events may also be PERF_PKG events (``core_energy``...), their
+``domain`` then a package id.
 
 Domain keys are monitoring-domain ids: the ``mon_L3_XX`` ids, or with SNC the
 ``mon_sub_L3_YY`` (node) ids; ``"*"`` sets every domain.  A missing domain is 0.
@@ -67,11 +81,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ceilometer_cmt.simulator.timeline import Point, Timeline
-from ceilometer_cmt.simulator.topology import MON_EVENTS, Topology
+from ceilometer_cmt.simulator.topology import MON_EVENTS, PERF_PKG_EVENTS, Topology
 
-METRICS = ("occupancy", "mbm_total", "mbm_local")
+METRICS = ("occupancy", "mbm_total", "mbm_local", "cpu")
 FAULT_VALUES = ("Unavailable", "Error", "Unassigned")
-ACTIONS = ("reset_counters", "set_rmids", "set_limbo")
+#: actions that write a file's text (``value``), with the event they need
+TEXT_ACTIONS = {"assign_mode": False, "event_filter": True, "bmec_config": True}
+ACTIONS = ("reset_counters", "set_rmids", "set_limbo", *TEXT_ACTIONS)
+FAULT_EVENTS = MON_EVENTS + PERF_PKG_EVENTS
 
 _SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?)\s*(?:([KMGT])(i?))?B?(?:/s)?\s*$", re.I)
 _PCT_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?)\s*%\s*$")
@@ -163,6 +180,8 @@ class Action:
     action: str
     group: str = "*"
     value: float | None = None
+    text: str = ""  # what a TEXT_ACTIONS action writes
+    event: str = ""
 
 
 @dataclass(frozen=True)
@@ -170,6 +189,7 @@ class Scenario:
     clock: str = "wall"
     rmids: int | None = None
     closids: int | None = None
+    mbm_cntrs: int | None = None
     limbo_seconds: float = 1.0
     background: Timeline | None = None
     processes: tuple[ProcessLoad, ...] = ()
@@ -185,8 +205,10 @@ def _mapping(value: Any, where: str) -> Mapping[str, Any]:
     return value
 
 
-def _domain_key(key: Any, topology: Topology, where: str) -> list[int]:
+def _domain_key(key: Any, topology: Topology, where: str, pkgs: bool = False) -> list[int]:
     ids = [d.id for d in topology.mon_domains]
+    if pkgs:
+        ids = sorted({*ids, *(p.id for p in topology.packages)})
     if key == "*":
         return ids
     try:
@@ -200,6 +222,7 @@ def _domain_key(key: Any, topology: Topology, where: str) -> list[int]:
 
 def _timeline(raw: Any, topology: Topology, where: str, *, single: bool = False) -> Timeline:
     sizes = {d.id: d.size for d in topology.mon_domains}
+    ncpus = {d.id: len(d.cpus) for d in topology.mon_domains}
     if single:
         raw_points: list[Any] = [dict(_mapping(raw, where), t=0)]
         opts: Mapping[str, Any] = {}
@@ -220,7 +243,7 @@ def _timeline(raw: Any, topology: Topology, where: str, *, single: bool = False)
         for metric in METRICS:
             for key, q in _mapping(rp.get(metric), f"{pw}.{metric}").items():
                 for dom in _domain_key(key, topology, f"{pw}.{metric}"):
-                    pct_base = sizes[dom] if metric == "occupancy" else None
+                    pct_base = {"occupancy": sizes, "cpu": ncpus}.get(metric, {}).get(dom)
                     try:
                         values[(metric, dom)] = parse_quantity(q, pct_base)
                     except ScenarioError as e:
@@ -267,15 +290,20 @@ def parse_fault(raw: Mapping[str, Any], topology: Topology, where: str = "fault"
         value = raw.get("value")
         if action != "reset_counters" and value is None:
             raise ScenarioError(f"{where}: {action} needs a value")
+        if action in TEXT_ACTIONS:
+            event = str(raw.get("event", ""))
+            if TEXT_ACTIONS[action] and event not in ("mbm_total_bytes", "mbm_local_bytes"):
+                raise ScenarioError(f"{where}: {action} needs an event (an MBM event)")
+            return Action(start, action, group, text=str(value), event=event)
         return Action(start, action, group, None if value is None else float(value))
     value = str(raw.get("value", ""))
     if value not in FAULT_VALUES:
         raise ScenarioError(f"{where}.value: one of {FAULT_VALUES}, not {value!r}")
     domain_raw = raw.get("domain", "*")
-    domain = None if domain_raw == "*" else _domain_key(domain_raw, topology, where)[0]
+    domain = None if domain_raw == "*" else _domain_key(domain_raw, topology, where, True)[0]
     event_raw = raw.get("event", "*")
-    if event_raw != "*" and event_raw not in MON_EVENTS:
-        raise ScenarioError(f"{where}.event: one of {MON_EVENTS} or '*', not {event_raw!r}")
+    if event_raw != "*" and event_raw not in FAULT_EVENTS:
+        raise ScenarioError(f"{where}.event: one of {FAULT_EVENTS} or '*', not {event_raw!r}")
     end = raw.get("until")
     return Fault(
         value, group, domain, None if event_raw == "*" else str(event_raw), start,
@@ -286,7 +314,8 @@ def parse_fault(raw: Mapping[str, Any], topology: Topology, where: str = "fault"
 def parse_scenario(data: Any, topology: Topology) -> Scenario:
     """A scenario from already-decoded YAML/JSON data."""
     top = _mapping(data, "scenario")
-    known = {"clock", "rmids", "closids", "limbo_seconds", "background", "processes", "faults"}
+    known = {"clock", "rmids", "closids", "mbm_cntrs", "limbo_seconds", "background",
+             "processes", "faults"}
     unknown = set(top) - known
     if unknown:
         raise ScenarioError(f"scenario: unknown keys {sorted(unknown)}")
@@ -331,6 +360,7 @@ def parse_scenario(data: Any, topology: Topology) -> Scenario:
         clock=clock,
         rmids=None if rmids is None else int(rmids),
         closids=None if closids is None else int(closids),
+        mbm_cntrs=None if top.get("mbm_cntrs") is None else int(top["mbm_cntrs"]),
         limbo_seconds=float(top.get("limbo_seconds", 1.0)),
         background=background,
         processes=tuple(procs),

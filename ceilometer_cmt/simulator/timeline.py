@@ -45,6 +45,10 @@ class Timeline:
             return t % self.period
         return t
 
+    def has(self, metric: str) -> bool:
+        """Whether any point gives ``metric`` a value."""
+        return any(key[0] == metric for p in self.points for key in p.values)
+
     def value(self, metric: str, domain: int, t: float) -> float:
         if not self.points:
             return 0.0

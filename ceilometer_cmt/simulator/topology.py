@@ -18,6 +18,18 @@ Presets (``--topology``):
     two sockets with SNC-2: L3 ids 0, 1 (60 MiB each), SNC nodes 0-3
     (``mon_L3_00/mon_sub_L3_00``, ``mon_sub_L3_01``, ``mon_L3_01/mon_sub_L3_02``,
     ``mon_sub_L3_03``); ``num_rmids`` is the per-node share as the kernel shows it.
+``amd-abmc``
+    a Linux 6.18 host with AMD ABMC and BMEC, booted in ``mbm_event`` mode
+    (``[XMON] rdt_get_l3_mon_config()`` turns it on when ABMC is present):
+    two CCX, a 32 MiB L3 each (ids 0, 1, 8 CPUs each), 16-bit CBM, 16
+    CLOSIDs, 256 RMIDs and 8 MBM counters per domain -- fewer than the demo's
+    root group plus 4 instances x 2 events, so the 4th group's counters run out.
+``intel-aet``
+    a Linux 7.0 Clearwater-Forest-like host: two packages of 144 E-cores, one
+    L3 each (ids 0, 1, 108 MiB), L3 monitoring (``mbm_assign_mode`` reads
+    ``[default]``: no assignable counters) and Intel AET telemetry
+    (``info/PERF_PKG_MON``, ``mon_data/mon_PERF_PKG_00``/``_01``); L3_MON has
+    1024 RMIDs, PERF_PKG_MON 576 (``intel_aet.c``), so 576 RMIDs can be used.
 
 ``Topology.write_sysfs(root)`` writes the matching
 ``devices/system/cpu/cpu*/cache/index3`` tree so that the plugin's sysfs
@@ -30,6 +42,12 @@ import os
 from dataclasses import dataclass
 
 MON_EVENTS = ("llc_occupancy", "mbm_total_bytes", "mbm_local_bytes")
+#: Intel AET's PERF_PKG events (``mon_event_all[]`` of fs/resctrl/monitor.c,
+#: Linux 7.0), in event-id order
+PERF_PKG_EVENTS = (
+    "core_energy", "activity", "stalls_llc_hit", "c1_res", "unhalted_core_cycles",
+    "stalls_llc_miss", "c6_res", "unhalted_ref_cycles", "uops_retired",
+)
 
 
 @dataclass(frozen=True)
@@ -50,6 +68,14 @@ class MonDomain:
 
 
 @dataclass(frozen=True)
+class Package:
+    """A physical package: one ``mon_PERF_PKG_XX`` directory (Intel AET)."""
+
+    id: int
+    cpus: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class Topology:
     name: str
     l3: tuple[L3Cache, ...]
@@ -64,6 +90,23 @@ class Topology:
     occupancy_granularity: int = 65536
     max_threshold_occupancy: int = 0
     mon_features: tuple[str, ...] = MON_EVENTS
+    #: Linux >= 6.18: ``info/L3_MON/mbm_assign_mode`` exists
+    assign_mode_file: bool = False
+    #: ABMC counters per L3 monitoring domain; 0: counters are not assignable
+    num_mbm_cntrs: int = 0
+    #: BMEC: ``info/L3_MON/mbm_{total,local}_bytes_config`` (AMD)
+    bmec: bool = False
+    #: Intel AET: the packages of ``mon_PERF_PKG_XX``, and PERF_PKG_MON's num_rmids
+    packages: tuple[Package, ...] = ()
+    perf_pkg_rmids: int = 0
+
+    @property
+    def rmid_limit(self) -> int:
+        """RMIDs groups can use: the smaller of the L3_MON and PERF_PKG_MON
+        ``num_rmids`` ([DOC] resctrl.rst; ``resctrl_arch_system_num_rmid_idx()``)."""
+        if self.packages:
+            return min(self.num_rmids, self.perf_pkg_rmids)
+        return self.num_rmids
 
     @property
     def cpus(self) -> tuple[int, ...]:
@@ -168,7 +211,31 @@ def _snc() -> Topology:
     )
 
 
-PRESETS = {"intel-2s": _intel_2s, "amd-ccx": _amd_ccx, "snc": _snc}
+def _amd_abmc() -> Topology:
+    mib = 1024 * 1024
+    l3 = tuple(L3Cache(i, 32 * mib, tuple(range(i * 8, i * 8 + 8))) for i in range(2))
+    doms = tuple(MonDomain(c.id, c.id, c.size, c.cpus) for c in l3)
+    return Topology(
+        "amd-abmc", l3, doms, snc=False, num_rmids=256, num_closids=16, cbm_len=16,
+        min_cbm_bits=0, sparse_masks=True, occupancy_granularity=64,
+        max_threshold_occupancy=2097152, assign_mode_file=True, num_mbm_cntrs=8, bmec=True,
+    )
+
+
+def _intel_aet() -> Topology:
+    mib = 1024 * 1024
+    l3 = tuple(L3Cache(i, 108 * mib, tuple(range(i * 144, i * 144 + 144))) for i in range(2))
+    doms = tuple(MonDomain(c.id, c.id, c.size, c.cpus) for c in l3)
+    return Topology(
+        "intel-aet", l3, doms, snc=False, num_rmids=1024, num_closids=16, cbm_len=12,
+        min_cbm_bits=1, occupancy_granularity=110592, max_threshold_occupancy=1105920,
+        assign_mode_file=True, packages=tuple(Package(c.id, c.cpus) for c in l3),
+        perf_pkg_rmids=576,
+    )
+
+
+PRESETS = {"intel-2s": _intel_2s, "amd-ccx": _amd_ccx, "snc": _snc, "amd-abmc": _amd_abmc,
+           "intel-aet": _intel_aet}
 
 
 def get_topology(name: str) -> Topology:

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 
 from ceilometer_cmt.simulator.errors import SimError
 from ceilometer_cmt.simulator.groups import Caller, Group
+from ceilometer_cmt.simulator.kstr import kstrtobool
 from ceilometer_cmt.simulator.layout import lookup
 from ceilometer_cmt.simulator.model import Model
-from ceilometer_cmt.simulator.topology import format_cpu_list, format_cpu_mask
+from ceilometer_cmt.simulator.topology import PERF_PKG_EVENTS, format_cpu_list, format_cpu_mask
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,11 @@ def resolve(model: Model, parts: tuple[str, ...]) -> Node:
             return Dir(place.entries)
         group = place.group
         if group is None:
-            return _info_files(model)[place.name]
+            files = _info_files(model)
+            return files[place.name] if place.name in files else _assign_files(model)[place.name]
+        if place.pkg_id is not None:
+            pkg, event = place.pkg_id, place.name
+            return File(0o444, lambda: model.read_pkg_event(group, pkg, event), None, group)
         if place.l3_id is not None:
             l3_id, sub_id, event = place.l3_id, place.sub_id, place.name
             return File(
@@ -91,6 +96,13 @@ def _group_files(model: Model, group: Group) -> dict[str, File]:
             lambda data, caller: model.write_mode(group, data),
             group,
         )
+    assign = model.assign
+    files["mbm_L3_assignments"] = File(
+        0o644,
+        lambda: model.command(lambda: assign.assignments_text(group)),
+        lambda data, caller: model.command(lambda: assign.write_assignments(group, data), data),
+        group,
+    )
     return files
 
 
@@ -126,11 +138,100 @@ def _info_files(model: Model) -> dict[str, File]:
             lambda: f"{model.max_threshold_occupancy}\n",
             lambda data, caller: model.write_max_threshold(data),
         ),
-        "L3_MON/mon_features": File(
-            0o444, lambda: "".join(f"{e}\n" for e in topo.mon_features)
-        ),
+        "L3_MON/mon_features": File(0o444, lambda: _mon_features(model)),
         "L3_MON/num_rmids": File(0o444, lambda: f"{model.topology.num_rmids}\n"),
+        "PERF_PKG_MON/num_rmids": File(0o444, lambda: f"{topo.perf_pkg_rmids}\n"),
+        "PERF_PKG_MON/mon_features": File(
+            0o444, lambda: "".join(f"{e}\n" for e in PERF_PKG_EVENTS)
+        ),
     }
+
+
+def _mon_features(model: Model) -> str:
+    """``rdt_mon_features_show()``: a ``<event>_config`` line after each BMEC
+    event while its files are shown."""
+    bmec = model.assign.bmec
+    out = []
+    for event in model.topology.mon_features:
+        out.append(f"{event}\n")
+        if model.assign.bmec_files and event in bmec.config_events:
+            out.append(f"{event}_config\n")
+    return "".join(out)
+
+
+def _assign_files(model: Model) -> dict[str, File]:
+    """The ``info/L3_MON`` files of Linux 6.18 (:mod:`.assign`, :mod:`.bmec`):
+    reads and writes whose kernel functions clear last_cmd_status go through
+    :meth:`.Model.command`."""
+    assign = model.assign
+
+    def locked(fn: Callable[[], str]) -> Callable[[], str]:
+        def read() -> str:
+            with model.locked():
+                return fn()
+
+        return read
+
+    def on_mkdir(data: bytes, caller: Caller) -> None:
+        value = kstrtobool(data.decode("utf-8", "surrogateescape"))
+        if value is None:  # kstrtobool() fails before the status is cleared
+            raise SimError(errno.EINVAL)
+        model.command(lambda: assign.write_on_mkdir(value))
+
+    def groups() -> list[Group]:
+        return list(model.groups())
+
+    files = {
+        "L3_MON/mbm_assign_mode": File(
+            0o644, locked(assign.mode_text),
+            lambda data, caller: model.command(lambda: assign.write_mode(data, groups()), data),
+        ),
+        "L3_MON/num_mbm_cntrs": File(0o444, locked(assign.num_cntrs_text)),
+        "L3_MON/available_mbm_cntrs": File(
+            0o444, lambda: model.command(assign.available_text)
+        ),
+        "L3_MON/mbm_assign_on_mkdir": File(
+            0o644, lambda: model.command(assign.on_mkdir_text), on_mkdir
+        ),
+    }
+    for event in assign.events:
+        files[f"L3_MON/event_configs/{event}/event_filter"] = _event_filter(model, event)
+    for event in assign.bmec.config_events:
+        files[f"L3_MON/{event}_config"] = _bmec_file(model, event)
+    return files
+
+
+def _event_filter(model: Model, event: str) -> File:
+    assign = model.assign
+    return File(
+        0o644,
+        lambda: model.command(lambda: assign.filter_text(event)),
+        lambda data, caller: model.command(
+            lambda: assign.write_filter(event, data, list(model.groups())), data
+        ),
+    )
+
+
+def _bmec_file(model: Model, event: str) -> File:
+    """``mbm_{total,local}_bytes_config``; ENODEV through an fd kept open
+    while mbm_event mode hides the file (a deactivated kernfs node)."""
+    assign = model.assign
+
+    def visible() -> None:
+        if not assign.bmec_files:
+            raise SimError(errno.ENODEV)
+
+    def read() -> str:
+        with model.locked():
+            visible()
+            return assign.bmec.text(event)
+
+    def write(data: bytes, caller: Caller) -> None:
+        with model.locked():
+            visible()
+            model.command(lambda: assign.bmec.write(event, data, list(model.groups())), data)
+
+    return File(0o644, read, write)
 
 
 def _bit_usage(model: Model) -> str:

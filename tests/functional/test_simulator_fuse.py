@@ -368,3 +368,147 @@ def test_plugin_resctrl_backend_runs_unchanged_on_the_simulator(
         backend.close()
         for q in qemus:
             q.stop()
+
+
+# ------------------------------------------ Linux 6.18: mbm_event (AMD ABMC)
+def write_status(root: str, path: str, data: bytes) -> tuple[int, str]:
+    """One write() of ``data`` to ``path``: its errno (0: success) and
+    last_cmd_status after it."""
+    (err,) = write_each(f"{root}/{path}", data)
+    return err, cat(f"{root}/info/last_cmd_status")
+
+
+def test_abmc_files_modes_and_errnos(sim: Callable[..., Simulator]) -> None:
+    root = sim("amd-abmc", {"clock": "manual", "limbo_seconds": 0}).mountpoint
+    mon = f"{root}/info/L3_MON"
+    assert cat(f"{mon}/mbm_assign_mode") == "[mbm_event]\ndefault\n"
+    assert cat(f"{mon}/num_mbm_cntrs") == "0=8;1=8\n"
+    assert cat(f"{mon}/available_mbm_cntrs") == "0=6;1=6\n"
+    assert cat(f"{mon}/mbm_assign_on_mkdir") == "1\n"
+    assert sorted(os.listdir(f"{mon}/event_configs")) == ["mbm_local_bytes", "mbm_total_bytes"]
+    assert os.listdir(f"{mon}/event_configs/mbm_local_bytes") == ["event_filter"]
+    assert cat(f"{mon}/event_configs/mbm_local_bytes/event_filter") == (
+        "local_reads,local_non_temporal_writes,local_reads_slow_memory\n"
+    )
+    assert not os.path.exists(f"{mon}/mbm_total_bytes_config")  # hidden in mbm_event
+    assert cat(f"{root}/mbm_L3_assignments") == (
+        "mbm_total_bytes:0=e;1=e\nmbm_local_bytes:0=e;1=e\n"
+    )
+    os.mkdir(f"{root}/mon_groups/a")
+    assert "mbm_L3_assignments" in os.listdir(f"{root}/mon_groups/a")
+    a = "mon_groups/a/mbm_L3_assignments"
+    assert write_status(root, a, b"mbm_total_bytes:0=_\n") == (0, "ok\n")
+    assert cat(f"{root}/{a}") == "mbm_total_bytes:0=_;1=e\nmbm_local_bytes:0=e;1=e\n"
+    assert cat(f"{root}/mon_groups/a/mon_data/mon_L3_00/mbm_total_bytes") == "Unassigned\n"
+    assert write_status(root, a, b"llc_occupancy:0=e\n") == (
+        errno.ENOENT, "Invalid event llc_occupancy\n")
+    assert write_status(root, a, b"mbm_total_bytes:5=e\n") == (
+        errno.EINVAL, "Invalid domain id 5\n")
+    assert write_status(root, a, b"mbm_total_bytes:0=x\n") == (
+        errno.EINVAL, "Assign operation 'mbm_total_bytes:0=x' failed\n")
+    assert write_each(f"{root}/{a}", b"mbm_total_bytes:0=e") == [errno.EINVAL]  # no newline
+    assert write_status(root, "info/L3_MON/mbm_assign_mode", b"dflt\n") == (
+        errno.EINVAL, "Unsupported assign mode\n")
+    assert write_status(root, "info/L3_MON/mbm_assign_on_mkdir", b"0") == (0, "ok\n")
+    assert write_status(root, "info/L3_MON/mbm_assign_mode", b"default\n") == (0, "ok\n")
+    assert cat(f"{mon}/mbm_assign_mode") == "[default]\nmbm_event\n"
+    for path in ("available_mbm_cntrs", "mbm_assign_on_mkdir"):
+        with pytest.raises(OSError) as e:
+            cat(f"{mon}/{path}")
+        assert e.value.errno == errno.EINVAL
+        assert cat(f"{root}/info/last_cmd_status") == (
+            "mbm_event counter assignment mode is not enabled\n")
+    assert write_status(root, a, b"mbm_total_bytes:0=e\n") == (
+        errno.EINVAL, "mbm_event mode is not enabled\n")
+    assert cat(f"{mon}/mbm_total_bytes_config") == "0=0x7f;1=0x7f\n"  # BMEC shown again
+    assert write_status(root, "info/L3_MON/mbm_assign_mode", b"mbm_event\n") == (0, "ok\n")
+    assert cat(f"{mon}/mbm_assign_on_mkdir") == "1\n"
+    assert cat(f"{mon}/available_mbm_cntrs") == "0=8;1=8\n"
+    assert cat(f"{root}/{a}") == "mbm_total_bytes:0=_;1=_\nmbm_local_bytes:0=_;1=_\n"
+
+
+def test_abmc_counters_run_out_on_mkdir_and_reset_on_assignment(
+    sim: Callable[..., Simulator], procs: Any
+) -> None:
+    p = procs()
+    s = sim("amd-abmc", {
+        "clock": "manual", "limbo_seconds": 0,
+        "processes": [{"match": {"pid": p.pid}, "timeline": [
+            {"t": 0, "mbm_total": {"*": 1000}, "mbm_local": {"*": 600}}]}],
+    })
+    root = s.mountpoint
+    for name in ("a", "b", "c"):
+        os.mkdir(f"{root}/mon_groups/{name}")
+        assert cat(f"{root}/info/last_cmd_status") == "ok\n"
+    os.mkdir(f"{root}/mon_groups/d")  # succeeds without counters
+    assert cat(f"{root}/info/last_cmd_status") == (
+        "Failed to allocate counter for mbm_total_bytes in domain 0\n"
+        "Failed to allocate counter for mbm_local_bytes in domain 0\n"
+    )
+    d = f"{root}/mon_groups/d/mon_data/mon_L3_00"
+    assert cat(f"{d}/mbm_total_bytes") == "Unassigned\n"
+    assert cat(f"{d}/llc_occupancy") == "0\n"
+    assert write_status(root, "mon_groups/d/mbm_L3_assignments", b"mbm_total_bytes:*=e\n") == (
+        errno.ENOSPC,
+        "Failed to allocate counter for mbm_total_bytes in domain 0\n"
+        "Assign operation 'mbm_total_bytes:*=e' failed\n",
+    )
+    os.rmdir(f"{root}/mon_groups/a")  # gives its counters back
+    assert cat(f"{root}/info/L3_MON/available_mbm_cntrs") == "0=2;1=2\n"
+    write_each(f"{root}/mon_groups/d/tasks", b"%d\n" % p.pid)
+    assert write_status(root, "mon_groups/d/mbm_L3_assignments", b"mbm_total_bytes:*=e\n") == (
+        0, "ok\n")
+    s.advance(10)
+    assert cat(f"{d}/mbm_total_bytes") == "10000\n"
+    write_each(f"{root}/mon_groups/d/mbm_L3_assignments", b"mbm_total_bytes:0=e\n")
+    assert cat(f"{d}/mbm_total_bytes") == "10000\n"  # already assigned: not reset
+    write_each(f"{root}/mon_groups/d/mbm_L3_assignments", b"mbm_total_bytes:0=_\n",
+               b"mbm_total_bytes:0=e\n")
+    assert cat(f"{d}/mbm_total_bytes") == "0\n"  # a new assignment restarts the counter
+    s.advance(1)
+    assert cat(f"{d}/mbm_total_bytes") == "1000\n"
+    # the root group has its counters: it shows its own RMID plus its
+    # assigned monitor groups' (d's 1000)
+    assert cat(f"{root}/mon_data/mon_L3_00/mbm_total_bytes") == "1000\n"
+    write_each(f"{root}/info/L3_MON/event_configs/mbm_total_bytes/event_filter",
+               b"local_reads,remote_reads\n")
+    assert cat(f"{d}/mbm_total_bytes") == "0\n"  # a filter change resets its counters
+    assert write_status(root, "info/L3_MON/event_configs/mbm_total_bytes/event_filter",
+                        b"nope\n") == (errno.EINVAL, "Invalid memory transaction type nope\n")
+
+
+def test_bmec_config_write_resets_and_reads_unavailable(
+    sim: Callable[..., Simulator], procs: Any
+) -> None:
+    p = procs()
+    s = sim("amd-abmc", {
+        "clock": "manual", "limbo_seconds": 0,
+        "processes": [{"match": {"pid": p.pid}, "timeline": [
+            {"t": 0, "mbm_total": {"*": 1000}, "mbm_local": {"*": 600}}]}],
+    })
+    root = s.mountpoint
+    config = f"{root}/info/L3_MON/mbm_local_bytes_config"
+    assert not os.path.exists(config)
+    write_each(f"{root}/info/L3_MON/mbm_assign_mode", b"default\n")
+    assert cat(f"{root}/info/L3_MON/mon_features") == (
+        "llc_occupancy\nmbm_total_bytes\nmbm_total_bytes_config\n"
+        "mbm_local_bytes\nmbm_local_bytes_config\n"
+    )
+    assert cat(config) == "0=0x15;1=0x15\n"
+    s.advance(2)
+    values = f"{root}/mon_data/mon_L3_01"
+    assert cat(f"{values}/mbm_total_bytes") == "2000\n"
+    assert write_status(root, "info/L3_MON/mbm_local_bytes_config", b"1=0x80\n") == (
+        errno.EINVAL, "Invalid event configuration: max valid mask is 0x7f\n")
+    assert write_status(root, "info/L3_MON/mbm_local_bytes_config", b"1=0x15\n") == (0, "ok\n")
+    assert cat(f"{values}/mbm_total_bytes") == "2000\n"  # the same value: no reset
+    assert write_status(root, "info/L3_MON/mbm_local_bytes_config", b"1=0x3\n") == (0, "ok\n")
+    assert cat(config) == "0=0x15;1=0x03\n"
+    assert cat(f"{values}/mbm_total_bytes") == "Unavailable\n"  # both events reset
+    assert cat(f"{values}/mbm_total_bytes") == "0\n"
+    assert cat(f"{values}/mbm_local_bytes") == "Unavailable\n"
+    assert cat(f"{root}/mon_data/mon_L3_00/mbm_total_bytes") == "2000\n"
+    # a scheduled mode switch through the control socket
+    s.fault(action="assign_mode", value="mbm_event")
+    assert not os.path.exists(config)
+    assert cat(f"{root}/info/L3_MON/mbm_assign_mode") == "[mbm_event]\ndefault\n"

@@ -32,14 +32,16 @@ ALLOWED_PLUGIN_IMPORTS: frozenset[str] = frozenset()
 #: The modules that make the state machine: they must not import the layers
 #: that serve it (the model raises SimError; tree/fs turn it into files and
 #: errnos).
-STATE_MACHINE = ("errors", "groups", "layout", "rmids", "writes", "tasks", "counters", "model")
+STATE_MACHINE = ("errors", "kstr", "groups", "bmec", "assign", "layout", "rmids", "writes",
+                 "tasks", "telemetry", "counters", "model")
 SERVING = ("tree", "fs", "control", "runner")
 
 #: Every module, bottom up, as simulator/__init__.py lists them: each may
 #: import only modules before it (so there can be no cycle).
 ORDER = (
     "topology", "timeline", "scenario", "procfs", "workload",  # inputs
-    "errors", "groups", "layout", "rmids", "writes", "tasks", "counters", "model",
+    "errors", "kstr", "groups", "bmec", "assign", "layout", "rmids", "writes", "tasks",
+    "telemetry", "counters", "model",
     "tree", "fs", "control", "runner", "__init__", "__main__",  # serving it
 )
 
