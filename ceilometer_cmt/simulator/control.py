@@ -8,8 +8,9 @@ or ``{"ok": false, "error": "..."}``).  Commands (``cmd``):
 ``fault``
     ``{"cmd": "fault", "fault": {...}}``: one ``faults:`` entry of the scenario
     schema; without ``at`` it starts now, ``duration`` (s) ends it after that
-    long.  An ``action`` entry (reset_counters, set_rmids, set_limbo) runs now,
-    or at ``at`` when that is later.
+    long.  An ``action`` entry (reset_counters, set_rmids, set_limbo, and the
+    file writes assign_mode, event_filter, bmec_config) runs now, or at
+    ``at`` when that is later.
 ``clear_faults``
     drop every value fault.
 ``reset_counters``

@@ -512,3 +512,60 @@ def test_bmec_config_write_resets_and_reads_unavailable(
     s.fault(action="assign_mode", value="mbm_event")
     assert not os.path.exists(config)
     assert cat(f"{root}/info/L3_MON/mbm_assign_mode") == "[mbm_event]\ndefault\n"
+
+
+# --------------------------------------------- Linux 7.0: Intel AET PERF_PKG
+PERF_PKG_EVENTS = ("core_energy", "activity", "stalls_llc_hit", "c1_res",
+                   "unhalted_core_cycles", "stalls_llc_miss", "c6_res",
+                   "unhalted_ref_cycles", "uops_retired")
+
+
+def test_perf_pkg_files_values_and_rmid_limit(
+    sim: Callable[..., Simulator], procs: Any
+) -> None:
+    p = procs()
+    s = sim("intel-aet", {
+        "clock": "manual", "limbo_seconds": 0,
+        "processes": [{"match": {"pid": p.pid}, "split": "main", "timeline": [
+            {"t": 0, "cpu": {0: 2}, "mbm_total": {0: "1GiB"}}]}],
+        "faults": [{"group": "mon_groups/vm", "domain": 1, "event": "activity",
+                    "value": "Unavailable"}],
+    })
+    root = s.mountpoint
+    assert sorted(os.listdir(f"{root}/info")) == ["L3", "L3_MON", "PERF_PKG_MON",
+                                                  "last_cmd_status"]
+    assert cat(f"{root}/info/PERF_PKG_MON/num_rmids") == "576\n"
+    assert cat(f"{root}/info/L3_MON/num_rmids") == "1024\n"
+    assert cat(f"{root}/info/PERF_PKG_MON/mon_features").split() == list(PERF_PKG_EVENTS)
+    assert cat(f"{root}/info/L3_MON/mbm_assign_mode") == "[default]\n"
+    assert write_each(f"{root}/info/L3_MON/mbm_assign_mode", b"mbm_event\n") == [errno.EINVAL]
+    assert cat(f"{root}/info/last_cmd_status") == "mbm_event mode is not supported\n"
+    os.mkdir(f"{root}/mon_groups/vm")
+    write_each(f"{root}/mon_groups/vm/tasks", b"%d\n" % p.pid)
+    data = f"{root}/mon_groups/vm/mon_data"
+    assert sorted(os.listdir(data)) == ["mon_L3_00", "mon_L3_01", "mon_PERF_PKG_00",
+                                        "mon_PERF_PKG_01"]
+    assert sorted(os.listdir(f"{data}/mon_PERF_PKG_00")) == sorted(PERF_PKG_EVENTS)
+    s.advance(10)
+    pkg = f"{data}/mon_PERF_PKG_00"
+    assert cat(f"{pkg}/core_energy") == "30.000000\n"  # 2 CPUs x 1.5 W x 10 s
+    activity = cat(f"{pkg}/activity")
+    assert len(activity.split(".")[1]) == 7  # 6 decimals and the newline
+    assert cat(f"{data}/mon_PERF_PKG_01/activity") == "Unavailable\n"
+    cycles = int(cat(f"{pkg}/unhalted_core_cycles"))
+    assert cycles == int(2 * 2.2e9 * 10)
+    ipc = int(cat(f"{pkg}/uops_retired")) / cycles
+    assert 0.5 < ipc < 2.5
+    assert 0 < int(cat(f"{pkg}/stalls_llc_miss")) < cycles
+    s.advance(1)
+    assert int(cat(f"{pkg}/unhalted_core_cycles")) > cycles
+    assert float(cat(f"{root}/mon_data/mon_PERF_PKG_01/c6_res")) > 0  # idle CPUs: root's
+    # the group limit is PERF_PKG_MON's 576 (L3_MON has 1024): 575 besides the root
+    s.set_rmids(4)  # now L3_MON is the smaller one
+    os.mkdir(f"{root}/mon_groups/b")
+    os.mkdir(f"{root}/mon_groups/c")
+    with pytest.raises(OSError) as e:
+        os.mkdir(f"{root}/mon_groups/d")
+    assert e.value.errno == errno.ENOSPC
+    s.set_rmids(4096)
+    assert s.state()["free_rmids"] == 576 - 1 - 3
