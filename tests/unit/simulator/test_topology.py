@@ -1,0 +1,41 @@
+"""The simulator's host presets: the older ones as they were, the Linux
+6.18 ABMC host and the Linux 7.0 AET host."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ceilometer_cmt.simulator.topology import PRESETS, get_topology
+
+
+def test_older_presets_model_no_newer_interface() -> None:
+    for name, rmids in (("intel-2s", 176), ("amd-ccx", 256), ("snc", 128)):
+        topo = get_topology(name)
+        assert (topo.num_rmids, topo.rmid_limit) == (rmids, rmids)
+        assert not topo.assign_mode_file and not topo.bmec and not topo.packages
+        assert topo.num_mbm_cntrs == 0
+
+
+def test_amd_abmc_preset() -> None:
+    topo = get_topology("amd-abmc")
+    assert [c.id for c in topo.l3] == [0, 1] and topo.num_mbm_cntrs == 8
+    assert topo.assign_mode_file and topo.bmec and not topo.packages
+    assert topo.cpus == tuple(range(16)) and topo.rmid_limit == 256
+    # fewer counters than the root plus the demo's 4 instances x 2 events
+    assert topo.num_mbm_cntrs < 2 + 4 * 2
+
+
+def test_intel_aet_preset(tmp_path: Path) -> None:
+    topo = get_topology("intel-aet")
+    assert [p.id for p in topo.packages] == [0, 1]
+    assert [len(p.cpus) for p in topo.packages] == [144, 144]
+    assert (topo.num_rmids, topo.perf_pkg_rmids, topo.rmid_limit) == (1024, 576, 576)
+    assert topo.assign_mode_file and topo.num_mbm_cntrs == 0 and not topo.bmec
+    topo.write_sysfs(str(tmp_path))
+    index3 = tmp_path / "devices/system/cpu/cpu287/cache/index3"
+    assert (index3 / "id").read_text() == "1\n"
+    assert (index3 / "shared_cpu_list").read_text() == "144-287\n"
+
+
+def test_preset_names() -> None:
+    assert sorted(PRESETS) == ["amd-abmc", "amd-ccx", "intel-2s", "intel-aet", "snc"]
