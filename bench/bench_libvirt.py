@@ -32,9 +32,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import libvirt  # noqa: E402
 
-from ceilometer_cmt.backends.libvirt import stats as libvirt_stats  # noqa: E402
+from ceilometer_cmt.backends.libvirt import stats  # noqa: E402
 from ceilometer_cmt.backends.libvirt.backend import LibvirtBackend  # noqa: E402
-from ceilometer_cmt.testing import fakehost as testbed  # noqa: E402
+from ceilometer_cmt.testing import fakehost  # noqa: E402
 from ceilometer_cmt.testing.libvirtd import LibvirtDaemon  # noqa: E402
 
 
@@ -48,14 +48,14 @@ Row = tuple[int, float, float, float, float, float, float, bool]
 
 
 def measure(daemon: LibvirtDaemon, n: int, rounds: int) -> Row:
-    insts = testbed.make_instances(n)
-    path = testbed.write_node_xml(os.path.join(daemon.base_dir or "", f"node{n}.xml"), insts)
+    insts = fakehost.make_instances(n)
+    path = fakehost.write_node_xml(os.path.join(daemon.base_dir or "", f"node{n}.xml"), insts)
     uri = daemon.uri_for(path)
     refs = [i.ref for i in insts]
     backend = LibvirtBackend(uri)
     conn = libvirt.openReadOnly(uri)
     doms = [conn.lookupByUUIDString(i.uuid) for i in insts]
-    groups = libvirt_stats.STATS_GROUPS
+    groups = stats.STATS_GROUPS
 
     def rpc_only() -> None:
         conn.getAllDomainStats(groups, 0)

@@ -11,10 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
-#: Occupancy key for a backend that only knows a host-wide total (perf
-#: ``intel_cqm`` sums every package): its percent is taken against the sum of
-#: all L3 domain sizes.
-HOST_WIDE = -1
+#: Occupancy key for a value that covers all L3 domains together (perf
+#: ``intel_cqm`` and libvirt sum every package): its percent is taken against
+#: the sum of all L3 domain sizes.
+ALL_DOMAINS = -1
 
 
 @dataclass(frozen=True)
@@ -42,10 +42,10 @@ class HostCache:
 
     @functools.cached_property
     def sizes(self) -> dict[int, int]:
-        """Domain id (and HOST_WIDE, the total) -> bytes."""
+        """Domain id (and ALL_DOMAINS, the total) -> bytes."""
         out = {d.id: d.size for d in self.domains}
         if self.domains:
-            out[HOST_WIDE] = sum(out.values())
+            out[ALL_DOMAINS] = sum(out.values())
         return out
 
     def domain_size(self, domain_id: int) -> int | None:
@@ -64,7 +64,7 @@ class InstanceRef(NamedTuple):
 class InstanceReading:
     """Raw values of one instance for one cycle.
 
-    ``occupancy`` maps an L3 domain id (or :data:`HOST_WIDE`) to bytes.
+    ``occupancy`` maps an L3 domain id (or :data:`ALL_DOMAINS`) to bytes.
     ``mbm_total``/``mbm_local`` map a *counter key* to the raw byte counter.
     A counter key names one hardware counter (e.g. ``"<group>/<domain>"``);
     a backend that recreates a counter must give it a new key, so that the

@@ -15,15 +15,15 @@ import sys
 from collections.abc import Sequence
 from typing import Any, cast
 
-from ceilometer_cmt.backends import registry as selection
-from ceilometer_cmt.backends.resctrl import fs as resctrl
+from ceilometer_cmt.backends import registry
+from ceilometer_cmt.backends.resctrl import fs
 from ceilometer_cmt.cmd import poll as pollrun
 from ceilometer_cmt.errors import CmtError
 from ceilometer_cmt.linux.sysfs_cache import read_host_cache
 
 
 def load_settings(config_files: Sequence[str],
-                  overrides: Sequence[tuple[str, str]] = ()) -> selection.Settings:
+                  overrides: Sequence[tuple[str, str]] = ()) -> registry.Settings:
     """[cmt] (and ceilometer's [DEFAULT] libvirt_*) options from config files,
     then the ``--set`` pairs (checked already by :func:`pollrun.set_item`)."""
     from oslo_config import cfg
@@ -53,7 +53,7 @@ def _cpu_vendor(proc_root: str) -> str | None:
     return None
 
 
-def probe_report(settings: selection.Settings) -> dict[str, Any]:
+def probe_report(settings: registry.Settings) -> dict[str, Any]:
     host = read_host_cache(settings.sysfs_root)
     report: dict[str, Any] = {
         "kernel": platform.release(),
@@ -63,19 +63,19 @@ def probe_report(settings: selection.Settings) -> dict[str, Any]:
     }
     rc: dict[str, Any] = {"root": settings.resctrl_root}
     try:
-        rc["mount"] = resctrl.verify_mount(settings.resctrl_root, settings.proc_root)
+        rc["mount"] = fs.verify_mount(settings.resctrl_root, settings.proc_root)
     except CmtError as e:
         rc["mount"] = None
         rc["mount_error"] = str(e)
     if os.path.isdir(os.path.join(settings.resctrl_root, "info")):
-        info = resctrl.read_info(settings.resctrl_root)
+        info = fs.read_info(settings.resctrl_root)
         rc.update(mon_features=list(info.mon_features), num_rmids=info.num_rmids,
                   num_closids=info.num_closids)
     report["resctrl"] = rc
     pmu = os.path.join(settings.sysfs_root, "bus", "event_source", "devices", "intel_cqm")
     report["perf_intel_cqm_pmu"] = os.path.isdir(pmu)
     report["libvirt"] = _libvirt_reachable(settings.libvirt_uri)
-    backend, decisions = selection.choose(settings)
+    backend, decisions = registry.choose(settings)
     report["backend"] = backend.name if backend else None
     report["decisions"] = [{"backend": d.backend, "usable": d.usable, "reason": d.reason}
                            for d in decisions]
@@ -164,7 +164,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 
     s = load_settings(args.config_file, args.set)
     # the very backend the agent would build from these settings
-    backend = cast(ResctrlBackend, selection.entry("resctrl").open(s, None, None))
+    backend = cast(ResctrlBackend, registry.entry("resctrl").open(s, None, None))
     owned = backend.owned_groups()
     keep: set[str] = set()
     if args.stale_only:

@@ -151,8 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(host: DemoHost, args: argparse.Namespace, out: TextIO) -> int:
-    from ceilometer_cmt.cmd import poll as pollrun
-    from ceilometer_cmt.cmd import top
+    from ceilometer_cmt.cmd import poll, top
 
     host.start()
     if args.json:
@@ -171,7 +170,7 @@ def _run(host: DemoHost, args: argparse.Namespace, out: TextIO) -> int:
     def count(_view: top.HostView) -> None:
         host.cycles_done += 1
 
-    with pollrun.polling_agent([host.conf]) as agent:
+    with poll.polling_agent([host.conf]) as agent:
         mode = "jsonl" if args.json else ("live" if out.isatty() else "print")
         top.watch(agent, interval=args.interval, cycles=args.cycles, sort=args.sort, out=out,
                   mode=mode, title="ceilometer-cmt demo", footer=footer, on_cycle=count)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ceilometer_cmt import options
-from ceilometer_cmt.backends import registry as selection
+from ceilometer_cmt.backends import registry
 from ceilometer_cmt.backends.perf.counter_providers import CounterProvider, DirectCounters
 from ceilometer_cmt.backends.resctrl.fs import DirectOps, ResctrlOps
 from ceilometer_cmt.monitor import CacheMonitor, CycleResult
@@ -33,9 +33,9 @@ _RUNTIMES: dict[int, Runtime] = {}
 
 @dataclass
 class Runtime:
-    settings: selection.Settings
+    settings: registry.Settings
     monitor: CacheMonitor | None
-    decisions: list[selection.Decision] = field(default_factory=list)
+    decisions: list[registry.Decision] = field(default_factory=list)
 
     @property
     def why_off(self) -> str:
@@ -50,10 +50,10 @@ def libvirt_uri(conf: Any) -> str:
     return per_type.get(getattr(conf, "libvirt_type", "kvm") or "kvm", "qemu:///system")
 
 
-def settings_from_conf(conf: Any) -> selection.Settings:
+def settings_from_conf(conf: Any) -> registry.Settings:
     options.register_opts(conf)
     c = conf.cmt
-    return selection.Settings(
+    return registry.Settings(
         backend=c.backend, resctrl_root=c.resctrl_root, sysfs_root=c.sysfs_root,
         proc_root=c.proc_root, libvirt_pid_dir=c.libvirt_pid_dir,
         resctrl_group_prefix=c.resctrl_group_prefix,
@@ -65,7 +65,7 @@ def _direct(conf: Any) -> bool:
     return bool(mode == "never" or (mode == "auto" and os.geteuid() == 0))
 
 
-def resctrl_ops(conf: Any, settings: selection.Settings) -> ResctrlOps:
+def resctrl_ops(conf: Any, settings: registry.Settings) -> ResctrlOps:
     mode = conf.cmt.privsep
     if _direct(conf):
         return DirectOps()
@@ -122,8 +122,8 @@ def libvirt_connector(uri: str) -> tuple[Callable[[], Any], Callable[[BaseExcept
     return _CeilometerLibvirt(uri), libvirt_utils.is_disconnection_exception
 
 
-def _open_libvirt(s: selection.Settings, ops: ResctrlOps | None,
-                  counters: CounterProvider | None = None) -> selection.Candidate:
+def _open_libvirt(s: registry.Settings, ops: ResctrlOps | None,
+                  counters: CounterProvider | None = None) -> registry.Candidate:
     from ceilometer_cmt.backends.libvirt.backend import LibvirtBackend
 
     connect, is_disconnected = libvirt_connector(s.libvirt_uri)
@@ -131,10 +131,10 @@ def _open_libvirt(s: selection.Settings, ops: ResctrlOps | None,
                           is_disconnected=is_disconnected)
 
 
-def agent_registry() -> tuple[selection.Entry, ...]:
+def agent_registry() -> tuple[registry.Entry, ...]:
     """The registry, with the libvirt entry connecting through ceilometer."""
-    return tuple(selection.Entry(e.name, _open_libvirt) if e.name == "libvirt" else e
-                 for e in selection.REGISTRY)
+    return tuple(registry.Entry(e.name, _open_libvirt) if e.name == "libvirt" else e
+                 for e in registry.REGISTRY)
 
 
 def get_runtime(conf: Any) -> Runtime:
@@ -144,7 +144,7 @@ def get_runtime(conf: Any) -> Runtime:
             return rt
         settings = settings_from_conf(conf)
         ops = resctrl_ops(conf, settings)
-        backend, decisions = selection.choose(settings, ops, perf_counters(conf, ops),
+        backend, decisions = registry.choose(settings, ops, perf_counters(conf, ops),
                                               registry=agent_registry())
         interval = conf.cmt.log_interval  # None for "log_interval =" in a file
         monitor = (CacheMonitor(backend, log_interval=options.LOG_INTERVAL

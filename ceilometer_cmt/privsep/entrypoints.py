@@ -30,7 +30,7 @@ from oslo_privsep import priv_context
 
 from ceilometer_cmt import options
 from ceilometer_cmt.backends.perf.abi import EventSpec
-from ceilometer_cmt.backends.resctrl import fs as resctrl
+from ceilometer_cmt.backends.resctrl import fs
 from ceilometer_cmt.privsep import perf_registry
 from ceilometer_cmt.privsep.resctrl_root import ResctrlRoot
 from ceilometer_cmt.privsep.rules import QemuRule, refuse
@@ -70,7 +70,7 @@ def daemon_resctrl() -> ResctrlRoot:
         if _resctrl is None:
             c = cfg.CONF
             prefix = c.cmt.resctrl_group_prefix or ""
-            if not resctrl.PREFIX_RE.fullmatch(prefix):
+            if not fs.PREFIX_RE.fullmatch(prefix):
                 raise refuse("config", f"this daemon's [cmt] resctrl_group_prefix "
                                        f"{prefix!r} is not usable")
             _resctrl = ResctrlRoot(c.cmt.resctrl_root, prefix, qemu_rule(),

@@ -41,7 +41,7 @@ import secrets
 import threading
 from collections.abc import Iterable, Sequence
 
-from ceilometer_cmt.backends.perf import counter_fds as perf_events
+from ceilometer_cmt.backends.perf import counter_fds
 from ceilometer_cmt.backends.perf import pmu as perf_pmu
 from ceilometer_cmt.backends.perf.abi import EventSpec
 from ceilometer_cmt.backends.perf.syscall import PerfProcessGone, PerfTooManyFiles
@@ -135,12 +135,12 @@ class CounterRegistry:
                 raise PerfTooManyFiles(
                     f"the privsep daemon holds {len(self._fds)} perf counters, its cap "
                     f"is {self.max_counters}", errno.EMFILE)
-            fds = perf_events.open_counters(specs, tid)
+            fds = counter_fds.open_counters(specs, tid)
             # the thread that was opened is the one that was checked: the qemu
             # still runs (its pidfd) and the thread has the same start time
             if not qemu.alive() or _start_time(self.proc_root, pid, tid) != started:
                 for fd in fds:
-                    perf_events.close_fd(fd)
+                    counter_fds.close_fd(fd)
                 raise PerfProcessGone(f"thread {tid} of process {pid} exited", errno.ESRCH)
             handles = []
             for fd in fds:
@@ -157,24 +157,24 @@ class CounterRegistry:
                 mine = [fds[h] for h in handles]
             except KeyError as e:
                 raise OSError(errno.EBADF, f"no perf counter with handle {e.args[0]}") from None
-            return perf_events.read_counts(mine)
+            return counter_fds.read_counts(mine)
 
     def close(self, handles: Iterable[int]) -> None:
         with self._lock:
             for h in handles:
                 fd = self._fds.pop(int(h), None)
                 if fd is not None:
-                    perf_events.close_fd(fd)
+                    counter_fds.close_fd(fd)
 
     def close_all(self) -> None:
         with self._lock:
             fds, self._fds = list(self._fds.values()), {}
         for fd in fds:
-            perf_events.close_fd(fd)
+            counter_fds.close_fd(fd)
 
     def probe(self, events: Iterable[Sequence[int]]) -> None:
         """Open, read and close every event on the daemon itself: can it count?"""
-        perf_events.probe(self._specs(events))
+        counter_fds.probe(self._specs(events))
 
     def __len__(self) -> int:
         return len(self._fds)

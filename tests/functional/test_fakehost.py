@@ -10,7 +10,7 @@ import pytest
 
 from ceilometer_cmt.errors import InstanceGone
 from ceilometer_cmt.linux import procfs
-from ceilometer_cmt.testing import fakehost as testbed
+from ceilometer_cmt.testing import fakehost
 from ceilometer_cmt.testing.libvirtd import LIBVIRTD, LibvirtDaemon
 from tests.support.procutil import alive
 
@@ -29,22 +29,22 @@ def daemon():
 @pytest.fixture
 def host(daemon, tmp_path):
     """Three running instances and one shut off, in a node file."""
-    running = testbed.make_instances(3)
-    stopped = testbed.make_instances(1, running=False, start=100)
-    path = testbed.write_node_xml(str(tmp_path / "node.xml"), running + stopped)
+    running = fakehost.make_instances(3)
+    stopped = fakehost.make_instances(1, running=False, start=100)
+    path = fakehost.write_node_xml(str(tmp_path / "node.xml"), running + stopped)
     return daemon.uri_for(path), running, stopped
 
 
 def test_node_xml_escapes_odd_names(daemon, tmp_path):
-    inst = testbed.FakeInstance(
+    inst = fakehost.FakeInstance(
         uuid="2d0a3bd7-3d41-4bb8-a1f4-6c1e4c1d2f10", domain_name="instance-<&'\">",
         display_name="a <b> & 'c'", project_id="p", user_id="u", flavor_name='f"1')
-    path = testbed.write_node_xml(str(tmp_path / "node.xml"), [inst])
+    path = fakehost.write_node_xml(str(tmp_path / "node.xml"), [inst])
     conn = libvirt.open(daemon.uri_for(path))
     try:
         dom = conn.lookupByUUIDString(inst.uuid)
         assert dom.name() == inst.domain_name
-        meta = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, testbed.NOVA_NS)
+        meta = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, fakehost.NOVA_NS)
         assert "a &lt;b&gt; &amp; 'c'" in meta
     finally:
         conn.close()
@@ -78,7 +78,7 @@ def test_ceilometer_discovery_lists_the_instances(host):
 
 def test_stand_in_qemu_looks_like_qemu_to_procfs(tmp_path):
     pid_dir = str(tmp_path / "qemu")
-    q = testbed.StandInQemu("instance-0000002a", pid_dir, extra_threads=3)
+    q = fakehost.StandInQemu("instance-0000002a", pid_dir, extra_threads=3)
     q.start()
     try:
         found = procfs.find_qemu_process(pid_dir, "/proc", "instance-0000002a")
@@ -96,7 +96,7 @@ def test_stand_in_qemu_looks_like_qemu_to_procfs(tmp_path):
 
 
 def test_stand_in_qemu_with_comma_in_name(tmp_path):
-    with testbed.StandInQemu("a,b", str(tmp_path)) as q:
+    with fakehost.StandInQemu("a,b", str(tmp_path)) as q:
         assert procfs.find_qemu_process(str(tmp_path), "/proc", "a,b").pid == q.pid
 
 
@@ -123,7 +123,7 @@ def _eventually(pred, what: str, deadline: float = 20.0) -> None:
 
 
 def test_stand_in_qemu_burns_then_rests(tmp_path):
-    with testbed.StandInQemu("instance-burn", str(tmp_path), extra_threads=1) as q:
+    with fakehost.StandInQemu("instance-burn", str(tmp_path), extra_threads=1) as q:
         before = _cpu_ticks(q.pid)
         q.burn()
         _eventually(lambda: _cpu_ticks(q.pid) > before + 5, "cpu time grows while burning")
@@ -132,8 +132,8 @@ def test_stand_in_qemu_burns_then_rests(tmp_path):
 
 
 def test_fake_host_starts_running_instances_only(tmp_path):
-    insts = testbed.make_instances(2) + testbed.make_instances(1, running=False, start=9)
-    with testbed.FakeHost(insts, str(tmp_path)) as fh:
+    insts = fakehost.make_instances(2) + fakehost.make_instances(1, running=False, start=9)
+    with fakehost.FakeHost(insts, str(tmp_path)) as fh:
         pids = [q.pid for q in fh.qemus.values()]
         assert sorted(os.listdir(tmp_path)) == sorted(i.domain_name + ".pid" for i in insts[:2])
     assert os.listdir(tmp_path) == []

@@ -19,7 +19,7 @@ import pytest
 from ceilometer_cmt.backends.libvirt.backend import LibvirtBackend
 from ceilometer_cmt.errors import BackendUnavailable
 from ceilometer_cmt.readings import InstanceRef
-from ceilometer_cmt.testing import fakehost as testbed
+from ceilometer_cmt.testing import fakehost
 from ceilometer_cmt.testing.libvirtd import LIBVIRTD, LibvirtDaemon
 from tests.unit.backends.libvirt.test_stats import CAPS, MISSING, STATES, MiB, cache_keys, mbw_keys
 
@@ -71,10 +71,10 @@ class Host:
     """A node file, and a factory of counting connections to it."""
 
     def __init__(self, daemon: LibvirtDaemon, path: str,
-                 instances: list[testbed.FakeInstance]) -> None:
+                 instances: list[fakehost.FakeInstance]) -> None:
         self.daemon = daemon
         self.instances = instances
-        testbed.write_node_xml(path, instances)
+        fakehost.write_node_xml(path, instances)
         self.uri = daemon.uri_for(path)
         self.extra: dict[str, dict[str, object]] = {}
         self.calls: list[str] = []
@@ -104,7 +104,7 @@ def daemon():
 
 @pytest.fixture
 def host(daemon, tmp_path):
-    insts = testbed.make_instances(4) + testbed.make_instances(1, running=False, start=50)
+    insts = fakehost.make_instances(4) + fakehost.make_instances(1, running=False, start=50)
     h = Host(daemon, str(tmp_path / "node.xml"), insts)
     a, b, c, _d, _off = insts
     h.extra[a.domain_name] = cache_keys([("vcpus_0", "0", [(0, 3 * MiB), (1, 1 * MiB)]),
@@ -195,7 +195,7 @@ def test_every_state_test_of_the_backend_agrees(host, state, active):
 
 def test_reconnects_after_libvirtd_restart(tmp_path):
     warnings: list[str] = []
-    insts = testbed.make_instances(2)
+    insts = fakehost.make_instances(2)
     with LibvirtDaemon() as d:
         h = Host(d, str(tmp_path / "node.xml"), insts)
         for i in insts:
@@ -229,9 +229,9 @@ def test_reconnects_after_libvirtd_restart(tmp_path):
 
 
 def test_connection_lost_warns_through_logging(tmp_path, caplog):
-    insts = testbed.make_instances(1)
+    insts = fakehost.make_instances(1)
     with LibvirtDaemon() as d:
-        path = testbed.write_node_xml(str(tmp_path / "node.xml"), insts)
+        path = fakehost.write_node_xml(str(tmp_path / "node.xml"), insts)
         backend = LibvirtBackend(d.uri_for(path))  # the real libvirt.openReadOnly
         try:
             backend.sync([insts[0].ref])
@@ -375,7 +375,7 @@ def test_ceilometer_connect_reconnects_after_libvirtd_restart(tmp_path):
     socket costs one cycle (reported unmonitored with the reason, one WARNING),
     then ceilometer's refresh opens a new connection and the data is back."""
     warnings: list[str] = []
-    insts = testbed.make_instances(2)
+    insts = fakehost.make_instances(2)
     with LibvirtDaemon() as d:
         h = Host(d, str(tmp_path / "node.xml"), insts)
         for i in insts:
@@ -428,9 +428,9 @@ def test_ceilometer_refresh_is_what_reconnects(tmp_path):
 
     from ceilometer_cmt.pollsters import runtime
 
-    insts = testbed.make_instances(1)
+    insts = fakehost.make_instances(1)
     with LibvirtDaemon() as d:
-        uri = d.uri_for(testbed.write_node_xml(str(tmp_path / "node.xml"), insts))
+        uri = d.uri_for(fakehost.write_node_xml(str(tmp_path / "node.xml"), insts))
         connect, is_disconnected = runtime.libvirt_connector(uri)
         assert is_disconnected is libvirt_utils.is_disconnection_exception
         conns: list[Any] = []
@@ -468,9 +468,9 @@ def test_agent_runtime_polls_across_a_libvirtd_restart(tmp_path):
     from ceilometer_cmt.backends.libvirt import stats as libvirt_stats
     from ceilometer_cmt.pollsters import runtime
 
-    insts = testbed.make_instances(2)
+    insts = fakehost.make_instances(2)
     with LibvirtDaemon() as d:
-        uri = d.uri_for(testbed.write_node_xml(str(tmp_path / "node.xml"), insts))
+        uri = d.uri_for(fakehost.write_node_xml(str(tmp_path / "node.xml"), insts))
         conf = cfg.ConfigOpts()
         conf(args=[], default_config_files=[], default_config_dirs=[])
         options.register_opts(conf)
@@ -502,7 +502,7 @@ def test_agent_runtime_polls_across_a_libvirtd_restart(tmp_path):
 class Resource:
     """What ceilometer's local_instances discovery gives, as runtime reads it."""
 
-    def __init__(self, inst: testbed.FakeInstance) -> None:
+    def __init__(self, inst: fakehost.FakeInstance) -> None:
         self.id = inst.uuid
         setattr(self, "OS-EXT-STS:vm_state", "running")
         setattr(self, "OS-EXT-SRV-ATTR:instance_name", inst.domain_name)

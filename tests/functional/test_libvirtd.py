@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from ceilometer_cmt.testing import fakehost as testbed
+from ceilometer_cmt.testing import fakehost
 from ceilometer_cmt.testing.libvirtd import LIBVIRTD, DaemonError, LibvirtDaemon
 from tests.support.procutil import alive, processes_mentioning
 
@@ -54,9 +54,9 @@ def test_libvirtd_that_fails_to_start_leaves_nothing(tmp_path):
 
 
 def test_libvirtd_restart_drops_clients_and_serves_again(daemon, tmp_path):
-    running = testbed.make_instances(3)
-    stopped = testbed.make_instances(1, running=False, start=100)
-    uri = daemon.uri_for(testbed.write_node_xml(str(tmp_path / "node.xml"), running + stopped))
+    running = fakehost.make_instances(3)
+    stopped = fakehost.make_instances(1, running=False, start=100)
+    uri = daemon.uri_for(fakehost.write_node_xml(str(tmp_path / "node.xml"), running + stopped))
     conn = libvirt.open(uri)
     old_pid = daemon.pid
     daemon.restart()

@@ -14,7 +14,7 @@ import textwrap
 
 import pytest
 
-from ceilometer_cmt.cmd import poll as pollrun
+from ceilometer_cmt.cmd import poll
 from ceilometer_cmt.pollsters import runtime
 from ceilometer_cmt.testing.kernel_trees import set_value
 
@@ -44,8 +44,8 @@ def test_two_cycles_publish_every_meter_right(cloud, monkeypatch):  # type: igno
     a, b = running
     ga = os.path.join(host.resctrl, "mon_groups", "ceilometer-" + a.uuid)
     gb = os.path.join(host.resctrl, "mon_groups", "ceilometer-" + b.uuid)
-    with pollrun.polling_agent([conf]) as agent:
-        first = by_name(pollrun.run_cycles(agent, 1)[0])
+    with poll.polling_agent([conf]) as agent:
+        first = by_name(poll.run_cycles(agent, 1)[0])
         # cycle 1 created the groups; the "hardware" now reports
         set_value(ga, 0, "llc_occupancy", 12 * MiB)  # 12 MiB of socket 0's L3
         set_value(ga, 1, "llc_occupancy", 1 * MiB)
@@ -54,7 +54,7 @@ def test_two_cycles_publish_every_meter_right(cloud, monkeypatch):  # type: igno
         set_value(ga, 0, "mbm_local_bytes", 4_000_000)
         set_value(gb, 0, "llc_occupancy", "Unavailable")
         set_value(gb, 1, "llc_occupancy", 2 * MiB)
-        second = by_name(pollrun.run_cycles(agent, 1)[0])
+        second = by_name(poll.run_cycles(agent, 1)[0])
 
     # cycle 1: occupancy of fresh groups, cumulative counters, no rate yet
     assert first[("cache.occupancy", a.uuid)]["counter_volume"] == 0
@@ -109,8 +109,8 @@ def test_unmonitored_instance_is_counted_with_reason(cloud, monkeypatch
     host, running, _stopped, conf = cloud
     monkeypatch.setattr(runtime, "resctrl_ops", lambda conf, settings: host.ops)
     host.qemus[1].stop()  # the second instance's qemu died; libvirt still says running
-    with pollrun.polling_agent([conf]) as agent:
-        samples = by_name(pollrun.run_cycles(agent, 1)[0])
+    with poll.polling_agent([conf]) as agent:
+        samples = by_name(poll.run_cycles(agent, 1)[0])
     un = samples[("cache.instances.unmonitored", "compute-1")]
     assert un["counter_volume"] == 1
     assert list(un["resource_metadata"]["unmonitored"]) == [running[1].uuid]
@@ -127,8 +127,8 @@ def test_empty_log_interval_in_the_config_file_is_the_default(
         f.write("log_interval =\n")
     monkeypatch.setattr(runtime, "resctrl_ops", lambda conf, settings: host.ops)
     host.qemus[1].stop()  # unmonitored: logged (rate-limited) every cycle
-    with pollrun.polling_agent([conf]) as agent:
-        cycles = [by_name(c) for c in pollrun.run_cycles(agent, 2)]
+    with poll.polling_agent([conf]) as agent:
+        cycles = [by_name(c) for c in poll.run_cycles(agent, 2)]
     for samples in cycles:
         assert samples[("cache.instances.unmonitored", "compute-1")]["counter_volume"] == 1
         assert ("cache.occupancy", running[0].uuid) in samples
@@ -153,8 +153,8 @@ def no_backend_conf(tmp_path, extra_cmt: str = "") -> str:  # type: ignore[no-un
 def test_no_backend_turns_instance_meters_off_with_warning(tmp_path
                                                            ):  # type: ignore[no-untyped-def]
     conf = no_backend_conf(tmp_path)
-    with pollrun.polling_agent([conf]) as agent:
-        samples = pollrun.run_cycles(agent, 1)[0]
+    with poll.polling_agent([conf]) as agent:
+        samples = poll.run_cycles(agent, 1)[0]
     assert [s["counter_name"] for s in samples] == ["cache.size"]  # from the real sysfs
     with open(tmp_path / "agent.log") as f:
         err = f.read()
@@ -172,12 +172,12 @@ def test_no_backend_cache_size_walks_sysfs_once_until_cpus_change(
     conf = no_backend_conf(tmp_path, f"sysfs_root = {host.sysfs}")
 
     def cache_size(agent):  # type: ignore[no-untyped-def]
-        samples = by_name(pollrun.run_cycles(agent, 1)[0])
+        samples = by_name(poll.run_cycles(agent, 1)[0])
         assert {k[0] for k in samples} == {"cache.size"}
         s = samples[("cache.size", "compute-1")]
         return s["counter_volume"], [d["id"] for d in s["resource_metadata"]["cache_domains"]]
 
-    with pollrun.polling_agent([conf]) as agent:
+    with poll.polling_agent([conf]) as agent:
         assert cache_size(agent) == (2 * L3, [0, 1])
         # Every L3 file now says 1 MiB: a walk per cycle would publish 2 MiB.
         for cpu in range(8):

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from ceilometer_cmt.backends.resctrl import fs as resctrl
+from ceilometer_cmt.backends.resctrl import fs
 from ceilometer_cmt.backends.resctrl.backend import ResctrlBackend
 from ceilometer_cmt.monitor import CacheMonitor
 from ceilometer_cmt.readings import InstanceRef
@@ -82,8 +82,8 @@ class Rig:
     def our_groups(self) -> list[str]:
         """Paths (relative to the mount) of every group with our prefix."""
         out = []
-        for ctrl in resctrl.list_ctrl_groups(self.root):
-            for name in resctrl.list_mon_groups(self.root, ctrl):
+        for ctrl in fs.list_ctrl_groups(self.root):
+            for name in fs.list_mon_groups(self.root, ctrl):
                 if name.startswith(PREFIX):
                     out.append(os.path.join(ctrl, "mon_groups", name) if ctrl
                                else os.path.join("mon_groups", name))
@@ -94,8 +94,8 @@ class Rig:
         total = 0
         for rel in self.our_groups():
             if rel.endswith(PREFIX + uuid):
-                for _dom, dom_dir in resctrl.list_domains(self.root):
-                    v = resctrl.read_group_event(os.path.join(self.root, rel), dom_dir,
+                for _dom, dom_dir in fs.list_domains(self.root):
+                    v = fs.read_group_event(os.path.join(self.root, rel), dom_dir,
                                                  "mbm_total_bytes")
                     total += v
         return total
@@ -309,7 +309,7 @@ def test_kill9_mid_cycle_then_restart_adopts_sweeps_and_continues(
     for n in kept + b_names:
         u = ua.get(n) or ub[n]
         g = os.path.join(r.root, "mon_groups", PREFIX + u)
-        assert resctrl.read_tasks(g) == set(r.qemus[n].tids), n
+        assert fs.read_tasks(g) == set(r.qemus[n].tids), n
     # MBM cumulative continues from the kernel counter, not from 0
     for n in kept:
         u = ua[n]
@@ -494,17 +494,17 @@ def test_group_removed_and_made_again_under_the_same_name_is_counted_once(
         now[0] += 100
         assert mon.poll(refs).instances[u].mbm_total_bytes == 2 * 100 * 1000
         group = os.path.join(r.root, "mon_groups", PREFIX + u)
-        tids = sorted(resctrl.read_tasks(group))
+        tids = sorted(fs.read_tasks(group))
         os.rmdir(group)
         os.mkdir(group)
         if threads_put_back:
             for tid in tids:
-                resctrl.write_tasks(os.path.join(group, "tasks"), [tid])
+                fs.write_tasks(os.path.join(group, "tasks"), [tid])
         r.sim.advance(200)
         now[0] += 200
         res = mon.poll(refs)
         assert res.unmonitored == {}
-        assert sorted(resctrl.read_tasks(group)) == tids  # ours, whoever put them
+        assert sorted(fs.read_tasks(group)) == tids  # ours, whoever put them
         # counted from the new group's start: 200 s of traffic if the threads
         # were there, none if the group was left empty until this cycle
         got = res.instances[u].mbm_total_bytes
@@ -596,7 +596,7 @@ def test_two_agents_share_the_host_and_leave_foreign_groups_alone(
             with open(os.path.join(path, "tasks"), "w") as f:
                 f.write(f"{tid}\n")
     untouched = {cachetune: set(vcpus), **foreign}
-    assert all(resctrl.read_tasks(p) == t for p, t in untouched.items())
+    assert all(fs.read_tasks(p) == t for p, t in untouched.items())
 
     uuids = {n: new_uuid() for n in names}
     refs = os.path.join(r.tmp, "refs.json")
@@ -634,7 +634,7 @@ def test_two_agents_share_the_host_and_leave_foreign_groups_alone(
         + ([f"qemu-1-instance-00000000-vcpus_0-1/mon_groups/{PREFIX}{uuids[names[0]]}"]
            if vcpus else []))
     for n in second_set:
-        got = resctrl.read_tasks(os.path.join(r.root, "mon_groups", PREFIX + uuids[n]))
+        got = fs.read_tasks(os.path.join(r.root, "mon_groups", PREFIX + uuids[n]))
         expect = set(r.qemus[n].tids)
         if n == names[0]:
             expect -= set(vcpus)
@@ -642,10 +642,10 @@ def test_two_agents_share_the_host_and_leave_foreign_groups_alone(
             expect -= foreign[os.path.join(r.root, "mon_groups", "operator-watch")]
         assert got == expect, n
     if vcpus:
-        assert resctrl.read_tasks(os.path.join(
+        assert fs.read_tasks(os.path.join(
             cachetune, "mon_groups", PREFIX + uuids[names[0]])) == set(vcpus)
     for path, tids in untouched.items():
-        assert os.path.isdir(path) and resctrl.read_tasks(path) == tids, path
+        assert os.path.isdir(path) and fs.read_tasks(path) == tids, path
     mk = [ln[-1]["mkdirs"] for ln in per_agent]
     rm = [ln[-1]["rmdirs"] for ln in per_agent]
     print(f"\ntwo agents x {cycles} cycles: mkdirs {mk} (sum {sum(mk)} for "
@@ -742,10 +742,10 @@ def test_hostile_names_pidfiles_and_cmdlines_stay_unmonitored(rig: Callable[...,
             assert res.unmonitored[""] == "instance id is not a UUID"
             assert r.our_groups() == sorted(f"mon_groups/{PREFIX}{u}" for u in good_uuids)
         # nobody's threads but the good instances' moved; the victim stays where it was
-        assert resctrl.read_tasks(os.path.join(r.root, "mon_groups", PREFIX + "00000000-0000"
+        assert fs.read_tasks(os.path.join(r.root, "mon_groups", PREFIX + "00000000-0000"
                                                "-4000-8000-000000000000")) == set(
             r.qemus[good[0]].tids)
-        root_tasks = resctrl.read_tasks(r.root)
+        root_tasks = fs.read_tasks(r.root)
         assert set(victim.tids) <= root_tasks and sleeper.pid in root_tasks
         assert backend.mkdirs == 2 and backend.writes == 4
     finally:
@@ -779,7 +779,7 @@ def test_pid_reused_between_cycles_is_not_adopted(rig: Callable[..., Rig]) -> No
         tids = {int(t) for t in os.listdir(f"/proc/{pid}/task")}
         cycle = backend.sync(refs)
         group = os.path.join(r.root, "mon_groups", PREFIX + uuid)
-        moved = tids & resctrl.read_tasks(group) if os.path.isdir(group) else set()
+        moved = tids & fs.read_tasks(group) if os.path.isdir(group) else set()
         state = "read" if uuid in cycle.readings else "unmonitored"
         print(f"\npid {pid} reused by a 3-thread process: instance {state}, "
               f"{len(moved)} of its threads moved into the instance's group")

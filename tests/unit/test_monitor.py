@@ -1,4 +1,4 @@
-"""The monitor layer: percent of the busiest domain, HOST_WIDE, rate-limited logs,
+"""The monitor layer: percent of the busiest domain, ALL_DOMAINS, rate-limited logs,
 and CacheMonitor turning backend cycles into meter values."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from ceilometer_cmt.monitor import CacheMonitor, InstanceMeters, RateLimitedLog, occupancy_meters
 from ceilometer_cmt.readings import (
-    HOST_WIDE,
+    ALL_DOMAINS,
     BackendCycle,
     CacheDomain,
     HostCache,
@@ -49,21 +49,21 @@ def test_percent_uses_each_domains_own_size() -> None:
 
 
 def test_host_wide_key_uses_total_size() -> None:
-    total, domains, pct = occupancy_meters(reading({HOST_WIDE: 30 * MIB}), TWO_SOCKETS)
-    assert total == 30 * MIB and domains == {HOST_WIDE: 30 * MIB}
+    total, domains, pct = occupancy_meters(reading({ALL_DOMAINS: 30 * MIB}), TWO_SOCKETS)
+    assert total == 30 * MIB and domains == {ALL_DOMAINS: 30 * MIB}
     assert pct == pytest.approx(50.0)  # of 60 MiB
-    _, _, pct = occupancy_meters(reading({HOST_WIDE: 64 * MIB}), AMD)
+    _, _, pct = occupancy_meters(reading({ALL_DOMAINS: 64 * MIB}), AMD)
     assert pct == pytest.approx(25.0)  # of 8 x 32 MiB
 
 
 def test_host_wide_without_host_cache_has_no_percent() -> None:
-    assert occupancy_meters(reading({HOST_WIDE: 100}), HostCache(())) == (
-        100, {HOST_WIDE: 100}, None)
+    assert occupancy_meters(reading({ALL_DOMAINS: 100}), HostCache(())) == (
+        100, {ALL_DOMAINS: 100}, None)
 
 
 def test_any_missing_domain_gives_nothing() -> None:
     assert occupancy_meters(reading({0: 5 * MIB, 1: None}), TWO_SOCKETS) == (None, None, None)
-    assert occupancy_meters(reading({HOST_WIDE: None}), TWO_SOCKETS) == (None, None, None)
+    assert occupancy_meters(reading({ALL_DOMAINS: None}), TWO_SOCKETS) == (None, None, None)
     assert occupancy_meters(reading({}), TWO_SOCKETS) == (None, None, None)
 
 

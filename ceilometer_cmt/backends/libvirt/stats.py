@@ -35,7 +35,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ceilometer_cmt.readings import HOST_WIDE, CacheDomain, HostCache, InstanceReading
+from ceilometer_cmt.readings import ALL_DOMAINS, CacheDomain, HostCache, InstanceReading
 
 #: libvirt's ``virDomainStatsTypes`` bits this backend asks for
 #: (include/libvirt/libvirt-domain.h).
@@ -262,7 +262,7 @@ def occupancy_by_bank(monitors: tuple[StatsCacheMonitor, ...]) -> dict[int, int 
                 prev = out[bank.id]
                 out[bank.id] = None if prev is None or bank.bytes is None else prev + bank.bytes
     if unplaceable:
-        return dict.fromkeys(out, None) if out else {HOST_WIDE: None}
+        return dict.fromkeys(out, None) if out else {ALL_DOMAINS: None}
     return out
 
 
@@ -278,7 +278,7 @@ def to_reading(stats: DomainCacheStats, counter_prefix: str) -> InstanceReading:
         reading.occupancy = occupancy_by_bank(stats.cache_monitors)
     elif stats.perf_cmt is not None:
         # perf intel_cqm sums every package: a host-wide value.
-        reading.occupancy = {HOST_WIDE: stats.perf_cmt}
+        reading.occupancy = {ALL_DOMAINS: stats.perf_cmt}
     if stats.bandwidth_monitors:
         for n, mon in enumerate(stats.bandwidth_monitors):
             label = mon.name if mon.name is not None else f"#{n}"

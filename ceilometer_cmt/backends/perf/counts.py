@@ -32,7 +32,7 @@ from operator import add, mul
 from typing import NamedTuple, Protocol
 
 from ceilometer_cmt.backends.perf.abi import READ_FORMAT, READ_SIZE
-from ceilometer_cmt.readings import HOST_WIDE, InstanceReading
+from ceilometer_cmt.readings import ALL_DOMAINS, InstanceReading
 
 OCCUPANCY = "occupancy"
 MBM_TOTAL = "mbm_total"
@@ -210,11 +210,11 @@ class ReadPlan:
         occ, tot, loc = self.slots
         if occ >= 0 and tot >= 0 and loc >= 0:  # CMT and MBM: one pass
             out.update(zip(g.uuids, [
-                InstanceReading({HOST_WIDE: o}, {k: t}, {k: lo})
+                InstanceReading({ALL_DOMAINS: o}, {k: t}, {k: lo})
                 for k, o, t, lo in zip(keys, sums[occ::nroles], sums[tot::nroles],
                                        sums[loc::nroles], strict=True)], strict=True))
             return
-        occupancy = ([{HOST_WIDE: v} for v in sums[occ::nroles]] if occ >= 0
+        occupancy = ([{ALL_DOMAINS: v} for v in sums[occ::nroles]] if occ >= 0
                      else [{} for _ in keys])
         out.update(zip(g.uuids, map(InstanceReading, occupancy,
                                     _by_key(keys, sums, tot, nroles),
@@ -239,7 +239,7 @@ class ReadPlan:
                 if v is not None:
                     sums[i] = v * num // den
             out[uuid] = InstanceReading(
-                {HOST_WIDE: sums[occ]} if occ >= 0 else {},
+                {ALL_DOMAINS: sums[occ]} if occ >= 0 else {},
                 {key: sums[tot]} if tot >= 0 else {},
                 {key: sums[loc]} if loc >= 0 else {})
         return out

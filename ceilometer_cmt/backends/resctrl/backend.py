@@ -24,7 +24,7 @@ import resource
 import zlib
 from collections.abc import Callable, Sequence
 
-from ceilometer_cmt.backends.resctrl import fs as resctrl
+from ceilometer_cmt.backends.resctrl import fs
 from ceilometer_cmt.backends.resctrl.monitored_instance import MonitoredInstance
 from ceilometer_cmt.backends.resctrl.placement import CyclePlacement
 from ceilometer_cmt.backends.resctrl.values import GroupVanished, ValueReader
@@ -50,7 +50,7 @@ RELIST = 10
 
 def valid_uuid(value: str) -> str | None:
     v = value.strip().lower()
-    return v if resctrl.UUID_RE.fullmatch(v) else None
+    return v if fs.UUID_RE.fullmatch(v) else None
 
 
 class ResctrlBackend:
@@ -65,28 +65,28 @@ class ResctrlBackend:
         pid_dir: str = "/run/libvirt/qemu",
         prefix: str = "ceilometer-",
         verify_mount: bool = True,
-        ops: resctrl.ResctrlOps | None = None,
+        ops: fs.ResctrlOps | None = None,
         warn: Callable[[str], None] | None = None,
         fd_budget: int | None = None,
     ) -> None:
-        if not resctrl.PREFIX_RE.fullmatch(prefix):
+        if not fs.PREFIX_RE.fullmatch(prefix):
             raise BackendUnavailable(f"bad resctrl_group_prefix {prefix!r}")
         self.root = resctrl_root
         self.sysfs_root = sysfs_root
         self.proc_root = proc_root
         self.pid_dir = pid_dir
         self.prefix = prefix
-        self.ops: resctrl.ResctrlOps = ops or resctrl.DirectOps()
+        self.ops: fs.ResctrlOps = ops or fs.DirectOps()
         self._warn = warn or LOG.warning
         if verify_mount:
-            resctrl.verify_mount(resctrl_root, proc_root)
-        self.info = resctrl.read_info(resctrl_root)
+            fs.verify_mount(resctrl_root, proc_root)
+        self.info = fs.read_info(resctrl_root)
         if "llc_occupancy" not in self.info.mon_features:
             raise BackendUnavailable(
                 f"{resctrl_root}/info/L3_MON/mon_features lacks llc_occupancy "
                 "(no cache monitoring on this CPU, or resctrl not mounted)")
         self.events = self.info.mon_features
-        self._domains: list[tuple[int, str]] = resctrl.list_domains(resctrl_root)
+        self._domains: list[tuple[int, str]] = fs.list_domains(resctrl_root)
         if fd_budget is None:
             # Value files kept open: half of what the process may open.
             fd_budget = resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 2
@@ -111,30 +111,30 @@ class ResctrlBackend:
     def host_cache(self) -> HostCache:
         return read_host_cache(self.sysfs_root, self.info.num_rmids)
 
-    def owned_groups(self, groups: resctrl.Groups | None = None) -> dict[str, list[str]]:
+    def owned_groups(self, groups: fs.Groups | None = None) -> dict[str, list[str]]:
         """uuid (or raw name when not a uuid) -> paths of groups with our prefix,
-        in ``groups`` (a :func:`resctrl.list_groups` listing; listed now if None)."""
+        in ``groups`` (a :func:`fs.list_groups` listing; listed now if None)."""
         if groups is None:
-            groups = resctrl.list_groups(self.root)
+            groups = fs.list_groups(self.root)
         out: dict[str, list[str]] = {}
-        for path in sorted(resctrl.mon_group_paths(self.root, groups, self.prefix, True)):
+        for path in sorted(fs.mon_group_paths(self.root, groups, self.prefix, True)):
             name = os.path.basename(path)
             key = valid_uuid(name[len(self.prefix):]) or name
             out.setdefault(key, []).append(path)
         return out
 
-    def _unlist(self, groups: resctrl.Groups, tried: list[str]) -> None:
+    def _unlist(self, groups: fs.Groups, tried: list[str]) -> None:
         """Take the monitor groups we tried to remove and that are gone (by us
         or by someone else just before) out of this cycle's listing."""
         gone = {p for p in tried if not os.path.lexists(p)}
         for ctrl, names in groups.items():
-            base = resctrl.mon_groups_path(self.root, ctrl) + "/"
+            base = fs.mon_groups_path(self.root, ctrl) + "/"
             names[:] = [n for n in names if base + n not in gone]
 
     def remove_groups(self, paths: Sequence[str]) -> list[str]:
         """rmdir our groups (under the root lock); returns the ones removed."""
         removed = []
-        with resctrl.RootLock(self.root):
+        with fs.RootLock(self.root):
             for path in paths:
                 if not os.path.basename(path).startswith(self.prefix):
                     continue  # never anybody else's
@@ -163,7 +163,7 @@ class ResctrlBackend:
                 continue
             wanted[uuid] = ref
         try:
-            groups: resctrl.Groups | None = resctrl.list_groups(self.root)
+            groups: fs.Groups | None = fs.list_groups(self.root)
         except OSError:
             groups = None
         if not self._adopted:
@@ -184,7 +184,7 @@ class ResctrlBackend:
             used, present = None, None
         else:
             used = len(groups) + sum(map(len, groups.values()))
-            present = set(resctrl.mon_group_paths(self.root, groups, self.prefix, True))
+            present = set(fs.mon_group_paths(self.root, groups, self.prefix, True))
         placement = CyclePlacement(self.root, self.prefix, self.ops, self._warn)
         self._cycle_no += 1
         self._exited = self._watch.exited()
@@ -251,7 +251,7 @@ class ResctrlBackend:
 
     # ----------------------------------------------------------- internals
     def _adopt(self, wanted: dict[str, InstanceRef],
-               groups: resctrl.Groups | None) -> list[str]:
+               groups: fs.Groups | None) -> list[str]:
         """First cycle: take over our groups of local instances, sweep the rest
         (returns the groups it tried to remove). ``groups``: this cycle's listing."""
         orphans = []
@@ -263,7 +263,7 @@ class ResctrlBackend:
                     ctrl = "" if os.path.samefile(ctrl_dir, self.root) else \
                         os.path.basename(ctrl_dir)
                     tracked.groups[ctrl] = path
-                    tracked.assigned |= resctrl.read_tasks(path)
+                    tracked.assigned |= fs.read_tasks(path)
                 self._tracked[key] = tracked
             else:
                 orphans.extend(paths)
@@ -317,7 +317,7 @@ class ResctrlBackend:
         if periodic and t.groups:
             # A periodic check: trust the kernel's lists, not our memory, so a
             # thread another tool moved out is written back.
-            t.assigned = set().union(*(resctrl.read_tasks(p) for p in t.groups.values()))
+            t.assigned = set().union(*(fs.read_tasks(p) for p in t.groups.values()))
         live = set(tids)
         t.assigned &= live
         t.foreign &= live

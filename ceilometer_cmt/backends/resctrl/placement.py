@@ -18,7 +18,7 @@ import logging
 import os
 from collections.abc import Callable
 
-from ceilometer_cmt.backends.resctrl import fs as resctrl
+from ceilometer_cmt.backends.resctrl import fs
 from ceilometer_cmt.backends.resctrl.monitored_instance import MonitoredInstance
 from ceilometer_cmt.errors import NotMonitored
 
@@ -31,14 +31,14 @@ class CyclePlacement:
     """What one cycle learns lazily under the root lock and shares between
     instances; counts the mkdirs and tasks writes it did."""
 
-    def __init__(self, root: str, prefix: str, ops: resctrl.ResctrlOps,
+    def __init__(self, root: str, prefix: str, ops: fs.ResctrlOps,
                  warn: Callable[[str], None]) -> None:
         self.root = root
         self.prefix = prefix
         self.ops = ops
         self._warn = warn
-        self._lock: resctrl.RootLock | None = None
-        self._groups: resctrl.Groups | None = None
+        self._lock: fs.RootLock | None = None
+        self._groups: fs.Groups | None = None
         self._ctrl_members: dict[int, str] | None = None
         self._foreign: set[int] | None = None
         self.no_rmid: str | None = None
@@ -48,7 +48,7 @@ class CyclePlacement:
 
     def lock(self) -> None:
         if self._lock is None:
-            self._lock = resctrl.RootLock(self.root).__enter__()
+            self._lock = fs.RootLock(self.root).__enter__()
 
     def close(self) -> None:
         if self._lock is not None:
@@ -60,12 +60,12 @@ class CyclePlacement:
             self._warned = True
             self._warn(msg)
 
-    def groups(self) -> resctrl.Groups:
+    def groups(self) -> fs.Groups:
         """The groups listed under the root lock, once per cycle: what ctrl_of
         and foreign_mon_members decide from."""
         self.lock()  # taken once per cycle; a no-op when held
         if self._groups is None:
-            self._groups = resctrl.list_groups(self.root)
+            self._groups = fs.list_groups(self.root)
         return self._groups
 
     def ctrl_of(self, tids: list[int]) -> dict[int, str]:
@@ -74,7 +74,7 @@ class CyclePlacement:
             members: dict[int, str] = {}
             for ctrl in self.groups():
                 if ctrl:
-                    for tid in resctrl.read_tasks(os.path.join(self.root, ctrl)):
+                    for tid in fs.read_tasks(os.path.join(self.root, ctrl)):
                         members[tid] = ctrl
             self._ctrl_members = members
         return {tid: self._ctrl_members.get(tid, "") for tid in tids}
@@ -83,9 +83,9 @@ class CyclePlacement:
         """TIDs in monitor groups that are not ours."""
         if self._foreign is None:
             found: set[int] = set()
-            for path in resctrl.mon_group_paths(self.root, self.groups(), self.prefix,
+            for path in fs.mon_group_paths(self.root, self.groups(), self.prefix,
                                                 False):
-                found |= resctrl.read_tasks(path)
+                found |= fs.read_tasks(path)
             self._foreign = found
         return self._foreign
 
@@ -113,7 +113,7 @@ class CyclePlacement:
                 if err != errno.ESRCH:
                     LOG.warning("instance %s: cannot move thread %d into %s: %s (%s)",
                                 t.uuid, tid, path, os.strerror(err),
-                                resctrl.last_cmd_status(self.root))
+                                fs.last_cmd_status(self.root))
             t.assigned.update(tid for tid in mine if tid not in failed)
         if not t.groups:
             raise NotMonitored("no thread could be placed in a monitor group")
@@ -121,7 +121,7 @@ class CyclePlacement:
     def _make_group(self, t: MonitoredInstance, ctrl: str) -> str:
         if self.no_rmid:
             raise NotMonitored(self.no_rmid)
-        path = os.path.join(resctrl.mon_groups_path(self.root, ctrl), self.prefix + t.uuid)
+        path = os.path.join(fs.mon_groups_path(self.root, ctrl), self.prefix + t.uuid)
         try:
             self.ops.mkdir(path)
             self.mkdirs += 1
@@ -132,7 +132,7 @@ class CyclePlacement:
                 self.no_rmid = _NO_RMID[e.errno]
                 if e.strerror and e.strerror != os.strerror(e.errno):
                     self.no_rmid += f": {e.strerror}"  # the privsep daemon's reserve
-                status = resctrl.last_cmd_status(self.root)
+                status = fs.last_cmd_status(self.root)
                 self.warn_once(f"cannot create resctrl monitor group: {self.no_rmid}; "
                                f"last_cmd_status: {status}; affected instances stay "
                                "unmonitored and are retried next cycle")

@@ -19,7 +19,7 @@ Where a value lies is found once per group and remembered: the top-level
 which makes it the sum of the nodes), or on an SNC layout without it the
 ``mon_sub_L3_*/<event>`` files, summed at each read without a failed open
 first. When the remembered place is gone (ENOENT, ENODEV) it is looked for
-again as :func:`resctrl.read_group_event` does.
+again as :func:`fs.read_group_event` does.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import logging
 import os
 from typing import Any
 
-from ceilometer_cmt.backends.resctrl import fs as resctrl
+from ceilometer_cmt.backends.resctrl import fs
 from ceilometer_cmt.readings import InstanceReading
 
 LOG = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ class ValueReader:
             reading.occupancy, reading.mbm_total, reading.mbm_local)
         occupancy = reading.occupancy
         merge = bool(occupancy)
-        pread, parse, read_file = os.pread, resctrl.parse_value, resctrl.read_value_file
+        pread, parse, read_file = os.pread, fs.parse_value, fs.read_value_file
         files = self._groups.get(path) or self._files(path, ctrl, gen)
         for f in files:
             value: int | None
@@ -140,7 +140,7 @@ class ValueReader:
                         value = read_file(f.path)
                 else:
                     value = sum(map(read_file, f.subs))
-            except resctrl.ValueMissing as e:
+            except fs.ValueMissing as e:
                 value = None
                 LOG.debug("%s %s %s: %s", path, f.dom_dir, f.event, e.reason)
             except OSError as e:
@@ -158,7 +158,7 @@ class ValueReader:
 
     def _locate(self, f: _File) -> list[str]:
         """Find where ``f``'s value lies now and remember it (see module doc)."""
-        files = resctrl.find_event_files(os.path.dirname(f.path), f.event)
+        files = fs.find_event_files(os.path.dirname(f.path), f.event)
         f.subs = files if files and files[0] != f.path else None
         return files
 
@@ -180,8 +180,8 @@ class ValueReader:
             raise GroupVanished(path)
         domain_path = os.path.dirname(f.path)
         try:
-            return resctrl.sum_event_files(domain_path, f.event, self._locate(f))
-        except resctrl.ValueMissing as e:
+            return fs.sum_event_files(domain_path, f.event, self._locate(f))
+        except fs.ValueMissing as e:
             LOG.debug("%s %s %s: %s", path, f.dom_dir, f.event, e.reason)
         except FileNotFoundError:  # the group is there, the domain is not: offline
             LOG.debug("%s %s: L3 domain offline", path, f.dom_dir)

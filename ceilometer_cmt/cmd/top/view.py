@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ceilometer_cmt import meters
-from ceilometer_cmt.readings import HOST_WIDE
+from ceilometer_cmt.readings import ALL_DOMAINS
 
 INSTANCE_METERS = meters.names(meters.INSTANCE)
 HOST_METERS = meters.names(meters.HOST)
@@ -66,7 +66,7 @@ class HostView:
     cycle: int | None = None
 
     def domain_percent(self, domain: int, value: int) -> float | None:
-        size = self.cache_size if domain == HOST_WIDE else self.domain_sizes.get(domain)
+        size = self.cache_size if domain == ALL_DOMAINS else self.domain_sizes.get(domain)
         return 100.0 * value / size if size else None
 
 
@@ -201,7 +201,7 @@ def domain_breakdown(view: HostView, row: InstanceRow) -> str:
     shown = row.domains if len(row.domains) <= 2 else {
         k: v for k, v in row.domains.items() if v}
     for dom, value in sorted(shown.items()):
-        label = "host" if dom == HOST_WIDE else f"L3#{dom}"
+        label = "host" if dom == ALL_DOMAINS else f"L3#{dom}"
         parts.append(f"{label} {human_bytes(value)} {pct(view.domain_percent(dom, value))}")
     if len(shown) < len(row.domains):
         parts.append(f"{len(row.domains) - len(shown)} more at 0 B")

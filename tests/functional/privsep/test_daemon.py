@@ -291,18 +291,18 @@ def test_guarded_privsep_ops_name_the_missing_helper_once(host: Host, monkeypatc
 
     from ceilometer_cmt.cmd import poll as pollrun
     from ceilometer_cmt.pollsters import runtime
-    from ceilometer_cmt.privsep import guard as privsep_guard
+    from ceilometer_cmt.privsep import guard
     from ceilometer_cmt.privsep.entrypoints import PrivsepOps, cmt_pctxt
 
     log = os.path.join(host.work, "agent.log")
     conf = host.config("guarded.conf", f"[cmt_privsep]\nhelper_command = {MISSING_HELPER}\n")
     with open(conf, "a", encoding="utf-8") as f:
         f.write(f"[DEFAULT]\nlog_file = {log}\n")
-    guards: list[privsep_guard.GuardedOps] = []
+    guards: list[guard.GuardedOps] = []
 
-    def resctrl_ops(conf: Any, settings: Any) -> privsep_guard.GuardedOps:
-        privsep_guard.configure(conf)
-        guards.append(privsep_guard.GuardedOps(
+    def resctrl_ops(conf: Any, settings: Any) -> guard.GuardedOps:
+        guard.configure(conf)
+        guards.append(guard.GuardedOps(
             PrivsepOps(settings.resctrl_root, settings.resctrl_group_prefix)))
         return guards[-1]
 

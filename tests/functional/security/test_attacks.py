@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from ceilometer_cmt.backends.perf import pmu as perf_pmu
+from ceilometer_cmt.backends.perf import pmu
 from ceilometer_cmt.privsep.perf_registry import to_wire
 from ceilometer_cmt.simulator import Simulator
 from ceilometer_cmt.testing.fakehost import StandInQemu
@@ -183,8 +183,8 @@ def attack(stand: Stand) -> Iterator[dict[str, Any]]:
     os.mkdir(os.path.join(res, "qemu-9-vcpus"))
     os.mkdir(os.path.join(res, "qemu-9-vcpus", "mon_groups", "libvirt-mon"))
     before = _snapshot(stand.victim, stand.logs, stand.pid_dir), _mount_state(res)
-    events = [list(to_wire(perf_pmu.discover(SOFTWARE).spec(n)))
-              for n in perf_pmu.KNOWN_EVENTS]
+    events = [list(to_wire(pmu.discover(SOFTWARE).spec(n)))
+              for n in pmu.KNOWN_EVENTS]
     facts = {
         "helper_command": helper_command(stand.conf), "resctrl": res, "victim": stand.victim,
         "uuid1": UUID1, "uuid2": UUID2, "simulator_pid": stand.sim.pid, "events": events,

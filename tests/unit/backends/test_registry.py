@@ -1,6 +1,6 @@
 """Backend selection: one registry, walked in order, each backend judging itself.
 
-The registry (selection.REGISTRY) is the one table of backends: BACKENDS and
+The registry (registry.REGISTRY) is the one table of backends: BACKENDS and
 the [cmt] backend option follow it, ``choose`` walks it without naming any
 backend, and each backend's own ``auto_decision`` says whether ``auto`` may
 take it.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from ceilometer_cmt.backends import registry as selection
+from ceilometer_cmt.backends import registry
 from ceilometer_cmt.backends.libvirt.backend import LibvirtBackend
 from ceilometer_cmt.backends.perf.backend import PerfBackend
 from ceilometer_cmt.errors import BackendUnavailable, CmtError
@@ -52,7 +52,7 @@ class FakeBackend:
 
 
 def fake_entry(name: str, verdict: str | None = None, fails: Exception | None = None,
-               opened: list[FakeBackend] | None = None) -> selection.Entry:
+               opened: list[FakeBackend] | None = None) -> registry.Entry:
     def open_(settings, ops, counters):  # type: ignore[no-untyped-def]
         if fails is not None:
             raise fails
@@ -61,65 +61,65 @@ def fake_entry(name: str, verdict: str | None = None, fails: Exception | None = 
             opened.append(b)
         return b
 
-    return selection.Entry(name, open_)
+    return registry.Entry(name, open_)
 
 
-def no_backend_settings(host, **kw: str) -> selection.Settings:  # type: ignore[no-untyped-def]
+def no_backend_settings(host, **kw: str) -> registry.Settings:  # type: ignore[no-untyped-def]
     """Nothing real is usable: resctrl tree not a mount point, no intel_cqm
     PMU in sysfs, libvirt's test driver reports no cache data."""
     args = dict(resctrl_root=host.resctrl, sysfs_root=host.sysfs,
                 libvirt_pid_dir=host.pid_dir, libvirt_uri="test:///default")
     args.update(kw)
-    return selection.Settings(**args)  # type: ignore[arg-type]
+    return registry.Settings(**args)  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------ the one table
 
 def test_backends_follow_the_registry_in_order_of_preference() -> None:
-    assert selection.BACKENDS == tuple(e.name for e in selection.REGISTRY)
-    assert selection.BACKENDS == ("resctrl", "perf", "libvirt")
-    assert [selection.entry(n) for n in selection.BACKENDS] == list(selection.REGISTRY)
+    assert registry.BACKENDS == tuple(e.name for e in registry.REGISTRY)
+    assert registry.BACKENDS == ("resctrl", "perf", "libvirt")
+    assert [registry.entry(n) for n in registry.BACKENDS] == list(registry.REGISTRY)
 
 
 def test_the_backend_option_offers_the_registry() -> None:
     from ceilometer_cmt import options
 
     opt = next(o for o in options.OPTS if o.name == "backend")
-    assert tuple(c for c, _help in opt.type.choices.items()) == ("auto", *selection.BACKENDS)
+    assert tuple(c for c, _help in opt.type.choices.items()) == ("auto", *registry.BACKENDS)
 
 
 def test_selection_has_no_name_switch() -> None:
     """No comparison with a string, and backend names appear only in REGISTRY."""
-    source = inspect.getsource(selection)
+    source = inspect.getsource(registry)
     tree = ast.parse(source)
-    registry = next(n for n in tree.body if isinstance(n, ast.AnnAssign)
+    table_node = next(n for n in tree.body if isinstance(n, ast.AnnAssign)
                     and getattr(n.target, "id", None) == "REGISTRY")
-    in_registry = {id(n) for n in ast.walk(registry)}
+    in_registry = {id(n) for n in ast.walk(table_node)}
     for node in ast.walk(tree):
         if isinstance(node, ast.Compare):
             names = [c.value for c in [node.left, *node.comparators]
                      if isinstance(c, ast.Constant) and isinstance(c.value, str)]
             assert names in ([], ["auto"]), ast.unparse(node)
-        if isinstance(node, ast.Constant) and node.value in selection.BACKENDS:
+        if isinstance(node, ast.Constant) and node.value in registry.BACKENDS:
             assert id(node) in in_registry, f"line {node.lineno} names {node.value!r}"
 
 
 def test_unknown_name_is_a_key_error() -> None:
     with pytest.raises(KeyError):
-        selection.entry("pqos")
+        registry.entry("pqos")
     with pytest.raises(KeyError):
-        selection.choose(selection.Settings(backend="pqos"))
+        registry.choose(registry.Settings(backend="pqos"))
 
 
 # -------------------------------------------------------- choose walks it
 
 def test_auto_takes_the_first_usable_entry_and_tries_no_further() -> None:
     opened: list[FakeBackend] = []
-    registry = [fake_entry("a", fails=BackendUnavailable("a is absent")),
+    entries = [fake_entry("a", fails=BackendUnavailable("a is absent")),
                 fake_entry("b", verdict="b refuses", opened=opened),
                 fake_entry("c", opened=opened),
                 fake_entry("d", opened=opened)]
-    backend, decisions = selection.choose(selection.Settings(), registry=registry)
+    backend, decisions = registry.choose(registry.Settings(), registry=entries)
     assert backend is opened[1] and backend.name == "c"
     assert decisions == [Decision("a", False, "a is absent"),
                          Decision("b", False, "b refuses"),
@@ -133,21 +133,21 @@ def test_an_extra_entry_is_taken_in_its_place(host, monkeypatch) -> None:  # typ
     """Appending to the registry is all a new backend needs: choose() and the
     probe report take it after the real ones, with their reasons unchanged."""
     settings = no_backend_settings(host)
-    _none, real = selection.choose(settings)
-    monkeypatch.setattr(selection, "REGISTRY", (*selection.REGISTRY, fake_entry("extra")))
-    backend, decisions = selection.choose(settings)
+    _none, real = registry.choose(settings)
+    monkeypatch.setattr(registry, "REGISTRY", (*registry.REGISTRY, fake_entry("extra")))
+    backend, decisions = registry.choose(settings)
     assert backend is not None and backend.name == "extra"
     assert decisions == [*real, Decision("extra", True, "selected")]
     # and named explicitly, it is opened (without being judged)
-    backend, decisions = selection.choose(selection.Settings(backend="extra"))
+    backend, decisions = registry.choose(registry.Settings(backend="extra"))
     assert isinstance(backend, FakeBackend) and backend.judged == 0
     assert decisions == [Decision("extra", True, "selected")]
 
 
 def test_an_extra_entry_first_in_the_table_wins(host, monkeypatch
                                                 ) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(selection, "REGISTRY", (fake_entry("first"), *selection.REGISTRY))
-    backend, decisions = selection.choose(no_backend_settings(host))
+    monkeypatch.setattr(registry, "REGISTRY", (fake_entry("first"), *registry.REGISTRY))
+    backend, decisions = registry.choose(no_backend_settings(host))
     assert backend is not None and backend.name == "first"
     assert decisions == [Decision("first", True, "selected"),
                          *[Decision(n, False, "not tried: first chosen first")
@@ -158,8 +158,8 @@ def test_a_named_backend_is_not_judged() -> None:
     """``backend = <name>``: the operator's choice stands even when ``auto``
     would pass it over."""
     opened: list[FakeBackend] = []
-    registry = [fake_entry("a", opened=opened), fake_entry("b", "refuses", opened=opened)]
-    backend, decisions = selection.choose(selection.Settings(backend="b"), registry=registry)
+    entries = [fake_entry("a", opened=opened), fake_entry("b", "refuses", opened=opened)]
+    backend, decisions = registry.choose(registry.Settings(backend="b"), registry=entries)
     assert backend is opened[0] and opened[0].judged == 0
     assert decisions == [Decision("b", True, "selected")]
 
@@ -167,10 +167,10 @@ def test_a_named_backend_is_not_judged() -> None:
 @pytest.mark.parametrize("error", [ImportError("no module named x"), OSError(2, "gone")])
 def test_open_backend_names_the_backend_in_import_and_os_errors(monkeypatch, error
                                                                 ) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(selection, "REGISTRY", (fake_entry("x", fails=error),))
+    monkeypatch.setattr(registry, "REGISTRY", (fake_entry("x", fails=error),))
     with pytest.raises(CmtError, match=f"^{re.escape(f'x backend unavailable: {error}')}$"):
-        selection.open_backend("x", selection.Settings())
-    _none, decisions = selection.choose(selection.Settings())
+        registry.open_backend("x", registry.Settings())
+    _none, decisions = registry.choose(registry.Settings())
     assert decisions == [Decision("x", False, f"x backend unavailable: {error}")]
 
 
@@ -214,13 +214,13 @@ def test_auto_passes_over_perf_that_does_not_open(host) -> None:  # type: ignore
     """Through the real registry: perf opens on a PMU tree, its probe fails,
     it is closed and libvirt is tried next."""
     settings = no_backend_settings(host, sysfs_root=SOFTWARE)
-    backend, decisions = selection.choose(
+    backend, decisions = registry.choose(
         settings, counters=Counters(BackendUnavailable("EACCES")))  # type: ignore[arg-type]
     assert backend is None
     assert [d.backend for d in decisions] == ["resctrl", "perf", "libvirt"]
     assert decisions[1] == Decision("perf", False,
                                     "intel_cqm PMU present but does not open: EACCES")
-    backend, decisions = selection.choose(settings, counters=Counters())  # type: ignore[arg-type]
+    backend, decisions = registry.choose(settings, counters=Counters())  # type: ignore[arg-type]
     try:
         assert isinstance(backend, PerfBackend)
         assert decisions[1:] == [Decision("perf", True, "selected"),
@@ -249,4 +249,4 @@ def test_the_real_backends_are_candidates() -> None:
 
     for cls in (ResctrlBackend, PerfBackend, LibvirtBackend):
         assert callable(getattr(cls, "auto_decision", None)), cls
-    assert selection.Decision is Decision
+    assert registry.Decision is Decision

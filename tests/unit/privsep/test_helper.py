@@ -103,18 +103,18 @@ def test_the_agent_starts_our_helper_with_the_daemons_config_by_default() -> Non
     from oslo_config import cfg
 
     from ceilometer_cmt.options import DAEMON_CONFIG
-    from ceilometer_cmt.privsep import guard as privsep_guard
+    from ceilometer_cmt.privsep import guard
 
     conf = cfg.ConfigOpts()
     conf(args=[], project="ceilometer-cmt-test", default_config_files=[])
     try:
-        privsep_guard.configure(conf)
-        assert privsep_guard.helper_argv() == [
+        guard.configure(conf)
+        assert guard.helper_argv() == [
             "sudo", "ceilometer-cmt-privsep-helper", "--config-file", DAEMON_CONFIG]
         conf.set_override("helper_command", "sudo /opt/x/bin/ceilometer-cmt-privsep-helper "
                           "--config-file /etc/x.conf", group="cmt_privsep")
-        privsep_guard.configure(conf)
-        assert privsep_guard.helper_argv()[1:4] == [
+        guard.configure(conf)
+        assert guard.helper_argv()[1:4] == [
             "/opt/x/bin/ceilometer-cmt-privsep-helper", "--config-file", "/etc/x.conf"]
     finally:
         cfg.CONF.clear_override("helper_command", group="cmt_privsep")

@@ -21,19 +21,19 @@ from pathlib import Path
 
 import pytest
 
-from ceilometer_cmt.backends.perf import pmu as perf_pmu
+from ceilometer_cmt.backends.perf import pmu
 from ceilometer_cmt.backends.perf.abi import PERF_TYPE_HARDWARE, EventSpec
 from ceilometer_cmt.backends.perf.backend import PerfBackend
 from ceilometer_cmt.backends.perf.syscall import PerfProcessGone, PerfTooManyFiles
 from ceilometer_cmt.privsep.perf_registry import CounterRegistry, to_wire
 from ceilometer_cmt.privsep.rules import QemuRule
-from ceilometer_cmt.readings import HOST_WIDE, InstanceRef
+from ceilometer_cmt.readings import ALL_DOMAINS, InstanceRef
 from ceilometer_cmt.testing.fakehost import StandInQemu
 from tests.support import paths
 
 SOFTWARE = str(paths.SOFTWARE)
 EVENTS = [list(to_wire(spec)) for spec in
-          (perf_pmu.discover(SOFTWARE).spec(n) for n in perf_pmu.KNOWN_EVENTS)]
+          (pmu.discover(SOFTWARE).spec(n) for n in pmu.KNOWN_EVENTS)]
 UNPACK = struct.Struct("=QQQ").unpack
 #: the stand-in qemus run this interpreter: the tests' own emulator entry
 EMULATOR = os.path.realpath(sys.executable)
@@ -258,8 +258,8 @@ def test_perf_backend_on_the_registry(pid_dir: str, qemus: list[StandInQemu]) ->
             assert provider.reads == reads + 1  # one batch for both instances
             assert first.unmonitored == second.unmonitored == {}
             for ref in refs:
-                a = first.readings[ref.uuid].occupancy[HOST_WIDE]
-                b = second.readings[ref.uuid].occupancy[HOST_WIDE]
+                a = first.readings[ref.uuid].occupancy[ALL_DOMAINS]
+                b = second.readings[ref.uuid].occupancy[ALL_DOMAINS]
                 assert a is not None and b is not None and b > a > 0
             assert len(registry) == 3 * sum(len(q.tids) for q in qemus)
             backend.sync(refs[1:])
@@ -275,18 +275,18 @@ def test_reads_and_closes_hold_one_lock(registry: CounterRegistry, qemus: list[S
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """A close during a read would free an fd number the read is about to use
     (and privsep serves requests from a pool): the read holds the lock."""
-    from ceilometer_cmt.backends.perf import counter_fds as perf_events
+    from ceilometer_cmt.backends.perf import counter_fds
 
     q = qemus[0]
     handles = registry.open(EVENTS, q.pid, q.pid, q.domain_name)
     held: list[bool] = []
-    real = perf_events.read_counts
+    real = counter_fds.read_counts
 
     def read_counts(fds: list[int]) -> bytes:
         held.append(registry._lock.locked())
         return real(fds)
 
-    monkeypatch.setattr(perf_events, "read_counts", read_counts)
+    monkeypatch.setattr(counter_fds, "read_counts", read_counts)
     assert len(values(registry.read(handles))) == 3
     assert held == [True]
     registry.close(handles)

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ceilometer_cmt.backends.libvirt import stats as ls
-from ceilometer_cmt.readings import HOST_WIDE
+from ceilometer_cmt.readings import ALL_DOMAINS
 
 MiB = 1024**2
 
@@ -154,7 +154,7 @@ def test_perf_events_when_no_resctrl_monitor():
     stats = ls.parse_domain_stats(rec)
     assert stats.has_cache_data
     reading = ls.to_reading(stats, "libvirt:9")
-    assert reading.occupancy == {HOST_WIDE: 6 * MiB}
+    assert reading.occupancy == {ALL_DOMAINS: 6 * MiB}
     assert reading.mbm_total == {"libvirt:9/perf": 10**9}
     assert reading.mbm_local == {"libvirt:9/perf": 10**8}
 

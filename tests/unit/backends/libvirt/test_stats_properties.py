@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from ceilometer_cmt.backends.libvirt import stats as ls
-from ceilometer_cmt.readings import HOST_WIDE
+from ceilometer_cmt.readings import ALL_DOMAINS
 from tests.unit.backends.libvirt.test_stats import mbw_keys
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -64,7 +64,7 @@ def test_perf_keys(cmt: int | None, mbmt: int | None, mbml: int | None, state: i
     assert (stats.perf_cmt, stats.perf_mbmt, stats.perf_mbml) == (cmt, mbmt, mbml)
     assert stats.has_data == any(v is not None for v in (cmt, mbmt, mbml))
     r = ls.to_reading(stats, "d7")
-    assert r.occupancy == ({} if cmt is None else {HOST_WIDE: cmt})
+    assert r.occupancy == ({} if cmt is None else {ALL_DOMAINS: cmt})
     assert r.mbm_total == ({} if mbmt is None else {"d7/perf": mbmt})
     assert r.mbm_local == ({} if mbml is None else {"d7/perf": mbml})
 

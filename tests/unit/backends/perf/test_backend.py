@@ -20,7 +20,7 @@ from ceilometer_cmt.backends.perf.backend import PerfBackend
 from ceilometer_cmt.backends.perf.syscall import PerfPermissionError, PerfUnsupported
 from ceilometer_cmt.errors import BackendUnavailable
 from ceilometer_cmt.linux.sysfs_cache import read_host_cache
-from ceilometer_cmt.readings import HOST_WIDE, BackendCycle, InstanceRef
+from ceilometer_cmt.readings import ALL_DOMAINS, BackendCycle, InstanceRef
 from ceilometer_cmt.testing.perf_child import Child, as_nobody, open_fds, write_pidfile
 from tests.support import paths
 from tests.support.as_user import public_workdir
@@ -68,7 +68,7 @@ def backend(pid_dir: str) -> Iterator[PerfBackend]:
 
 
 def occupancy(cycle: BackendCycle, uuid: str) -> int | None:
-    return cycle.readings[uuid].occupancy[HOST_WIDE]
+    return cycle.readings[uuid].occupancy[ALL_DOMAINS]
 
 
 def occ_after(backend: PerfBackend, ref: InstanceRef, pause: float = 0.3) -> tuple[int, int]:
@@ -87,7 +87,7 @@ def test_values_grow_while_burning_and_stop_while_asleep(backend: PerfBackend,
     cycle = backend.sync([ref])
     assert cycle.unmonitored == {}
     reading = cycle.readings[UUID_A]
-    assert set(reading.occupancy) == {HOST_WIDE}
+    assert set(reading.occupancy) == {ALL_DOMAINS}
     key = backend.counter_key(UUID_A)
     assert key is not None and key.startswith(f"perf/{child.pid}/")
     assert set(reading.mbm_total) == {key} and set(reading.mbm_local) == {key}
@@ -107,7 +107,7 @@ def test_instance_that_never_ran_reads_none_not_zero(backend: PerfBackend,
     child.sleep()
     cycle = backend.sync([InstanceRef(UUID_A, "instance-idle")])
     reading = cycle.readings[UUID_A]
-    assert reading.occupancy == {HOST_WIDE: None}
+    assert reading.occupancy == {ALL_DOMAINS: None}
     assert list(reading.mbm_total.values()) == [None]
 
 
@@ -166,7 +166,7 @@ def test_event_table_override(pid_dir: str, spawn: Spawn) -> None:
     ref = InstanceRef(UUID_A, "instance-occ")
     with PerfBackend(SOFTWARE, "/proc", pid_dir, events={"occupancy": "llc_occupancy"}) as b:
         reading = b.sync([ref]).readings[UUID_A]
-        assert set(reading.occupancy) == {HOST_WIDE}
+        assert set(reading.occupancy) == {ALL_DOMAINS}
         assert reading.mbm_total == {} and reading.mbm_local == {}
         assert len(b.tracked_fds(UUID_A)) == len(b.tracked_tids(UUID_A))
     with pytest.raises(ValueError):
@@ -415,6 +415,6 @@ def test_host_cache_from_sysfs(tmp_path: Path, pid_dir: str) -> None:
             (idx / name).write_text(value + "\n")
     host = PerfBackend(str(root), "/proc", pid_dir).host_cache()
     assert [(d.id, d.size) for d in host.domains] == [(0, 35840 * 1024), (1, 35840 * 1024)]
-    assert host.domain_size(HOST_WIDE) == 2 * 35840 * 1024
+    assert host.domain_size(ALL_DOMAINS) == 2 * 35840 * 1024
     real = PerfBackend("/sys", "/proc", pid_dir, pmu=perf_pmu.discover(SOFTWARE))
     assert real.host_cache() == read_host_cache("/sys")

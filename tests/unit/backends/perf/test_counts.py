@@ -25,7 +25,7 @@ import pytest
 from ceilometer_cmt.backends.perf.abi import EventSpec
 from ceilometer_cmt.backends.perf.backend import PerfBackend
 from ceilometer_cmt.backends.perf.counts import sum_counts
-from ceilometer_cmt.readings import HOST_WIDE, InstanceReading, InstanceRef
+from ceilometer_cmt.readings import ALL_DOMAINS, InstanceReading, InstanceRef
 from ceilometer_cmt.testing.perf_child import Child
 from tests.support.paths import SOFTWARE
 
@@ -79,7 +79,7 @@ def reference(counters: TableCounters, domain: str, key: str) -> tuple[object, .
         if running and running >= enabled:
             per_role[role] = (per_role[role] or 0) + value
     occ, total, local = per_role
-    return ({HOST_WIDE: None if occ is None else occ * SCALE}, {key: total}, {key: local})
+    return ({ALL_DOMAINS: None if occ is None else occ * SCALE}, {key: total}, {key: local})
 
 
 def as_tuple(r: InstanceReading) -> tuple[object, ...]:
@@ -167,7 +167,7 @@ def test_stale_value_of_a_counter_that_never_ran_is_left_out(
     fill(counters, make)
     check(backend, counters, refs)
     cycle = backend.sync(refs)
-    assert all(r.occupancy[HOST_WIDE] == 7 * SCALE for r in cycle.readings.values())
+    assert all(r.occupancy[ALL_DOMAINS] == 7 * SCALE for r in cycle.readings.values())
 
 
 def test_role_where_no_counter_ran_is_none_not_zero(
@@ -178,7 +178,7 @@ def test_role_where_no_counter_ran_is_none_not_zero(
     cycle = backend.sync(refs)
     for ref in refs:
         assert list(cycle.readings[ref.uuid].mbm_total.values()) == [None]
-        assert cycle.readings[ref.uuid].occupancy[HOST_WIDE] is not None
+        assert cycle.readings[ref.uuid].occupancy[ALL_DOMAINS] is not None
 
 
 def test_no_counter_ran_every_role_is_none_whatever_the_values(host: Host) -> None:
@@ -186,7 +186,7 @@ def test_no_counter_ran_every_role_is_none_whatever_the_values(host: Host) -> No
     fill(counters, lambda dom, role, tid: PACK(999, 0, 0))  # stale RMID values only
     check(backend, counters, refs)
     for reading in backend.sync(refs).readings.values():
-        assert reading.occupancy == {HOST_WIDE: None}
+        assert reading.occupancy == {ALL_DOMAINS: None}
         assert list(reading.mbm_total.values()) == list(reading.mbm_local.values()) == [None]
 
 

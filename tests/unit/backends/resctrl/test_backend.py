@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from ceilometer_cmt.backends.resctrl import fs as resctrl
+from ceilometer_cmt.backends.resctrl import fs
 from ceilometer_cmt.backends.resctrl.backend import ResctrlBackend
 from ceilometer_cmt.errors import BackendUnavailable
 from ceilometer_cmt.monitor import CacheMonitor
@@ -39,7 +39,7 @@ def test_creates_group_assigns_every_thread_and_reads(host):  # type: ignore[no-
     cycle = b.sync([InstanceRef(U1, "instance-00000001")])
     assert cycle.unmonitored == {}
     g = group(host, U1)
-    assert resctrl.read_tasks(g) == set(q.tids) and len(q.tids) == 3
+    assert fs.read_tasks(g) == set(q.tids) and len(q.tids) == 3
     assert b.mkdirs == 1 and b.writes == 3
     # the kernel fills values; the backend reads exactly them
     set_value(g, 0, "llc_occupancy", 1048576)
@@ -82,10 +82,10 @@ def test_new_thread_is_written_once(host):  # type: ignore[no-untyped-def]
     b, proc = _fake_proc_backend(host)
     refs = [InstanceRef(U1, "instance-a")]
     b.sync(refs)
-    assert resctrl.read_tasks(group(host, U1)) == {4242}
+    assert fs.read_tasks(group(host, U1)) == {4242}
     build_proc(proc, 4242, qemu_cmdline("instance-a"), [4242, 4250])
     b.sync(refs)
-    assert resctrl.read_tasks(group(host, U1)) == {4242, 4250}
+    assert fs.read_tasks(group(host, U1)) == {4242, 4250}
     assert b.writes == 2 and b.mkdirs == 1
 
 
@@ -100,12 +100,12 @@ def test_without_pidfds_the_tasks_files_are_read_every_relist_cycle_only(
     refs = [InstanceRef(U1, "instance-a")]
     b.sync(refs)
     reads: list[str] = []
-    real = resctrl.read_tasks
-    monkeypatch.setattr(resctrl, "read_tasks", lambda p: reads.append(p) or real(p))
+    real = fs.read_tasks
+    monkeypatch.setattr(fs, "read_tasks", lambda p: reads.append(p) or real(p))
     for _ in range(3 * resctrl_backend.RELIST):
         assert U1 in b.sync(refs).readings
     assert len(reads) == 3
-    assert resctrl.read_tasks(group(host, U1)) == {4242}
+    assert fs.read_tasks(group(host, U1)) == {4242}
 
 
 def test_instance_that_leaves_loses_its_group(host):  # type: ignore[no-untyped-def]
@@ -152,7 +152,7 @@ def test_adopts_own_groups_and_sweeps_orphans_never_foreign(host):  # type: igno
     assert os.path.isdir(foreign)
     assert sorted(c for c in host.ops.calls if c[0] == "rmdir") == sorted(
         [("rmdir", orphan), ("rmdir", odd)])
-    assert resctrl.read_tasks(group(host, U1)) == set(q.tids)
+    assert fs.read_tasks(group(host, U1)) == set(q.tids)
 
 
 def test_a_group_removed_by_someone_else_just_before_our_rmdir_is_not_counted(
@@ -202,7 +202,7 @@ def _cachetune_instance(host):  # type: ignore[no-untyped-def]
     ctrl = os.path.join(host.resctrl, "vcpus_0-1")
     from ceilometer_cmt.testing.kernel_trees import _group_files
 
-    _group_files(host.topo, ctrl, True, resctrl.EVENTS)
+    _group_files(host.topo, ctrl, True, fs.EVENTS)
     with open(os.path.join(ctrl, "tasks"), "w") as f:
         f.write("".join(f"{t}\n" for t in q.tids[1:]))
     return q, ctrl
@@ -213,10 +213,10 @@ def test_cachetune_control_group_gets_its_own_monitor_group(host):  # type: igno
     vcpus, emulator = list(q.tids[1:]), q.tids[0]
     b = host.backend()
     b.sync([InstanceRef(U1, "instance-1")])
-    assert resctrl.read_tasks(group(host, U1, "vcpus_0-1")) == set(vcpus)
-    assert resctrl.read_tasks(group(host, U1)) == {emulator}
+    assert fs.read_tasks(group(host, U1, "vcpus_0-1")) == set(vcpus)
+    assert fs.read_tasks(group(host, U1)) == {emulator}
     # libvirt's control group keeps its tasks: nobody moved them out
-    assert resctrl.read_tasks(ctrl) == set(vcpus)
+    assert fs.read_tasks(ctrl) == set(vcpus)
     set_value(group(host, U1), 0, "llc_occupancy", 100)
     set_value(group(host, U1, "vcpus_0-1"), 0, "llc_occupancy", 900)
     set_value(group(host, U1, "vcpus_0-1"), 1, "llc_occupancy", 50)
@@ -248,7 +248,7 @@ def test_one_vanished_group_does_not_count_the_other_groups_again(host):  # type
     assert before == 2 * 1_000_000 + 2 * 7_000
     shutil.rmtree(group(host, U1, "vcpus_0-1"))  # behind our back
     after = mon.poll(refs).instances[U1].mbm_total_bytes
-    remade = sum(resctrl.read_group_event(group(host, U1, "vcpus_0-1"), f"mon_L3_{l3:02d}",
+    remade = sum(fs.read_group_event(group(host, U1, "vcpus_0-1"), f"mon_L3_{l3:02d}",
                                           "mbm_total_bytes") or 0 for l3 in (0, 1))
     assert after == before + remade  # the default group's 2,000,000 counted once
     assert set(b.sync(refs).readings[U1].mbm_total) == {
@@ -328,8 +328,8 @@ def test_a_monitor_group_made_between_the_listing_and_the_lock_keeps_its_thread(
     with file_calls(host.resctrl, other_tool):
         b.sync(refs)
     assert os.path.isdir(foreign)  # the hook ran
-    assert resctrl.read_tasks(foreign) == {4250}
-    assert resctrl.read_tasks(group(host, U1)) == {4242}
+    assert fs.read_tasks(foreign) == {4250}
+    assert fs.read_tasks(group(host, U1)) == {4242}
 
 
 def test_threads_in_a_foreign_monitor_group_are_not_moved(host):  # type: ignore[no-untyped-def]
@@ -339,8 +339,8 @@ def test_threads_in_a_foreign_monitor_group_are_not_moved(host):  # type: ignore
     host.ops.write_tasks(os.path.join(foreign, "tasks"), [q.tids[1]])
     b = host.backend()
     b.sync([InstanceRef(U1, "instance-1")])
-    assert resctrl.read_tasks(foreign) == {q.tids[1]}
-    assert resctrl.read_tasks(group(host, U1)) == {q.tids[0]}
+    assert fs.read_tasks(foreign) == {q.tids[1]}
+    assert fs.read_tasks(group(host, U1)) == {q.tids[0]}
 
 
 @pytest.mark.parametrize("err,reason", [(errno.ENOSPC, "ENOSPC"), (errno.EBUSY, "EBUSY")])
@@ -427,7 +427,7 @@ def test_snc_without_top_level_files_opens_each_node_file_once_per_cycle(tmp_pat
         with file_calls(mon_data) as first:
             assert b.sync(refs).readings[U1].occupancy == {0: 300, 1: 12}
         tops = [os.path.join(mon_data, f"mon_L3_{l3:02d}", ev)
-                for l3 in SNC.domains for ev in resctrl.EVENTS]
+                for l3 in SNC.domains for ev in fs.EVENTS]
         assert sorted(p for p in first.opens if p in tops) == sorted(tops)  # tried once
         with file_calls(mon_data) as steady:
             for _ in range(3):
@@ -579,7 +579,7 @@ def test_thread_moved_away_is_put_back_within_relist_cycles(host
     writes = b.writes
     for _ in range(RELIST):
         b.sync(refs)
-    assert moved in resctrl.read_tasks(g)
+    assert moved in fs.read_tasks(g)
     assert b.writes == writes + 1
 
 

@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from ceilometer_cmt.backends.resctrl import fs as resctrl
+from ceilometer_cmt.backends.resctrl import fs
 from ceilometer_cmt.backends.resctrl.values import GroupVanished, ValueReader
 from ceilometer_cmt.readings import InstanceReading
 from ceilometer_cmt.testing.kernel_trees import (
@@ -29,7 +29,7 @@ def _node_files_only(group_dir: str, values: dict[tuple[int, int], int]) -> list
     nodes' files, and return the paths of those files."""
     nodes = []
     for (l3, node), value in sorted(values.items()):
-        for ev in resctrl.EVENTS:
+        for ev in fs.EVENTS:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(group_dir, "mon_data", f"mon_L3_{l3:02d}", ev))
             set_value(group_dir, l3, ev, value, sub=node)
@@ -59,7 +59,7 @@ def _intel_group(tmp_path, name: str = "ceilometer-x") -> tuple[str, str]:  # ty
 
 def _value_paths(g: str) -> list[str]:
     return [os.path.join(g, "mon_data", f"mon_L3_{l3:02d}", ev)
-            for l3 in INTEL_2S.domains for ev in resctrl.EVENTS]
+            for l3 in INTEL_2S.domains for ev in fs.EVENTS]
 
 
 def _read(reader: ValueReader, g: str, ctrl: str = "", gen: str = "") -> InstanceReading:
@@ -73,7 +73,7 @@ def test_kept_fds_give_fresh_values_without_an_open(tmp_path):  # type: ignore[n
     fds (no open at all) and see what the kernel shows now; forget and close
     release every fd."""
     root, g = _intel_group(tmp_path)
-    reader = ValueReader(resctrl.list_domains(root), resctrl.EVENTS, fd_budget=100)
+    reader = ValueReader(fs.list_domains(root), fs.EVENTS, fd_budget=100)
     with file_calls(g) as first:
         r = _read(reader, g)
     assert sorted(first.opens) == sorted(_value_paths(g))
@@ -98,7 +98,7 @@ def test_kept_fds_give_fresh_values_without_an_open(tmp_path):  # type: ignore[n
 def test_counter_keys_carry_the_control_group_and_the_generation(tmp_path
                                                                  ):  # type: ignore[no-untyped-def]
     root, g = _intel_group(tmp_path)
-    reader = ValueReader(resctrl.list_domains(root), resctrl.EVENTS, fd_budget=100)
+    reader = ValueReader(fs.list_domains(root), fs.EVENTS, fd_budget=100)
     r = _read(reader, g, "vcpus_0-1", "#2")
     assert set(r.occupancy) == {0, 1}  # occupancy: per L3 domain only
     assert set(r.mbm_total) == set(r.mbm_local) == {"vcpus_0-1/0#2", "vcpus_0-1/1#2"}
@@ -112,7 +112,7 @@ def test_past_the_fd_budget_files_are_opened_at_each_read(tmp_path
     root, g = _intel_group(tmp_path)
     other = os.path.join(root, "mon_groups", "ceilometer-y")
     KernelOps(root, INTEL_2S).mkdir(other)
-    reader = ValueReader(resctrl.list_domains(root), resctrl.EVENTS, fd_budget=4)
+    reader = ValueReader(fs.list_domains(root), fs.EVENTS, fd_budget=4)
     set_value(g, 1, "mbm_local_bytes", 11)
     set_value(other, 1, "mbm_local_bytes", 22)
     assert _read(reader, g).mbm_local == {"/0": 0, "/1": 11}
@@ -139,7 +139,7 @@ def test_past_the_fd_budget_files_are_opened_at_each_read(tmp_path
 def test_a_file_without_a_number_is_no_data_the_others_are_read(tmp_path, fd_budget
                                                                 ):  # type: ignore[no-untyped-def]
     root, g = _intel_group(tmp_path)
-    reader = ValueReader(resctrl.list_domains(root), resctrl.EVENTS, fd_budget=fd_budget)
+    reader = ValueReader(fs.list_domains(root), fs.EVENTS, fd_budget=fd_budget)
     _read(reader, g)
     set_value(g, 0, "llc_occupancy", "Unavailable")
     set_value(g, 1, "mbm_total_bytes", "Error")
@@ -159,8 +159,8 @@ def test_an_offline_l3_domain_is_left_out_then_read_again_under_its_keys(tmp_pat
     (Values opened per read: on a fixture tree a kept fd would go on reading
     the moved file.)"""
     root, g = _intel_group(tmp_path)
-    reader = ValueReader(resctrl.list_domains(root), resctrl.EVENTS, fd_budget=0)
-    for ev in resctrl.EVENTS:
+    reader = ValueReader(fs.list_domains(root), fs.EVENTS, fd_budget=0)
+    for ev in fs.EVENTS:
         set_value(g, 0, ev, 100)
         set_value(g, 1, ev, 200)
     domain = os.path.join(g, "mon_data", "mon_L3_01")
@@ -178,7 +178,7 @@ def test_an_offline_l3_domain_is_left_out_then_read_again_under_its_keys(tmp_pat
 
 def test_a_removed_group_is_vanished_and_holds_no_fd(tmp_path):  # type: ignore[no-untyped-def]
     root, g = _intel_group(tmp_path)
-    reader = ValueReader(resctrl.list_domains(root), resctrl.EVENTS, fd_budget=0)
+    reader = ValueReader(fs.list_domains(root), fs.EVENTS, fd_budget=0)
     _read(reader, g)
     shutil.rmtree(g)
     with pytest.raises(GroupVanished) as e:
@@ -196,7 +196,7 @@ def test_occupancy_is_summed_over_an_instances_groups_only(tmp_path
     ops = KernelOps(root, INTEL_2S)
     a = os.path.join(root, "mon_groups", "ceilometer-a")
     ops.mkdir(a)
-    _group_files(INTEL_2S, os.path.join(root, "ct"), True, resctrl.EVENTS)
+    _group_files(INTEL_2S, os.path.join(root, "ct"), True, fs.EVENTS)
     b = os.path.join(root, "ct", "mon_groups", "ceilometer-a")
     ops.mkdir(b)
     for grp, base in ((a, 100), (b, 10)):
@@ -204,7 +204,7 @@ def test_occupancy_is_summed_over_an_instances_groups_only(tmp_path
             set_value(grp, l3, "llc_occupancy", base + l3)
             set_value(grp, l3, "mbm_total_bytes", 1000 * base + l3)
     set_value(b, 1, "llc_occupancy", "Unavailable")
-    reader = ValueReader(resctrl.list_domains(root), resctrl.EVENTS, fd_budget=100)
+    reader = ValueReader(fs.list_domains(root), fs.EVENTS, fd_budget=100)
     one = InstanceReading({}, {}, {})
     reader.read(one, a, "", "")
     assert one.occupancy == {0: 100, 1: 101}
@@ -228,10 +228,10 @@ def test_snc_layout_change_is_followed_and_a_vanished_group_told(tmp_path
     root = build_resctrl(str(tmp_path / "r"), SNC)
     g = os.path.join(root, "mon_groups", "ceilometer-x")
     KernelOps(root, SNC).mkdir(g)
-    domains = resctrl.list_domains(root)
+    domains = fs.list_domains(root)
     # values opened at each read: on tmpfs a kept fd goes on reading a removed
     # file, where kernfs answers ENODEV (kept fds: see test_reliability)
-    reader = ValueReader(domains, resctrl.EVENTS, fd_budget=0)
+    reader = ValueReader(domains, fs.EVENTS, fd_budget=0)
 
     def read() -> InstanceReading:
         r = InstanceReading({}, {}, {})
@@ -242,13 +242,13 @@ def test_snc_layout_change_is_followed_and_a_vanished_group_told(tmp_path
     assert read().occupancy == {0: 3, 1: 7} and reader.open_fds == 0
     # top-level files appear and the node files go: followed at once
     for l3 in SNC.domains:
-        for ev in resctrl.EVENTS:
+        for ev in fs.EVENTS:
             set_value(g, l3, ev, 1000 + l3)
     for p in nodes:
         os.remove(p)
     assert read().occupancy == {0: 1000, 1: 1001}
     tops = [os.path.join(g, "mon_data", f"mon_L3_{l3:02d}", ev)
-            for l3 in SNC.domains for ev in resctrl.EVENTS]
+            for l3 in SNC.domains for ev in fs.EVENTS]
     with file_calls(os.path.join(g, "mon_data")) as calls:
         assert read().mbm_total == {"/0": 1000, "/1": 1001}
     assert sorted(calls.opens) == sorted(tops)

@@ -19,7 +19,7 @@ from rich.console import Console
 from ceilometer_cmt.cmd import cli, top
 from ceilometer_cmt.cmd import poll as pollrun
 from ceilometer_cmt.pollsters import runtime
-from ceilometer_cmt.readings import HOST_WIDE
+from ceilometer_cmt.readings import ALL_DOMAINS
 from ceilometer_cmt.testing.kernel_trees import set_value
 
 MiB = 1024 * 1024
@@ -130,7 +130,7 @@ def test_host_wide_domain_percent_against_whole_cache(cloud):  # type: ignore[no
     _host, (_a, b, _c), _stopped, _conf = cloud
     for s in samples:
         if s["resource_id"] == b.uuid and "cache_domains" in s["resource_metadata"]:
-            s["resource_metadata"]["cache_domains"] = {str(HOST_WIDE): 13 * MiB}
+            s["resource_metadata"]["cache_domains"] = {str(ALL_DOMAINS): 13 * MiB}
     view = top.build_view(samples)
     row = next(r for r in view.rows if r.uuid == b.uuid)
     assert top.domain_breakdown(view, row) == f"host 13.0 MiB {100 * 13 * MiB / (2 * L3):.1f}%"

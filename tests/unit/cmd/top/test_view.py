@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from ceilometer_cmt.cmd.top import view as v
-from ceilometer_cmt.readings import HOST_WIDE
+from ceilometer_cmt.readings import ALL_DOMAINS
 
 MiB = 1024 * 1024
 U1 = "11111111-aaaa-4000-8000-000000000001"
@@ -86,7 +86,7 @@ def test_status_of_a_row() -> None:
 def test_domain_percent_host_wide_is_of_the_whole_cache() -> None:
     view = v.build_view(host_samples())
     assert view.domain_percent(1, 8 * MiB) == 25.0
-    assert view.domain_percent(HOST_WIDE, 8 * MiB) == 12.5
+    assert view.domain_percent(ALL_DOMAINS, 8 * MiB) == 12.5
     assert view.domain_percent(7, 8 * MiB) is None  # unknown domain
 
 
