@@ -36,7 +36,7 @@ def zero_counters(group: Group, topology: Topology) -> None:
     group.counters = {(ev, d.id): 0.0 for ev in MBM_EVENTS for d in topology.mon_domains}
 
 
-class Meter:
+class LoadMeter:
     """Who carries which load, cached for ``scan_interval`` wall seconds or
     until :meth:`invalidate` (membership changed)."""
 

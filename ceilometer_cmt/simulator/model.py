@@ -87,7 +87,7 @@ class Model:
         #: tid -> entry (the same dict as ``membership.entries``)
         self.tasks: dict[int, TaskEntry] = self.membership.entries
         self.packages = telemetry.PackageMeter(topology)
-        self.meter = counters.Meter(scenario, self.membership, scan_interval, self.packages)
+        self.meter = counters.LoadMeter(scenario, self.membership, scan_interval, self.packages)
         self.assign = CounterAssign(topology, Bmec(topology), self._puts)
         self.assign.assign_on_mkdir(self.root)  # rdt_get_tree(), status cleared after
         self.status = ""
