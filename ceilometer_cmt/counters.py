@@ -5,6 +5,12 @@ when a monitor group is recreated (and a recreated perf counter gets a new
 key). :class:`ByteCounter` keeps the published cumulative value monotonic for
 the agent's lifetime by carrying an offset, and gives a rate only between two
 consecutive complete reads without a reset.
+
+The same holds for Intel AET telemetry counters (energy, cycles, uops), with
+one difference: they belong to the RMID, not the group, and the kernel resets
+nothing when a group gets an RMID, so a new counter may start at an earlier
+owner's count. ``ByteCounter(count_new=False)`` takes a new counter's first
+value as its baseline instead of counting it.
 """
 
 from __future__ import annotations
@@ -19,8 +25,11 @@ class CounterValue(NamedTuple):  # a tuple: made twice per instance and cycle
 
 
 class ByteCounter:
-    def __init__(self, min_interval: float = 0.0) -> None:
+    def __init__(self, min_interval: float = 0.0, *, count_new: bool = True) -> None:
         self.min_interval = min_interval
+        #: a new counter's first value: counted (MBM: a new group starts at 0),
+        #: or only its baseline (AET: an RMID's counts outlive its group)
+        self.count_new = count_new
         self._last: dict[str, int] = {}
         self._total = 0
         self._last_time: float | None = None
@@ -53,7 +62,8 @@ class ByteCounter:
                 continue
             prev = self._last.get(key)
             if prev is None:
-                self._total += value  # a new counter: all it counted is new to us
+                if self.count_new:
+                    self._total += value  # a new counter: all it counted is new to us
             elif value >= prev:
                 self._total += value - prev
             else:  # the counter restarted (group recreated, hardware reset)

@@ -115,6 +115,28 @@ MEMORY_BANDWIDTH_LOCAL = Meter(
     resource_type="instance", archive_policy=PEAK_POLICY,
     summary="rate between two cycles (none on the first)")
 
+# Intel AET telemetry (resctrl PERF_PKG, Linux 7.0): only where the host has the event
+ENERGY_CORE = Meter(
+    name="energy.core", type=CUMULATIVE, unit="J", per=INSTANCE,
+    source="InstanceMeters.energy_core", pollster="EnergyCorePollster",
+    resource_type="instance", archive_policy=RATE_POLICY,
+    summary="AET core_energy over packages (Gnocchi rate:mean)")
+POWER_CORE = Meter(
+    name="power.core", type=GAUGE, unit="W", per=INSTANCE,
+    source="InstanceMeters.power_core", pollster="PowerCorePollster",
+    resource_type="instance", archive_policy=PEAK_POLICY,
+    summary="core power between two cycles (none on the first)")
+CPU_IPC = Meter(
+    name="cpu.ipc", type=GAUGE, unit="uop/cycle", per=INSTANCE,
+    source="InstanceMeters.cpu_ipc", pollster="CPUIPCPollster",
+    resource_type="instance", archive_policy=PEAK_POLICY,
+    summary="uops retired per core cycle between two cycles")
+CACHE_LLC_MISS_STALL_RATIO = Meter(
+    name="cache.llc.miss.stall.ratio", type=GAUGE, unit="ratio", per=INSTANCE,
+    source="InstanceMeters.llc_miss_stall_ratio", pollster="CacheLLCMissStallRatioPollster",
+    resource_type="instance", archive_policy=PEAK_POLICY,
+    summary="LLC-miss stall cycles per core cycle between two cycles")
+
 # ---------------------------------------------------------------- per host
 CACHE_SIZE = Meter(
     name="cache.size", type=GAUGE, unit="B", per=HOST,
@@ -125,7 +147,7 @@ CACHE_MONITORS_TOTAL = Meter(
     name="cache.monitors.total", type=GAUGE, unit="monitor", per=HOST,
     source="HostCache.monitors_total", pollster="CacheMonitorsTotalPollster",
     resource_type="host", archive_policy=None,
-    summary="monitoring ids (RMIDs) per domain")
+    summary="monitoring ids (RMIDs) per domain (AET: the smaller num_rmids)")
 CACHE_MONITORS_USED = Meter(
     name="cache.monitors.used", type=GAUGE, unit="monitor", per=HOST,
     source="CycleResult.monitors_used", pollster="CacheMonitorsUsedPollster",
@@ -142,6 +164,7 @@ TABLE: tuple[Meter, ...] = (
     CACHE_OCCUPANCY, CACHE_OCCUPANCY_PERCENT, CPU_L3_CACHE,
     MEMORY_BANDWIDTH_TOTAL_BYTES, MEMORY_BANDWIDTH_LOCAL_BYTES,
     MEMORY_BANDWIDTH_TOTAL, MEMORY_BANDWIDTH_LOCAL,
+    ENERGY_CORE, POWER_CORE, CPU_IPC, CACHE_LLC_MISS_STALL_RATIO,
     CACHE_SIZE, CACHE_MONITORS_TOTAL, CACHE_MONITORS_USED, CACHE_INSTANCES_UNMONITORED,
 )
 

@@ -1,7 +1,7 @@
 """From one backend read to the values of every meter, for any backend.
 
-:class:`CacheMonitor` owns a backend, the per-instance MBM counters and the
-rate-limited "no data" log. Pollsters call :meth:`CacheMonitor.poll` once per
+:class:`CacheMonitor` owns a backend, the per-instance MBM and telemetry
+counters and the rate-limited "no data" log. Pollsters call :meth:`CacheMonitor.poll` once per
 polling cycle and share the :class:`CycleResult`.
 """
 
@@ -11,11 +11,22 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from ceilometer_cmt.counters import ByteCounter
-from ceilometer_cmt.readings import Backend, HostCache, InstanceReading, InstanceRef
+from ceilometer_cmt.readings import (
+    CORE_ENERGY,
+    NANO,
+    STALLS_LLC_MISS,
+    UNHALTED_CORE_CYCLES,
+    UOPS_RETIRED,
+    Backend,
+    HostCache,
+    InstanceReading,
+    InstanceRef,
+    TelemetryReading,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -29,6 +40,12 @@ class InstanceMeters:
     mbm_local_bytes: int | None = None
     mbm_total_rate: float | None = None
     mbm_local_rate: float | None = None
+    # Intel AET telemetry, summed over packages (None: the host has no such
+    # event, a package gave no value, or for the gauges: no interval yet)
+    energy_core: float | None = None  # J since the agent first read the group
+    power_core: float | None = None  # W between two reads
+    cpu_ipc: float | None = None  # uops retired per unhalted core cycle
+    llc_miss_stall_ratio: float | None = None  # LLC-miss stall cycles per cycle
 
 
 @dataclass
@@ -103,6 +120,8 @@ class CacheMonitor:
         self.nodata = RateLimitedLog(log_interval, clock)
         #: uuid -> (mbm_total, mbm_local) counters
         self._counters: dict[str, tuple[ByteCounter, ByteCounter]] = {}
+        #: uuid -> telemetry event -> counter (Intel AET hosts only)
+        self._telemetry: dict[str, dict[str, ByteCounter]] = {}
         self.lock = threading.RLock()
 
     def poll(self, instances: Sequence[InstanceRef]) -> CycleResult:
@@ -119,7 +138,51 @@ class CacheMonitor:
             stale = self._counters.keys() - cycle.readings.keys() - cycle.unmonitored.keys()
             for uuid in stale:
                 del self._counters[uuid]
+            if cycle.telemetry or self._telemetry:
+                self._telemetry_meters(cycle.telemetry, cycle.unmonitored.keys(),
+                                       result, now)
             return result
+
+    def _telemetry_meters(self, telemetry: dict[str, TelemetryReading],
+                          keep: Iterable[str], result: CycleResult, now: float) -> None:
+        """Energy, power, IPC and the LLC-miss stall share of each instance
+        with telemetry: cumulative energy with offsets across resets; the
+        others from the increase of each sum since the last read (none on the
+        first read, after a gap or a reset, nor for an idle interval)."""
+        states = self._telemetry
+        for uuid, tele in telemetry.items():
+            meters = result.instances.get(uuid)
+            if meters is None:
+                continue
+            state = states.get(uuid)
+            if state is None:
+                state = states[uuid] = {}
+            values = {}
+            for event, raw in tele.items():
+                counter = state.get(event)
+                if counter is None:
+                    # an RMID's counts outlive its group: a new one is a baseline
+                    counter = state[event] = ByteCounter(count_new=False)
+                value = values[event] = counter.update(raw, now)
+                if value.cumulative is None and raw:
+                    self.nodata(uuid, f"{event} gave no value (Unavailable/Error)")
+            energy = values.get(CORE_ENERGY)
+            if energy is not None:
+                if energy.cumulative is not None:
+                    meters.energy_core = energy.cumulative / NANO
+                if energy.rate is not None:
+                    meters.power_core = energy.rate / NANO
+            cycles = values.get(UNHALTED_CORE_CYCLES)
+            if cycles is not None and cycles.rate:  # no ratio over an idle interval
+                uops = values.get(UOPS_RETIRED)
+                if uops is not None and uops.rate is not None:
+                    meters.cpu_ipc = uops.rate / cycles.rate
+                stalls = values.get(STALLS_LLC_MISS)
+                if stalls is not None and stalls.rate is not None:
+                    meters.llc_miss_stall_ratio = stalls.rate / cycles.rate
+        stale = states.keys() - telemetry.keys() - set(keep)
+        for uuid in stale:
+            del states[uuid]
 
     def _meters(self, uuid: str, reading: InstanceReading, now: float) -> InstanceMeters:
         total, domains, percent = occupancy_meters(reading, self.host)

@@ -11,6 +11,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
+#: Intel AET (resctrl ``PERF_PKG``, Linux 7.0) events the plugin reads, as the
+#: kernel names them in ``info/PERF_PKG_MON/mon_features`` and
+#: ``mon_data/mon_PERF_PKG_XX/``. ``core_energy`` is fixed point (Joules);
+#: the others are integer counts.
+CORE_ENERGY = "core_energy"
+UNHALTED_CORE_CYCLES = "unhalted_core_cycles"
+UOPS_RETIRED = "uops_retired"
+STALLS_LLC_MISS = "stalls_llc_miss"
+TELEMETRY_EVENTS = (CORE_ENERGY, UNHALTED_CORE_CYCLES, UOPS_RETIRED, STALLS_LLC_MISS)
+#: a fixed-point telemetry value is held as an integer count of 10**-9 units
+#: (nanojoules): the kernel prints at most 9 decimals, so it is exact
+NANO = 1_000_000_000
+
+#: One instance's telemetry for one cycle: event -> counter key -> raw value
+#: (an integer; fixed-point events in 10**-9 units). Only the events the host
+#: has; a ``None`` value: that counter gave no data. Keys name one counter as
+#: in :class:`InstanceReading` (a recreated group gets new keys).
+TelemetryReading = dict[str, dict[str, int | None]]
+
 #: Occupancy key for a value that covers all L3 domains together (perf
 #: ``intel_cqm`` and libvirt sum every package): its percent is taken against
 #: the sum of all L3 domain sizes.
@@ -86,6 +105,8 @@ class BackendCycle:
     readings: dict[str, InstanceReading] = field(default_factory=dict)
     unmonitored: dict[str, str] = field(default_factory=dict)  # uuid -> reason
     monitors_used: int | None = None
+    #: uuid -> Intel AET telemetry; empty on hosts without it
+    telemetry: dict[str, TelemetryReading] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -298,3 +298,101 @@ def test_rate_limited_log_stays_bounded_under_churn() -> None:
     key = max(before, key=before.get)
     log(*key)
     assert log._last[key] == before[key]  # noqa: SLF001
+
+
+# ------------------------------------------------------- Intel AET telemetry
+GJ = 1_000_000_000  # 10**-9 units per Joule
+
+
+def aet(energy: dict[str, int | None] | None = None, cycles: dict[str, int | None] | None = None,
+        uops: dict[str, int | None] | None = None,
+        stalls: dict[str, int | None] | None = None) -> dict[str, dict[str, int | None]]:
+    out = {"core_energy": energy, "unhalted_core_cycles": cycles, "uops_retired": uops,
+           "stalls_llc_miss": stalls}
+    return {k: dict(v) for k, v in out.items() if v is not None}
+
+
+def aet_cycle(tele: dict[str, dict[str, int | None]],
+              unmonitored: dict[str, str] | None = None) -> BackendCycle:
+    c = cycle({U1: reading({0: 1})} if not unmonitored else {}, unmonitored)
+    if tele:
+        c.telemetry[U1] = tele
+    return c
+
+
+def telemetry_of(m: InstanceMeters) -> tuple[float | None, ...]:
+    return (m.energy_core, m.power_core, m.cpu_ipc, m.llc_miss_stall_ratio)
+
+
+def test_telemetry_meters_over_cycles(caplog) -> None:  # type: ignore[no-untyped-def]
+    clock = Clock(0.0)
+    b = ScriptedBackend(TWO_SOCKETS, [
+        # first read: a baseline (the RMID may hold an earlier owner's counts)
+        aet_cycle(aet({"/0": 100 * GJ, "/1": 50 * GJ}, {"/0": 10**9, "/1": 10**9},
+                      {"/0": 2 * 10**9, "/1": 10**9}, {"/0": 10**8, "/1": 0})),
+        # 10 s later: 30 J over both packages; 4e9 cycles, 6e9 uops, 1e9 stalls
+        aet_cycle(aet({"/0": 120 * GJ, "/1": 60 * GJ}, {"/0": 3 * 10**9, "/1": 3 * 10**9},
+                      {"/0": 6 * 10**9, "/1": 3 * 10**9}, {"/0": 6 * 10**8, "/1": 5 * 10**8})),
+        # package 1 Unavailable: no energy, no power (never a partial sum);
+        # cycles did not move (idle): no IPC, no ratio (not 0)
+        aet_cycle(aet({"/0": 121 * GJ, "/1": None}, {"/0": 3 * 10**9, "/1": 3 * 10**9},
+                      {"/0": 6 * 10**9, "/1": 3 * 10**9}, {"/0": 6 * 10**8, "/1": 5 * 10**8})),
+        # energy complete again: cumulative continues, no power across the gap;
+        # package 0's cycles went back (reset): no rate once
+        aet_cycle(aet({"/0": 122 * GJ, "/1": 61 * GJ}, {"/0": 1000, "/1": 3 * 10**9 + 1000},
+                      {"/0": 6 * 10**9 + 1000, "/1": 3 * 10**9},
+                      {"/0": 6 * 10**8, "/1": 5 * 10**8})),
+        aet_cycle(aet({"/0": 123 * GJ, "/1": 62 * GJ}, {"/0": 2000, "/1": 3 * 10**9 + 3000},
+                      {"/0": 6 * 10**9 + 4000, "/1": 3 * 10**9},
+                      {"/0": 6 * 10**8 + 300, "/1": 5 * 10**8})),
+    ])
+    m = CacheMonitor(b, clock=clock)
+    with caplog.at_level(logging.INFO, logger="ceilometer_cmt.monitor"):
+        assert telemetry_of(m.poll([]).instances[U1]) == (0.0, None, None, None)
+        clock.t = 10.0
+        assert telemetry_of(m.poll([]).instances[U1]) == (
+            30.0, 3.0, pytest.approx(1.5), pytest.approx(0.25))
+        clock.t = 20.0
+        assert telemetry_of(m.poll([]).instances[U1]) == (None, None, None, None)
+        clock.t = 30.0
+        assert telemetry_of(m.poll([]).instances[U1]) == (33.0, None, None, None)
+        clock.t = 40.0
+        assert telemetry_of(m.poll([]).instances[U1]) == (
+            35.0, pytest.approx(0.2), pytest.approx(1.0), pytest.approx(0.1))
+    assert any("core_energy gave no value" in x for x in _records(caplog))
+
+
+def test_telemetry_meters_only_for_the_events_the_host_has() -> None:
+    clock = Clock(0.0)
+    b = ScriptedBackend(TWO_SOCKETS, [
+        aet_cycle(aet(energy={"/0": 0})), aet_cycle(aet(energy={"/0": GJ // 1000})),
+        cycle({U1: reading({0: 1})}), cycle({U1: reading({0: 1})}),
+    ])
+    m = CacheMonitor(b, clock=clock)
+    m.poll([])
+    clock.t = 1.0
+    # a millijoule is a millijoule, not 0
+    assert telemetry_of(m.poll([]).instances[U1]) == (0.001, 0.001, None, None)
+    clock.t = 2.0
+    assert telemetry_of(m.poll([]).instances[U1]) == (None, None, None, None)
+    assert m._telemetry == {}  # no telemetry: nothing kept
+    clock.t = 3.0
+    assert telemetry_of(m.poll([]).instances[U1]) == (None, None, None, None)
+
+
+def test_telemetry_of_a_recreated_group_starts_at_its_baseline() -> None:
+    """New counter keys (a group made again) may start at an old RMID's counts:
+    counted from their first read, with no rate across the change."""
+    clock = Clock(0.0)
+    b = ScriptedBackend(TWO_SOCKETS, [
+        aet_cycle(aet({"/0": 5 * GJ})), aet_cycle(aet({"/0": 7 * GJ})),
+        aet_cycle({}, {U1: "process gone"}),
+        aet_cycle(aet({"/0#1": 900 * GJ})), aet_cycle(aet({"/0#1": 901 * GJ})),
+    ])
+    m = CacheMonitor(b, clock=clock)
+    values = []
+    for t in range(5):
+        clock.t = float(t)
+        r = m.poll([])
+        values.append(telemetry_of(r.instances[U1])[:2] if U1 in r.instances else None)
+    assert values == [(0.0, None), (2.0, 2.0), None, (2.0, None), (3.0, 1.0)]

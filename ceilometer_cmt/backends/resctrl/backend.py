@@ -6,7 +6,9 @@ holds the instance's threads (normally just the default group; libvirt
 without the prefix are never touched. The first cycle adopts our groups of
 local instances and removes the rest; an instance that left takes its groups
 with it; a group removed behind our back is made again with new counter keys.
-New threads are placed by :mod:`placement`, values read by :mod:`values`.
+New threads are placed by :mod:`placement`, values read by :mod:`values`;
+on a host with Intel AET (``info/PERF_PKG_MON``) the telemetry of the same
+groups by :mod:`telemetry`, into the cycle's ``telemetry``.
 
 Steady state (no instance or thread appeared or left) costs the value reads
 (``pread`` of files kept open), one ``poll()`` over the pidfds of all qemu
@@ -24,7 +26,7 @@ import resource
 import zlib
 from collections.abc import Callable, Sequence
 
-from ceilometer_cmt.backends.resctrl import fs
+from ceilometer_cmt.backends.resctrl import fs, telemetry
 from ceilometer_cmt.backends.resctrl.monitored_instance import MonitoredInstance
 from ceilometer_cmt.backends.resctrl.placement import CyclePlacement
 from ceilometer_cmt.backends.resctrl.values import GroupVanished, ValueReader
@@ -96,6 +98,12 @@ class ResctrlBackend:
         self._cycle_no = 0
         self._exited: set[int] = set()
         self._values = ValueReader(self._domains, self.events, fd_budget)
+        #: Intel AET: the host's PERF_PKG_MON (None without), and the reader of
+        #: its events when the host has one the meters need
+        self.perf_pkg = telemetry.read_info(resctrl_root)
+        self._telemetry: telemetry.TelemetryReader | None = None
+        if self.perf_pkg is not None and self.perf_pkg.events and self.perf_pkg.packages:
+            self._telemetry = telemetry.TelemetryReader(self.perf_pkg, self._values)
         self._adopted = False
         #: counters for tests and the benchmark
         self.mkdirs = 0
@@ -109,7 +117,8 @@ class ResctrlBackend:
 
     # ----------------------------------------------------------- host side
     def host_cache(self) -> HostCache:
-        return read_host_cache(self.sysfs_root, self.info.num_rmids)
+        return read_host_cache(self.sysfs_root,
+                               telemetry.group_limit(self.info.num_rmids, self.perf_pkg))
 
     def owned_groups(self, groups: fs.Groups | None = None) -> dict[str, list[str]]:
         """uuid (or raw name when not a uuid) -> paths of groups with our prefix,
@@ -176,7 +185,7 @@ class ResctrlBackend:
         if gone:
             paths = [p for u in gone for p in self._tracked.pop(u).groups.values()]
             for p in paths:
-                self._values.forget(p)
+                self._forget(p)
             self.remove_groups(paths)
             if groups is not None:
                 self._unlist(groups, paths)
@@ -211,7 +220,7 @@ class ResctrlBackend:
                     if not self._steady(tracked):
                         self._ensure(tracked, placement)
                     try:
-                        cycle.readings[uuid] = self._read(tracked)
+                        cycle.readings[uuid] = self._read(tracked, cycle)
                     except GroupVanished as e:
                         # Removed behind our back: recreate it (counters restart,
                         # the monitor carries the offset).
@@ -219,7 +228,7 @@ class ResctrlBackend:
                         self._drop_groups(tracked, [
                             c for c, p in tracked.groups.items() if p == e.path])
                         self._ensure(tracked, placement)
-                        cycle.readings[uuid] = self._read(tracked)
+                        cycle.readings[uuid] = self._read(tracked, cycle)
                 except (InstanceGone, NotMonitored, GroupVanished) as e:
                     cycle.unmonitored[uuid] = str(e)
                 except OSError as e:
@@ -237,7 +246,7 @@ class ResctrlBackend:
         counter keys. The other groups keep their files and keys: a counter that
         did not restart must not be counted twice."""
         for ctrl in ctrls:
-            self._values.forget(t.groups.pop(ctrl))
+            self._forget(t.groups.pop(ctrl))
             t.generations[ctrl] = t.generations.get(ctrl, 0) + 1
         t.assigned.clear()
         t.settled = False
@@ -245,6 +254,8 @@ class ResctrlBackend:
     def close(self) -> None:
         """Groups stay for the next agent to adopt; pidfds and files are closed."""
         self._watch.close()
+        if self._telemetry is not None:
+            self._telemetry.close()
         self._values.close()
         self._tracked.clear()
         self._adopted = False
@@ -327,9 +338,21 @@ class ResctrlBackend:
             return
         placement.place(t, new)
 
-    def _read(self, t: MonitoredInstance) -> InstanceReading:
+    def _forget(self, path: str) -> None:
+        self._values.forget(path)
+        if self._telemetry is not None:
+            self._telemetry.forget(path)
+
+    def _read(self, t: MonitoredInstance, cycle: BackendCycle) -> InstanceReading:
         reading = InstanceReading({}, {}, {})
-        for ctrl, path in sorted(t.groups.items()):
+        groups = sorted(t.groups.items())
+        for ctrl, path in groups:
             self._values.read(reading, path, ctrl, t.key_suffix(ctrl))
+        if self._telemetry is not None:
+            # after every L3 read: a vanished group raised there already
+            tele: dict[str, dict[str, int | None]] = {}
+            for ctrl, path in groups:
+                self._telemetry.read(tele, path, ctrl, t.key_suffix(ctrl))
+            cycle.telemetry[t.uuid] = tele
         return reading
 

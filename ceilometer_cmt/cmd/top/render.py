@@ -15,7 +15,15 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
-from ceilometer_cmt.cmd.top.view import HostView, domain_breakdown, human_bytes, pct, short_uuids
+from ceilometer_cmt.cmd.top.view import (
+    HostView,
+    domain_breakdown,
+    has_telemetry,
+    human_bytes,
+    number,
+    pct,
+    short_uuids,
+)
 
 
 def render(view: HostView, *, title: str = "ceilometer-cmt top", alert_percent: float = 30.0,
@@ -49,6 +57,12 @@ def render(view: HostView, *, title: str = "ceilometer-cmt top", alert_percent: 
     table.add_column("%L3" if narrow else "% busiest L3", justify="right", no_wrap=True)
     table.add_column("MBM total", justify="right", no_wrap=True)
     table.add_column("MBM local", justify="right", no_wrap=True)
+    telemetry = has_telemetry(view)  # Intel AET hosts
+    if telemetry:
+        table.add_column("power", justify="right", no_wrap=True)
+        table.add_column("IPC", justify="right", no_wrap=True)
+        table.add_column("LLC-miss stall" if not narrow else "stall", justify="right",
+                         no_wrap=True)
     if not narrow:
         table.add_column("per domain", no_wrap=True)
     table.add_column("status", min_width=6, overflow="ellipsis", no_wrap=narrow)
@@ -59,6 +73,10 @@ def render(view: HostView, *, title: str = "ceilometer-cmt top", alert_percent: 
             human_bytes(r.occupancy),
             Text(pct(r.occupancy_percent), style="bold red" if hot else ""),
             human_bytes(r.mbm_total_rate, "/s"), human_bytes(r.mbm_local_rate, "/s")]
+        if telemetry:
+            cells += [number(r.power_core, ".1f", " W"), number(r.cpu_ipc),
+                      pct(None if r.llc_miss_stall_ratio is None
+                          else 100.0 * r.llc_miss_stall_ratio)]
         if not narrow:
             cells.append(domain_breakdown(view, r))
         status = r.status

@@ -41,6 +41,11 @@ class InstanceRow:
     mbm_local_rate: float | None = None
     mbm_total_bytes: int | None = None  # cumulative
     mbm_local_bytes: int | None = None
+    # Intel AET telemetry (hosts that have it)
+    energy_core: float | None = None  # J, cumulative
+    power_core: float | None = None  # W
+    cpu_ipc: float | None = None  # uops per cycle
+    llc_miss_stall_ratio: float | None = None  # LLC-miss stall cycles per cycle
 
     @property
     def status(self) -> str:
@@ -162,6 +167,8 @@ SORT_KEYS: dict[str, tuple[Callable[[InstanceRow], Any], bool]] = {
     "occupancy": (lambda r: r.occupancy, True),
     "mbm-total": (lambda r: r.mbm_total_rate, True),
     "mbm-local": (lambda r: r.mbm_local_rate, True),
+    "power": (lambda r: r.power_core, True),
+    "ipc": (lambda r: r.cpu_ipc, True),
     "name": (lambda r: r.name or "", False),
     "uuid": (lambda r: r.uuid, False),
 }
@@ -195,6 +202,17 @@ def pct(p: float | None) -> str:
     return "-" if p is None else f"{p:.1f}%"
 
 
+def number(v: float | None, fmt: str = ".2f", suffix: str = "") -> str:
+    return "-" if v is None else f"{v:{fmt}}{suffix}"
+
+
+def has_telemetry(view: HostView) -> bool:
+    """Whether any row has an Intel AET value (``top`` shows their columns then)."""
+    return any(r.energy_core is not None or r.power_core is not None
+               or r.cpu_ipc is not None or r.llc_miss_stall_ratio is not None
+               for r in view.rows)
+
+
 def domain_breakdown(view: HostView, row: InstanceRow) -> str:
     """One line per domain; with more than two domains, those at 0 B are counted."""
     parts = []
@@ -226,6 +244,8 @@ def view_json(view: HostView) -> dict[str, Any]:
             "mbm_total_bytes_per_second": r.mbm_total_rate,
             "mbm_local_bytes_per_second": r.mbm_local_rate,
             "mbm_total_bytes": r.mbm_total_bytes, "mbm_local_bytes": r.mbm_local_bytes,
+            "energy_core_joules": r.energy_core, "power_core_watts": r.power_core,
+            "cpu_ipc": r.cpu_ipc, "llc_miss_stall_ratio": r.llc_miss_stall_ratio,
         } for r in view.rows],
     }
 

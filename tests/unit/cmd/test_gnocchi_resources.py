@@ -23,6 +23,7 @@ INSTANCE_METERS = [
     "cache.occupancy", "cache.occupancy.percent", "cpu_l3_cache",
     "memory.bandwidth.total.bytes", "memory.bandwidth.local.bytes",
     "memory.bandwidth.total", "memory.bandwidth.local",
+    "energy.core", "power.core", "cpu.ipc", "cache.llc.miss.stall.ratio",
 ]
 HOST_METERS = ["cache.size", "cache.monitors.total", "cache.monitors.used",
                "cache.instances.unmonitored"]

@@ -673,3 +673,80 @@ def test_the_privsep_daemons_rmid_reserve_reads_as_no_free_rmid(host, caplog
                                  U2: f"no free RMID (ENOSPC): {text}"}
     warnings = [r for r in caplog.records if "cannot create resctrl monitor group" in r.message]
     assert len(warnings) == 1 and "rule rmid-reserve" in warnings[0].message
+
+
+# ------------------------------------------------------- Intel AET telemetry
+def _aet_host(host, **kw):  # type: ignore[no-untyped-def]
+    """The fixture host with Intel AET (PERF_PKG, two packages) added."""
+    from ceilometer_cmt.testing.perf_pkg_tree import PerfPkgKernelOps, build_perf_pkg
+
+    features = kw.pop("features", None)
+    args = {} if features is None else {"features": features}
+    build_perf_pkg(host.resctrl, **args, **kw)
+    host.ops = PerfPkgKernelOps(host.resctrl, host.topo, **(
+        {} if features is None else {"perf_pkg_features": features}))
+    return host
+
+
+def test_aet_telemetry_is_read_per_package(host):  # type: ignore[no-untyped-def]
+    from ceilometer_cmt.testing.perf_pkg_tree import raw_fixed, set_telemetry
+
+    _aet_host(host)
+    host.start_qemu("instance-00000001")
+    b = host.backend()
+    refs = [InstanceRef(U1, "instance-00000001")]
+    assert b.host_cache().monitors_total == 176  # min(L3_MON 176, PERF_PKG_MON 576)
+    b.sync(refs)
+    g = group(host, U1)
+    set_telemetry(g, 0, "core_energy", raw_fixed(12))
+    set_telemetry(g, 1, "core_energy", "Unavailable")
+    set_telemetry(g, 0, "uops_retired", 777)
+    set_telemetry(g, 1, "activity", "Error")  # not read: no meter needs it
+    cycle = b.sync(refs)
+    tele = cycle.telemetry[U1]
+    assert sorted(tele) == sorted(["core_energy", "unhalted_core_cycles", "uops_retired",
+                                   "stalls_llc_miss"])
+    assert tele["core_energy"] == {"/0": 12 * 10**9, "/1": None}
+    assert tele["uops_retired"] == {"/0": 777, "/1": 0}
+    assert U1 in cycle.readings
+    # the steady state keeps its fds: no open at all
+    with file_calls(host.resctrl) as calls:
+        b.sync(refs)
+    assert calls.opens == []
+    b.close()
+
+
+def test_aet_group_limit_is_the_smaller_num_rmids(host):  # type: ignore[no-untyped-def]
+    _aet_host(host, num_rmids=64)
+    assert host.backend().host_cache().monitors_total == 64
+
+
+def test_no_perf_pkg_no_telemetry(host):  # type: ignore[no-untyped-def]
+    host.start_qemu("instance-00000001")
+    b = host.backend()
+    assert b.perf_pkg is None and b._telemetry is None
+    cycle = b.sync([InstanceRef(U1, "instance-00000001")])
+    assert cycle.telemetry == {} and U1 in cycle.readings
+
+
+def test_aet_without_the_needed_events_reads_none(host):  # type: ignore[no-untyped-def]
+    _aet_host(host, features=("activity", "c6_res"))
+    host.start_qemu("instance-00000001")
+    b = host.backend()
+    assert b.perf_pkg is not None and b._telemetry is None
+    assert b.sync([InstanceRef(U1, "instance-00000001")]).telemetry == {}
+
+
+def test_aet_recreated_group_gets_new_keys_and_fds_are_released(host):  # type: ignore[no-untyped-def]
+    _aet_host(host)
+    host.start_qemu("instance-00000001")
+    b = host.backend()
+    refs = [InstanceRef(U1, "instance-00000001")]
+    b.sync(refs)
+    assert set(b.sync(refs).telemetry[U1]["core_energy"]) == {"/0", "/1"}
+    host.ops.rmdir(group(host, U1))  # someone else removed it
+    tele = b.sync(refs).telemetry[U1]
+    assert set(tele["core_energy"]) == {"/0#1", "/1#1"}
+    b.sync([])
+    assert b._values.open_fds == 0
+    assert _open_under(host.resctrl) == 0
