@@ -1,9 +1,10 @@
 """The privileged operations, behind an oslo.privsep context.
 
-The agent can then run as an unprivileged user: mkdir/rmdir of monitor groups
-and writes to ``tasks`` happen in the privsep daemon, started by
-``ceilometer-cmt-privsep-helper`` (:mod:`ceilometer_cmt.privsep.helper`)
-through sudo with the daemon's own root-owned config file.
+The agent can then run as an unprivileged user: mkdir/rmdir of monitor groups,
+writes to ``tasks`` and MBM counter assignments (``mbm_L3_assignments``)
+happen in the privsep daemon, started by ``ceilometer-cmt-privsep-helper``
+(:mod:`ceilometer_cmt.privsep.helper`) through sudo with the daemon's own
+root-owned config file.
 
 The daemon takes names, never paths, and judges them by its own config
 only (:mod:`ceilometer_cmt.privsep.rules`, :mod:`ceilometer_cmt.privsep.resctrl_root`):
@@ -98,6 +99,14 @@ def write_group_tasks(ctrl: str, uuid: str, domain_name: str,
     return daemon_resctrl().write_tasks(ctrl, uuid, domain_name, tids)
 
 
+@cmt_pctxt.entrypoint
+def write_group_assignments(ctrl: str, uuid: str, lines: list[str]) -> list[tuple[str, int]]:
+    """Write MBM counter assignment lines (``mbm_total_bytes:0=e;1=_``) to the
+    ``mbm_L3_assignments`` of monitor group ``<prefix><uuid>`` in ``ctrl``;
+    (line, errno) of the lines the kernel refused."""
+    return daemon_resctrl().write_assignments(ctrl, uuid, lines)
+
+
 class PrivsepOps:
     """:class:`ceilometer_cmt.backends.resctrl.fs.ResctrlOps` through the privsep daemon: the
     paths the backend uses become names; the daemon finds them beneath its own root."""
@@ -130,6 +139,11 @@ class PrivsepOps:
         ctrl, name = self._names(os.path.dirname(tasks_path))
         return [(int(t), int(e)) for t, e in write_group_tasks(
             ctrl, self._uuid(name), domain_name, [int(t) for t in tids])]
+
+    def write_assignments(self, group_path: str, lines: list[str]) -> list[tuple[str, int]]:
+        ctrl, name = self._names(group_path)
+        return [(str(line), int(e)) for line, e in write_group_assignments(
+            ctrl, self._uuid(name), [str(line) for line in lines])]
 
 
 # ---------------------------------------------------------------- perf counters

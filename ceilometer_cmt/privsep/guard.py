@@ -160,6 +160,9 @@ class GuardedOps(DaemonGuard):
                     domain_name: str = "") -> list[tuple[int, int]]:
         return self._call(lambda: self.ops.write_tasks(tasks_path, tids, domain_name))
 
+    def write_assignments(self, group_path: str, lines: list[str]) -> list[tuple[str, int]]:
+        return self._call(lambda: self.ops.write_assignments(group_path, lines))
+
 
 class GuardedCounters:
     """A :class:`~ceilometer_cmt.backends.perf.counter_providers.CounterProvider` in the daemon that

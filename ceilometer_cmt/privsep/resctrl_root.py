@@ -16,6 +16,10 @@ and thread ids. The daemon:
 - makes no monitor group that would eat into a reserve of RMIDs kept for
   control groups (libvirt ``<cachetune>`` needs one RMID per control group:
   ``rdtgroup_mkdir_ctrl_mon`` allocates it in ``fs/resctrl/rdtgroup.c``);
+- writes MBM counter assignments (``mbm_L3_assignments``, Linux 6.18
+  ``mbm_event`` mode) only to its own monitor groups, and only lines that
+  :func:`~ceilometer_cmt.privsep.rules.check_assignment_lines` passes, one
+  ``write()`` per line;
 - writes only threads of the named guest's qemu (:class:`QemuRule`), and none
   that sit in another tool's monitor group of that control group. (A thread of
   another control group cannot be pulled in through a monitor group at all:
@@ -31,10 +35,11 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from ceilometer_cmt.backends.resctrl.fs import NOT_GROUPS, SIMULATOR_FSTYPE
+from ceilometer_cmt.backends.resctrl.fs import ASSIGNMENTS_FILE, NOT_GROUPS, SIMULATOR_FSTYPE
 from ceilometer_cmt.linux import beneath
 from ceilometer_cmt.privsep.rules import (
     QemuRule,
+    check_assignment_lines,
     check_ctrl,
     check_group_name,
     check_tids,
@@ -205,6 +210,25 @@ class ResctrlRoot:
                     return _write_each(fd, wanted, gone, qemu.alive)
         finally:
             qemu.close()
+
+    def write_assignments(self, ctrl: object, uuid: object,
+                          lines: object) -> list[tuple[str, int]]:
+        """Each checked line with its own ``write()`` to the
+        ``mbm_L3_assignments`` of our group ``<prefix><uuid>`` in ``ctrl``:
+        (line, errno) of those the kernel refused (ENOSPC: no free counter,
+        ``info/last_cmd_status`` says where). Nothing is written when any
+        name or line is refused."""
+        ctrl, name = check_ctrl(ctrl), self.prefix + check_uuid(uuid)
+        wanted = check_assignment_lines(lines)
+        failures = []
+        with self._lock, self._open(f"{self._mon_groups(ctrl)}/{name}/{ASSIGNMENTS_FILE}",
+                                    os.O_WRONLY) as fd:
+            for line in wanted:
+                try:
+                    os.write(fd, line.encode("ascii"))
+                except OSError as e:
+                    failures.append((line, e.errno or errno.EIO))
+        return failures
 
     def _foreign_members(self, ctrl: str) -> set[int]:
         """Threads in the monitor groups of ``ctrl`` that are not ours."""

@@ -6,6 +6,11 @@ module checks the names and says who may be touched:
 
 - names: :func:`check_ctrl`, :func:`check_uuid`, :func:`check_group_name`
   (``fullmatch``, so no trailing newline slips through);
+- MBM counter assignments: :func:`check_assignment_lines` (rule
+  ``assignments``): only ``<event>:<domain or *>=<e|_>[;...]`` lines for the
+  two MBM events, as ``mbm_L3_assignments_write()`` (fs/resctrl/monitor.c)
+  parses them, with integer domain ids, bounded in length and number, and
+  no newline inside a line: nothing else can reach the kernel's parser;
 - threads: :class:`QemuRule`. A thread may be written to a ``tasks`` file or
   counted by perf only when it is a thread of the process whose pid stands in
   the root-owned pidfile ``<libvirt_pid_dir>/<domain>.pid``, that process
@@ -13,8 +18,9 @@ module checks the names and says who may be touched:
   ``/proc/<pid>/exe`` is a configured emulator and its command line names the
   guest (``-name guest=<domain>``). A pidfd is held across the checks, so a
   pid reused meanwhile is seen;
-- every refusal is a ``PermissionError`` naming the rule, logged at most once
-  per rule per minute (:func:`refuse`).
+- every refusal is a ``PermissionError`` naming the rule (an ``OSError``
+  with EINVAL for assignment lines, ENOSPC for the RMID reserve), logged at
+  most once per rule per minute (:func:`refuse`).
 """
 
 from __future__ import annotations
@@ -48,6 +54,17 @@ DEFAULT_EMULATORS = ("qemu-system-*", "qemu-kvm")
 DEFAULT_QEMU_USERS = ("root", "qemu", "libvirt-qemu")
 
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,255}")
+#: longest ``mbm_L3_assignments`` line taken (its newline not counted): 256
+#: domains of up to 4 digits, each ``;<id>=e``
+MAX_ASSIGN_LINE = 2048
+#: most lines one request may carry (one per MBM event is what the agent sends)
+MAX_ASSIGN_LINES = 8
+#: one line ``mbm_L3_assignments_write()`` takes: an MBM event, then ``*=e``
+#: or ``*=_`` alone (the kernel ignores what follows ``*``), or
+#: ``<id>=<e|_>`` joined by ``;``; ASCII digits only; fullmatch
+_ASSIGN_LINE_RE = re.compile(
+    r"(?:mbm_total_bytes|mbm_local_bytes):(?:\*=[e_]|[0-9]{1,4}=[e_](?:;[0-9]{1,4}=[e_])*)",
+    re.ASCII)
 #: root entries of resctrl that are not control groups
 _NOT_CTRL = frozenset({".", ".."}) | NOT_GROUPS
 
@@ -103,6 +120,32 @@ def check_group_name(name: object, prefix: str) -> str:
         raise refuse("prefix", f"monitor group {value!r} does not carry this daemon's "
                                f"prefix {prefix!r}")
     return value
+
+
+def check_assignment_lines(lines: object) -> list[str]:
+    """Lines for a group's ``mbm_L3_assignments``, each ending in one newline;
+    refused (rule ``assignments``, EINVAL as the kernel answers a malformed
+    line) unless a list of 1 to :data:`MAX_ASSIGN_LINES` strings, each one
+    assignment line of at most :data:`MAX_ASSIGN_LINE` characters with at
+    most one trailing newline."""
+    def bad(detail: str) -> OSError:
+        return refuse("assignments", detail, err=errno.EINVAL)
+
+    if not isinstance(lines, (list, tuple)) or not 0 < len(lines) <= MAX_ASSIGN_LINES:
+        raise bad(f"assignments must be a list of 1 to {MAX_ASSIGN_LINES} lines")
+    out = []
+    for line in lines:
+        if not isinstance(line, str):
+            raise bad(f"an assignment line must be a string, not {type(line).__name__}")
+        if len(line) > MAX_ASSIGN_LINE + 1:
+            raise bad(f"an assignment line of {len(line)} characters (at most "
+                      f"{MAX_ASSIGN_LINE})")
+        body = line[:-1] if line.endswith("\n") else line
+        if not _ASSIGN_LINE_RE.fullmatch(body):
+            raise bad(f"not an MBM counter assignment line: {body[:80]!r} (wanted "
+                      "<mbm_total_bytes|mbm_local_bytes>:<domain id or *>=<e|_>[;...])")
+        out.append(body + "\n")
+    return out
 
 
 def check_tids(tids: object) -> list[int]:

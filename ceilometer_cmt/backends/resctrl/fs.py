@@ -535,6 +535,13 @@ class ResctrlOps(Protocol):
         privsep daemon writes only threads of that guest's qemu)."""
         ...
 
+    def write_assignments(self, group_path: str, lines: list[str]) -> list[tuple[str, int]]:
+        """Write each :func:`format_assignment` line to the group's
+        ``mbm_L3_assignments`` with its own write(); return (line, errno) of
+        the lines the kernel refused (ENOSPC: no free counter in a domain;
+        ``info/last_cmd_status`` says which)."""
+        ...
+
 
 class DirectOps:
     """Privileged operations done by this process (it must be allowed to)."""

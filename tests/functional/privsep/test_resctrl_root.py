@@ -251,3 +251,86 @@ def test_threads_in_another_tools_monitor_group_stay_there(host: Host) -> None:
         root.write_tasks("", UUID, host.qemu.domain_name, [tid])
     assert {int(t) for t in (foreign / "tasks").read_text().split()} == {tid}
     assert host.tasks() == set()
+
+
+# ------------------------------------------------------------ MBM counter assignment
+@pytest.fixture
+def abmc_host(tmp_path: Path) -> Iterator[Host]:
+    """A Linux 6.18 AMD ABMC host: mbm_event mode, 8 counters per domain
+    (the default group holds 2 of them from boot)."""
+    pid_dir = str(tmp_path / "run")
+    os.mkdir(pid_dir)
+    sim = Simulator(str(tmp_path / "resctrl"), "amd-abmc").start()
+    qemu = StandInQemu("instance-00000001", pid_dir, extra_threads=1)
+    try:
+        qemu.start()
+        yield Host(sim, pid_dir, qemu, QemuRule(pid_dir, emulators=(EMULATOR,)))
+    finally:
+        qemu.stop()
+        sim.stop()
+
+
+def _assignments(host: Host, name: str = PREFIX + UUID) -> str:
+    return (host.group(name) / "mbm_L3_assignments").read_text()
+
+
+def test_assignments_written_by_name(abmc_host: Host) -> None:
+    from ceilometer_cmt.backends.resctrl import fs
+
+    host, root = abmc_host, abmc_host.root()
+    root.mkdir("", UUID)  # mbm_assign_on_mkdir: total and local everywhere
+    assert fs.read_assignments(str(host.group())) == {
+        ev: {0: True, 1: True} for ev in fs.MBM_EVENTS}
+    assert root.write_assignments("", UUID, [fs.format_assignment("mbm_local_bytes", False)]) \
+        == []
+    assert _assignments(host) == "mbm_total_bytes:0=e;1=e\nmbm_local_bytes:0=_;1=_\n"
+    assert root.write_assignments("", UUID, ["mbm_local_bytes:1=e"]) == []
+    assert _assignments(host) == "mbm_total_bytes:0=e;1=e\nmbm_local_bytes:0=_;1=e\n"
+    assert fs.read_available_mbm_cntrs(host.sim.mountpoint) == {0: 5, 1: 4}
+    root.rmdir("", PREFIX + UUID)
+
+
+def test_assignments_when_counters_run_out(abmc_host: Host) -> None:
+    from ceilometer_cmt.backends.resctrl import fs
+
+    host, root = abmc_host, abmc_host.root()
+    uuids = [f"{i:08x}-4a5b-4c6d-8e7f-0123456789ab" for i in range(4)]
+    for u in uuids:  # 3 x 2 counters fit the 6 left; mkdir never fails for the 4th
+        root.mkdir("", u)
+    last = PREFIX + uuids[-1]
+    assert _assignments(host, last) == "mbm_total_bytes:0=_;1=_\nmbm_local_bytes:0=_;1=_\n"
+    lines = ["mbm_total_bytes:*=e\n", "mbm_local_bytes:0=e\n"]
+    assert root.write_assignments("", uuids[-1], lines) == [
+        (lines[0], errno.ENOSPC), (lines[1], errno.ENOSPC)]
+    assert "Failed to allocate counter for mbm_local_bytes in domain 0" in \
+        fs.last_cmd_status(host.sim.mountpoint)
+    # a release in one group, then the other gets it: one write per line
+    assert root.write_assignments("", uuids[0], ["mbm_total_bytes:*=_\n"]) == []
+    assert root.write_assignments("", uuids[-1], lines) == [(lines[1], errno.ENOSPC)]
+    assert _assignments(host, last) == "mbm_total_bytes:0=e;1=e\nmbm_local_bytes:0=_;1=_\n"
+    for u in uuids:
+        root.rmdir("", PREFIX + u)
+    assert fs.read_available_mbm_cntrs(host.sim.mountpoint) == {0: 6, 1: 6}
+
+
+def test_assignments_refused_by_name_and_line(abmc_host: Host) -> None:
+    host, root = abmc_host, abmc_host.root()
+    root.mkdir("", UUID)
+    os.mkdir(host.group("pqos-1"))
+    before = _assignments(host), _assignments(host, "pqos-1")
+    for ctrl, uuid, lines, rule in (
+            (host.sim.mountpoint, UUID, ["mbm_total_bytes:0=_"], "names"),
+            ("", "pqos-1", ["mbm_total_bytes:0=_"], "names"),
+            ("", f"../pqos-1/{UUID}", ["mbm_total_bytes:0=_"], "names"),
+            ("", UUID, ["mbm_total_bytes:0=_\n../../tasks"], "assignments"),
+            ("", UUID, ["llc_occupancy:0=_"], "assignments"),
+            ("", UUID, ["mbm_total_bytes:0=_\nmbm_local_bytes:0=_"], "assignments"),
+            ("", UUID, ["mbm_total_bytes:" + "0=_;" * 1000 + "0=_"], "assignments")):
+        with pytest.raises(OSError, match=f"rule {rule}: ") as e:
+            root.write_assignments(ctrl, uuid, lines)
+        assert e.value.errno in ((None, errno.EPERM) if rule == "names" else (errno.EINVAL,))
+    assert (_assignments(host), _assignments(host, "pqos-1")) == before
+    with pytest.raises(FileNotFoundError):  # not made: nothing to assign to
+        root.write_assignments("", UUID2, ["mbm_total_bytes:0=e"])
+    root.rmdir("", PREFIX + UUID)
+    os.rmdir(host.group("pqos-1"))

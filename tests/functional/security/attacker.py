@@ -43,6 +43,41 @@ attempt("ok_mkdir", P.mkdir_group, "", U1)
 attempt("ok_tasks", P.write_group_tasks, "", U1, q1["domain"], q1["tids"])
 attempt("ok_mkdir_ctrl", P.mkdir_group, "qemu-9-vcpus", U1)
 
+# --- MBM counter assignment (the amd-abmc simulator: mbm_event mode). The group
+# got total and local in both domains on mkdir (mbm_assign_on_mkdir)
+attempt("ok_assign_release", P.write_group_assignments, "", U1, ["mbm_local_bytes:*=_\n"])
+attempt("ok_assign", P.write_group_assignments, "", U1,
+        ["mbm_total_bytes:0=e;1=e\n", "mbm_local_bytes:0=e\n"])
+attempt("ok_assign_file", lambda: open(os.path.join(root, "mon_groups", "ceilometer-" + U1,
+                                                    "mbm_L3_assignments")).read())
+LINE = "mbm_total_bytes:0=_\n"
+for label, ctrl, u, lines in (
+        # names where the daemon takes names (it takes a uuid: a group without
+        # our prefix cannot even be named)
+        ("assign_path_as_ctrl", root, U1, [LINE]),
+        ("assign_path_as_uuid", "", "mon_groups/ceilometer-" + U1, [LINE]),
+        ("assign_foreign_group", "", "pqos-1", [LINE]),
+        ("assign_foreign_group_prefixed", "", "ceilometer-pqos-1", [LINE]),
+        ("assign_foreign_ctrl_path", "qemu-9-vcpus/mon_groups/libvirt-mon", U1, [LINE]),
+        ("assign_escape_uuid", "", "../../" + U1, [LINE]),
+        ("assign_victim", victim, U1, [LINE]),
+        # lines: another file, another event, injected lines, sizes, types
+        ("assign_other_file", "", U1, ["mbm_total_bytes:0=e\n../../tasks"]),
+        ("assign_tasks_line", "", U1, [f"{q1['tids'][0]}\n"]),
+        ("assign_foreign_event", "", U1, ["llc_occupancy:0=e\n"]),
+        ("assign_config_event", "", U1, ["mbm_total_bytes_config:0=0x7f\n"]),
+        ("assign_newline_injection", "", U1, ["mbm_total_bytes:0=_\nmbm_local_bytes:0=_\n"]),
+        ("assign_star_tail", "", U1, ["mbm_total_bytes:*=_;../../tasks\n"]),
+        ("assign_huge_line", "", U1, ["mbm_total_bytes:" + "0=_;" * 250000 + "0=_\n"]),
+        ("assign_many_lines", "", U1, [LINE] * 10000),
+        ("assign_nul", "", U1, ["mbm_total_bytes:0=_\x00\n"]),
+        ("assign_unicode_digit", "", U1, ["mbm_total_bytes:\u0661=_\n"]),
+        ("assign_negative_domain", "", U1, ["mbm_total_bytes:-1=_\n"]),
+        ("assign_not_a_list", "", U1, LINE),
+        ("assign_not_text", "", U1, [42]),
+        ("assign_nothing", "", U1, [])):
+    attempt(label, P.write_group_assignments, ctrl, u, lines)
+
 # --- paths where names belong (the old API took a root and a relative path)
 attempt("path_as_ctrl", P.mkdir_group, root, "mon_groups/ceilometer-x")
 attempt("path_as_uuid", P.mkdir_group, "", "mon_groups/ceilometer-x")
@@ -119,6 +154,7 @@ else:
         attempt("userns_ctrl", P.mkdir_group, via, U2)
         attempt("userns_rmdir", P.rmdir_group, via, "ceilometer-x")
         attempt("userns_tasks", P.write_group_tasks, via, U1, q1["domain"], q1["tids"])
+        attempt("userns_assign", P.write_group_assignments, via, U1, [LINE])
     finally:
         holder.kill()
         holder.wait()

@@ -5,10 +5,12 @@ Set up as a deployment is: a throwaway unprivileged user, the shipped sudoers
 rule filled in (``ceilometer-cmt-privsep-helper`` with the daemon's own
 root-owned config, nothing else), the daemon started through it by
 oslo.privsep; a root-owned simulator mount stands in for resctrl
-(``allow_simulator = true`` in that daemon's own config only). The user runs
+(``allow_simulator = true`` in that daemon's own config only), a Linux 6.18
+AMD ABMC host (preset ``amd-abmc``: ``mbm_event`` mode, 8 counters per domain). The user runs
 tests/functional/security/attacker.py, which calls the daemon's entrypoints with paths,
 odd names, foreign groups, other processes' threads, a fake qemu, raw perf
-events, a tmpfs in its own user namespace, and 10,000 mkdirs. Checksums,
+events, MBM counter assignment lines that name other files, events or groups,
+a tmpfs in its own user namespace, and 10,000 mkdirs. Checksums,
 modes and listings of root-owned victim files and directories, and every
 group the daemon does not own on the mount, are the same afterwards.
 
@@ -56,7 +58,12 @@ SOFTWARE = str(paths.SOFTWARE)
 UUID1 = "6f1c2d3e-4a5b-4c6d-8e7f-0123456789ab"
 UUID2 = "0b8f3c1e-2d4a-4b6c-9e7f-fedcba987654"
 PREFIX = "ceilometer-"
+ASSIGNMENTS = "mbm_L3_assignments"
 REFUSED = "PermissionError: refused by the ceilometer-cmt privsep daemon, rule "
+#: refusals that carry an errno the agent tells apart (a malformed assignment
+#: line is EINVAL, as the kernel answers one)
+REFUSED_AS = {"assignments": "OSError: [Errno 22] refused by the ceilometer-cmt privsep "
+                             "daemon, rule "}
 
 
 @dataclass
@@ -112,7 +119,7 @@ def stand() -> Iterator[Stand]:
                 class = FileHandler
                 args = ('{logs}/from-log-config.log',)
             """))
-        sim = Simulator(os.path.join(work, "resctrl"), "intel-2s").start()
+        sim = Simulator(os.path.join(work, "resctrl"), "amd-abmc").start()
         qemus: list[StandInQemu] = []
         try:
             for name in ("instance-00000001", "instance-00000002"):
@@ -158,15 +165,22 @@ def _mount_state(resctrl: str) -> dict[str, Any]:
         if ctrl in ("info", "mon_groups", "mon_data") or not os.path.isdir(base):
             continue
         # the default group's tasks are every other task on the host: they come and go
-        for f in ("tasks", "schemata") if ctrl else ("schemata",):
-            with open(os.path.join(base, f), encoding="ascii") as fh:
-                out[f"{ctrl}/{f}"] = fh.read()
+        for f in ("tasks", "schemata", ASSIGNMENTS) if ctrl else ("schemata", ASSIGNMENTS):
+            out[f"{ctrl}/{f}"] = _read(os.path.join(base, f))
         for mon in sorted(os.listdir(os.path.join(base, "mon_groups"))):
             if not mon.startswith(PREFIX):
-                with open(os.path.join(base, "mon_groups", mon, "tasks"),
-                          encoding="ascii") as fh:
-                    out[f"{ctrl}/mon_groups/{mon}"] = fh.read()
+                for f in ("tasks", ASSIGNMENTS):
+                    out[f"{ctrl}/mon_groups/{mon}/{f}"] = _read(
+                        os.path.join(base, "mon_groups", mon, f))
     return out
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="ascii") as fh:
+            return fh.read()
+    except OSError as e:  # mbm_L3_assignments outside mbm_event mode: EINVAL
+        return f"errno {e.errno}"
 
 
 @pytest.fixture(scope="module")
@@ -182,6 +196,12 @@ def attack(stand: Stand) -> Iterator[dict[str, Any]]:
         f.write(f"{foreign_tid}\n")
     os.mkdir(os.path.join(res, "qemu-9-vcpus"))
     os.mkdir(os.path.join(res, "qemu-9-vcpus", "mon_groups", "libvirt-mon"))
+    # mkdir gave each of them total and local in both domains: the 8 counters of a
+    # domain are gone with the default group's. libvirt's groups give theirs back,
+    # pqos keeps its own: 4 free per domain for the attacker's two groups
+    for group in ("qemu-9-vcpus", "qemu-9-vcpus/mon_groups/libvirt-mon"):
+        with open(os.path.join(res, group, ASSIGNMENTS), "w", encoding="ascii") as f:
+            f.write("mbm_total_bytes:*=_\nmbm_local_bytes:*=_\n")
     before = _snapshot(stand.victim, stand.logs, stand.pid_dir), _mount_state(res)
     events = [list(to_wire(pmu.discover(SOFTWARE).spec(n)))
               for n in pmu.KNOWN_EVENTS]
@@ -214,12 +234,23 @@ def test_the_daemon_still_does_its_job(attack: dict[str, Any], stand: Stand) -> 
     assert (r["ok_mkdir"], r["ok_tasks"], r["ok_mkdir_ctrl"]) == ("done", [], "done"), r
     assert (r["ok_rmdir_ctrl"], r["ok_rmdir"]) == ("done", "done"), r
     assert r["perf_ok"] == 3, r["perf_ok"]
+    # an MBM counter assignment on the amd-abmc simulator, read back from its file
+    assert (r["ok_assign_release"], r["ok_assign"]) == ([], []), r
+    assert r["ok_assign_file"] == "mbm_total_bytes:0=e;1=e\nmbm_local_bytes:0=e;1=_\n", r
     assert "Running privsep helper: ['sudo', " in attack["stderr"]
 
 
 NAMES = ["path_as_ctrl", "path_as_uuid", "ctrl_symlinked_mon_groups", "ctrl_symlinked_relative",
          "rmdir_escape", "rmdir_newline", "rmdir_victim", "rmdir_ctrl_itself", "domain_escape",
-         "userns_ctrl", "userns_rmdir", "userns_tasks"]
+         "userns_ctrl", "userns_rmdir", "userns_tasks", "userns_assign",
+         "assign_path_as_ctrl", "assign_path_as_uuid", "assign_foreign_group",
+         "assign_foreign_group_prefixed", "assign_foreign_ctrl_path", "assign_escape_uuid",
+         "assign_victim"]
+ASSIGN_LINES = ["assign_other_file", "assign_tasks_line", "assign_foreign_event",
+                "assign_config_event", "assign_newline_injection", "assign_star_tail",
+                "assign_huge_line", "assign_many_lines", "assign_nul", "assign_unicode_digit",
+                "assign_negative_domain", "assign_not_a_list", "assign_not_text",
+                "assign_nothing"]
 EXPECTED = {
     **{f"ctrl_{i}": "names" for i in range(14)},
     **{f"uuid_{i}": "names" for i in range(8)},
@@ -232,6 +263,7 @@ EXPECTED = {
     "tid_foreign_group": "foreign-group",
     "tasks_fake_qemu": "threads", "perf_fake_qemu": "qemu", "perf_pid1": "qemu",
     "perf_raw_event": "perf-event",
+    **{label: "assignments" for label in ASSIGN_LINES},
 }
 
 
@@ -241,7 +273,7 @@ def test_every_attack_is_refused_naming_its_rule(attack: dict[str, Any]) -> None
     if str(r["userns"]).startswith("unavailable"):  # test_the_user_namespace_attack_ran says so
         expected = {k: v for k, v in expected.items() if not k.startswith("userns_")}
     wrong = {label: r.get(label) for label, rule in expected.items()
-             if not str(r.get(label)).startswith(REFUSED + rule + ":")}
+             if not str(r.get(label)).startswith(REFUSED_AS.get(rule, REFUSED) + rule + ":")}
     assert not wrong, json.dumps(wrong, indent=1)
     assert r["domain_unknown"].startswith("InstanceGone: no pidfile"), r["domain_unknown"]
 

@@ -3,6 +3,7 @@ refusals logged once per rule per minute."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import subprocess
@@ -11,6 +12,8 @@ import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ceilometer_cmt.privsep import rules as daemon_rules
 from ceilometer_cmt.privsep.rules import (
@@ -145,3 +148,43 @@ def test_thread_of_another_process_is_a_stranger_not_gone() -> None:
         other.set()
         child.kill()
         child.wait()
+
+
+# ------------------------------------------------------------ MBM counter assignment lines
+def test_assignment_lines_accepted() -> None:
+    from ceilometer_cmt.backends.resctrl.fs import format_assignment
+
+    ok = ["mbm_total_bytes:0=e;1=e\n", "mbm_local_bytes:*=_", "mbm_total_bytes:0=_;17=e\n",
+          format_assignment("mbm_local_bytes", dict.fromkeys(range(256), True))]
+    assert daemon_rules.check_assignment_lines(ok) == [
+        line if line.endswith("\n") else line + "\n" for line in ok]
+
+
+@pytest.mark.parametrize("lines", [
+    [], "mbm_total_bytes:0=e\n", None, [42], [b"mbm_total_bytes:0=e\n"],
+    ["mbm_total_bytes:0=e\n"] * 9,
+    ["llc_occupancy:0=e\n"], ["mbm_total_bytes_config:0=e\n"], ["MBM_TOTAL_BYTES:0=e\n"],
+    ["mbm_total_bytes:0=e\n../../tasks"], ["mbm_total_bytes:0=e\nmbm_local_bytes:0=e\n"],
+    ["mbm_total_bytes:0=e\n\n"], ["mbm_total_bytes:0=e\r"], ["mbm_total_bytes:0=e\x00"],
+    ["mbm_total_bytes:*=e;1=_"], ["mbm_total_bytes:*=e;../../tasks"], ["mbm_total_bytes:-1=e"],
+    ["mbm_total_bytes:\u0661=e"], ["mbm_total_bytes:0x1=e"], ["mbm_total_bytes:12345=e"],
+    ["mbm_total_bytes:0=ee"], ["mbm_total_bytes:0=E"], ["mbm_total_bytes:0=e;"],
+    ["mbm_total_bytes: 0=e"], ["mbm_total_bytes:"], ["mbm_total_bytes"], [""], ["\n"],
+    ["mbm_total_bytes:" + ";".join(f"{i % 10}=e" for i in range(600))],
+])
+def test_assignment_lines_refused(lines: object) -> None:
+    with pytest.raises(OSError, match="rule assignments: ") as e:
+        daemon_rules.check_assignment_lines(lines)
+    assert e.value.errno == errno.EINVAL
+    assert len(str(e.value)) < 400  # a huge line is not echoed back whole
+
+
+@given(st.text(max_size=40))
+def test_assignment_lines_only_the_two_events(line: str) -> None:
+    try:
+        out = daemon_rules.check_assignment_lines([line])
+    except OSError:
+        return
+    body = out[0]
+    assert body.count("\n") == 1 and body.endswith("\n")
+    assert body.split(":", 1)[0] in ("mbm_total_bytes", "mbm_local_bytes")

@@ -1,0 +1,55 @@
+"""The agent's side of the daemon for MBM counter assignments: a path becomes
+names (:class:`PrivsepOps`), and :class:`GuardedOps` starts the daemon first."""
+
+from __future__ import annotations
+
+import pytest
+
+from ceilometer_cmt.errors import NotMonitored
+from ceilometer_cmt.privsep import entrypoints, guard
+
+ROOT = "/sys/fs/resctrl"
+UUID = "6f1c2d3e-4a5b-4c6d-8e7f-0123456789ab"
+
+
+def test_privsep_ops_send_names_never_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    sent: list[tuple[object, ...]] = []
+
+    def fake(ctrl: str, uuid: str, lines: list[str]) -> list[list[object]]:
+        sent.append((ctrl, uuid, lines))
+        return [[lines[0], 28]]  # msgpack gives lists back
+
+    monkeypatch.setattr(entrypoints, "write_group_assignments", fake)
+    ops = entrypoints.PrivsepOps(ROOT, "ceilometer-")
+    line = "mbm_total_bytes:*=e\n"
+    assert ops.write_assignments(f"{ROOT}/mon_groups/ceilometer-{UUID}", [line]) == [(line, 28)]
+    assert ops.write_assignments(f"{ROOT}/qemu-1/mon_groups/ceilometer-{UUID}", [line])
+    assert sent == [("", UUID, [line]), ("qemu-1", UUID, [line])]
+    with pytest.raises(ValueError):
+        ops.write_assignments(f"{ROOT}/info/L3_MON", [line])
+
+
+class _Ops:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[str]]] = []
+
+    def write_assignments(self, group_path: str, lines: list[str]) -> list[tuple[str, int]]:
+        self.calls.append((group_path, lines))
+        return []
+
+
+def test_guarded_ops_start_the_daemon_first_and_fail_cleanly(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(guard, "helper_argv", lambda: ["sudo", "helper"])
+    ops = _Ops()
+
+    def broken() -> None:
+        raise OSError(2, "no such file")
+
+    g = guard.GuardedOps(ops, start=broken)  # type: ignore[arg-type]
+    with pytest.raises(NotMonitored, match="privsep daemon did not start"):
+        g.write_assignments("/r/mon_groups/g", ["mbm_total_bytes:0=e\n"])
+    assert ops.calls == []
+    ok = guard.GuardedOps(ops, start=lambda: None)  # type: ignore[arg-type]
+    assert ok.write_assignments("/r/mon_groups/g", ["mbm_total_bytes:0=e\n"]) == []
+    assert ops.calls == [("/r/mon_groups/g", ["mbm_total_bytes:0=e\n"])]
