@@ -159,3 +159,38 @@ def test_view_is_pure() -> None:
     assert ours == {"ceilometer_cmt", "ceilometer_cmt.readings"}
     assert not {m.partition(".")[0] for m in found} & {
         "rich", "ceilometer", "oslo_config", "sys", "os", "curses"}
+
+
+def test_aet_telemetry_fills_rows_json_and_columns() -> None:
+    import io
+
+    from rich.console import Console
+
+    from ceilometer_cmt.cmd.top.render import render
+
+    samples = [
+        *host_samples(),
+        sample("cache.occupancy", U1, 4 * MiB, display_name="web"),
+        sample("energy.core", U1, 180.0), sample("power.core", U1, 3.0),
+        sample("cpu.ipc", U1, 1.6), sample("cache.llc.miss.stall.ratio", U1, 0.2),
+        sample("cache.occupancy", U2, 8 * MiB, display_name="db"),
+        sample("power.core", U2, 0.75),
+    ]
+    view = v.build_view(samples)
+    r1 = next(r for r in view.rows if r.uuid == U1)
+    assert (r1.energy_core, r1.power_core, r1.cpu_ipc, r1.llc_miss_stall_ratio) == (
+        180.0, 3.0, 1.6, 0.2)
+    assert v.has_telemetry(view)
+    assert [r.uuid for r in v.sort_rows(view.rows, "power")] == [U1, U2]
+    doc = v.view_json(view)["instances"]
+    assert {d["uuid"]: d["power_core_watts"] for d in doc} == {U1: 3.0, U2: 0.75}
+    out = io.StringIO()
+    Console(file=out, width=200).print(render(view))
+    text = out.getvalue()
+    assert "power" in text and "3.0 W" in text and "1.60" in text and "20.0%" in text
+    # a host without AET shows no such column
+    plain = v.build_view([*host_samples(), sample("cache.occupancy", U1, 4 * MiB)])
+    assert not v.has_telemetry(plain)
+    out = io.StringIO()
+    Console(file=out, width=200).print(render(plain))
+    assert "IPC" not in out.getvalue()
