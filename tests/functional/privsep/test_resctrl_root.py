@@ -8,6 +8,7 @@ requests as an unprivileged user through sudo and the real daemon.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -56,18 +57,25 @@ class Host:
         return {int(t) for t in (self.group(name) / "tasks").read_text().split()}
 
 
-@pytest.fixture
-def host(tmp_path: Path) -> Iterator[Host]:
+@contextlib.contextmanager
+def simulated_host(tmp_path: Path, topology: str, extra_threads: int) -> Iterator[Host]:
+    """The simulator with ``topology`` and one stand-in qemu, stopped on exit."""
     pid_dir = str(tmp_path / "run")
     os.mkdir(pid_dir)
-    sim = Simulator(str(tmp_path / "resctrl"), "intel-2s").start()
-    qemu = StandInQemu("instance-00000001", pid_dir, extra_threads=2)
+    sim = Simulator(str(tmp_path / "resctrl"), topology).start()
+    qemu = StandInQemu("instance-00000001", pid_dir, extra_threads=extra_threads)
     try:
         qemu.start()
         yield Host(sim, pid_dir, qemu, QemuRule(pid_dir, emulators=(EMULATOR,)))
     finally:
         qemu.stop()
         sim.stop()
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Iterator[Host]:
+    with simulated_host(tmp_path, "intel-2s", extra_threads=2) as h:
+        yield h
 
 
 def test_monitor_group_made_filled_and_removed_by_name(host: Host) -> None:
@@ -258,16 +266,8 @@ def test_threads_in_another_tools_monitor_group_stay_there(host: Host) -> None:
 def abmc_host(tmp_path: Path) -> Iterator[Host]:
     """A Linux 6.18 AMD ABMC host: mbm_event mode, 8 counters per domain
     (the default group holds 2 of them from boot)."""
-    pid_dir = str(tmp_path / "run")
-    os.mkdir(pid_dir)
-    sim = Simulator(str(tmp_path / "resctrl"), "amd-abmc").start()
-    qemu = StandInQemu("instance-00000001", pid_dir, extra_threads=1)
-    try:
-        qemu.start()
-        yield Host(sim, pid_dir, qemu, QemuRule(pid_dir, emulators=(EMULATOR,)))
-    finally:
-        qemu.stop()
-        sim.stop()
+    with simulated_host(tmp_path, "amd-abmc", extra_threads=1) as h:
+        yield h
 
 
 def _assignments(host: Host, name: str = PREFIX + UUID) -> str:
