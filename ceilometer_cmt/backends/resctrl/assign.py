@@ -40,7 +40,7 @@ The rules, in the order they apply:
 Apply a :class:`Plan` by writing every release first (they free the
 counters), then every assignment: :meth:`Plan.release_lines` and
 :meth:`Plan.assign_lines` give the ``mbm_L3_assignments`` lines per instance
-(:func:`~ceilometer_cmt.backends.resctrl.fs.format_assignment`). The
+(:func:`~ceilometer_cmt.backends.resctrl.assign_files.format_assignment`). The
 kernel's ``available_mbm_cntrs`` already excludes every counter held, ours
 and other tools'; groups of other tools are never in the input, so never
 touched.
@@ -51,7 +51,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from ceilometer_cmt.backends.resctrl.fs import MBM_EVENTS, format_assignment
+from ceilometer_cmt.backends.resctrl.assign_files import format_assignment
+from ceilometer_cmt.backends.resctrl.fs import MBM_EVENTS
 
 #: the instance metadata key of an instance's priority for MBM counters
 PRIORITY_KEY = "cmt:mbm_priority"

@@ -275,23 +275,24 @@ def _assignments(host: Host, name: str = PREFIX + UUID) -> str:
 
 
 def test_assignments_written_by_name(abmc_host: Host) -> None:
+    from ceilometer_cmt.backends.resctrl import assign_files as af
     from ceilometer_cmt.backends.resctrl import fs
 
     host, root = abmc_host, abmc_host.root()
     root.mkdir("", UUID)  # mbm_assign_on_mkdir: total and local everywhere
-    assert fs.read_assignments(str(host.group())) == {
+    assert af.read_assignments(str(host.group())) == {
         ev: {0: True, 1: True} for ev in fs.MBM_EVENTS}
-    assert root.write_assignments("", UUID, [fs.format_assignment("mbm_local_bytes", False)]) \
+    assert root.write_assignments("", UUID, [af.format_assignment("mbm_local_bytes", False)]) \
         == []
     assert _assignments(host) == "mbm_total_bytes:0=e;1=e\nmbm_local_bytes:0=_;1=_\n"
     assert root.write_assignments("", UUID, ["mbm_local_bytes:1=e"]) == []
     assert _assignments(host) == "mbm_total_bytes:0=e;1=e\nmbm_local_bytes:0=_;1=e\n"
-    assert fs.read_available_mbm_cntrs(host.sim.mountpoint) == {0: 5, 1: 4}
+    assert af.read_available_mbm_cntrs(host.sim.mountpoint) == {0: 5, 1: 4}
     root.rmdir("", PREFIX + UUID)
 
 
 def test_assignments_when_counters_run_out(abmc_host: Host) -> None:
-    from ceilometer_cmt.backends.resctrl import fs
+    from ceilometer_cmt.backends.resctrl import assign_files, fs
 
     host, root = abmc_host, abmc_host.root()
     uuids = [f"{i:08x}-4a5b-4c6d-8e7f-0123456789ab" for i in range(4)]
@@ -310,7 +311,7 @@ def test_assignments_when_counters_run_out(abmc_host: Host) -> None:
     assert _assignments(host, last) == "mbm_total_bytes:0=e;1=e\nmbm_local_bytes:0=_;1=_\n"
     for u in uuids:
         root.rmdir("", PREFIX + u)
-    assert fs.read_available_mbm_cntrs(host.sim.mountpoint) == {0: 6, 1: 6}
+    assert assign_files.read_available_mbm_cntrs(host.sim.mountpoint) == {0: 6, 1: 6}
 
 
 def test_assignments_refused_by_name_and_line(abmc_host: Host) -> None:

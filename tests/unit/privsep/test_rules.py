@@ -152,7 +152,7 @@ def test_thread_of_another_process_is_a_stranger_not_gone() -> None:
 
 # ------------------------------------------------------------ MBM counter assignment lines
 def test_assignment_lines_accepted() -> None:
-    from ceilometer_cmt.backends.resctrl.fs import format_assignment
+    from ceilometer_cmt.backends.resctrl.assign_files import format_assignment
 
     ok = ["mbm_total_bytes:0=e;1=e\n", "mbm_local_bytes:*=_", "mbm_total_bytes:0=_;17=e\n",
           format_assignment("mbm_local_bytes", dict.fromkeys(range(256), True))]

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from ceilometer_cmt.backends.resctrl import assign
 from ceilometer_cmt.backends.resctrl.assign import Change, Instance, Plan, plan, priority_of
-from ceilometer_cmt.backends.resctrl.fs import parse_assignments
+from ceilometer_cmt.backends.resctrl.assign_files import parse_assignments
 
 TOTAL, LOCAL = "mbm_total_bytes", "mbm_local_bytes"
 
