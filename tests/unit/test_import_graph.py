@@ -9,6 +9,8 @@ modules:
 - linux/: procfs, sysfs, pidfds, openat2 (plain Python, root paths as values);
 - backends/: the resctrl, perf and libvirt readers and their registry, and the
   monitor on top of them;
+- guard/: the guard's CAT policy and cache bit masks (plain Python; it may read
+  through the backends and the monitor, never through privsep or the CLI);
 - privsep/: the privileged daemon's rules and entrypoints and the agent's guard
   around it, with the options (the lowest layer that may import oslo);
 - pollsters/: ceilometer's plugin side;
@@ -33,6 +35,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "base": ("ceilometer_cmt", "errors", "readings", "counters", "meters"),
     "linux": ("linux",),
     "backends": ("backends", "monitor"),
+    "guard": ("guard",),
     "privsep": ("privsep", "options"),
     "pollsters": ("pollsters",),
     "testing": ("testing",),
@@ -109,7 +112,7 @@ def test_only_the_openstack_side_imports_openstack() -> None:
     wrong = []
     for m, path in known.items():
         layer = layer_of(m)
-        if layer in ("base", "linux", "backends", "simulator"):
+        if layer in ("base", "linux", "backends", "guard", "simulator"):
             bad = imports(m, path, known)[1] & set(OPENSTACK)
             if bad:
                 wrong.append(f"{short(m)} ({layer}) imports {sorted(bad)}")
