@@ -66,6 +66,16 @@ PRIVSEP_OPTS = [
                help="RMIDs the daemon never hands out to monitor groups, kept for "
                     "control groups (libvirt <cachetune>). -1: as many as "
                     "info/L3/num_closids says, at least 1."),
+    cfg.IntOpt("mbm_counter_reserve", default=-1, min=-1,
+               help="Free MBM counters per L3 domain the daemon never takes, in "
+                    "mbm_event mode (Linux 6.18, AMD ABMC), kept for other resctrl "
+                    "users (pqos, Telegraf, libvirt): it refuses assignments that "
+                    "would leave fewer in info/L3_MON/available_mbm_cntrs, and gives "
+                    "back what mbm_assign_on_mkdir took past it on mkdir. -1: an "
+                    "eighth of the domain's num_mbm_cntrs, at least 2; that is the "
+                    "total and local counters of at least one group of another "
+                    "tool, 4 of the 32 of an AMD Zen 5 domain, the rest for about "
+                    "14 guests with both events. 0 keeps none."),
     cfg.ListOpt("emulators", default=["qemu-system-*", "qemu-kvm"],
                 help="Programs whose threads the daemon may place and count: a "
                      "process's /proc/<pid>/exe must match one of these, by basename "

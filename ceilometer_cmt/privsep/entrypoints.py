@@ -10,7 +10,8 @@ The daemon takes names, never paths, and judges them by its own config
 only (:mod:`ceilometer_cmt.privsep.rules`, :mod:`ceilometer_cmt.privsep.resctrl_root`):
 its own ``[cmt] resctrl_root``, opened once and checked to be resctrl, every
 name resolved beneath it, only monitor groups with its own prefix, a reserve of
-RMIDs it never hands out, and only threads of the named guest's qemu.
+RMIDs it never hands out, a reserve of free MBM counters per domain it never
+takes, and only threads of the named guest's qemu.
 
 perf counters (the perf backend) live in the daemon too, since privsep cannot
 pass fds back: :mod:`ceilometer_cmt.privsep.perf_registry` holds them by handle and
@@ -76,7 +77,8 @@ def daemon_resctrl() -> ResctrlRoot:
                                        f"{prefix!r} is not usable")
             _resctrl = ResctrlRoot(c.cmt.resctrl_root, prefix, qemu_rule(),
                                    allow_simulator=c.cmt_privsep.allow_simulator,
-                                   rmid_reserve=c.cmt_privsep.rmid_reserve)
+                                   rmid_reserve=c.cmt_privsep.rmid_reserve,
+                                   counter_reserve=c.cmt_privsep.mbm_counter_reserve)
         return _resctrl
 
 

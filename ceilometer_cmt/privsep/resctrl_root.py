@@ -20,6 +20,10 @@ and thread ids. The daemon:
   ``mbm_event`` mode) only to its own monitor groups, and only lines that
   :func:`~ceilometer_cmt.privsep.rules.check_assignment_lines` passes, one
   ``write()`` per line;
+- keeps a reserve of free MBM counters per domain for other tools
+  (:mod:`~ceilometer_cmt.privsep.counter_reserve`): refuses lines that would
+  take ``info/L3_MON/available_mbm_cntrs`` below it, and gives back at once
+  what ``mbm_assign_on_mkdir`` took past it when it makes a group;
 - writes only threads of the named guest's qemu (:class:`QemuRule`), and none
   that sit in another tool's monitor group of that control group. (A thread of
   another control group cannot be pulled in through a monitor group at all:
@@ -35,8 +39,10 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from ceilometer_cmt.backends.resctrl.assign_files import parse_assignments, parse_domain_values
 from ceilometer_cmt.backends.resctrl.fs import ASSIGNMENTS_FILE, NOT_GROUPS, SIMULATOR_FSTYPE
 from ceilometer_cmt.linux import beneath
+from ceilometer_cmt.privsep import counter_reserve
 from ceilometer_cmt.privsep.rules import (
     QemuRule,
     check_assignment_lines,
@@ -44,6 +50,7 @@ from ceilometer_cmt.privsep.rules import (
     check_group_name,
     check_tids,
     check_uuid,
+    log_once,
     refuse,
 )
 
@@ -56,12 +63,13 @@ class ResctrlRoot:
 
     def __init__(self, path: str, prefix: str, rule: QemuRule, *,
                  allow_simulator: bool = False, rmid_reserve: int = -1,
-                 use_openat2: bool | None = None) -> None:
+                 counter_reserve: int = -1, use_openat2: bool | None = None) -> None:
         self.path = path
         self.prefix = prefix
         self.rule = rule
         self.allow_simulator = allow_simulator
         self.rmid_reserve = rmid_reserve
+        self.counter_reserve = counter_reserve
         self.use_openat2 = use_openat2
         self._fd: int | None = None
         self._lock = threading.Lock()
@@ -177,12 +185,46 @@ class ResctrlRoot:
                                          "control groups such as libvirt <cachetune> "
                                          "([cmt_privsep] rmid_reserve)", err=errno.ENOSPC)
 
+    # ------------------------------------------------------------ MBM counters
+    def counters(self) -> tuple[dict[int, int] | None, dict[int, int]]:
+        """``info/L3_MON/available_mbm_cntrs`` now (None outside ``mbm_event``
+        mode, where the kernel answers EINVAL) and the reserve per domain."""
+        available = parse_domain_values(self._read("info/L3_MON/available_mbm_cntrs"))
+        if available is None:
+            return None, {}
+        num = parse_domain_values(self._read("info/L3_MON/num_mbm_cntrs"))
+        return available, counter_reserve.counter_reserve(self.counter_reserve, num, available)
+
+    def _give_back(self, group: str) -> None:
+        """Release what ``mbm_assign_on_mkdir`` gave the new ``group`` in
+        domains now short of the reserve (the kernel assigns on mkdir
+        whatever is free: ``rdtgroup_assign_cntrs()``, fs/resctrl/monitor.c)."""
+        available, reserve = self.counters()
+        if available is None or all(available[d] >= reserve[d] for d in available):
+            return
+        path = f"{group}/{ASSIGNMENTS_FILE}"
+        lines = counter_reserve.counters_past_reserve(
+            available, parse_assignments(self._read(path)), reserve)
+        if not lines:
+            return
+        log_once(counter_reserve.RULE, "gave back MBM counters that mkdir took",
+                 f"{group}: {''.join(lines).strip()!r} (free: {available}, kept: {reserve})")
+        try:
+            with self._open(path, os.O_WRONLY) as fd:
+                for line in lines:
+                    os.write(fd, line.encode("ascii"))
+        except OSError as e:  # the group stands: the agent sees what it holds
+            log_once(counter_reserve.RULE, "could not give back MBM counters",
+                     f"{group}: {e}")
+
     # ------------------------------------------------------------ operations
     def mkdir(self, ctrl: object, uuid: object) -> None:
+        """Make our group; counters the kernel gave it past the reserve go back."""
         ctrl, name = check_ctrl(ctrl), self.prefix + check_uuid(uuid)
         with self._lock, self._open(self._mon_groups(ctrl), _DIR) as mon:
             self._check_budget()
             os.mkdir(name, dir_fd=mon)
+            self._give_back(f"{self._mon_groups(ctrl)}/{name}")
 
     def rmdir(self, ctrl: object, name: object) -> None:
         ctrl, name = check_ctrl(ctrl), check_group_name(name, self.prefix)
@@ -217,12 +259,17 @@ class ResctrlRoot:
         ``mbm_L3_assignments`` of our group ``<prefix><uuid>`` in ``ctrl``:
         (line, errno) of those the kernel refused (ENOSPC: no free counter,
         ``info/last_cmd_status`` says where). Nothing is written when any
-        name or line is refused."""
+        name or line is refused, or when the lines would take a domain's
+        free counters below the reserve (ENOSPC, rule ``mbm-counter-reserve``)."""
         ctrl, name = check_ctrl(ctrl), self.prefix + check_uuid(uuid)
         wanted = check_assignment_lines(lines)
+        path = f"{self._mon_groups(ctrl)}/{name}/{ASSIGNMENTS_FILE}"
         failures = []
-        with self._lock, self._open(f"{self._mon_groups(ctrl)}/{name}/{ASSIGNMENTS_FILE}",
-                                    os.O_WRONLY) as fd:
+        with self._lock, self._open(path, os.O_WRONLY) as fd:
+            if any("=e" in line for line in wanted):
+                available, reserve = self.counters()
+                counter_reserve.check_counter_reserve(
+                    wanted, available, parse_assignments(self._read(path)), reserve)
             for line in wanted:
                 try:
                     os.write(fd, line.encode("ascii"))

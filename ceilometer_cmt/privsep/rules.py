@@ -11,6 +11,8 @@ module checks the names and says who may be touched:
   two MBM events, as ``mbm_L3_assignments_write()`` (fs/resctrl/monitor.c)
   parses them, with integer domain ids, bounded in length and number, and
   no newline inside a line: nothing else can reach the kernel's parser;
+- MBM counters kept for other tools: rule ``mbm-counter-reserve``, in
+  :mod:`ceilometer_cmt.privsep.counter_reserve`;
 - threads: :class:`QemuRule`. A thread may be written to a ``tasks`` file or
   counted by perf only when it is a thread of the process whose pid stands in
   the root-owned pidfile ``<libvirt_pid_dir>/<domain>.pid``, that process
@@ -19,8 +21,8 @@ module checks the names and says who may be touched:
   guest (``-name guest=<domain>``). A pidfd is held across the checks, so a
   pid reused meanwhile is seen;
 - every refusal is a ``PermissionError`` naming the rule (an ``OSError``
-  with EINVAL for assignment lines, ENOSPC for the RMID reserve), logged at
-  most once per rule per minute (:func:`refuse`).
+  with EINVAL for assignment lines, ENOSPC for the RMID and counter
+  reserves), logged at most once per rule per minute (:func:`refuse`).
 """
 
 from __future__ import annotations
@@ -72,20 +74,27 @@ _logged: dict[str, float] = {}
 _log_lock = threading.Lock()
 
 
+def log_once(rule: str, what: str, detail: str, clock: float | None = None) -> None:
+    """Log ``what`` the daemon did under ``rule`` at most once a minute for
+    each (rule, what)."""
+    now = time.monotonic() if clock is None else clock
+    key = rule if what == "refused a request" else f"{rule}: {what}"
+    with _log_lock:
+        last = _logged.get(key)
+        if last is None or now - last >= LOG_EVERY:
+            _logged[key] = now
+            LOG.warning("ceilometer-cmt privsep daemon %s (rule %s): %s "
+                        "(further ones under this rule are not logged for %.0f s)",
+                        what, rule, detail, LOG_EVERY)
+
+
 def refuse(rule: str, detail: str, *, clock: float | None = None,
            err: int = errno.EPERM) -> OSError:
     """The error for a request broken ``rule`` (a PermissionError, or an OSError
     with ``err`` where the caller must tell it apart: ENOSPC for the RMID
-    reserve, so the agent treats it as the kernel's own "no free RMID");
-    logged once per rule per minute."""
-    now = time.monotonic() if clock is None else clock
-    with _log_lock:
-        last = _logged.get(rule)
-        if last is None or now - last >= LOG_EVERY:
-            _logged[rule] = now
-            LOG.warning("ceilometer-cmt privsep daemon refused a request (rule %s): %s "
-                        "(further refusals under this rule are not logged for %.0f s)",
-                        rule, detail, LOG_EVERY)
+    and counter reserves, so the agent treats it as the kernel's own "no
+    free RMID" or "no free counter"); logged once per rule per minute."""
+    log_once(rule, "refused a request", detail, clock)
     text = f"refused by the ceilometer-cmt privsep daemon, rule {rule}: {detail}"
     return PermissionError(text) if err == errno.EPERM else OSError(err, text)
 

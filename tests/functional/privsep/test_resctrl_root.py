@@ -294,7 +294,7 @@ def test_assignments_written_by_name(abmc_host: Host) -> None:
 def test_assignments_when_counters_run_out(abmc_host: Host) -> None:
     from ceilometer_cmt.backends.resctrl import assign_files, fs
 
-    host, root = abmc_host, abmc_host.root()
+    host, root = abmc_host, abmc_host.root(counter_reserve=0)  # the kernel's own limit
     uuids = [f"{i:08x}-4a5b-4c6d-8e7f-0123456789ab" for i in range(4)]
     for u in uuids:  # 3 x 2 counters fit the 6 left; mkdir never fails for the 4th
         root.mkdir("", u)
@@ -312,6 +312,71 @@ def test_assignments_when_counters_run_out(abmc_host: Host) -> None:
     for u in uuids:
         root.rmdir("", PREFIX + u)
     assert assign_files.read_available_mbm_cntrs(host.sim.mountpoint) == {0: 6, 1: 6}
+
+
+def test_the_counter_reserve_is_never_taken(abmc_host: Host) -> None:
+    """8 counters per domain, so 2 kept (an eighth, at least 2); the default
+    group holds 2 from boot: 4 free for us, then only releases and what a
+    group already holds."""
+    from ceilometer_cmt.backends.resctrl import assign_files
+
+    host, root = abmc_host, abmc_host.root()
+    mnt = host.sim.mountpoint
+    a, b, c = (f"{i:08x}-4a5b-4c6d-8e7f-0123456789ab" for i in range(3))
+    root.mkdir("", a)
+    root.mkdir("", b)  # takes the last 2 above the reserve
+    assert assign_files.read_available_mbm_cntrs(mnt) == {0: 2, 1: 2}
+    root.mkdir("", c)  # the kernel gave it 2 of the reserve: given back at once
+    assert assign_files.read_available_mbm_cntrs(mnt) == {0: 2, 1: 2}
+    none = "mbm_total_bytes:0=_;1=_\nmbm_local_bytes:0=_;1=_\n"
+    assert _assignments(host, PREFIX + c) == none
+    for lines in (["mbm_total_bytes:*=e\n"], ["mbm_local_bytes:1=e\n"],
+                  ["mbm_total_bytes:0=_\n", "mbm_total_bytes:0=e\n"]):
+        with pytest.raises(OSError, match=r"rule mbm-counter-reserve: .*\(\[cmt_privsep\] "
+                                          r"mbm_counter_reserve\) in domain [01] \(2 free, 2 kept\)"
+                           ) as e:
+            root.write_assignments("", c, lines)
+        assert e.value.errno == errno.ENOSPC
+    assert _assignments(host, PREFIX + c) == none
+    assert assign_files.read_available_mbm_cntrs(mnt) == {0: 2, 1: 2}
+    # what a group holds costs nothing, releases always pass and free counters
+    assert root.write_assignments("", a, ["mbm_total_bytes:*=e\n",
+                                          "mbm_local_bytes:0=e;1=e\n"]) == []
+    assert root.write_assignments("", a, ["mbm_local_bytes:*=_\n"]) == []
+    assert root.write_assignments("", c, ["mbm_total_bytes:*=e\n"]) == []
+    assert _assignments(host, PREFIX + c) == "mbm_total_bytes:0=e;1=e\nmbm_local_bytes:0=_;1=_\n"
+    assert assign_files.read_available_mbm_cntrs(mnt) == {0: 2, 1: 2}
+    for u in (a, b, c):
+        root.rmdir("", PREFIX + u)
+    assert assign_files.read_available_mbm_cntrs(mnt) == {0: 6, 1: 6}
+
+
+def test_the_counter_reserve_from_the_option(abmc_host: Host) -> None:
+    from ceilometer_cmt.backends.resctrl import assign_files
+
+    host, root = abmc_host, abmc_host.root(counter_reserve=5)
+    root.mkdir("", UUID)  # 6 free: only total stays, local goes back
+    assert _assignments(host) == "mbm_total_bytes:0=e;1=e\nmbm_local_bytes:0=_;1=_\n"
+    assert assign_files.read_available_mbm_cntrs(host.sim.mountpoint) == {0: 5, 1: 5}
+    with pytest.raises(OSError, match=r"rule mbm-counter-reserve: .* domain 0 \(5 free, 5 kept\)"):
+        root.write_assignments("", UUID, ["mbm_local_bytes:0=e\n"])
+    root.rmdir("", PREFIX + UUID)
+
+
+def test_the_counter_reserve_outside_mbm_event_mode(abmc_host: Host) -> None:
+    """In default mode the kernel refuses assignments itself; the daemon does
+    not even try, and mkdir gives nothing back."""
+    host, root = abmc_host, abmc_host.root()
+    mode = Path(host.sim.mountpoint) / "info" / "L3_MON" / "mbm_assign_mode"
+    mode.write_text("default\n")
+    try:
+        root.mkdir("", UUID)
+        with pytest.raises(OSError, match="rule mbm-counter-reserve: .*cannot be read") as e:
+            root.write_assignments("", UUID, ["mbm_total_bytes:0=e\n"])
+        assert e.value.errno == errno.EINVAL
+        root.rmdir("", PREFIX + UUID)
+    finally:
+        mode.write_text("mbm_event\n")
 
 
 def test_assignments_refused_by_name_and_line(abmc_host: Host) -> None:

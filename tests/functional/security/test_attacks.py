@@ -10,7 +10,8 @@ AMD ABMC host (preset ``amd-abmc``: ``mbm_event`` mode, 8 counters per domain). 
 tests/functional/security/attacker.py, which calls the daemon's entrypoints with paths,
 odd names, foreign groups, other processes' threads, a fake qemu, raw perf
 events, MBM counter assignment lines that name other files, events or groups,
-a tmpfs in its own user namespace, and 10,000 mkdirs. Checksums,
+a tmpfs in its own user namespace, assignments that would take the MBM
+counters kept for other tools, and 10,000 mkdirs. Checksums,
 modes and listings of root-owned victim files and directories, and every
 group the daemon does not own on the mount, are the same afterwards.
 
@@ -303,6 +304,40 @@ def test_the_rmid_reserve_holds_against_a_flood(attack: dict[str, Any], stand: S
     made = os.path.join(stand.resctrl, "qemu-10-vcpus")
     os.mkdir(made)
     os.rmdir(made)
+
+
+RESERVE_REFUSED = ("OSError: [Errno 28] refused by the ceilometer-cmt privsep daemon, rule "
+                   "mbm-counter-reserve: ")
+
+
+def test_the_counter_reserve_holds_against_a_grab(attack: dict[str, Any], stand: Stand) -> None:
+    """8 counters per domain: 2 kept (an eighth, at least 2). Before the grab
+    the attacker's first group holds total in both domains and local in
+    domain 0, its second group nothing (its mkdir took the reserve, which the
+    daemon gave back): 2 free in domain 0, 3 in domain 1."""
+    r = attack["results"]
+    grab = r["counters_grab"]
+    # what the group holds costs nothing, and one counter of domain 1 was above
+    # the reserve: those pass
+    assert {k: v for k, v in grab.items() if k.startswith("default/")} == dict.fromkeys(
+        (f"default/{ev}:{d}" for ev in ("mbm_total_bytes", "mbm_local_bytes")
+         for d in ("0", "1", "*")), []), grab
+    # everything else would take the reserve: refused with ENOSPC, naming it
+    taken = {k: v for k, v in grab.items() if k.startswith("qemu-9-vcpus/")}
+    assert len(taken) == 6, grab
+    for label, text in [*taken.items(), ("counters_grab_all", r["counters_grab_all"]),
+                        ("counters_release_then_grab", r["counters_release_then_grab"])]:
+        assert str(text).startswith(RESERVE_REFUSED), (label, text)
+        assert "kept free for other resctrl users" in text, (label, text)
+        assert "([cmt_privsep] mbm_counter_reserve) in domain " in text, (label, text)
+        assert "(2 free, 2 kept)" in text, (label, text)
+    assert r["counters_after_grab"] == "0=2;1=2\n"
+    # a flood of mkdirs: the kernel gave each group counters, the daemon gave back
+    # those past the reserve
+    assert r["flood_counters"] == "0=2;1=2\n"
+    # the attacker's groups are gone: their counters too
+    avail = Path(stand.resctrl) / "info" / "L3_MON" / "available_mbm_cntrs"
+    assert avail.read_text() == "0=4;1=4\n"
 
 
 def test_nothing_outside_our_groups_changed(attack: dict[str, Any], stand: Stand) -> None:
