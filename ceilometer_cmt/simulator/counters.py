@@ -1,5 +1,6 @@
 """What the ``mon_data`` files read: loads attributed to groups, MBM
-counters integrated over time, occupancy, and faults.
+counters integrated over time, occupancy (bounded by each control group's
+CAT ways, :func:`allocate`), and faults.
 
 Values come from the scenario (see :mod:`.scenario`): each matched process's
 load is shared by its threads (or put on its main thread) and counted in the
@@ -23,7 +24,7 @@ from ceilometer_cmt.simulator.scenario import Fault, Scenario
 from ceilometer_cmt.simulator.tasks import Membership
 from ceilometer_cmt.simulator.telemetry import PackageMeter
 from ceilometer_cmt.simulator.timeline import Timeline
-from ceilometer_cmt.simulator.topology import Topology
+from ceilometer_cmt.simulator.topology import MonDomain, Topology
 from ceilometer_cmt.simulator.workload import ProcessMatcher
 
 MBM_EVENTS = {"mbm_total_bytes": "mbm_total", "mbm_local_bytes": "mbm_local"}
@@ -96,20 +97,20 @@ class LoadMeter:
                         group.counters[key] += share * timeline.integral(metric, dom.id, t0, t1)
 
     def _occupancy(self, topology: Topology, t: float) -> dict[tuple[int, int], int]:
-        """(id(group), domain) -> bytes, capped per domain and rounded."""
+        """(id(group), domain) -> bytes, bounded by CAT and the domain, rounded."""
         raw: dict[tuple[int, int], float] = {}
+        ctrl_of: dict[int, Group] = {}
         for group, share, timeline in self._attributions():
+            ctrl_of[id(group)] = group if group.parent is None else group.parent
             for dom in topology.mon_domains:
                 key = (id(group), dom.id)
                 raw[key] = raw.get(key, 0.0) + share * timeline.value("occupancy", dom.id, t)
         gran = topology.occupancy_granularity
         result: dict[tuple[int, int], int] = {}
         for dom in topology.mon_domains:
-            total = sum(v for (_, d), v in raw.items() if d == dom.id)
-            scale = dom.size / total if total > dom.size else 1.0
-            for (gid, d), v in raw.items():
-                if d == dom.id:
-                    result[(gid, d)] = int(v * scale + _EPSILON) // gran * gran
+            mine = {gid: v for (gid, d), v in raw.items() if d == dom.id}
+            for gid, v in allocate(topology, dom, mine, ctrl_of).items():
+                result[(gid, dom.id)] = int(v + _EPSILON) // gran * gran
         return result
 
     def event_text(
@@ -143,6 +144,50 @@ class LoadMeter:
         numbers = [v for v in values if isinstance(v, int)]
         result = sum(numbers) if numbers else values[0]
         return f"{result}\n"
+
+
+def cbm_bytes(topology: Topology, dom: MonDomain, cbm: int) -> float:
+    """The cache a CBM lets a control group fill in ``dom``: its share of
+    the ways (``rdtgroup_cbm_to_size()``: size / cbm_len * popcount)."""
+    return dom.size * bin(cbm & topology.cbm_mask).count("1") / topology.cbm_len
+
+
+def allocate(
+    topology: Topology, dom: MonDomain, demand: dict[int, float], ctrl_of: dict[int, Group]
+) -> dict[int, float]:
+    """What each RMID (``id(group)`` -> bytes it would hold) holds in
+    ``dom`` once CAT and the cache size bound it, as hardware would do:
+
+    1. the RMIDs of one control group together hold at most the ways of its
+       CBM in this L3 (:func:`cbm_bytes`), shared in proportion to demand;
+    2. everyone together holds at most the ways of the union of their CBMs
+       (the whole cache while the default group keeps every way), shared in
+       proportion again: groups whose masks overlap compete for those ways.
+
+    So a noisy group moved into a control group with a quarter of the ways
+    falls to about a quarter of the cache, and when the cache was full its
+    neighbours get the room it left.  Lines are not evicted at once on real
+    hardware ("only affects *new* cache allocations", resctrl.rst); here the
+    bound applies from the next read.
+    """
+    out = dict(demand)
+    ctrls: dict[int, Group] = {id(ctrl_of[g]): ctrl_of[g] for g in demand}
+    union = 0
+    for cid, ctrl in ctrls.items():
+        cbm = ctrl.schemata.get(dom.l3_id, topology.cbm_mask)
+        members = [g for g in demand if id(ctrl_of[g]) == cid]
+        wanted = sum(demand[g] for g in members)
+        if wanted > 0:
+            union |= cbm
+        bound = cbm_bytes(topology, dom, cbm)
+        if wanted > bound:
+            for g in members:
+                out[g] = demand[g] * bound / wanted
+    total = sum(out.values())
+    room = cbm_bytes(topology, dom, union)
+    if total > room:
+        out = {g: v * room / total for g, v in out.items()}
+    return out
 
 
 def _rmid_value(

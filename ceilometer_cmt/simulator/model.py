@@ -211,7 +211,7 @@ class Model:
         closid = self.ids.next_closid()
         rmid = self.ids.alloc_rmid()
         try:
-            schemata = writes.initial_schemata(self.topology, list(self.ctrl_groups.values()))
+            schemata = writes.initial_schemata(self.topology, self._ctrls())
         except SimError:
             self.ids.give_back(rmid)
             raise
@@ -319,13 +319,17 @@ class Model:
                 raise self._report(e) from None
             writes.assign_cpus(group, new, self.root, list(self.ctrl_groups.values()))
 
+    def _ctrls(self) -> list[Group]:
+        return [self.root, *self.ctrl_groups.values()]
+
     def write_schemata(self, group: Group, data: bytes) -> None:
-        self.command(
-            lambda: group.schemata.update(writes.parse_schemata(self.topology, group, data)), data
-        )
+        """All or nothing; the masks bound occupancy at once (:mod:`.counters`)."""
+        self.command(lambda: group.schemata.update(
+            writes.parse_schemata(self.topology, group, data, self._ctrls())), data)
 
     def write_mode(self, group: Group, data: bytes) -> None:
-        self.command(lambda: setattr(group, "mode", writes.parse_mode(group, data)), data)
+        self.command(lambda: setattr(
+            group, "mode", writes.parse_mode(group, data, self._ctrls())), data)
 
     def write_max_threshold(self, data: bytes) -> None:
         with self._mutex:

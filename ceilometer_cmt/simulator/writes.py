@@ -1,7 +1,8 @@
 """What writes to ``cpus``, ``cpus_list``, ``schemata``, ``mode`` and
 ``info/L3_MON/max_threshold_occupancy`` do, and the kernel's parsers for
 them (``kstrtoint``, ``cpulist_parse``, ``cpumask_parse``, the CBM checks of
-``ctrlmondata.c``).
+``fs/resctrl/ctrlmondata.c`` and the overlap checks of ``rdtgroup.c``; see
+doc/kernel-facts-cat.md).
 
 Each function takes the groups and topology it needs and raises
 :class:`.errors.SimError` with the kernel's last_cmd_status line.
@@ -14,6 +15,7 @@ import re
 
 from ceilometer_cmt.simulator.errors import SimError
 from ceilometer_cmt.simulator.groups import Group
+from ceilometer_cmt.simulator.kstr import kstrtoul, strim, strsep
 from ceilometer_cmt.simulator.topology import Topology
 
 _KSTRTOINT = re.compile(r"^[+-]?(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)$")
@@ -111,83 +113,119 @@ def assign_cpus(group: Group, new: set[int], root: Group, ctrls: list[Group]) ->
 
 
 # -------------------------------------------------------------- schemata
+def first_run(cbm: int) -> int:
+    """``cbm_ensure_valid()``: only the lowest run of ones is kept."""
+    if cbm == 0:
+        return 0
+    low = cbm & -cbm
+    return cbm & ~(cbm + low)
+
+
 def initial_schemata(topology: Topology, ctrls: list[Group]) -> dict[int, int]:
-    """A new control group's CBMs: every bit no exclusive group holds;
-    ENOSPC when too few are left in a domain."""
+    """A new control group's CBMs (``__init_one_rdt_domain()``): the ways
+    of shareable groups and unused ones (every way no exclusive group
+    holds), only their lowest run; ENOSPC with fewer than min_cbm_bits."""
     schemata: dict[int, int] = {}
     for cache in topology.l3:
         excl = 0
         for g in ctrls:
             if g.mode == "exclusive":
                 excl |= g.schemata.get(cache.id, 0)
-        cbm = topology.cbm_mask & ~excl
-        if bin(cbm).count("1") < max(1, topology.min_cbm_bits):
+        cbm = first_run(topology.cbm_mask & ~excl)
+        if bin(cbm).count("1") < topology.min_cbm_bits:
             raise SimError(errno.ENOSPC, f"No space on L3:{cache.id}\n")
         schemata[cache.id] = cbm
     return schemata
 
 
-def parse_schemata(topology: Topology, group: Group, data: bytes) -> dict[int, int]:
-    """The L3 CBMs written to a control group's ``schemata``: L3 id -> CBM.
+def parse_schemata(
+    topology: Topology, group: Group, data: bytes, ctrls: list[Group] | None = None
+) -> dict[int, int]:
+    """The L3 CBMs written to a control group's ``schemata``: L3 id -> CBM
+    (``rdtgroup_schemata_write()``, ``parse_line()``, ``parse_cbm()``);
+    ``ctrls`` are the control groups (the root too) checked for overlaps.
     ``data`` ends with a newline (the model checks that first)."""
     text = data.decode("utf-8", "replace")
     staged: dict[int, int] = {}
     for line in text[:-1].split("\n"):
-        resname, sep, rest = line.partition(":")
-        resname = resname.strip()
-        if not sep:
+        head, rest = strsep(line, ":")
+        resname = strim(head or "")
+        if rest is None:
             raise SimError(errno.EINVAL, "Missing ':'\n")
         if rest == "":
             raise SimError(errno.EINVAL, f"Missing '{resname}' value\n")
         if resname != "L3" or group.closid >= topology.num_closids:
             raise SimError(errno.EINVAL, f"Unknown or unsupported resource name '{resname}'\n")
-        _parse_l3(topology, rest, staged)
+        _parse_l3(topology, rest, staged, group, ctrls or [])
     return staged
 
 
-def _parse_l3(topology: Topology, line: str, staged: dict[int, int]) -> None:
+def _parse_l3(
+    topology: Topology, line: str, staged: dict[int, int], group: Group, ctrls: list[Group]
+) -> None:
     ids = {c.id for c in topology.l3}
-    while line:
-        dom, _, line = line.partition(";")
-        id_text, eq, mask = dom.partition("=")
-        if not eq or not re.fullmatch(r"\s*\+?\d+\s*", id_text or "x"):
+    rest: str | None = line
+    while rest:
+        dom, rest = strsep(rest, ";")
+        id_text, mask = strsep(dom, "=")
+        dom_id = kstrtoul(id_text, 10)  # the id is not trimmed: "L3: 0=f" fails
+        if mask is None or dom_id is None:
             raise SimError(errno.EINVAL, "Missing '=' or non-numeric domain\n")
-        dom_id = int(id_text)
         if dom_id not in ids:
-            raise SimError(errno.EINVAL)
+            raise SimError(errno.EINVAL)  # no last_cmd_status text
         if dom_id in staged:
             raise SimError(errno.EINVAL, f"Duplicate domain {dom_id}\n")
-        staged[dom_id] = parse_cbm(topology, mask.strip())
+        cbm = parse_cbm(topology, strim(mask))
+        if _overlaps(group, ctrls, dom_id, cbm, exclusive_only=True):
+            raise SimError(errno.EINVAL, "Overlaps with exclusive group\n")
+        if group.mode == "exclusive" and _overlaps(group, ctrls, dom_id, cbm, False):
+            raise SimError(errno.EINVAL, "Overlaps with other group\n")
+        staged[dom_id] = cbm
+
+
+def _overlaps(group: Group, ctrls: list[Group], dom_id: int, cbm: int,
+              exclusive_only: bool) -> bool:
+    """``__rdtgroup_cbm_overlaps()``: does ``cbm`` share a way with another
+    control group (only exclusive ones with ``exclusive_only``)?  The
+    simulated hardware shares no way (``shareable_bits`` reads 0)."""
+    for other in ctrls:
+        if other is group or other.closid == group.closid:
+            continue
+        if other.schemata.get(dom_id, 0) & cbm and (
+                not exclusive_only or other.mode == "exclusive"):
+            return True
+    return False
 
 
 def parse_cbm(topo: Topology, text: str) -> int:
     """A cache bit mask, checked as ``cbm_validate()`` does."""
-    if not re.fullmatch(r"(0[xX])?[0-9a-fA-F]+", text):
+    val = kstrtoul(text, 16)
+    if val is None:
         raise SimError(errno.EINVAL, f"Non-hex character in the mask {text}\n")
-    val = int(text, 16)
     if (topo.min_cbm_bits > 0 and val == 0) or val > topo.cbm_mask:
         raise SimError(errno.EINVAL, "Mask out of range\n")
-    if val:
-        low = (val & -val).bit_length() - 1
-        run = val >> low
-        contiguous = run & (run + 1) == 0
-        width = (run ^ (run & (run + 1))).bit_length() if not contiguous else run.bit_length()
-    else:
-        contiguous, width = True, 0
-    if not topo.sparse_masks and not contiguous:
+    run = first_run(val)
+    if not topo.sparse_masks and run != val:
         raise SimError(errno.EINVAL, f"The mask {val:x} has non-consecutive 1-bits\n")
-    if width < topo.min_cbm_bits:
+    if bin(run).count("1") < topo.min_cbm_bits:
         raise SimError(errno.EINVAL, f"Need at least {topo.min_cbm_bits} bits in the mask\n")
     return val
 
 
 # ------------------------------------------------------- mode, threshold
-def parse_mode(group: Group, data: bytes) -> str:
-    """The mode written to ``mode``; ``data`` ends with a newline."""
+def parse_mode(group: Group, data: bytes, ctrls: list[Group] | None = None) -> str:
+    """The mode written to ``mode`` (``rdtgroup_mode_write()``); ``data``
+    ends with a newline.  The same mode again is a no-op; ``exclusive``
+    needs a schemata that shares no way with another control group
+    (``rdtgroup_mode_test_exclusive()``), the default group included."""
     mode = data.decode("utf-8", "replace")[:-1]
-    if group.is_root:
-        raise SimError(errno.EINVAL, "Cannot change default resource group's mode\n")
-    if mode not in ("shareable", "exclusive"):
+    if mode == group.mode:
+        return mode
+    if mode == "exclusive":
+        for dom_id, cbm in group.schemata.items():
+            if _overlaps(group, ctrls or [], dom_id, cbm, exclusive_only=False):
+                raise SimError(errno.EINVAL, "Schemata overlaps\n")
+    elif mode != "shareable":
         raise SimError(errno.EINVAL, "Unknown or unsupported mode\n")
     return mode
 

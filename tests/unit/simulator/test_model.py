@@ -377,11 +377,30 @@ def test_schemata_validation_messages() -> None:
         assert e.value.errno == errno.EINVAL
         assert m.status == status, data
     assert errno_of(lambda: write(m, b"L3:0=f", "c1", "schemata")) == errno.EINVAL  # no \n
+    # exclusive (resctrl.rst example 4): no way shared with another group,
+    # the default group included; then nobody may overlap it
     with pytest.raises(SimError):
-        write(m, b"exclusive\n", "mode")
-    assert m.status == "Cannot change default resource group's mode\n"
+        write(m, b"exclusive\n", "c1", "mode")
+    assert m.status == "Schemata overlaps\n"
+    write(m, b"L3:0=ffff0;1=ffff0\n", "schemata")
+    write(m, b"L3:0=f;1=f\n", "c1", "schemata")
     write(m, b"exclusive\n", "c1", "mode")
-    assert read(m, "info", "L3", "bit_usage").startswith("0=SSSSSSSSSSSSSSSSSSSS;1=")
+    write(m, b"exclusive\n", "c1", "mode")  # the same mode again: fine
+    assert read(m, "c1", "mode") == "exclusive\n"
+    assert read(m, "info", "L3", "bit_usage").startswith("0=SSSSSSSSSSSSSSSSEEEE;1=")
+    with pytest.raises(SimError):
+        write(m, b"L3:0=1f\n", "schemata")
+    assert m.status == "Overlaps with exclusive group\n"
+    with pytest.raises(SimError):
+        write(m, b"L3:1=1f\n", "c1", "schemata")
+    assert m.status == "Overlaps with other group\n"
+    with pytest.raises(SimError):
+        write(m, b"pseudo-locksetup\n", "c1", "mode")
+    assert m.status == "Unknown or unsupported mode\n"
+    # a new group gets the ways no exclusive group holds: 0xffff0
+    m.mkdir(("c2",))
+    assert read(m, "c2", "schemata") == "L3:0=ffff0;1=ffff0\n"
+    write(m, b"shareable\n", "c1", "mode")
 
 
 # ---------------------------------------------------------------- values
