@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 from ceilometer_cmt.backends import registry
-from ceilometer_cmt.backends.resctrl import fs
+from ceilometer_cmt.backends.resctrl import assign_files, fs, telemetry
 from ceilometer_cmt.cmd import poll as pollrun
 from ceilometer_cmt.errors import CmtError
 from ceilometer_cmt.linux.sysfs_cache import read_host_cache
@@ -71,6 +71,8 @@ def probe_report(settings: registry.Settings) -> dict[str, Any]:
         info = fs.read_info(settings.resctrl_root)
         rc.update(mon_features=list(info.mon_features), num_rmids=info.num_rmids,
                   num_closids=info.num_closids)
+        rc.update(_mbm_assignment(settings.resctrl_root))
+        rc.update(_perf_pkg(settings.resctrl_root, info.num_rmids))
     report["resctrl"] = rc
     pmu = os.path.join(settings.sysfs_root, "bus", "event_source", "devices", "intel_cqm")
     report["perf_intel_cqm_pmu"] = os.path.isdir(pmu)
@@ -82,6 +84,42 @@ def probe_report(settings: registry.Settings) -> dict[str, Any]:
     if backend:
         backend.close()
     return report
+
+
+def _mbm_assignment(root: str) -> dict[str, Any]:
+    """MBM counter assignment (Linux 6.18, AMD ABMC): ``mbm_assign_mode``
+    (current and listed modes), the counters per domain (``num_mbm_cntrs``;
+    ``available_mbm_cntrs``, null outside ``mbm_event`` mode), whether mkdir
+    assigns (``mbm_assign_on_mkdir``) and the event filters. Each key only
+    where the kernel gives the file (Documentation/filesystems/resctrl.rst,
+    "L3_MON")."""
+    out: dict[str, Any] = {}
+    c = assign_files.read_counter_info(root)
+    if c.mode is not None:
+        out["mbm_assign_mode"] = {"current": c.mode.current, "modes": list(c.mode.modes)}
+    if c.num_cntrs is not None:
+        available = c.available or {}
+        out["mbm_counters"] = [{"domain": d, "num": n, "available": available.get(d)}
+                               for d, n in sorted(c.num_cntrs.items())]
+    if c.on_mkdir is not None:
+        out["mbm_assign_on_mkdir"] = c.on_mkdir
+    filters = {ev: list(f) for ev in fs.MBM_EVENTS
+               if (f := assign_files.read_event_filter(root, ev)) is not None}
+    if filters:
+        out["mbm_event_filters"] = filters
+    return out
+
+
+def _perf_pkg(root: str, l3_rmids: int | None) -> dict[str, Any]:
+    """Intel AET telemetry (Linux 7.0, ``info/PERF_PKG_MON``): its events,
+    ``num_rmids``, the packages and the group limit (the smaller
+    ``num_rmids``); nothing on hosts without it."""
+    info = telemetry.read_info(root)
+    if info is None:
+        return {}
+    return {"perf_pkg": {"mon_features": list(info.mon_features), "num_rmids": info.num_rmids,
+                         "packages": [pkg for pkg, _ in info.packages],
+                         "group_limit": telemetry.group_limit(l3_rmids, info)}}
 
 
 def _libvirt_reachable(uri: str) -> dict[str, Any]:
@@ -110,6 +148,7 @@ def _print_probe(report: dict[str, Any]) -> None:
     if "mon_features" in rc:
         rows.append(("  mon_features", " ".join(rc["mon_features"]) or "none"))
         rows.append(("  num_rmids", str(rc["num_rmids"])))
+    rows.extend(_assignment_rows(rc))
     rows.append(("perf intel_cqm PMU", "present" if report["perf_intel_cqm_pmu"] else "absent"))
     lv = report["libvirt"]
     rows.append(("libvirt", f"{lv['uri']}: " + ("reachable" if lv["reachable"]
@@ -121,6 +160,27 @@ def _print_probe(report: dict[str, Any]) -> None:
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
+
+
+def _assignment_rows(rc: dict[str, Any]) -> list[tuple[str, str]]:
+    rows = []
+    if "mbm_assign_mode" in rc:
+        mode = rc["mbm_assign_mode"]
+        rows.append(("  mbm_assign_mode", f"{mode['current']} (modes: "
+                                          f"{', '.join(mode['modes'])})"))
+    for c in rc.get("mbm_counters", []):
+        free = "?" if c["available"] is None else c["available"]
+        rows.append((f"  MBM counters L3 {c['domain']}", f"{free} free of {c['num']}"))
+    if "mbm_assign_on_mkdir" in rc:
+        rows.append(("  mbm_assign_on_mkdir", "yes" if rc["mbm_assign_on_mkdir"] else "no"))
+    for ev, names in rc.get("mbm_event_filters", {}).items():
+        rows.append((f"  {ev} filter", ",".join(names) or "none"))
+    if "perf_pkg" in rc:
+        pp = rc["perf_pkg"]
+        rows.append(("  PERF_PKG (AET) events", " ".join(pp["mon_features"]) or "none"))
+        rows.append(("  PERF_PKG num_rmids", str(pp["num_rmids"])))
+        rows.append(("  monitor group limit", str(pp["group_limit"])))
+    return rows
 
 
 def _human(n: int | None) -> str:

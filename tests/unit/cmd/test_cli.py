@@ -36,6 +36,89 @@ def test_probe_json_picks_resctrl_on_a_fixture_tree(host, capsys):  # type: igno
     assert all(not d["usable"] for d in report["decisions"][1:])
 
 
+def _probe(tmp_path, capsys, preset, build=None):  # type: ignore[no-untyped-def]
+    """probe --json and probe on fixture trees of a simulator preset, with
+    ``build(root, topo)`` adding to the resctrl tree; (JSON report, text)."""
+    from ceilometer_cmt.simulator.topology import get_topology
+    from tests.conftest import make_host
+
+    topo = get_topology(preset)
+    host = make_host(str(tmp_path), topo)
+    if build is not None:
+        build(host.resctrl, topo)
+    cli.main(["probe", "--json", *_fixture_args(host)])
+    report = json.loads(capsys.readouterr().out)
+    cli.main(["probe", *_fixture_args(host)])
+    return report, capsys.readouterr().out
+
+
+ASSIGN_KEYS = {"mbm_assign_mode", "mbm_counters", "mbm_assign_on_mkdir", "mbm_event_filters"}
+
+
+def test_probe_reports_mbm_counter_assignment(tmp_path, capsys):  # type: ignore[no-untyped-def]
+    from ceilometer_cmt.testing import mbm_assign_tree
+
+    def build(root, topo):  # type: ignore[no-untyped-def]
+        mbm_assign_tree.build_abmc_resctrl(root, topo, num_cntrs=32)
+        mbm_assign_tree.set_assignments(os.path.join(root, "mon_groups", "pqos-1"), topo,
+                                        {"mbm_total_bytes": {0}})
+        mbm_assign_tree.recount(root, topo, 32)
+
+    report, text = _probe(tmp_path, capsys, "amd-abmc", build)
+    rc = report["resctrl"]
+    assert rc["mbm_assign_mode"] == {"current": "mbm_event", "modes": ["mbm_event", "default"]}
+    # the default group holds total and local in both domains, pqos-1 total in domain 0
+    assert rc["mbm_counters"] == [{"domain": 0, "num": 32, "available": 29},
+                                  {"domain": 1, "num": 32, "available": 30}]
+    assert rc["mbm_assign_on_mkdir"] is True
+    assert rc["mbm_event_filters"]["mbm_local_bytes"] == [
+        "local_reads", "local_non_temporal_writes", "local_reads_slow_memory"]
+    assert "perf_pkg" not in rc
+    assert "mbm_event (modes: mbm_event, default)" in text
+    assert re.search(r"MBM counters L3 0 +29 free of 32\n", text), text
+    assert re.search(r"mbm_assign_on_mkdir +yes\n", text), text
+
+
+def test_probe_in_default_mode_has_no_free_counters_to_report(tmp_path, capsys
+                                                              ):  # type: ignore[no-untyped-def]
+    """num_mbm_cntrs reads in either mode; available_mbm_cntrs and
+    mbm_assign_on_mkdir fail (EINVAL) outside mbm_event: null or absent, never 0."""
+    from ceilometer_cmt.testing import mbm_assign_tree
+
+    report, text = _probe(tmp_path, capsys, "amd-abmc", lambda root, topo: (
+        mbm_assign_tree.build_abmc_resctrl(root, topo, num_cntrs=32, mode="default",
+                                           fixed=True)))
+    rc = report["resctrl"]
+    assert rc["mbm_assign_mode"] == {"current": "default", "modes": ["default"]}
+    assert rc["mbm_counters"] == [{"domain": d, "num": 32, "available": None} for d in (0, 1)]
+    assert "mbm_assign_on_mkdir" not in rc and "mbm_event_filters" not in rc
+    assert re.search(r"MBM counters L3 1 +\? free of 32\n", text), text
+
+
+def test_probe_reports_aet_telemetry(tmp_path, capsys):  # type: ignore[no-untyped-def]
+    from ceilometer_cmt.testing import perf_pkg_tree
+
+    report, text = _probe(tmp_path, capsys, "intel-aet", lambda root, topo: (
+        perf_pkg_tree.build_perf_pkg(root, (0, 1), num_rmids=576)))
+    pp = report["resctrl"]["perf_pkg"]
+    assert pp["mon_features"] == list(perf_pkg_tree.PERF_PKG_EVENTS)
+    assert "core_energy" in pp["mon_features"] and "uops_retired" in pp["mon_features"]
+    assert pp["num_rmids"] == 576 and pp["packages"] == [0, 1]
+    # the smaller of L3_MON's and PERF_PKG_MON's num_rmids
+    assert pp["group_limit"] == min(576, report["resctrl"]["num_rmids"])
+    assert not ASSIGN_KEYS & set(report["resctrl"])
+    assert re.search(r"PERF_PKG \(AET\) events +core_energy activity", text), text
+    assert re.search(r"PERF_PKG num_rmids +576\n", text), text
+
+
+def test_probe_on_a_plain_host_reports_neither(tmp_path, capsys):  # type: ignore[no-untyped-def]
+    report, text = _probe(tmp_path, capsys, "intel-2s")
+    assert report["backend"] == "resctrl"
+    assert not (ASSIGN_KEYS | {"perf_pkg"}) & set(report["resctrl"])
+    assert "MBM counters" not in text and "PERF_PKG" not in text
+    assert "mbm_assign_mode" not in text
+
+
 def _no_backend_args(host):  # type: ignore[no-untyped-def]
     """A host with nothing usable, whatever the machine running the tests has:
     the resctrl tree is not a mount point, the sysfs tree has no intel_cqm PMU,
