@@ -72,10 +72,11 @@ PRIVSEP_OPTS = [
                     "users (pqos, Telegraf, libvirt): it refuses assignments that "
                     "would leave fewer in info/L3_MON/available_mbm_cntrs, and gives "
                     "back what mbm_assign_on_mkdir took past it on mkdir. -1: an "
-                    "eighth of the domain's num_mbm_cntrs, at least 2; that is the "
-                    "total and local counters of at least one group of another "
-                    "tool, 4 of the 32 of an AMD Zen 5 domain, the rest for about "
-                    "14 guests with both events. 0 keeps none."),
+                    "eighth of the domain's num_mbm_cntrs, at least 2: the total "
+                    "and local counters of at least one group of another tool; of "
+                    "32 counters per domain (the kernel documentation's example) 4 "
+                    "are kept and 28 serve 14 guests with both events. 0 keeps "
+                    "none."),
     cfg.ListOpt("emulators", default=["qemu-system-*", "qemu-kvm"],
                 help="Programs whose threads the daemon may place and count: a "
                      "process's /proc/<pid>/exe must match one of these, by basename "

@@ -2,7 +2,8 @@
 
 In ``mbm_event`` mode (Linux 6.18, AMD ABMC) a monitor group counts memory
 bandwidth only for the events a hardware counter is assigned to, and a
-domain has few of them (``info/L3_MON/num_mbm_cntrs``, 32 on AMD Zen 5).
+domain has few of them (``info/L3_MON/num_mbm_cntrs``: ``0=32;1=32`` in
+the example of the kernel's Documentation/filesystems/resctrl.rst).
 A hostile or buggy agent could take them all and leave pqos, Telegraf or
 libvirt with ``Unassigned``. The daemon keeps ``[cmt_privsep]
 mbm_counter_reserve`` free counters per domain (rule ``mbm-counter-reserve``):
