@@ -34,12 +34,14 @@ Rules (issue 15):
 * A cycle without data for an instance (every domain ``None``) neither
   advances nor resets its streaks.
 * **Remove** a group of ours when no instance is left in it.
+* A cap group has one mask per L3 domain and the guard gives the cap share
+  in each: a capped instance is capped in every domain it runs in.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 #: the default control group, as :attr:`Instance.groups` names it
@@ -78,6 +80,11 @@ class Options:
         """The share a group of ours caps to; None if ``name`` is not ours."""
         m = re.fullmatch(re.escape(self.prefix) + r"cap-([1-9][0-9]?|100)", name)
         return int(m.group(1)) if m else None
+
+    def ours(self, control_groups: Iterable[str]) -> frozenset[str]:
+        """The control groups (root directory names) that are the guard's:
+        :attr:`Cycle.our_groups`; every other one is left alone."""
+        return frozenset(g for g in control_groups if self.share_of_group(g) is not None)
 
     def reserve(self, num_closids: int) -> int:
         return num_closids // 2 if self.closid_reserve is None else self.closid_reserve
