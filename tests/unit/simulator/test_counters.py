@@ -8,6 +8,8 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ceilometer_cmt.simulator.counters import allocate, cbm_bytes
 from ceilometer_cmt.simulator.groups import Caller, Group
@@ -96,3 +98,36 @@ def test_moving_a_task_into_a_capped_group_bounds_its_occupancy(
     assert read(cap) == read(cap.children["vm"])  # the control group sums its RMIDs
     m.write_schemata(cap, b"L3:0=fffff\n")
     assert read(cap.children["vm"]) == int(24 * MiB) // gran * gran
+
+
+# ------------------------------------------------------------- properties
+@given(
+    st.lists(st.tuples(st.integers(0, 0xFFFFF), st.lists(st.floats(0, 60 * MiB), max_size=3)),
+             max_size=5),
+    st.floats(0, 60 * MiB),
+)
+def test_allocate_never_gives_more_than_wanted_the_ways_or_the_cache(
+        ctrls: list[tuple[int, list[float]]], root_demand: float) -> None:
+    root = Group("", "ctrl", None, 0, 0, schemata={0: 0xFFFFF})
+    demand: dict[int, float] = {id(root): root_demand}
+    ctrl_of: dict[int, Group] = {id(root): root}
+    members: dict[int, list[int]] = {id(root): [id(root)]}
+    keep = [root]
+    for i, (cbm, mons) in enumerate(ctrls, start=1):
+        ctrl = Group(f"c{i}", "ctrl", None, i, i, schemata={0: cbm})
+        keep.append(ctrl)
+        members[id(ctrl)] = []
+        for j, want in enumerate(mons):
+            mon = Group(f"m{j}", "mon", ctrl, i, 100 * i + j)
+            keep.append(mon)
+            demand[id(mon)] = want
+            ctrl_of[id(mon)] = ctrl
+            members[id(ctrl)].append(id(mon))
+    out = allocate(INTEL, DOM, demand, ctrl_of)
+    slack = 1e-6 * MiB
+    assert all(0 <= out[g] <= demand[g] + slack for g in demand)
+    assert sum(out.values()) <= DOM.size + slack
+    for g in keep:
+        if g.kind == "ctrl":
+            held = sum(out[m] for m in members[id(g)])
+            assert held <= cbm_bytes(INTEL, DOM, g.schemata[0]) + slack
