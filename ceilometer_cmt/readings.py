@@ -77,6 +77,9 @@ class InstanceRef(NamedTuple):
 
     uuid: str
     domain_name: str  # libvirt domain name (OS-EXT-SRV-ATTR:instance_name)
+    #: ``cmt:mbm_priority`` of the instance's metadata: who gets MBM counters
+    #: first where they are assigned (``mbm_event`` mode); higher first
+    mbm_priority: int = 0
 
 
 @dataclass(slots=True)

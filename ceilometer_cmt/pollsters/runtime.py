@@ -19,6 +19,7 @@ from typing import Any
 from ceilometer_cmt import options
 from ceilometer_cmt.backends import registry
 from ceilometer_cmt.backends.perf.counter_providers import CounterProvider, DirectCounters
+from ceilometer_cmt.backends.resctrl.assign import PRIORITY_KEY, priority_of
 from ceilometer_cmt.backends.resctrl.fs import DirectOps, ResctrlOps
 from ceilometer_cmt.monitor import CacheMonitor, CycleResult
 from ceilometer_cmt.readings import InstanceRef
@@ -176,7 +177,19 @@ def instance_ref(resource: Any) -> InstanceRef | None:
     if state not in RUNNING_STATES:
         return None
     return InstanceRef(str(resource.id), str(getattr(resource, "OS-EXT-SRV-ATTR:instance_name",
-                                                     "")))
+                                                     "")), mbm_priority(resource))
+
+
+def mbm_priority(resource: Any) -> int:
+    """``cmt:mbm_priority`` of a discovered instance: its server metadata
+    (ceilometer fetches it with ``[compute] fetch_extra_metadata``), else its
+    flavor's extra specs (in libvirt's Nova metadata from 2025.2); 0 without."""
+    metadata = getattr(resource, "metadata", None)
+    if isinstance(metadata, dict) and PRIORITY_KEY in metadata:
+        return priority_of(metadata)
+    flavor = getattr(resource, "flavor", None)
+    specs = flavor.get("extra_specs") if isinstance(flavor, dict) else None
+    return priority_of(specs) if isinstance(specs, dict) else 0
 
 
 def cycle(rt: Runtime, cache: dict[str, Any], instances: list[Any]) -> CycleResult:

@@ -245,3 +245,18 @@ class AssignKernelOps(KernelOps):
         finally:
             set_assignments(group, self.topo, held)
             self._free()
+
+
+def set_affinity(proc_root: str, pid: int, tid: int, cpus: str) -> None:
+    """Write ``<proc_root>/<pid>/task/<tid>/status`` with the thread's CPU
+    affinity as ``proc_pid_status()`` (fs/proc/array.c) shows it: the
+    ``Cpus_allowed`` mask line, then ``Cpus_allowed_list`` in cpu list syntax."""
+    mask = 0
+    for part in cpus.split(","):
+        lo, _, hi = part.partition("-")
+        for cpu in range(int(lo), int(hi or lo) + 1):
+            mask |= 1 << cpu
+    _write(os.path.join(proc_root, str(pid), "task", str(tid), "status"),
+           f"Name:\tqemu-kvm\nState:\tS (sleeping)\nTgid:\t{pid}\nPid:\t{tid}\n"
+           f"Cpus_allowed:\t{mask:x}\nCpus_allowed_list:\t{cpus}\n"
+           "Mems_allowed_list:\t0-1\n")

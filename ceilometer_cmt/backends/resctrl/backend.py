@@ -26,7 +26,8 @@ import resource
 import zlib
 from collections.abc import Callable, Sequence
 
-from ceilometer_cmt.backends.resctrl import fs, telemetry
+from ceilometer_cmt.backends.resctrl import assign_files, fs, telemetry
+from ceilometer_cmt.backends.resctrl.mbm_counters import MbmCounters
 from ceilometer_cmt.backends.resctrl.monitored_instance import MonitoredInstance
 from ceilometer_cmt.backends.resctrl.placement import CyclePlacement
 from ceilometer_cmt.backends.resctrl.values import GroupVanished, ValueReader
@@ -104,6 +105,13 @@ class ResctrlBackend:
         self._telemetry: telemetry.TelemetryReader | None = None
         if self.perf_pkg is not None and self.perf_pkg.events and self.perf_pkg.packages:
             self._telemetry = telemetry.TelemetryReader(self.perf_pkg, self._values)
+        #: MBM counter assignment (AMD ABMC hardware; the mode is checked
+        #: each cycle: ``available_mbm_cntrs`` reads only in ``mbm_event``)
+        self.mbm: MbmCounters | None = None
+        if (assign_files.read_num_mbm_cntrs(resctrl_root) is not None
+                and any(e in self.events for e in fs.MBM_EVENTS)):
+            self.mbm = MbmCounters(resctrl_root, self.ops, self.host_cache(), self.events,
+                                   RELIST)
         self._adopted = False
         #: counters for tests and the benchmark
         self.mkdirs = 0
@@ -198,27 +206,14 @@ class ResctrlBackend:
         self._cycle_no += 1
         self._exited = self._watch.exited()
         try:
-            for uuid, ref in wanted.items():
-                tracked = self._tracked.get(uuid)
-                if tracked is None or tracked.domain_name != ref.domain_name:
-                    if tracked is not None:
-                        self._watch.unwatch(tracked.pidfd)
-                    tracked = self._tracked[uuid] = MonitoredInstance(
-                        uuid, ref.domain_name, groups=tracked.groups if tracked else {},
-                        # the groups stay, and so do their counter keys
-                        generations=tracked.generations if tracked else {},
-                        stagger=zlib.crc32(uuid.encode()) % RELIST)
-                gone = [] if present is None else [
-                    c for c, p in tracked.groups.items() if p not in present]
-                if gone:
-                    # Removed behind our back (open files may still answer):
-                    # recreate; counters restart, the monitor carries the offset.
-                    LOG.warning("instance %s: monitor group removed by someone else; "
-                                "recreating it", uuid)
-                    self._drop_groups(tracked, gone)
+            if self.mbm is not None:
+                self.mbm.check_mode(self._tracked.values(), self._forget)
+            ready = self._place(wanted, present, placement, cycle)
+            if self.mbm is not None and self.mbm.assigning:
+                self.mbm.cycle(ready, self._cycle_no, self._forget, cycle.unmonitored)
+            for tracked in ready:
+                uuid = tracked.uuid
                 try:
-                    if not self._steady(tracked):
-                        self._ensure(tracked, placement)
                     try:
                         cycle.readings[uuid] = self._read(tracked, cycle)
                     except GroupVanished as e:
@@ -241,6 +236,44 @@ class ResctrlBackend:
         cycle.monitors_used = None if used is None else used + placement.mkdirs
         return cycle
 
+    def _place(self, wanted: dict[str, InstanceRef], present: set[str] | None,
+               placement: CyclePlacement, cycle: BackendCycle) -> list[MonitoredInstance]:
+        """Track, check and place every wanted instance; the ones to read."""
+        ready = []
+        for uuid, ref in wanted.items():
+            tracked = self._tracked.get(uuid)
+            if tracked is None or tracked.domain_name != ref.domain_name:
+                if tracked is not None:
+                    self._watch.unwatch(tracked.pidfd)
+                old = tracked
+                tracked = self._tracked[uuid] = MonitoredInstance(
+                    uuid, ref.domain_name, stagger=zlib.crc32(uuid.encode()) % RELIST,
+                    since=self._cycle_no)
+                if old is not None:
+                    # the groups stay, and so do their counters and keys
+                    tracked.groups, tracked.generations = old.groups, old.generations
+                    tracked.mbm_held, tracked.mbm_gens = old.mbm_held, old.mbm_gens
+                    tracked.since = old.since
+            tracked.priority = ref.mbm_priority
+            gone = [] if present is None else [
+                c for c, p in tracked.groups.items() if p not in present]
+            if gone:
+                # Removed behind our back (open files may still answer):
+                # recreate; counters restart, the monitor carries the offset.
+                LOG.warning("instance %s: monitor group removed by someone else; "
+                            "recreating it", uuid)
+                self._drop_groups(tracked, gone)
+            try:
+                if not self._steady(tracked):
+                    self._ensure(tracked, placement)
+                ready.append(tracked)
+            except (InstanceGone, NotMonitored, GroupVanished) as e:
+                cycle.unmonitored[uuid] = str(e)
+            except OSError as e:
+                cycle.unmonitored[uuid] = f"resctrl error: {e}"
+                LOG.warning("instance %s: resctrl error: %s", uuid, e)
+        return ready
+
     def _drop_groups(self, t: MonitoredInstance, ctrls: list[str]) -> None:
         """Forget our vanished groups in ``ctrls``; they are made again with new
         counter keys. The other groups keep their files and keys: a counter that
@@ -248,6 +281,7 @@ class ResctrlBackend:
         for ctrl in ctrls:
             self._forget(t.groups.pop(ctrl))
             t.generations[ctrl] = t.generations.get(ctrl, 0) + 1
+            t.mbm_held.pop(ctrl, None)  # a new group: its file is read again
         t.assigned.clear()
         t.settled = False
 
@@ -329,6 +363,8 @@ class ResctrlBackend:
             # A periodic check: trust the kernel's lists, not our memory, so a
             # thread another tool moved out is written back.
             t.assigned = set().union(*(fs.read_tasks(p) for p in t.groups.values()))
+        if self.mbm is not None and self.mbm.assigning and t.pid is not None:
+            t.mbm_domains = self.mbm.domains_of(self.proc_root, t.pid, tids)
         live = set(tids)
         t.assigned &= live
         t.foreign &= live
@@ -346,8 +382,11 @@ class ResctrlBackend:
     def _read(self, t: MonitoredInstance, cycle: BackendCycle) -> InstanceReading:
         reading = InstanceReading({}, {}, {})
         groups = sorted(t.groups.items())
-        for ctrl, path in groups:
-            self._values.read(reading, path, ctrl, t.key_suffix(ctrl))
+        if self.mbm is not None and self.mbm.assigning:
+            self.mbm.read(self._values, t, reading, groups, self._forget)
+        else:
+            for ctrl, path in groups:
+                self._values.read(reading, path, ctrl, t.key_suffix(ctrl))
         if self._telemetry is not None:
             # after every L3 read: a vanished group raised there already
             tele: dict[str, dict[str, int | None]] = {}
@@ -355,4 +394,3 @@ class ResctrlBackend:
                 self._telemetry.read(tele, path, ctrl, t.key_suffix(ctrl))
             cycle.telemetry[t.uuid] = tele
         return reading
-

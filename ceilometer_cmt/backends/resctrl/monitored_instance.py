@@ -5,6 +5,12 @@ signature), the threads it placed and those it left in other tools' monitor
 groups, and its own monitor groups by control group with the generation of
 each: a group made again after it vanished gets new counter keys (``#<n>``),
 the instance's other groups keep theirs, so no counter is counted twice.
+
+In ``mbm_event`` mode (:mod:`mbm_counters`) also the L3 domains its threads
+may run in, the MBM counters each of its groups holds and, per (control
+group, event, domain), how many times a counter was newly assigned there:
+each new assignment restarts the hardware count, so its values get a new
+key (``~<n>``) as a recreated group's do.
 """
 
 from __future__ import annotations
@@ -29,6 +35,26 @@ class MonitoredInstance:
     #: control group name -> times our monitor group there was recreated; its
     #: counters get new keys then, the instance's other groups keep theirs
     generations: dict[str, int] = field(default_factory=dict)
+
+    #: mbm_event mode: the L3 domains its threads may run in (None: unknown, all)
+    mbm_domains: frozenset[int] | None = None
+    #: mbm_event mode: control group -> event -> domains where our group holds
+    #: a counter (a control group missing: its group's file not read yet)
+    mbm_held: dict[str, dict[str, frozenset[int]]] = field(default_factory=dict)
+    #: (control group, event, domain) -> times a counter was newly assigned
+    mbm_gens: dict[tuple[str, str, int], int] = field(default_factory=dict)
+    #: ``cmt:mbm_priority`` of the instance (the higher, the sooner served)
+    priority: int = 0
+    #: the backend cycle it was first seen in: the smaller, the older
+    since: int = 0
+
+    def mbm_keys(self, ctrl: str) -> dict[str, dict[int, str]]:
+        """event -> domain -> counter key suffix of the MBM counters our
+        group in ``ctrl`` holds (see :meth:`key_suffix`)."""
+        gens = self.mbm_gens
+        return {ev: {d: f"~{gens[(ctrl, ev, d)]}" if gens.get((ctrl, ev, d)) else ""
+                     for d in doms}
+                for ev, doms in self.mbm_held.get(ctrl, {}).items()}
 
     def key_suffix(self, ctrl: str) -> str:
         """The counter key suffix of our group in control group ``ctrl``."""

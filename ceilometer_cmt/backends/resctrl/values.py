@@ -29,6 +29,7 @@ import enum
 import errno
 import logging
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from ceilometer_cmt.backends.resctrl import fs
@@ -83,7 +84,8 @@ class ValueReader:
         #: group path -> inode of its directory when its files were found
         self._inodes: dict[str, int | None] = {}
 
-    def _files(self, path: str, ctrl: str, gen: str) -> list[_File]:
+    def _files(self, path: str, ctrl: str, gen: str,
+               mbm: Mapping[str, Mapping[int, str]] | None) -> list[_File]:
         files = self._groups.get(path)
         if files is None:
             files = []
@@ -94,7 +96,13 @@ class ValueReader:
             for dom_id, dom_dir in self.domains:
                 for event in self.events:
                     slot = _SLOTS[event]
-                    key = dom_id if slot is Slot.OCCUPANCY else f"{ctrl}/{dom_id}{gen}"
+                    if slot is Slot.OCCUPANCY:
+                        key: Any = dom_id
+                    else:
+                        suffix = "" if mbm is None else mbm.get(event, {}).get(dom_id)
+                        if suffix is None:
+                            continue  # no counter assigned: not read at all
+                        key = f"{ctrl}/{dom_id}{gen}{suffix}"
                     f = _File(os.path.join(path, "mon_data", dom_dir, event), slot, key,
                               dom_dir, event)
                     if self.open_fds < self.fd_budget:
@@ -116,16 +124,22 @@ class ValueReader:
             self._groups[path] = files
         return files
 
-    def read(self, reading: InstanceReading, path: str, ctrl: str, gen: str) -> None:
+    def read(self, reading: InstanceReading, path: str, ctrl: str, gen: str,
+             mbm: Mapping[str, Mapping[int, str]] | None = None) -> None:
         """Add the group's values to ``reading``; raise GroupVanished. The
         occupancy of a domain that ``reading`` already holds (from the
-        instance's group in another control group) is summed with it."""
+        instance's group in another control group) is summed with it.
+
+        ``mbm`` (``mbm_event`` mode): MBM event -> the domains where the group
+        holds a counter -> the suffix of its key; the other MBM files are not
+        read. It is taken when the group's files are first found: who
+        changes it calls :meth:`forget` first."""
         targets: tuple[dict[Any, int | None], ...] = (
             reading.occupancy, reading.mbm_total, reading.mbm_local)
         occupancy = reading.occupancy
         merge = bool(occupancy)
         pread, parse, read_file = os.pread, fs.parse_value, fs.read_value_file
-        files = self._groups.get(path) or self._files(path, ctrl, gen)
+        files = self._groups.get(path) or self._files(path, ctrl, gen, mbm)
         for f in files:
             value: int | None
             try:

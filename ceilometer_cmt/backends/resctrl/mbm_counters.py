@@ -1,0 +1,260 @@
+"""The backend's MBM counters in ``mbm_event`` mode (Linux 6.18, AMD ABMC).
+
+In that mode an MBM event of a group counts only in the L3 domains where a
+counter is assigned to it, and reads ``Unassigned`` elsewhere
+(doc/kernel-facts-mbm-assign-and-aet.md, 1.6 to 1.8). Each cycle
+:class:`MbmCounters` reads the budget (``num_mbm_cntrs`` and
+``available_mbm_cntrs``: two small files) and, only when something changed
+(a group made or gone, an instance's CPU affinity, its priority, the free
+counters), runs the policy of :mod:`assign` and writes its plan: every
+release first, then every assignment, one line per ``write()``.
+
+- **Where.** An instance's domains are the L3 domains of the CPUs its
+  threads may run on (``Cpus_allowed_list`` of ``/proc/<pid>/task/<tid>/status``,
+  read when its threads are listed), mapped through the host's cache
+  topology (``shared_cpu_list`` of the L3 caches). Unknown: every domain.
+- **What the kernel holds.** A group's ``mbm_L3_assignments`` is read when
+  the group is first seen (the kernel may have assigned counters on mkdir,
+  ``mbm_assign_on_mkdir``), after a refused write, and every RELIST-th cycle
+  of its instance (someone else may have changed it); not every cycle.
+- **Resets.** A new assignment restarts the hardware count
+  (``rdtgroup_assign_cntr()``); writing ``e`` where a counter is assigned is
+  a no-op (``rdtgroup_alloc_assign_cntr()``). So each newly assigned counter
+  bumps that (control group, event, domain)'s generation and its values get
+  a new key: the cumulative meter continues with an offset and the rate is
+  skipped once (:mod:`ceilometer_cmt.counters`); a counter kept keeps its key.
+- **Left out.** An instance's event without counters reads nothing (its
+  bandwidth is None, never 0); the reason goes to the cycle's
+  ``unmonitored`` while its occupancy is still read.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+from ceilometer_cmt.backends.resctrl import assign, assign_files, fs
+from ceilometer_cmt.backends.resctrl.monitored_instance import MonitoredInstance
+from ceilometer_cmt.backends.resctrl.values import ValueReader
+from ceilometer_cmt.linux.sysfs_cache import parse_cpu_list
+from ceilometer_cmt.readings import HostCache, InstanceReading
+
+LOG = logging.getLogger(__name__)
+
+#: the line of ``/proc/<pid>/task/<tid>/status`` with the thread's CPU
+#: affinity in cpu list syntax (``proc_pid_status()``, fs/proc/array.c)
+CPUS_ALLOWED = "Cpus_allowed_list:"
+
+
+def cpu_domains(host: HostCache) -> dict[int, int]:
+    """cpu -> the id of its L3 domain, from the host's cache topology."""
+    out: dict[int, int] = {}
+    for dom in host.domains:
+        try:
+            cpus = parse_cpu_list(dom.cpus)
+        except ValueError:
+            continue
+        for cpu in cpus:
+            out[cpu] = dom.id
+    return out
+
+
+def thread_cpus(proc_root: str, pid: int, tid: int) -> list[int] | None:
+    """The CPUs thread ``tid`` of ``pid`` may run on; None when unknown."""
+    path = os.path.join(proc_root, str(pid), "task", str(tid), "status")
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith(CPUS_ALLOWED):
+                    return parse_cpu_list(line[len(CPUS_ALLOWED):])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def affinity_domains(proc_root: str, pid: int, tids: Sequence[int],
+                     cpu_map: Mapping[int, int]) -> frozenset[int] | None:
+    """The L3 domains the threads may run in: the union over the threads
+    (a vCPU pinned to one socket, the emulator threads to another, both
+    count); None when no thread's affinity is known."""
+    doms: set[int] = set()
+    for tid in tids:
+        cpus = thread_cpus(proc_root, pid, tid)
+        if cpus is not None:
+            doms.update(cpu_map[c] for c in cpus if c in cpu_map)
+    return frozenset(doms) if doms else None
+
+
+class MbmCounters:
+    """Assigns the host's MBM counters to our groups; one per backend."""
+
+    def __init__(self, root: str, ops: fs.ResctrlOps, host: HostCache,
+                 events: Sequence[str], relist: int) -> None:
+        self.root = root
+        self.ops = ops
+        self.cpu_map = cpu_domains(host)
+        self.events = tuple(e for e in fs.MBM_EVENTS if e in events)
+        self.relist = relist
+        #: the host is in mbm_event mode (as of the last :meth:`check_mode`)
+        self.assigning = False
+        #: the last budget read: counters per domain, free counters per domain
+        self.num_cntrs: dict[int, int] | None = None
+        self.available: dict[int, int] | None = None
+        #: uuid -> why (part of) its MBM events have no counter
+        self.missing: dict[str, str] = {}
+        self._seen: tuple[object, ...] | None = None  # what the last plan saw
+        #: for tests and the benchmark: assignment files read, lines written,
+        #: counters newly assigned (resets), plans made
+        self.file_reads = 0
+        self.lines_written = 0
+        self.resets = 0
+        self.plans = 0
+
+    def read_budget(self) -> bool:
+        """Read ``num_mbm_cntrs`` and ``available_mbm_cntrs``; False when
+        the host is not (or no longer) in ``mbm_event`` mode (EINVAL)."""
+        self.num_cntrs = assign_files.read_num_mbm_cntrs(self.root)
+        self.available = assign_files.read_available_mbm_cntrs(self.root)
+        return self.available is not None
+
+    def check_mode(self, tracked: Iterable[MonitoredInstance],
+                   forget: Callable[[str], None]) -> None:
+        """Read the budget at the start of a cycle: is the host in mbm_event
+        mode? On a change (and the first cycle) every assignment the kernel
+        had is gone (``resctrl_mbm_assign_mode_write()``): the groups' files
+        are read again and their values found again with the new mode's keys."""
+        assigning = self.read_budget()
+        if assigning != self.assigning:
+            LOG.info("resctrl MBM counter assignment mode: %s",
+                     "mbm_event" if assigning else "default")
+            self.assigning = assigning
+            for t in tracked:
+                t.mbm_held.clear()
+                for path in t.groups.values():
+                    forget(path)
+
+    def domains_of(self, proc_root: str, pid: int, tids: Sequence[int]) -> frozenset[int] | None:
+        return affinity_domains(proc_root, pid, tids, self.cpu_map)
+
+    def learn(self, t: MonitoredInstance, ctrl: str, path: str,
+              forget: Callable[[str], None]) -> bool:
+        """Read what our group holds; a counter it did not hold before is a
+        new assignment (its count restarted). True when anything changed."""
+        self.file_reads += 1
+        found = assign_files.read_assignments(path) or {}
+        now = {ev: frozenset(d for d, on in found.get(ev, {}).items() if on)
+               for ev in self.events}
+        now = {ev: d for ev, d in now.items() if d}
+        before = t.mbm_held.get(ctrl)
+        if before is not None:
+            for ev, doms in now.items():
+                self._bump(t, ctrl, ev, doms - before.get(ev, frozenset()))
+        t.mbm_held[ctrl] = now
+        if before != now:
+            forget(path)
+            return True
+        return False
+
+    def _bump(self, t: MonitoredInstance, ctrl: str, event: str, doms: frozenset[int]) -> None:
+        for d in doms:
+            key = (ctrl, event, d)
+            t.mbm_gens[key] = t.mbm_gens.get(key, 0) + 1
+            self.resets += 1
+
+    def cycle(self, tracked: Sequence[MonitoredInstance], cycle_no: int,
+              forget: Callable[[str], None], unmonitored: dict[str, str]) -> None:
+        """Learn new groups, re-read due ones, plan and apply when anything
+        changed; the reason of each instance with an event left without
+        counters goes to ``unmonitored``. ``forget(path)``: the group's value
+        files are to be found again (its counters or their keys changed)."""
+        self._cycle(tracked, cycle_no, forget)
+        for t in tracked:
+            reason = self.missing.get(t.uuid)
+            if reason is not None:
+                unmonitored[t.uuid] = reason
+
+    def _cycle(self, tracked: Sequence[MonitoredInstance], cycle_no: int,
+               forget: Callable[[str], None]) -> None:
+        changed = new = False
+        for t in tracked:
+            periodic = (cycle_no + t.stagger) % self.relist == 0
+            for ctrl, path in t.groups.items():
+                if ctrl not in t.mbm_held or periodic:
+                    new |= ctrl not in t.mbm_held
+                    changed |= self.learn(t, ctrl, path, forget)
+        if new:
+            # a mkdir since the budget was read may have taken counters
+            self.available = assign_files.read_available_mbm_cntrs(self.root)
+        seen = (tuple(sorted(self.available.items())) if self.available else (),
+                tuple((p, t.mbm_domains, t.priority) for t in tracked
+                      for p in sorted(t.groups.values())))
+        if not changed and seen == self._seen:
+            return
+        self._seen = seen
+        self._plan(tracked, forget)
+
+    def _plan(self, tracked: Sequence[MonitoredInstance],
+              forget: Callable[[str], None]) -> None:
+        self.plans += 1
+        groups = {path: (t, ctrl) for t in tracked for ctrl, path in t.groups.items()}
+        every = frozenset(self.cpu_map.values()) or frozenset(self.available or ())
+        plan = assign.plan(self.available or {}, [
+            assign.Instance(path, t.mbm_domains or every, t.mbm_held.get(ctrl, {}),
+                            t.priority, float(t.since))
+            for path, (t, ctrl) in groups.items()], self.events)
+        wrote = False
+        refused: dict[str, list[str]] = {}
+        for lines_of in (plan.release_lines(), plan.assign_lines()):
+            for path, lines in sorted(lines_of.items()):
+                try:
+                    failures = self.ops.write_assignments(path, lines)
+                except OSError as e:
+                    failures = [(line, e.errno or errno.EIO) for line in lines]
+                self.lines_written += len(lines)
+                wrote = True
+                if failures:
+                    refused.setdefault(path, []).extend(
+                        f"{line.strip()}: {os.strerror(err)}" for line, err in failures)
+        for path, (t, ctrl) in groups.items():
+            if path in refused:
+                LOG.warning("instance %s: MBM counter assignment refused: %s (%s)", t.uuid,
+                            "; ".join(refused[path]), fs.last_cmd_status(self.root))
+                self.learn(t, ctrl, path, forget)
+                continue
+            after = {ev: d for ev, d in plan.held.get(path, {}).items() if d}
+            before = t.mbm_held.get(ctrl, {})
+            if after != before:
+                for ev, doms in after.items():
+                    self._bump(t, ctrl, ev, doms - before.get(ev, frozenset()))
+                t.mbm_held[ctrl] = after
+                forget(path)
+        self.missing = {}
+        for path, (t, ctrl) in groups.items():
+            reasons = list(plan.missing.get(path, {}).values())
+            if path in refused:
+                reasons.append("assignment refused: " + "; ".join(refused[path]))
+            if reasons:
+                where = f" (control group {ctrl})" if ctrl else ""
+                prev = self.missing.get(t.uuid)
+                text = "no MBM counter" + where + ": " + "; ".join(reasons)
+                self.missing[t.uuid] = f"{prev}; {text}" if prev else text
+        if wrote:
+            # what the kernel shows now differs from what this plan saw
+            self._seen = None
+
+    def read(self, values: ValueReader, t: MonitoredInstance, reading: InstanceReading,
+             groups: Sequence[tuple[str, str]], forget: Callable[[str], None]) -> None:
+        """The values of ``t``'s groups: MBM values only where a counter is
+        assigned, under keys that change with each new assignment; an event
+        without any counter is one None (no data, never 0)."""
+        slots = {"mbm_total_bytes": reading.mbm_total, "mbm_local_bytes": reading.mbm_local}
+        for ctrl, path in groups:
+            if ctrl not in t.mbm_held:  # made again during this read
+                self.learn(t, ctrl, path, forget)
+            keys = t.mbm_keys(ctrl)
+            values.read(reading, path, ctrl, t.key_suffix(ctrl), keys)
+            for event in self.events:
+                if not keys.get(event):
+                    slots[event][f"{ctrl}/unassigned{t.key_suffix(ctrl)}"] = None

@@ -1,0 +1,211 @@
+"""MBM counter assignment (Linux 6.18 ``mbm_event``, AMD ABMC) through the real
+simulator over FUSE: more instances than counters, real qemu stand-ins whose
+real CPU affinity decides the L3 domains they need counters in.
+
+The simulated host (preset ``amd-abmc``) has two L3 domains, CPUs 0-7 and
+8-15, 8 counters each; the default group holds total and local in both from
+boot. This machine's CPUs are 0 and 1, so every stand-in may run in domain 0
+only: each instance needs 2 counters there and 3 instances get them.
+
+Needs /dev/fuse, fusermount3 and libfuse3 (Debian fuse3, libfuse3-3) and root.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from ceilometer_cmt.backends.resctrl import assign_files
+from ceilometer_cmt.backends.resctrl.backend import ResctrlBackend
+from ceilometer_cmt.monitor import CacheMonitor, CycleResult
+from ceilometer_cmt.readings import InstanceRef
+from ceilometer_cmt.simulator import Simulator, fuse_missing_reason, mount_fstype
+from ceilometer_cmt.simulator.topology import get_topology
+from ceilometer_cmt.testing.fakehost import StandInQemu
+
+_reason = fuse_missing_reason()
+if _reason is None and os.geteuid() != 0:
+    _reason = "mounting the simulator with allow_other needs root"
+pytestmark = pytest.mark.skipif(_reason is not None, reason=f"no FUSE here: {_reason}")
+
+PREFIX = "ceilometer-"
+UUIDS = [f"{n:08x}-1111-4111-8111-111111111111" for n in range(1, 6)]
+NAMES = {u: f"instance-{n:08x}" for n, u in enumerate(UUIDS, 1)}
+MIB = 1024 * 1024
+TOTAL, LOCAL = 100 * MIB, 60 * MIB  # bytes/s each instance moves in domain 0
+
+
+@pytest.fixture
+def abmc_host(tmp_path: Any) -> Iterator[Callable[[dict[str, Any]], tuple[Simulator, str, str]]]:
+    """(simulator of preset amd-abmc, sysfs root, libvirt pid dir), one stand-in
+    qemu per instance, each loading domain 0."""
+    sims: list[Simulator] = []
+    qemus: list[StandInQemu] = []
+
+    def make(scenario: dict[str, Any]) -> tuple[Simulator, str, str]:
+        sysfs = str(tmp_path / "sys")
+        get_topology("amd-abmc").write_sysfs(sysfs)
+        pid_dir = str(tmp_path / "run")
+        os.makedirs(pid_dir)
+        sim = Simulator(str(tmp_path / "resctrl"), "amd-abmc", {
+            "clock": "manual", "limbo_seconds": 0,
+            "processes": [{"match": {"cmdline": f"guest={n},"}, "timeline": [
+                {"t": 0, "occupancy": {0: "4MiB"}, "mbm_total": {0: TOTAL},
+                 "mbm_local": {0: LOCAL}}]} for n in NAMES.values()],
+            **scenario})
+        sims.append(sim)
+        sim.start()
+        for name in NAMES.values():
+            qemus.append(StandInQemu(name, pid_dir, extra_threads=1).start())
+        return sim, sysfs, pid_dir
+
+    yield make
+    for q in qemus:
+        q.stop()
+    for s in sims:
+        s.stop()
+        assert mount_fstype(s.mountpoint) is None
+
+
+def _with_counters(result: CycleResult) -> set[str]:
+    return {u for u, m in result.instances.items() if m.mbm_total_bytes is not None}
+
+
+def test_more_instances_than_counters(abmc_host: Any) -> None:
+    sim, sysfs, pid_dir = abmc_host({})
+    backend = ResctrlBackend(sim.mountpoint, sysfs_root=sysfs, pid_dir=pid_dir, prefix=PREFIX)
+    now = [0.0]
+    mon = CacheMonitor(backend, clock=lambda: now[0])
+    refs = [InstanceRef(u, n) for u, n in NAMES.items()]
+
+    def poll(rs: list[InstanceRef] = refs) -> CycleResult:
+        sim.advance(60.0)
+        now[0] += 60.0
+        return mon.poll(rs)
+
+    try:
+        assert backend.mbm is not None
+        first = poll()
+        # occupancy for all five, bandwidth for the three that got counters
+        assert set(first.instances) == set(UUIDS)
+        assert all(m.occupancy for m in first.instances.values())
+        holders = _with_counters(first)
+        assert len(holders) == 3
+        waiting = set(UUIDS) - holders
+        for u in waiting:
+            m = first.instances[u]
+            assert (m.mbm_total_bytes, m.mbm_local_bytes, m.mbm_total_rate) == (None,) * 3
+            assert "no free MBM counter in L3 domain(s) [0]" in first.unmonitored[u]
+        assert set(first.unmonitored) == waiting
+        # only where the threads may run: domain 1's counters, assigned by the
+        # kernel on mkdir, went back (the default group keeps its two)
+        assert assign_files.read_available_mbm_cntrs(sim.mountpoint) == {0: 0, 1: 6}
+        for u in holders:
+            assert assign_files.read_assignments(
+                f"{sim.mountpoint}/mon_groups/{PREFIX}{u}") == {
+                "mbm_total_bytes": {0: True, 1: False},
+                "mbm_local_bytes": {0: True, 1: False}}
+
+        # no flapping: the same holders, no write and no plan once settled
+        poll()
+        written, plans = backend.mbm.lines_written, backend.mbm.plans
+        reads = backend.mbm.file_reads
+        last: dict[str, int] = {}
+        for _ in range(30):
+            r = poll()
+            assert _with_counters(r) == holders
+            for u in holders:
+                m = r.instances[u]
+                assert m.mbm_total_rate == pytest.approx(TOTAL, rel=0.02)
+                assert m.mbm_local_rate == pytest.approx(LOCAL, rel=0.02)
+                assert m.mbm_total_bytes is not None and m.mbm_total_bytes >= last.get(u, 0)
+                last[u] = m.mbm_total_bytes
+        assert (backend.mbm.lines_written, backend.mbm.plans) == (written, plans)
+        # each group's file is read again once per RELIST cycles, not each cycle
+        assert backend.mbm.file_reads - reads <= 30 * len(UUIDS) // 10 + len(UUIDS)
+
+        # one holder leaves: its two counters go to the waiting instances,
+        # total before local: each of the two gets a total, neither a local
+        gone = sorted(holders)[0]
+        rest = [r for r in refs if r.uuid != gone]
+        after = poll(rest)
+        assert _with_counters(after) == holders - {gone} | waiting
+        for u in waiting:
+            m = after.instances[u]
+            assert m.mbm_total_bytes is not None and m.mbm_local_bytes is None
+            # a new counter: the cumulative starts, the rate comes one cycle later
+            assert m.mbm_total_rate is None
+            assert after.unmonitored[u].startswith("no MBM counter: mbm_local_bytes: ")
+        assert set(after.unmonitored) == waiting
+        later = poll(rest)
+        for u in waiting:
+            assert later.instances[u].mbm_total_rate == pytest.approx(TOTAL, rel=0.02)
+            assert later.instances[u].mbm_local_rate is None
+        for u in holders - {gone}:  # the holders kept theirs: no reset, no gap
+            assert later.instances[u].mbm_local_rate == pytest.approx(LOCAL, rel=0.02)
+    finally:
+        mon.close()
+
+
+def test_priority_takes_counters_and_cumulative_stays_monotonic(abmc_host: Any) -> None:
+    sim, sysfs, pid_dir = abmc_host({})
+    backend = ResctrlBackend(sim.mountpoint, sysfs_root=sysfs, pid_dir=pid_dir, prefix=PREFIX)
+    now = [0.0]
+    mon = CacheMonitor(backend, clock=lambda: now[0])
+
+    def poll(prio: dict[str, int], without: str = "") -> CycleResult:
+        sim.advance(60.0)
+        now[0] += 60.0
+        return mon.poll([InstanceRef(u, n, prio.get(u, 0)) for u, n in NAMES.items()
+                         if u != without])
+
+    def local(r: CycleResult) -> set[str]:
+        return {u for u, m in r.instances.items() if m.mbm_local_bytes is not None}
+
+    try:
+        first = poll({})
+        holders = _with_counters(first)
+        assert local(first) == holders
+        vip = sorted(set(UUIDS) - holders)[0]
+        # priority 10 takes counters from holders of priority 0: their locals
+        # (a later event) go first, so they keep their totals
+        r = poll({vip: 10})
+        assert vip in _with_counters(r) and vip in local(r)
+        losers = holders - local(r)
+        assert losers and _with_counters(r) >= holders
+        for u in losers:
+            assert "higher priority" in r.unmonitored[u]
+        cum = {u: first.instances[u].mbm_local_bytes for u in losers}
+        # the priority back to 0: nobody loses what it holds now (no flapping)
+        r = poll({})
+        assert vip in local(r) and not losers & local(r)
+        written = backend.mbm.lines_written
+        for _ in range(5):
+            assert local(poll({})) == local(r)
+        assert backend.mbm.lines_written == written
+        # the vip leaves: its total goes to the instance without any counter
+        # (total before local), its local to a loser: a new count under new
+        # keys, so the cumulative goes on and the rate skips once
+        resets = backend.mbm.resets
+        back = poll({}, without=vip)
+        assert _with_counters(back) == set(UUIDS) - {vip}
+        regained = losers & local(back)
+        assert len(regained) == 1
+        assert backend.mbm.resets == resets + 2
+        for u in regained:
+            m = back.instances[u]
+            c = cum[u]
+            assert c is not None and m.mbm_local_bytes is not None and m.mbm_local_bytes >= c
+            assert m.mbm_local_rate is None
+        again = poll({}, without=vip)
+        for u in regained:
+            m = again.instances[u]
+            assert m.mbm_local_rate == pytest.approx(LOCAL, rel=0.02)
+            assert m.mbm_local_bytes is not None
+            assert m.mbm_local_bytes == pytest.approx(
+                back.instances[u].mbm_local_bytes + 60 * LOCAL, rel=0.02)
+    finally:
+        mon.close()

@@ -1,0 +1,172 @@
+"""MBM counters in mbm_event mode: affinity -> L3 domains, and the backend's
+cycle on fixture trees of a 6.18 AMD host (the kernel's side of mkdir, rmdir
+and assignment writes done by AssignKernelOps)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+from ceilometer_cmt.backends.resctrl import assign_files
+from ceilometer_cmt.backends.resctrl.backend import RELIST, ResctrlBackend
+from ceilometer_cmt.backends.resctrl.mbm_counters import (
+    affinity_domains,
+    cpu_domains,
+    thread_cpus,
+)
+from ceilometer_cmt.readings import CacheDomain, HostCache, InstanceRef
+from ceilometer_cmt.simulator.topology import get_topology
+from ceilometer_cmt.testing import mbm_assign_tree as abmc
+from ceilometer_cmt.testing.kernel_trees import build_proc, build_sysfs, qemu_cmdline, set_value
+
+A = "aaaaaaaa-1111-4111-8111-111111111111"
+B = "bbbbbbbb-2222-4222-8222-222222222222"
+C = "cccccccc-3333-4333-8333-333333333333"
+HOST = HostCache((CacheDomain(0, 3, 32 << 20, cpus="0-7"), CacheDomain(1, 3, 32 << 20,
+                                                                       cpus="8-15")))
+
+
+def test_cpu_domains_and_thread_affinity(tmp_path: Any) -> None:
+    cpu_map = cpu_domains(HOST)
+    assert cpu_map == {**dict.fromkeys(range(8), 0), **dict.fromkeys(range(8, 16), 1)}
+    proc = str(tmp_path)
+    abmc.set_affinity(proc, 10, 10, "8-9")
+    abmc.set_affinity(proc, 10, 11, "3,12")
+    abmc.set_affinity(proc, 20, 20, "64-65")  # CPUs of no known L3
+    assert thread_cpus(proc, 10, 10) == [8, 9]
+    assert thread_cpus(proc, 10, 99) is None  # no such thread
+    assert affinity_domains(proc, 10, [10], cpu_map) == {1}
+    assert affinity_domains(proc, 10, [10, 11], cpu_map) == {0, 1}
+    assert affinity_domains(proc, 10, [99], cpu_map) is None
+    assert affinity_domains(proc, 20, [20], cpu_map) is None
+    os.makedirs(os.path.join(proc, "30", "task", "30"))
+    with open(os.path.join(proc, "30", "task", "30", "status"), "w") as f:
+        f.write("Name:\tx\nCpus_allowed_list:\tgarbage\n")
+    assert thread_cpus(proc, 30, 30) is None
+
+
+class AbmcHost:
+    """Fixture trees of preset amd-abmc (2 L3 domains, CPUs 0-7 and 8-15)
+    with ``num_cntrs`` counters per domain, and a fake /proc."""
+
+    def __init__(self, tmp: str, num_cntrs: int) -> None:
+        self.topo = get_topology("amd-abmc")
+        self.sysfs = build_sysfs(os.path.join(tmp, "sys"), self.topo)
+        self.root = abmc.build_abmc_resctrl(os.path.join(tmp, "resctrl"), self.topo,
+                                            num_cntrs=num_cntrs)
+        self.proc = os.path.join(tmp, "proc")
+        self.pid_dir = os.path.join(tmp, "run")
+        os.makedirs(self.pid_dir)
+        self.ops = abmc.AssignKernelOps(self.root, self.topo, self.proc, num_cntrs=num_cntrs)
+
+    def qemu(self, name: str, pid: int, cpus: str | None) -> None:
+        build_proc(self.proc, pid, qemu_cmdline(name), [pid])
+        if cpus is not None:
+            abmc.set_affinity(self.proc, pid, pid, cpus)
+        with open(os.path.join(self.pid_dir, name + ".pid"), "w") as f:
+            f.write(f"{pid}\n")
+
+    def backend(self) -> ResctrlBackend:
+        return ResctrlBackend(self.root, sysfs_root=self.sysfs, proc_root=self.proc,
+                              pid_dir=self.pid_dir, verify_mount=False, ops=self.ops)
+
+    def group(self, uuid: str) -> str:
+        return os.path.join(self.root, "mon_groups", "ceilometer-" + uuid)
+
+
+@pytest.fixture
+def abmc_host(tmp_path: Any) -> AbmcHost:
+    return AbmcHost(str(tmp_path), num_cntrs=4)  # the root holds 2 per domain: 2 free
+
+
+def test_counters_only_where_the_threads_may_run(abmc_host: AbmcHost) -> None:
+    h = abmc_host
+    h.qemu("instance-a", 100, "8-9")  # domain 1 only
+    b = h.backend()
+    assert b.mbm is not None
+    cycle = b.sync([InstanceRef(A, "instance-a")])
+    # mkdir assigned total and local in both domains; domain 0's went back
+    assert assign_files.read_assignments(h.group(A)) == {
+        "mbm_total_bytes": {0: False, 1: True}, "mbm_local_bytes": {0: False, 1: True}}
+    assert assign_files.read_available_mbm_cntrs(h.root) == {0: 2, 1: 0}
+    assert ("assign-line", "mbm_total_bytes:0=_\n") in h.ops.calls
+    assert cycle.unmonitored == {}
+    set_value(h.group(A), 1, "mbm_total_bytes", 5000)
+    set_value(h.group(A), 0, "mbm_total_bytes", "Unassigned")
+    reading = b.sync([InstanceRef(A, "instance-a")]).readings[A]
+    # only the domain with a counter is read, under the key the group had
+    assert reading.mbm_total == {"/1": 5000}
+    assert set(reading.occupancy) == {0, 1}
+
+
+def test_exhausted_counters_leave_bandwidth_none_with_a_reason(abmc_host: AbmcHost) -> None:
+    h = abmc_host
+    h.qemu("instance-a", 100, "8-9")
+    h.qemu("instance-b", 200, "8-15")
+    h.qemu("instance-c", 300, "0-3")
+    b = h.backend()
+    refs = [InstanceRef(A, "instance-a"), InstanceRef(B, "instance-b"),
+            InstanceRef(C, "instance-c")]
+    cycle = b.sync(refs)
+    # A's mkdir took the two free counters of each domain, B's and C's none;
+    # A gave domain 0's back, and C got them: newly assigned, a new key
+    assert set(cycle.readings) == {A, B, C}
+    rb = cycle.readings[B]
+    assert rb.mbm_total == {"/unassigned": None} and rb.mbm_local == {"/unassigned": None}
+    assert set(rb.occupancy) == {0, 1}  # occupancy is read all the same
+    assert "no free MBM counter in L3 domain(s) [1]" in cycle.unmonitored[B]
+    assert cycle.unmonitored[B].startswith("no MBM counter: mbm_total_bytes: ")
+    assert A not in cycle.unmonitored and C not in cycle.unmonitored
+    assert set(cycle.readings[C].mbm_total) == {"/0~1"}
+    # no flapping, no write, and the groups' files read only on their re-listing
+    calls, reads = len(h.ops.calls), b.mbm.file_reads  # type: ignore[union-attr]
+    for _ in range(3 * RELIST):
+        again = b.sync(refs)
+        assert again.unmonitored.keys() == {B}
+    assert len(h.ops.calls) == calls
+    assert b.mbm.file_reads - reads == 3 * len(refs)  # type: ignore[union-attr]
+
+    # A leaves: its counters go to B, newly assigned: new keys (a reset)
+    cycle = b.sync(refs[1:])
+    assert cycle.unmonitored == {}
+    assert cycle.readings[B].mbm_total == {"/1~1": 0}
+    assert cycle.readings[B].mbm_local == {"/1~1": 0}
+
+
+def test_a_counter_assigned_behind_our_back_is_a_reset(abmc_host: AbmcHost) -> None:
+    """Someone releases and assigns our counter again: the count restarted,
+    seen on the group's next re-read; the same assignment again is no reset."""
+    h = abmc_host
+    h.qemu("instance-a", 100, "8-9")
+    b = h.backend()
+    refs = [InstanceRef(A, "instance-a")]
+    b.sync(refs)
+    abmc.set_assignments(h.group(A), h.topo, {"mbm_local_bytes": {1}})  # total released
+    assert abmc.recount(h.root, h.topo, 4) == {0: 2, 1: 1}
+    for _ in range(RELIST):
+        reading = b.sync(refs).readings[A]
+    # the re-read saw total gone: the plan assigned it again, a new count
+    assert set(reading.mbm_total) == {"/1~1"} and set(reading.mbm_local) == {"/1"}
+    assert b.mbm is not None and b.mbm.resets == 1
+    for _ in range(2 * RELIST):
+        reading = b.sync(refs).readings[A]
+    assert set(reading.mbm_total) == {"/1~1"} and b.mbm.resets == 1
+
+
+def test_default_mode_reads_every_domain(tmp_path: Any) -> None:
+    topo = get_topology("amd-abmc")
+    root = abmc.build_abmc_resctrl(str(tmp_path / "resctrl"), topo, mode="default")
+    h = AbmcHost.__new__(AbmcHost)
+    h.topo, h.root = topo, root
+    h.sysfs = build_sysfs(str(tmp_path / "sys"), topo)
+    h.proc, h.pid_dir = str(tmp_path / "proc"), str(tmp_path / "run")
+    os.makedirs(h.pid_dir)
+    h.ops = abmc.AssignKernelOps(root, topo, h.proc)
+    h.qemu("instance-a", 100, "8-9")
+    b = h.backend()
+    assert b.mbm is not None  # ABMC hardware, but not in mbm_event mode
+    cycle = b.sync([InstanceRef(A, "instance-a")])
+    assert set(cycle.readings[A].mbm_total) == {"/0", "/1"} and cycle.unmonitored == {}
+    assert not any(c[0] == "assign" for c in h.ops.calls)
