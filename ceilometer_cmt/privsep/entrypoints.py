@@ -105,7 +105,9 @@ def write_group_tasks(ctrl: str, uuid: str, domain_name: str,
 def write_group_assignments(ctrl: str, uuid: str, lines: list[str]) -> list[tuple[str, int]]:
     """Write MBM counter assignment lines (``mbm_total_bytes:0=e;1=_``) to the
     ``mbm_L3_assignments`` of monitor group ``<prefix><uuid>`` in ``ctrl``;
-    (line, errno) of the lines the kernel refused."""
+    (line, errno) of the lines the kernel refused. Nothing is written, and
+    ENOSPC raised with the daemon's text, when the lines would take the
+    counters kept free for other tools (``[cmt_privsep] mbm_counter_reserve``)."""
     return daemon_resctrl().write_assignments(ctrl, uuid, lines)
 
 
