@@ -56,13 +56,7 @@ class Model:
         scan_interval: float = 0.5,
     ) -> None:
         scenario = scenario or Scenario()
-        if scenario.rmids is not None:
-            topology = replace(topology, num_rmids=scenario.rmids)
-        if scenario.closids is not None:
-            topology = replace(topology, num_closids=scenario.closids)
-        if scenario.mbm_cntrs is not None and topology.num_mbm_cntrs:
-            topology = replace(topology, num_mbm_cntrs=scenario.mbm_cntrs)
-        self.topology = topology
+        self.topology = topology = scenario.host(topology)
         self.scenario = scenario
         self.proc_root = proc_root
         if clock is None:

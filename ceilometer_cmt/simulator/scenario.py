@@ -8,6 +8,9 @@ optional; an empty file is an idle host::
     rmids: 16                # override the topology's info/L3_MON/num_rmids
     closids: 8               # override info/L3/num_closids
     mbm_cntrs: 32            # override num_mbm_cntrs (ABMC counters per domain)
+    cbm_len: 11              # override the L3 ways (info/L3/cbm_mask 7ff),
+    min_cbm_bits: 2          # info/L3/min_cbm_bits (Haswell: 2)
+    sparse_masks: false      # and info/L3/sparse_masks
     limbo_seconds: 1.0       # how long a freed RMID stays busy (mkdir -> EBUSY)
 
     background:              # load of the rest of the host (tasks no process
@@ -77,7 +80,7 @@ import fnmatch
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ceilometer_cmt.simulator.timeline import Point, Timeline
@@ -190,11 +193,23 @@ class Scenario:
     rmids: int | None = None
     closids: int | None = None
     mbm_cntrs: int | None = None
+    cbm_len: int | None = None
+    min_cbm_bits: int | None = None
+    sparse_masks: bool | None = None
     limbo_seconds: float = 1.0
     background: Timeline | None = None
     processes: tuple[ProcessLoad, ...] = ()
     faults: tuple[Fault, ...] = ()
     actions: tuple[Action, ...] = field(default_factory=tuple)
+
+    def host(self, topology: Topology) -> Topology:
+        """``topology`` with this scenario's overrides (RMIDs, CLOSIDs, ABMC
+        counters where the host has them, the L3 ways and their rules)."""
+        given: dict[str, Any] = {
+            "num_rmids": self.rmids, "num_closids": self.closids, "cbm_len": self.cbm_len,
+            "min_cbm_bits": self.min_cbm_bits, "sparse_masks": self.sparse_masks,
+            "num_mbm_cntrs": self.mbm_cntrs if topology.num_mbm_cntrs else None}
+        return replace(topology, **{k: v for k, v in given.items() if v is not None})
 
 
 def _mapping(value: Any, where: str) -> Mapping[str, Any]:
@@ -315,7 +330,7 @@ def parse_scenario(data: Any, topology: Topology) -> Scenario:
     """A scenario from already-decoded YAML/JSON data."""
     top = _mapping(data, "scenario")
     known = {"clock", "rmids", "closids", "mbm_cntrs", "limbo_seconds", "background",
-             "processes", "faults"}
+             "processes", "faults", "cbm_len", "min_cbm_bits", "sparse_masks"}
     unknown = set(top) - known
     if unknown:
         raise ScenarioError(f"scenario: unknown keys {sorted(unknown)}")
@@ -356,11 +371,18 @@ def parse_scenario(data: Any, topology: Topology) -> Scenario:
         background = _timeline(top["background"], topology, "background", single=True)
     rmids = top.get("rmids")
     closids = top.get("closids")
+    cbm_len = int(top.get("cbm_len", topology.cbm_len))
+    min_cbm_bits = int(top.get("min_cbm_bits", topology.min_cbm_bits))
+    if not 1 <= cbm_len <= 32 or not 0 <= min_cbm_bits <= cbm_len:
+        raise ScenarioError("scenario: need 1 <= cbm_len <= 32 and 0 <= min_cbm_bits <= cbm_len")
     return Scenario(
         clock=clock,
         rmids=None if rmids is None else int(rmids),
         closids=None if closids is None else int(closids),
         mbm_cntrs=None if top.get("mbm_cntrs") is None else int(top["mbm_cntrs"]),
+        cbm_len=None if "cbm_len" not in top else cbm_len,
+        min_cbm_bits=None if "min_cbm_bits" not in top else min_cbm_bits,
+        sparse_masks=None if "sparse_masks" not in top else bool(top["sparse_masks"]),
         limbo_seconds=float(top.get("limbo_seconds", 1.0)),
         background=background,
         processes=tuple(procs),

@@ -167,12 +167,31 @@ def test_out_of_closids_is_enospc_with_its_text(sim: Callable[..., Simulator]) -
     assert not os.path.exists(f"{root}/two")
 
 
-@pytest.mark.parametrize("topology", ["intel-2s", "amd-ccx", "snc", "intel-aet"])
+ODD = {"cbm_len": 11, "min_cbm_bits": 2}  # cbm_mask 7ff, Haswell's two-bit minimum
+
+
+def test_an_odd_mask_and_a_two_bit_minimum(sim: Callable[..., Simulator]) -> None:
+    root = sim("intel-2s", ODD).mountpoint
+    assert cat(f"{root}/info/L3/cbm_mask") == "7ff\n"
+    assert cat(f"{root}/info/L3/min_cbm_bits") == "2\n"
+    os.mkdir(f"{root}/g")
+    assert cat(f"{root}/g/schemata") == "L3:0=7ff;1=7ff\n"
+    assert write(f"{root}/g/schemata", b"L3:0=1\n") == errno.EINVAL
+    assert cat(f"{root}/info/last_cmd_status") == "Need at least 2 bits in the mask\n"
+    assert write(f"{root}/g/schemata", b"L3:0=fff\n") == errno.EINVAL
+    assert cat(f"{root}/info/last_cmd_status") == "Mask out of range\n"
+    assert write(f"{root}/g/schemata", b"L3:0=3\n") == 0
+
+
+@pytest.mark.parametrize("topology,scenario", [
+    ("intel-2s", None), ("amd-ccx", None), ("snc", None), ("intel-aet", None),
+    ("intel-2s", ODD)])
 def test_the_guards_cap_schemata_are_accepted(sim: Callable[..., Simulator],
-                                              topology: str) -> None:
+                                              topology: str, scenario: Any) -> None:
     """Two implementations written apart: the guard's masks and lines, the
-    simulator's kernel checks; odd cbm_masks (15, 12 ways) and sparse hosts."""
-    root = sim(topology).mountpoint
+    simulator's kernel checks; odd cbm_masks (15, 12, 11 ways), a two-bit
+    minimum and sparse hosts."""
+    root = sim(topology, scenario).mountpoint
     info = CacheInfo(
         int(cat(f"{root}/info/L3/cbm_mask"), 16),
         int(cat(f"{root}/info/L3/min_cbm_bits")),
