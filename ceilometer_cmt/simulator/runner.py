@@ -76,7 +76,7 @@ class Simulator:
         limbo_seconds: float | None = None,
         clock: str | None = None,
         proc_root: str = "/proc",
-        timeout: float = 15.0,
+        timeout: float = 120.0,
         die_with_parent: bool = True,
     ) -> None:
         if topology not in PRESETS:
@@ -163,6 +163,9 @@ class Simulator:
         from ceilometer_cmt.simulator.control import ControlClient
 
         assert self._proc is not None
+        # A child that dies is seen at once (poll()); the deadline only bounds
+        # a child that lives but never mounts. It is generous: on a loaded
+        # two-core machine the child's imports alone took more than 15 s.
         deadline = time.monotonic() + self._timeout
         while True:
             if self._proc.poll() is not None:
