@@ -71,7 +71,7 @@ def resctrl_ops(conf: Any, settings: registry.Settings) -> ResctrlOps:
     if _direct(conf):
         return DirectOps()
     try:
-        from ceilometer_cmt.privsep import guard as privsep_guard
+        from ceilometer_cmt.privsep import daemon_guard as privsep_guard
         from ceilometer_cmt.privsep.entrypoints import PrivsepOps
     except ImportError as e:  # pragma: no cover - oslo.privsep is a dependency
         raise RuntimeError(f"[cmt] privsep={mode} needs oslo.privsep: {e}") from e
@@ -85,7 +85,7 @@ def perf_counters(conf: Any, ops: ResctrlOps) -> CounterProvider:
     privsep daemon (chosen like :func:`resctrl_ops`, sharing its guard)."""
     if _direct(conf):
         return DirectCounters()
-    from ceilometer_cmt.privsep import guard as privsep_guard
+    from ceilometer_cmt.privsep import daemon_guard as privsep_guard
     from ceilometer_cmt.privsep.entrypoints import PrivsepCounters
 
     privsep_guard.configure(conf)

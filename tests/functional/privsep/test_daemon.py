@@ -291,7 +291,7 @@ def test_guarded_privsep_ops_name_the_missing_helper_once(host: Host, monkeypatc
 
     from ceilometer_cmt.cmd import poll as pollrun
     from ceilometer_cmt.pollsters import runtime
-    from ceilometer_cmt.privsep import guard
+    from ceilometer_cmt.privsep import daemon_guard as guard
     from ceilometer_cmt.privsep.entrypoints import PrivsepOps, cmt_pctxt
 
     log = os.path.join(host.work, "agent.log")

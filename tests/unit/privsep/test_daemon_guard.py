@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from ceilometer_cmt.errors import NotMonitored
-from ceilometer_cmt.privsep import entrypoints, guard
+from ceilometer_cmt.privsep import daemon_guard as guard
+from ceilometer_cmt.privsep import entrypoints
 
 ROOT = "/sys/fs/resctrl"
 UUID = "6f1c2d3e-4a5b-4c6d-8e7f-0123456789ab"

@@ -103,7 +103,7 @@ def test_the_agent_starts_our_helper_with_the_daemons_config_by_default() -> Non
     from oslo_config import cfg
 
     from ceilometer_cmt.options import DAEMON_CONFIG
-    from ceilometer_cmt.privsep import guard
+    from ceilometer_cmt.privsep import daemon_guard as guard
 
     conf = cfg.ConfigOpts()
     conf(args=[], project="ceilometer-cmt-test", default_config_files=[])
