@@ -158,6 +158,23 @@ CACHE_INSTANCES_UNMONITORED = Meter(
     source="CycleResult.unmonitored", pollster="CacheInstancesUnmonitoredPollster",
     resource_type="host", archive_policy=None,
     summary="running instances without a monitor")
+CACHE_MONITORS_REMOVED_BY_OTHERS = Meter(
+    name="cache.monitors.removed_by_others", type=CUMULATIVE, unit="monitor", per=HOST,
+    source="CycleResult.removed_by_others", pollster="CacheMonitorsRemovedByOthersPollster",
+    resource_type="host", archive_policy=None,
+    summary="our monitor groups another tool removed (pqos -r)")
+# MBM counter assignment (resctrl mbm_event mode, AMD ABMC, Linux 6.18): only in that mode
+MEMORY_BANDWIDTH_COUNTERS_TOTAL = Meter(
+    name="memory.bandwidth.counters.total", type=GAUGE, unit="counter", per=HOST,
+    source="CycleResult.mbm_counters", pollster="MemoryBandwidthCountersTotalPollster",
+    resource_type="host", archive_policy=None,
+    summary="assignable MBM counters, all L3 domains")
+MEMORY_BANDWIDTH_COUNTERS_AVAILABLE = Meter(
+    name="memory.bandwidth.counters.available", type=GAUGE, unit="counter", per=HOST,
+    source="CycleResult.mbm_counters_available",
+    pollster="MemoryBandwidthCountersAvailablePollster",
+    resource_type="host", archive_policy=None,
+    summary="free MBM counters, all L3 domains")
 
 #: every meter, in the order of setup.cfg, polling.yaml and gnocchi_resources.yaml
 TABLE: tuple[Meter, ...] = (
@@ -166,6 +183,8 @@ TABLE: tuple[Meter, ...] = (
     MEMORY_BANDWIDTH_TOTAL, MEMORY_BANDWIDTH_LOCAL,
     ENERGY_CORE, POWER_CORE, CPU_IPC, CACHE_LLC_MISS_STALL_RATIO,
     CACHE_SIZE, CACHE_MONITORS_TOTAL, CACHE_MONITORS_USED, CACHE_INSTANCES_UNMONITORED,
+    CACHE_MONITORS_REMOVED_BY_OTHERS,
+    MEMORY_BANDWIDTH_COUNTERS_TOTAL, MEMORY_BANDWIDTH_COUNTERS_AVAILABLE,
 )
 
 

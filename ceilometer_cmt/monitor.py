@@ -56,6 +56,10 @@ class CycleResult:
     instances: dict[str, InstanceMeters] = field(default_factory=dict)
     unmonitored: dict[str, str] = field(default_factory=dict)
     monitors_used: int | None = None
+    #: as in :class:`~ceilometer_cmt.readings.BackendCycle`
+    mbm_counters: dict[int, int] | None = None
+    mbm_counters_available: dict[int, int] | None = None
+    removed_by_others: int | None = None
 
 
 class RateLimitedLog:
@@ -130,7 +134,10 @@ class CacheMonitor:
             cycle = self.backend.sync(instances)
             result = CycleResult(self.backend.name, now, self.host,
                                  unmonitored=dict(cycle.unmonitored),
-                                 monitors_used=cycle.monitors_used)
+                                 monitors_used=cycle.monitors_used,
+                                 mbm_counters=cycle.mbm_counters,
+                                 mbm_counters_available=cycle.mbm_counters_available,
+                                 removed_by_others=cycle.removed_by_others)
             for uuid, reason in cycle.unmonitored.items():
                 self.nodata(uuid, f"not monitored: {reason}")
             for uuid, reading in cycle.readings.items():

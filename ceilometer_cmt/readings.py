@@ -110,6 +110,14 @@ class BackendCycle:
     monitors_used: int | None = None
     #: uuid -> Intel AET telemetry; empty on hosts without it
     telemetry: dict[str, TelemetryReading] = field(default_factory=dict)
+    #: MBM counter assignment (``mbm_event`` mode, AMD ABMC): counters per L3
+    #: domain (``num_mbm_cntrs``) and the free ones (``available_mbm_cntrs``);
+    #: None when the host is not in that mode
+    mbm_counters: dict[int, int] | None = None
+    mbm_counters_available: dict[int, int] | None = None
+    #: our monitor groups removed by someone else since the backend started
+    #: (``pqos -r`` removes every monitor group); None: the backend cannot tell
+    removed_by_others: int | None = None
 
 
 @dataclass(frozen=True)

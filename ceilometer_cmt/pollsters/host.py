@@ -95,9 +95,36 @@ def _monitors_used(p: _HostPollster, manager: Any, cache: dict[str, Any]) -> Mea
 
 
 def _unmonitored(p: _HostPollster, manager: Any, cache: dict[str, Any]) -> Measured:
+    """Instances without any sample; the metadata gives every reason, also of
+    instances monitored in part (an MBM event without a counter in
+    ``mbm_event`` mode, their occupancy still sampled)."""
     result = p.cycle(manager, cache)
-    return len(result.unmonitored), {"cmt_backend": result.backend,
-                                     "unmonitored": dict(sorted(result.unmonitored.items()))}
+    count = sum(1 for u in result.unmonitored if u not in result.instances)
+    return count, {"cmt_backend": result.backend,
+                   "unmonitored": dict(sorted(result.unmonitored.items()))}
+
+
+def _removed_by_others(p: _HostPollster, manager: Any, cache: dict[str, Any]) -> Measured:
+    result = p.cycle(manager, cache)
+    return result.removed_by_others, {"cmt_backend": result.backend}
+
+
+def _per_domain(values: dict[int, int] | None, backend: str) -> Measured:
+    """The sum over L3 domains, and each domain's value in the metadata."""
+    if values is None:
+        return None, {}
+    return sum(values.values()), {"cmt_backend": backend, "counter_domains": {
+        str(d): n for d, n in sorted(values.items())}}
+
+
+def _mbm_counters(p: _HostPollster, manager: Any, cache: dict[str, Any]) -> Measured:
+    result = p.cycle(manager, cache)
+    return _per_domain(result.mbm_counters, result.backend)
+
+
+def _mbm_counters_available(p: _HostPollster, manager: Any, cache: dict[str, Any]) -> Measured:
+    result = p.cycle(manager, cache)
+    return _per_domain(result.mbm_counters_available, result.backend)
 
 
 #: a host meter's ``source`` -> how its value and metadata are read
@@ -106,6 +133,9 @@ MEASURE: dict[str, Callable[[_HostPollster, Any, dict[str, Any]], Measured]] = {
     "HostCache.monitors_total": _monitors_total,
     "CycleResult.monitors_used": _monitors_used,
     "CycleResult.unmonitored": _unmonitored,
+    "CycleResult.removed_by_others": _removed_by_others,
+    "CycleResult.mbm_counters": _mbm_counters,
+    "CycleResult.mbm_counters_available": _mbm_counters_available,
 }
 
 

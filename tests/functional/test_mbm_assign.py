@@ -209,3 +209,51 @@ def test_priority_takes_counters_and_cumulative_stays_monotonic(abmc_host: Any) 
                 back.instances[u].mbm_local_bytes + 60 * LOCAL, rel=0.02)
     finally:
         mon.close()
+
+
+def test_groups_removed_by_another_tool(abmc_host: Any, caplog: Any) -> None:
+    """``pqos -r`` removes every monitor group, ours too, every 10th cycle:
+    counted, one WARNING per cycle naming the likely cause, the groups and
+    their counters made again, and the cumulative meters stay monotonic."""
+    import logging
+
+    sim, sysfs, pid_dir = abmc_host({})
+    backend = ResctrlBackend(sim.mountpoint, sysfs_root=sysfs, pid_dir=pid_dir, prefix=PREFIX)
+    now = [0.0]
+    mon = CacheMonitor(backend, clock=lambda: now[0])
+    refs = [InstanceRef(u, n) for u, n in NAMES.items()]
+    mon_groups = os.path.join(sim.mountpoint, "mon_groups")
+    last: dict[str, tuple[int, int]] = {}
+    try:
+        for n in range(1, 31):
+            if n % 10 == 0:
+                for name in os.listdir(mon_groups):  # as pqos -r does
+                    os.rmdir(os.path.join(mon_groups, name))
+            sim.advance(60.0)
+            now[0] += 60.0
+            caplog.clear()
+            with caplog.at_level(logging.WARNING):
+                r = mon.poll(refs)
+            warnings = [rec.getMessage() for rec in caplog.records
+                        if rec.levelno >= logging.WARNING]
+            if n % 10 == 0:
+                assert len(warnings) == 1, warnings
+                assert "removed by another resctrl user (pqos -r" in warnings[0]
+            else:
+                assert warnings == []
+            assert r.removed_by_others == 5 * (n // 10)
+            assert set(r.instances) == set(UUIDS)
+            # the same holders keep counters: the oldest first, as before
+            assert len(_with_counters(r)) == 3
+            for u in _with_counters(r):
+                m = r.instances[u]
+                assert m.mbm_total_bytes is not None and m.mbm_local_bytes is not None
+                t0, l0 = last.get(u, (0, 0))
+                assert m.mbm_total_bytes >= t0 and m.mbm_local_bytes >= l0
+                last[u] = (m.mbm_total_bytes, m.mbm_local_bytes)
+                if n % 10 == 0:
+                    assert m.mbm_total_rate is None  # new counters: no rate once
+                elif n % 10 == 1 and n > 1:
+                    assert m.mbm_total_rate == pytest.approx(TOTAL, rel=0.02)
+    finally:
+        mon.close()

@@ -100,7 +100,8 @@ def test_two_cycles_publish_every_meter_right(cloud, monkeypatch):  # type: igno
     expected = {"cache.occupancy", "cache.occupancy.percent", "cpu_l3_cache",
                 "memory.bandwidth.total.bytes", "memory.bandwidth.local.bytes",
                 "memory.bandwidth.total", "memory.bandwidth.local", "cache.size",
-                "cache.monitors.total", "cache.monitors.used", "cache.instances.unmonitored"}
+                "cache.monitors.total", "cache.monitors.used", "cache.instances.unmonitored",
+                "cache.monitors.removed_by_others"}
     assert {k[0] for k in second} == expected
 
 

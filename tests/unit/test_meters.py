@@ -194,7 +194,9 @@ def test_host_pollsters_measure_their_field_with_its_metadata() -> None:
                             CacheDomain(id=1, level=3, size=16, cpus="4-7")),
                    monitors_total=128, source="resctrl")
     result = CycleResult(backend="resctrl", timestamp=0.0, host=hc,
-                         unmonitored={"u2": "no free RMID", "u1": "gone"}, monitors_used=7)
+                         unmonitored={"u2": "no free RMID", "u1": "gone"}, monitors_used=7,
+                         mbm_counters={0: 32, 1: 32}, mbm_counters_available={1: 3, 0: 0},
+                         removed_by_others=4)
     monitor = SimpleNamespace(host=hc, backend=SimpleNamespace(name="resctrl"))
     cache = {runtime.CACHE_KEY: result}
     got = {}
@@ -210,8 +212,39 @@ def test_host_pollsters_measure_their_field_with_its_metadata() -> None:
         "cache.monitors.used": (7, {"cmt_backend": "resctrl"}),
         "cache.instances.unmonitored": (2, {"cmt_backend": "resctrl", "unmonitored": {
             "u1": "gone", "u2": "no free RMID"}}),
+        "cache.monitors.removed_by_others": (4, {"cmt_backend": "resctrl"}),
+        "memory.bandwidth.counters.total": (64, {"cmt_backend": "resctrl",
+                                                 "counter_domains": {"0": 32, "1": 32}}),
+        "memory.bandwidth.counters.available": (3, {"cmt_backend": "resctrl",
+                                                    "counter_domains": {"0": 0, "1": 3}}),
     }
     assert list(got["cache.instances.unmonitored"][1]["unmonitored"]) == ["u1", "u2"]
+    assert list(got["memory.bandwidth.counters.available"][1]["counter_domains"]) == ["0", "1"]
+
+
+def test_host_pollsters_partly_monitored_and_not_in_mbm_event_mode() -> None:
+    """An instance with occupancy but an MBM event without a counter: its
+    reason in the metadata, not counted; no counter samples outside
+    mbm_event mode (None, never 0)."""
+    from ceilometer_cmt.monitor import InstanceMeters
+
+    hc = HostCache(domains=(), monitors_total=None, source="resctrl")
+    result = CycleResult(backend="resctrl", timestamp=0.0, host=hc,
+                         instances={"u1": InstanceMeters(occupancy=5)},
+                         unmonitored={"u1": "no MBM counter: mbm_total_bytes: ...",
+                                      "u2": "gone"})
+    monitor = SimpleNamespace(host=hc, backend=SimpleNamespace(name="resctrl"))
+    cache = {runtime.CACHE_KEY: result}
+
+    def measure(m: meters.Meter) -> Any:
+        return host_pollster(getattr(host_pollsters, m.pollster), monitor).measure(None, cache)
+
+    assert measure(meters.CACHE_INSTANCES_UNMONITORED) == (1, {
+        "cmt_backend": "resctrl", "unmonitored": {
+            "u1": "no MBM counter: mbm_total_bytes: ...", "u2": "gone"}})
+    assert measure(meters.MEMORY_BANDWIDTH_COUNTERS_TOTAL)[0] is None
+    assert measure(meters.MEMORY_BANDWIDTH_COUNTERS_AVAILABLE)[0] is None
+    assert measure(meters.CACHE_MONITORS_REMOVED_BY_OTHERS)[0] is None
 
 
 # ------------------------------------------------------------- the others

@@ -117,6 +117,8 @@ class ResctrlBackend:
         self.mkdirs = 0
         self.rmdirs = 0
         self.writes = 0
+        #: our groups removed by someone else (pqos -r ...), since the start
+        self.removed_by_others = 0
 
     def auto_decision(self) -> Decision:
         """May ``auto`` take this backend? Always once it opened: the
@@ -203,14 +205,17 @@ class ResctrlBackend:
             used = len(groups) + sum(map(len, groups.values()))
             present = set(fs.mon_group_paths(self.root, groups, self.prefix, True))
         placement = CyclePlacement(self.root, self.prefix, self.ops, self._warn)
+        cycle_removed: list[str] = []  # our groups found removed by someone else
         self._cycle_no += 1
         self._exited = self._watch.exited()
         try:
             if self.mbm is not None:
                 self.mbm.check_mode(self._tracked.values(), self._forget)
-            ready = self._place(wanted, present, placement, cycle)
+            ready = self._place(wanted, present, placement, cycle, cycle_removed)
             if self.mbm is not None and self.mbm.assigning:
                 self.mbm.cycle(ready, self._cycle_no, self._forget, cycle.unmonitored)
+                cycle.mbm_counters = self.mbm.num_cntrs
+                cycle.mbm_counters_available = self.mbm.available
             for tracked in ready:
                 uuid = tracked.uuid
                 try:
@@ -219,9 +224,10 @@ class ResctrlBackend:
                     except GroupVanished as e:
                         # Removed behind our back: recreate it (counters restart,
                         # the monitor carries the offset).
-                        LOG.warning("instance %s: %s; recreating it", uuid, e)
-                        self._drop_groups(tracked, [
-                            c for c, p in tracked.groups.items() if p == e.path])
+                        LOG.info("instance %s: %s; recreating it", uuid, e)
+                        removed = [c for c, p in tracked.groups.items() if p == e.path]
+                        self._removed(removed, cycle_removed)
+                        self._drop_groups(tracked, removed)
                         self._ensure(tracked, placement)
                         cycle.readings[uuid] = self._read(tracked, cycle)
                 except (InstanceGone, NotMonitored, GroupVanished) as e:
@@ -234,10 +240,21 @@ class ResctrlBackend:
             self.mkdirs += placement.mkdirs
             self.writes += placement.writes
         cycle.monitors_used = None if used is None else used + placement.mkdirs
+        if cycle_removed:
+            LOG.warning("%d of our resctrl monitor groups were removed by another resctrl "
+                        "user (pqos -r, or a tool that resets resctrl?); recreated them, "
+                        "%d since the start; cumulative meters continue with an offset",
+                        len(cycle_removed), self.removed_by_others)
+        cycle.removed_by_others = self.removed_by_others
         return cycle
 
+    def _removed(self, ctrls: list[str], cycle_removed: list[str]) -> None:
+        self.removed_by_others += len(ctrls)
+        cycle_removed.extend(ctrls)
+
     def _place(self, wanted: dict[str, InstanceRef], present: set[str] | None,
-               placement: CyclePlacement, cycle: BackendCycle) -> list[MonitoredInstance]:
+               placement: CyclePlacement, cycle: BackendCycle,
+               cycle_removed: list[str]) -> list[MonitoredInstance]:
         """Track, check and place every wanted instance; the ones to read."""
         ready = []
         for uuid, ref in wanted.items():
@@ -260,8 +277,9 @@ class ResctrlBackend:
             if gone:
                 # Removed behind our back (open files may still answer):
                 # recreate; counters restart, the monitor carries the offset.
-                LOG.warning("instance %s: monitor group removed by someone else; "
-                            "recreating it", uuid)
+                LOG.info("instance %s: monitor group removed by someone else; "
+                         "recreating it", uuid)
+                self._removed(gone, cycle_removed)
                 self._drop_groups(tracked, gone)
             try:
                 if not self._steady(tracked):

@@ -26,7 +26,8 @@ INSTANCE_METERS = [
     "energy.core", "power.core", "cpu.ipc", "cache.llc.miss.stall.ratio",
 ]
 HOST_METERS = ["cache.size", "cache.monitors.total", "cache.monitors.used",
-               "cache.instances.unmonitored"]
+               "cache.instances.unmonitored", "cache.monitors.removed_by_others",
+               "memory.bandwidth.counters.total", "memory.bandwidth.counters.available"]
 
 
 def _entries(defs: dict[str, Any], resource_type: str) -> list[dict[str, Any]]:
