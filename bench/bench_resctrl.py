@@ -2,12 +2,13 @@
 """Steady-state resctrl cycle over many instances against raw open+read of the same files.
 
 The resctrl backend's benchmark. Everything lives in a tmpfs (``/dev/shm`` by default, or a
-tmpfs this script mounts and unmounts with ``--mount``): an INTEL_2S resctrl
-fixture tree (ceilometer_cmt/testing/kernel_trees.py), a fake ``/proc`` with one qemu process
-per instance (``-name guest=<domain>,debug-threads=on`` and its threads), and
-libvirt-style pidfiles. ``ResctrlBackend`` (``verify_mount=False``, the
-fixture's :class:`KernelOps`) syncs once to create and fill the groups; then,
-in the same run and in alternating order:
+tmpfs this script mounts and unmounts with ``--mount``): a resctrl fixture tree
+(ceilometer_cmt/testing/kernel_trees.py) of the simulator's ``intel-2s`` host,
+a fake ``/proc`` with one qemu process per instance (``-name
+guest=<domain>,debug-threads=on`` and its threads), and libvirt-style pidfiles.
+``ResctrlBackend`` (``verify_mount=False``, the fixture's :class:`KernelOps`)
+syncs once to create and fill the groups; then, in the same run and in
+alternating order:
 
 - the plugin side: ``CacheMonitor.poll()`` over all instances (backend sync:
   pidfile stat, ``task/`` listing, value reads; monitor: sums, percent, MBM
@@ -50,8 +51,8 @@ sys.path.insert(0, ROOT)
 from ceilometer_cmt.backends.resctrl.backend import ResctrlBackend  # noqa: E402
 from ceilometer_cmt.monitor import CacheMonitor  # noqa: E402
 from ceilometer_cmt.readings import InstanceRef  # noqa: E402
+from ceilometer_cmt.simulator.topology import get_topology  # noqa: E402
 from ceilometer_cmt.testing.kernel_trees import (  # noqa: E402
-    INTEL_2S,
     KernelOps,
     build_proc,
     build_resctrl,
@@ -62,6 +63,8 @@ from ceilometer_cmt.testing.kernel_trees import (  # noqa: E402
 
 DOC = os.path.join(ROOT, "doc", "benchmarks.md")
 SECTION = "## resctrl backend"
+#: the host the trees describe: the simulator's preset
+TOPO = get_topology("intel-2s")
 
 
 class IndexedKernelOps(KernelOps):
@@ -124,8 +127,8 @@ def fstype_of(path: str) -> str:
 
 
 def build_host(work: str, n: int, threads: int) -> tuple[str, str, str, str, list[InstanceRef]]:
-    sysfs = build_sysfs(os.path.join(work, "sys"), INTEL_2S)
-    rc = build_resctrl(os.path.join(work, "resctrl"), INTEL_2S)
+    sysfs = build_sysfs(os.path.join(work, "sys"), TOPO)
+    rc = build_resctrl(os.path.join(work, "resctrl"), TOPO)
     proc = os.path.join(work, "proc")
     pid_dir = os.path.join(work, "run", "libvirt", "qemu")
     os.makedirs(pid_dir)
@@ -237,7 +240,7 @@ def main() -> int:
         if args.proc == "real":
             shutil.rmtree(pid_dir)
             proc, pid_dir, refs = stack.enter_context(real_processes(work, args.instances))
-        ops = IndexedKernelOps(rc, INTEL_2S, proc_root=proc)
+        ops = IndexedKernelOps(rc, TOPO, proc_root=proc)
         backend = ResctrlBackend(rc, sysfs_root=sysfs, proc_root=proc, pid_dir=pid_dir,
                                  verify_mount=False, ops=ops)
         monitor = CacheMonitor(backend)
@@ -249,7 +252,7 @@ def main() -> int:
         # values as the kernel would show them
         for i, ref in enumerate(refs):
             group = backend._tracked[ref.uuid].groups[""]  # noqa: SLF001
-            for dom in INTEL_2S.domains:
+            for dom in TOPO.l3_ids:
                 set_value(group, dom, "llc_occupancy", 1048576 + 4096 * i + dom)
                 set_value(group, dom, "mbm_total_bytes", 10**11 + 12345 * i)
                 set_value(group, dom, "mbm_local_bytes", 10**10 + 321 * i)
@@ -293,7 +296,8 @@ def main() -> int:
         f"host: {platform.node()} {platform.machine()}, Python {platform.python_version()}, "
         f"kernel {platform.release()}, work dir on {fs}",
         f"/proc: {args.proc}; instances: {args.instances} x "
-        f"{args.threads if args.proc == 'fake' else 1} threads, INTEL_2S (2 L3 domains, "
+        f"{args.threads if args.proc == 'fake' else 1} threads, "
+        f"{TOPO.name} ({len(TOPO.l3)} L3 domains, "
         f"{len(backend.events)} events) -> {len(paths)} value files per cycle",
         f"setup (tree + first sync creating {args.instances} groups): {setup:.1f} s; "
         f"value files held open: {backend._values.open_fds} "  # noqa: SLF001

@@ -8,14 +8,9 @@ from dataclasses import dataclass
 
 import pytest
 
+from ceilometer_cmt.simulator.topology import Topology, get_topology
 from ceilometer_cmt.testing.fakehost import StandInQemu
-from ceilometer_cmt.testing.kernel_trees import (
-    INTEL_2S,
-    KernelOps,
-    Topology,
-    build_resctrl,
-    build_sysfs,
-)
+from ceilometer_cmt.testing.kernel_trees import KernelOps, build_resctrl, build_sysfs
 
 
 @dataclass
@@ -62,7 +57,9 @@ class FixtureHost:
         return ResctrlBackend(self.resctrl, **args)  # type: ignore[arg-type]
 
 
-def make_host(tmp: str, topo: Topology = INTEL_2S) -> FixtureHost:
+def make_host(tmp: str, topo: Topology | None = None) -> FixtureHost:
+    """Fixture trees of ``topo`` (default: the simulator's ``intel-2s``)."""
+    topo = topo or get_topology("intel-2s")
     sysfs = build_sysfs(os.path.join(tmp, "sys"), topo)
     rc = build_resctrl(os.path.join(tmp, "resctrl"), topo)
     pid_dir = os.path.join(tmp, "run")

@@ -113,7 +113,18 @@ class Topology:
         return tuple(sorted(c for cache in self.l3 for c in cache.cpus))
 
     @property
+    def l3_ids(self) -> tuple[int, ...]:
+        """The L3 cache ids: ``mon_L3_XX`` directories, ``L3:`` schemata ids."""
+        return tuple(cache.id for cache in self.l3)
+
+    @property
+    def cpus_by_l3(self) -> dict[int, tuple[int, ...]]:
+        """L3 id -> the CPUs sharing it (sysfs ``index3/shared_cpu_list``)."""
+        return {cache.id: cache.cpus for cache in self.l3}
+
+    @property
     def cbm_mask(self) -> int:
+        """``info/L3/cbm_mask`` as a number (the kernel shows it with ``%x``)."""
         return (1 << self.cbm_len) - 1
 
     def domains_of(self, l3_id: int) -> tuple[MonDomain, ...]:

@@ -5,6 +5,10 @@ to a resctrl fixture tree what the kernel does on mkdir/rmdir/tasks writes
 (group files appear, a task sits in one control and one monitor group, ESRCH
 for a task that does not exist), so the backend's lifecycle can run on plain
 files; the FUSE simulator covers the same paths with real syscalls.
+
+The trees are of a :class:`~ceilometer_cmt.simulator.topology.Topology`, the
+simulator's presets (``get_topology("intel-2s")`` ...): one host description
+for the fixture trees and the simulator.
 """
 
 from __future__ import annotations
@@ -16,31 +20,11 @@ import os
 import shutil
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-EVENTS = ("llc_occupancy", "mbm_total_bytes", "mbm_local_bytes")
+from ceilometer_cmt.simulator.topology import MON_EVENTS, Topology
 
-
-@dataclass(frozen=True)
-class Topology:
-    name: str
-    vendor: str
-    domains: dict[int, list[int]]  # L3 id -> cpus
-    l3_size: str  # sysfs text, e.g. "36608K"
-    num_rmids: int
-    cbm_mask: str
-    num_closids: int = 16
-    snc_nodes: dict[int, list[int]] = field(default_factory=dict)  # L3 id -> SNC node ids
-
-
-INTEL_2S = Topology("intel-2s", "GenuineIntel", {0: [0, 1, 2, 3], 1: [4, 5, 6, 7]},
-                    "36608K", 176, "7ff")
-AMD_CCX = Topology("amd-ccx", "AuthenticAMD", {i: [2 * i, 2 * i + 1] for i in range(8)},
-                   "32768K", 256, "ffff")
-SNC = Topology("snc", "GenuineIntel", {0: [0, 1, 2, 3], 1: [4, 5, 6, 7]}, "49152K", 224,
-               "7fff", snc_nodes={0: [0, 1], 1: [2, 3]})
-TOPOLOGIES = {t.name: t for t in (INTEL_2S, AMD_CCX, SNC)}
+EVENTS = MON_EVENTS
 
 
 def _write(path: str, text: str) -> None:
@@ -49,55 +33,58 @@ def _write(path: str, text: str) -> None:
         f.write(text)
 
 
-def _cpulist(cpus: list[int]) -> str:
-    return f"{cpus[0]}-{cpus[-1]}" if len(cpus) > 1 else str(cpus[0])
-
-
 def build_sysfs(root: str, topo: Topology) -> str:
-    """``devices/system/cpu/cpuN/cache/index{0,1,2,3}`` as the kernel lays them out."""
-    for l3, cpus in topo.domains.items():
-        for cpu in cpus:
-            base = os.path.join(root, "devices", "system", "cpu", f"cpu{cpu}", "cache")
-            for idx, (level, ctype, size, shared) in enumerate((
-                    (1, "Data", "48K", str(cpu)), (1, "Instruction", "32K", str(cpu)),
-                    (2, "Unified", "2048K", str(cpu)),
-                    (3, "Unified", topo.l3_size, _cpulist(cpus)))):
-                d = os.path.join(base, f"index{idx}")
-                _write(os.path.join(d, "level"), f"{level}\n")
-                _write(os.path.join(d, "type"), f"{ctype}\n")
-                _write(os.path.join(d, "size"), f"{size}\n")
-                _write(os.path.join(d, "shared_cpu_list"), f"{shared}\n")
-                _write(os.path.join(d, "id"), f"{l3 if level == 3 else cpu}\n")
+    """``devices/system/cpu/cpuN/cache/index{0,1,2,3}`` as the kernel lays them
+    out: private L1d, L1i and L2 per CPU, ``index3`` from the topology's L3
+    caches (:meth:`Topology.write_sysfs`, the simulator's own writer)."""
+    for cpu in topo.cpus:
+        base = os.path.join(root, "devices", "system", "cpu", f"cpu{cpu}", "cache")
+        for idx, (level, ctype, size) in enumerate((
+                (1, "Data", "48K"), (1, "Instruction", "32K"), (2, "Unified", "2048K"))):
+            d = os.path.join(base, f"index{idx}")
+            os.makedirs(d, exist_ok=True)
+            for name, value in (("level", level), ("type", ctype), ("size", size),
+                                ("shared_cpu_list", cpu), ("id", cpu)):
+                with open(os.path.join(d, name), "w", encoding="ascii") as f:
+                    f.write(f"{value}\n")
+    topo.write_sysfs(root)
     return root
 
 
 def _group_files(topo: Topology, path: str, ctrl: bool, features: tuple[str, ...]) -> None:
+    """A group's files; ``mon_data`` has one ``mon_L3_XX`` per L3 and, with SNC,
+    a ``mon_sub_L3_YY`` per node below it (``mkdir_mondata_subdir()``)."""
     os.makedirs(path, exist_ok=True)
     _write(os.path.join(path, "tasks"), "")
     _write(os.path.join(path, "cpus"), "0\n")
     _write(os.path.join(path, "cpus_list"), "\n")
     if ctrl:
         os.makedirs(os.path.join(path, "mon_groups"), exist_ok=True)
-        masks = ";".join(f"{i}={topo.cbm_mask}" for i in topo.domains)
+        masks = ";".join(f"{i}={topo.cbm_mask:x}" for i in topo.l3_ids)
         _write(os.path.join(path, "schemata"), f"    L3:{masks}\n")
         _write(os.path.join(path, "mode"), "shareable\n")
-    for l3 in topo.domains:
+    for l3 in topo.l3_ids:
         ddir = os.path.join(path, "mon_data", f"mon_L3_{l3:02d}")
         for ev in features:
             _write(os.path.join(ddir, ev), "0\n")
-            for node in topo.snc_nodes.get(l3, []):
-                _write(os.path.join(ddir, f"mon_sub_L3_{node:02d}", ev), "0\n")
+            if topo.snc:
+                for node in topo.domains_of(l3):
+                    _write(os.path.join(ddir, f"mon_sub_L3_{node.id:02d}", ev), "0\n")
 
 
 def build_resctrl(root: str, topo: Topology, features: tuple[str, ...] = EVENTS) -> str:
+    """The root group and ``info/`` of ``topo``; numbers as the kernel prints
+    them (``cbm_mask`` with ``%x``, the others with ``%u``/``%d``)."""
     info = os.path.join(root, "info")
     _write(os.path.join(info, "last_cmd_status"), "ok\n")
-    _write(os.path.join(info, "L3", "cbm_mask"), f"{topo.cbm_mask}\n")
+    _write(os.path.join(info, "L3", "cbm_mask"), f"{topo.cbm_mask:x}\n")
     _write(os.path.join(info, "L3", "num_closids"), f"{topo.num_closids}\n")
-    _write(os.path.join(info, "L3", "min_cbm_bits"), "1\n")
+    _write(os.path.join(info, "L3", "min_cbm_bits"), f"{topo.min_cbm_bits}\n")
+    _write(os.path.join(info, "L3", "sparse_masks"), f"{int(topo.sparse_masks)}\n")
     _write(os.path.join(info, "L3_MON", "num_rmids"), f"{topo.num_rmids}\n")
     _write(os.path.join(info, "L3_MON", "mon_features"), "".join(f + "\n" for f in features))
-    _write(os.path.join(info, "L3_MON", "max_threshold_occupancy"), "1441792\n")
+    _write(os.path.join(info, "L3_MON", "max_threshold_occupancy"),
+           f"{topo.max_threshold_occupancy}\n")
     _group_files(topo, root, True, features)
     return root
 

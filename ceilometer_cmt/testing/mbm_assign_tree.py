@@ -31,10 +31,10 @@ from __future__ import annotations
 import errno
 import os
 
+from ceilometer_cmt.simulator.topology import Topology
 from ceilometer_cmt.testing.kernel_trees import (
     EVENTS,
     KernelOps,
-    Topology,
     _kernel_side,
     _write,
     build_resctrl,
@@ -66,7 +66,7 @@ def assignments_text(topo: Topology, held: dict[str, set[int]]) -> str:
     """``mbm_L3_assignments_show()``: one line per MBM event."""
     return "".join(
         f"{ev}:" + ";".join(f"{d}={'e' if d in held.get(ev, set()) else '_'}"
-                            for d in sorted(topo.domains)) + "\n"
+                            for d in sorted(topo.l3_ids)) + "\n"
         for ev in MBM_EVENTS)
 
 
@@ -86,18 +86,18 @@ def build_abmc_resctrl(root: str, topo: Topology, *, num_cntrs: int = 32,
     other = "default" if mode == "mbm_event" else "mbm_event"
     _write(_l3_mon(root, "mbm_assign_mode"), f"[{mode}]\n" + ("" if fixed else f"{other}\n"))
     _write(_l3_mon(root, "num_mbm_cntrs"),
-           _domain_list({d: num_cntrs for d in topo.domains}))
+           _domain_list({d: num_cntrs for d in topo.l3_ids}))
     if mode == "mbm_event":
         _write(_l3_mon(root, "mbm_assign_on_mkdir"), f"{int(on_mkdir)}\n")
         for ev, names in DEFAULT_FILTERS.items():
             _write(os.path.join(root, "info", "L3_MON", "event_configs", ev, "event_filter"),
                    names + "\n")
-        set_assignments(root, topo, {ev: set(topo.domains) for ev in MBM_EVENTS})
+        set_assignments(root, topo, {ev: set(topo.l3_ids) for ev in MBM_EVENTS})
         recount(root, topo, num_cntrs)
     elif bmec:
         for ev, mask in DEFAULT_BMEC.items():
             _write(_l3_mon(root, f"{ev}_config"),
-                   _domain_list({d: mask for d in topo.domains}, "0x{:02x}"))
+                   _domain_list({d: mask for d in topo.l3_ids}, "0x{:02x}"))
     return root
 
 
@@ -132,7 +132,7 @@ def held_by(group: str) -> dict[str, set[int]]:
 
 def in_use(root: str, topo: Topology) -> dict[int, int]:
     """Counters held per domain, over every group's ``mbm_L3_assignments``."""
-    used = dict.fromkeys(topo.domains, 0)
+    used = dict.fromkeys(topo.l3_ids, 0)
     for group in _groups(root):
         for doms in held_by(group).values():
             for d in doms:
@@ -174,7 +174,7 @@ class AssignKernelOps(KernelOps):
         failed = []
         if self._on_mkdir():
             for ev in MBM_EVENTS:  # rdtgroup_assign_cntrs(): total, then local
-                for d in sorted(self.topo.domains):
+                for d in sorted(self.topo.l3_ids):
                     if self._free()[d] <= 0:
                         failed.append(f"Failed to allocate counter for {ev} in domain {d}")
                         break
@@ -217,12 +217,12 @@ class AssignKernelOps(KernelOps):
                     return errno.ENOENT
                 for item in filter(None, rest.split(";")):
                     dom_s, _, state = item.strip().partition("=")
-                    doms = sorted(self.topo.domains) if dom_s.startswith("*") \
+                    doms = sorted(self.topo.l3_ids) if dom_s.startswith("*") \
                         else [int(dom_s)] if dom_s.isdigit() else None
                     if doms is None:
                         self._status("Missing domain id")
                         return errno.EINVAL
-                    if any(d not in self.topo.domains for d in doms):
+                    if any(d not in self.topo.l3_ids for d in doms):
                         self._status(f"Invalid domain id {doms[0]}")
                         return errno.EINVAL
                     shown = "*" if dom_s.startswith("*") else str(doms[0])

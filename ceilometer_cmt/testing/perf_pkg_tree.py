@@ -18,7 +18,8 @@ import os
 from collections.abc import Sequence
 from fractions import Fraction
 
-from ceilometer_cmt.testing.kernel_trees import KernelOps, Topology, unobserved
+from ceilometer_cmt.simulator.topology import Topology
+from ceilometer_cmt.testing.kernel_trees import KernelOps, unobserved
 
 #: ``mon_event_all[]``'s PERF_PKG events, in event-id order
 PERF_PKG_EVENTS = ("core_energy", "activity", "stalls_llc_hit", "c1_res",

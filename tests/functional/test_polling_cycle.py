@@ -16,10 +16,12 @@ import pytest
 
 from ceilometer_cmt.cmd import poll
 from ceilometer_cmt.pollsters import runtime
+from ceilometer_cmt.simulator.topology import format_cpu_list, get_topology
 from ceilometer_cmt.testing.kernel_trees import set_value
 
 MiB = 1024 * 1024
-L3 = 36608 * 1024  # INTEL_2S domain size
+#: the size of each L3 of the fixture host (the ``host`` fixture: intel-2s)
+L3 = get_topology("intel-2s").l3[0].size
 
 
 @pytest.fixture
@@ -169,7 +171,7 @@ def test_no_backend_cache_size_walks_sysfs_once_until_cpus_change(
     and again only when the online cpus change (or every REFRESH_EVERY cycles)."""
     sys_cpu = os.path.join(host.sysfs, "devices", "system", "cpu")
     with open(os.path.join(sys_cpu, "online"), "w") as f:
-        f.write("0-7\n")
+        f.write(format_cpu_list(host.topo.cpus) + "\n")
     conf = no_backend_conf(tmp_path, f"sysfs_root = {host.sysfs}")
 
     def cache_size(agent):  # type: ignore[no-untyped-def]
@@ -181,13 +183,13 @@ def test_no_backend_cache_size_walks_sysfs_once_until_cpus_change(
     with poll.polling_agent([conf]) as agent:
         assert cache_size(agent) == (2 * L3, [0, 1])
         # Every L3 file now says 1 MiB: a walk per cycle would publish 2 MiB.
-        for cpu in range(8):
+        for cpu in host.topo.cpus:
             with open(os.path.join(sys_cpu, f"cpu{cpu}", "cache", "index3", "size"), "w") as f:
                 f.write("1024K\n")
         assert cache_size(agent) == (2 * L3, [0, 1])
         # Socket 1 goes offline (its cpus lose their cache directories): new walk.
-        for cpu in range(4, 8):
+        for cpu in host.topo.cpus_by_l3[1]:
             shutil.rmtree(os.path.join(sys_cpu, f"cpu{cpu}", "cache"))
         with open(os.path.join(sys_cpu, "online"), "w") as f:
-            f.write("0-3\n")
+            f.write(format_cpu_list(host.topo.cpus_by_l3[0]) + "\n")
         assert cache_size(agent) == (1 * MiB, [0])

@@ -378,8 +378,19 @@ def write_status(root: str, path: str, data: bytes) -> tuple[int, str]:
     return err, cat(f"{root}/info/last_cmd_status")
 
 
+def abmc_sim(sim: Callable[..., Simulator], pid: int | None = None) -> Simulator:
+    """The ``amd-abmc`` host on a manual clock, RMIDs free at once (no limbo);
+    with ``pid``, that process moves 1000 B/s (600 of them local) in every
+    domain."""
+    scenario: dict[str, Any] = {"clock": "manual", "limbo_seconds": 0}
+    if pid is not None:
+        scenario["processes"] = [{"match": {"pid": pid}, "timeline": [
+            {"t": 0, "mbm_total": {"*": 1000}, "mbm_local": {"*": 600}}]}]
+    return sim("amd-abmc", scenario)
+
+
 def test_abmc_files_modes_and_errnos(sim: Callable[..., Simulator]) -> None:
-    root = sim("amd-abmc", {"clock": "manual", "limbo_seconds": 0}).mountpoint
+    root = abmc_sim(sim).mountpoint
     mon = f"{root}/info/L3_MON"
     assert cat(f"{mon}/mbm_assign_mode") == "[mbm_event]\ndefault\n"
     assert cat(f"{mon}/num_mbm_cntrs") == "0=8;1=8\n"
@@ -431,11 +442,7 @@ def test_abmc_counters_run_out_on_mkdir_and_reset_on_assignment(
     sim: Callable[..., Simulator], procs: Any
 ) -> None:
     p = procs()
-    s = sim("amd-abmc", {
-        "clock": "manual", "limbo_seconds": 0,
-        "processes": [{"match": {"pid": p.pid}, "timeline": [
-            {"t": 0, "mbm_total": {"*": 1000}, "mbm_local": {"*": 600}}]}],
-    })
+    s = abmc_sim(sim, p.pid)
     root = s.mountpoint
     for name in ("a", "b", "c"):
         os.mkdir(f"{root}/mon_groups/{name}")
@@ -480,12 +487,7 @@ def test_abmc_counters_run_out_on_mkdir_and_reset_on_assignment(
 def test_bmec_config_write_resets_and_reads_unavailable(
     sim: Callable[..., Simulator], procs: Any
 ) -> None:
-    p = procs()
-    s = sim("amd-abmc", {
-        "clock": "manual", "limbo_seconds": 0,
-        "processes": [{"match": {"pid": p.pid}, "timeline": [
-            {"t": 0, "mbm_total": {"*": 1000}, "mbm_local": {"*": 600}}]}],
-    })
+    s = abmc_sim(sim, procs().pid)
     root = s.mountpoint
     config = f"{root}/info/L3_MON/mbm_local_bytes_config"
     assert not os.path.exists(config)

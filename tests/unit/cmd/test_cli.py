@@ -31,7 +31,7 @@ def test_probe_json_picks_resctrl_on_a_fixture_tree(host, capsys):  # type: igno
     assert report["resctrl"]["mon_features"] == ["llc_occupancy", "mbm_total_bytes",
                                                  "mbm_local_bytes"]
     assert [d["id"] for d in report["l3_domains"]] == [0, 1]
-    assert report["l3_total_bytes"] == 2 * 36608 * 1024
+    assert report["l3_total_bytes"] == sum(c.size for c in host.topo.l3)
     assert report["decisions"][0] == {"backend": "resctrl", "usable": True, "reason": "selected"}
     assert all(not d["usable"] for d in report["decisions"][1:])
 

@@ -21,10 +21,19 @@ from ceilometer_cmt.linux.sysfs_cache import (
     read_host_cache,
 )
 from ceilometer_cmt.readings import CacheDomain
-from ceilometer_cmt.simulator.topology import format_cpu_list
-from ceilometer_cmt.testing.kernel_trees import AMD_CCX, INTEL_2S, SNC, Topology, build_sysfs
+from ceilometer_cmt.simulator.topology import (
+    L3Cache,
+    MonDomain,
+    Topology,
+    format_cpu_list,
+    get_topology,
+)
+from ceilometer_cmt.testing.kernel_trees import build_sysfs
 
 UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+INTEL_2S = get_topology("intel-2s")
+#: its CPUs as ``devices/system/cpu/online`` lists them
+ONLINE = format_cpu_list(INTEL_2S.cpus) + "\n"
 
 
 # ------------------------------------------------------------------ parse_size
@@ -152,29 +161,30 @@ def test_parse_cpu_list_rejects_non_ascii_digits(text: str) -> None:
 
 # ------------------------------------------------------------ fixture trees
 def expected_domains(topo: Topology) -> tuple[CacheDomain, ...]:
-    return tuple(CacheDomain(l3, 3, parse_size(topo.l3_size), "Unified", format_cpu_list(cpus))
-                 for l3, cpus in sorted(topo.domains.items()))
+    return tuple(CacheDomain(c.id, 3, c.size, "Unified", format_cpu_list(c.cpus))
+                 for c in sorted(topo.l3, key=lambda c: c.id))
 
 
-@pytest.mark.parametrize("topo", [INTEL_2S, AMD_CCX, SNC], ids=lambda t: t.name)
-def test_fixture_topologies(tmp_path, topo: Topology) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("name", ["intel-2s", "amd-ccx", "snc", "amd-abmc", "intel-aet"])
+def test_fixture_topologies(tmp_path, name: str) -> None:  # type: ignore[no-untyped-def]
+    topo = get_topology(name)
     root = build_sysfs(str(tmp_path / "sys"), topo)
     domains = read_cache_domains(root)
     assert domains == expected_domains(topo)
     host = read_host_cache(root, topo.num_rmids)
-    assert host.size == len(topo.domains) * parse_size(topo.l3_size)
+    assert host.size == sum(c.size for c in topo.l3)
     assert host.monitors_total == topo.num_rmids
-    for l3 in topo.domains:
-        assert host.domain_size(l3) == parse_size(topo.l3_size)
+    for cache in topo.l3:
+        assert host.domain_size(cache.id) == cache.size
 
 
 def test_other_levels(tmp_path) -> None:  # type: ignore[no-untyped-def]
     root = build_sysfs(str(tmp_path / "sys"), INTEL_2S)
     l2 = read_cache_domains(root, level=2)
-    assert [d.id for d in l2] == list(range(8)) and {d.size for d in l2} == {2048 * 1024}
+    assert [d.id for d in l2] == list(INTEL_2S.cpus) and {d.size for d in l2} == {2048 * 1024}
     # L1 Instruction caches are not counted, the L1 Data ones are.
     l1 = read_cache_domains(root, level=1)
-    assert len(l1) == 8 and {d.type for d in l1} == {"Data"}
+    assert len(l1) == len(INTEL_2S.cpus) and {d.type for d in l1} == {"Data"}
     assert read_cache_domains(root, level=4) == ()
 
 
@@ -208,7 +218,7 @@ def test_malformed_or_missing_file_skips_that_index(tmp_path, fname: str,  # typ
                                                     content: str | None) -> None:
     root = build_sysfs(str(tmp_path / "sys"), INTEL_2S)
     # Break domain 1 on every one of its cpus: it disappears, domain 0 stays.
-    for cpu in INTEL_2S.domains[1]:
+    for cpu in INTEL_2S.cpus_by_l3[1]:
         path = os.path.join(_index3(root, cpu), fname)
         if content is None:
             os.unlink(path)
@@ -219,16 +229,17 @@ def test_malformed_or_missing_file_skips_that_index(tmp_path, fname: str,  # typ
 
 def test_one_broken_cpu_does_not_hide_its_domain(tmp_path) -> None:  # type: ignore[no-untyped-def]
     root = build_sysfs(str(tmp_path / "sys"), INTEL_2S)
-    _put(os.path.join(_index3(root, 4), "size"), "\x00\x01garbage")
-    shutil.rmtree(os.path.join(root, "devices", "system", "cpu", "cpu5", "cache"))
-    with open(os.path.join(_index3(root, 6), "size"), "wb") as f:
+    first, second, third = INTEL_2S.cpus_by_l3[1][:3]
+    _put(os.path.join(_index3(root, first), "size"), "\x00\x01garbage")
+    shutil.rmtree(os.path.join(root, "devices", "system", "cpu", f"cpu{second}", "cache"))
+    with open(os.path.join(_index3(root, third), "size"), "wb") as f:
         f.write("3660\u00e98K".encode())
     assert read_cache_domains(root) == expected_domains(INTEL_2S)
 
 
 def test_non_ascii_file_is_skipped(tmp_path) -> None:  # type: ignore[no-untyped-def]
     root = build_sysfs(str(tmp_path / "sys"), INTEL_2S)
-    for cpu in INTEL_2S.domains[0]:
+    for cpu in INTEL_2S.cpus_by_l3[0]:
         with open(os.path.join(_index3(root, cpu), "size"), "wb") as f:
             f.write("\u0663\u0663K\n".encode())
     assert read_cache_domains(root) == expected_domains(INTEL_2S)[1:]
@@ -239,7 +250,7 @@ def test_index_that_is_a_file_or_odd_entries(tmp_path) -> None:  # type: ignore[
     cpu_dir = os.path.join(root, "devices", "system", "cpu")
     os.makedirs(os.path.join(cpu_dir, "cpufreq"))
     os.makedirs(os.path.join(cpu_dir, "cpu99"))  # offline cpu without a cache dir
-    _put(os.path.join(cpu_dir, "online"), "0-7\n")
+    _put(os.path.join(cpu_dir, "online"), ONLINE)
     _put(os.path.join(cpu_dir, "cpu0", "cache", "index9"), "not a dir")
     os.makedirs(os.path.join(cpu_dir, "cpu0", "cache", "indexfoo"))
     assert read_cache_domains(root) == expected_domains(INTEL_2S)
@@ -247,18 +258,20 @@ def test_index_that_is_a_file_or_odd_entries(tmp_path) -> None:  # type: ignore[
 
 def test_old_kernel_without_id_numbers_by_first_cpu(tmp_path) -> None:  # type: ignore[no-untyped-def]
     root = build_sysfs(str(tmp_path / "sys"), INTEL_2S)
-    for cpus in INTEL_2S.domains.values():
-        for cpu in cpus:
-            os.unlink(os.path.join(_index3(root, cpu), "id"))
-    assert [(d.id, d.cpus) for d in read_cache_domains(root)] == [(0, "0-3"), (4, "4-7")]
+    for cpu in INTEL_2S.cpus:
+        os.unlink(os.path.join(_index3(root, cpu), "id"))
+    assert [(d.id, d.cpus) for d in read_cache_domains(root)] == [
+        (min(c.cpus), format_cpu_list(c.cpus)) for c in INTEL_2S.l3]
 
 
 def test_first_cpu_of_a_domain_wins_dedup(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Domains are deduplicated per id, with numeric cpu order (cpu10 after cpu9)."""
-    topo = Topology("wide", "GenuineIntel", {0: list(range(12))}, "1024K", 8, "ff")
+    cpus, size = tuple(range(12)), 1024 * 1024
+    topo = Topology("wide", (L3Cache(0, size, cpus),), (MonDomain(0, 0, size, cpus),),
+                    snc=False, num_rmids=8, num_closids=16, cbm_len=8)
     root = build_sysfs(str(tmp_path / "sys"), topo)
     _put(os.path.join(_index3(root, 10), "size"), "9999K\n")  # a lie on a late cpu
-    assert read_cache_domains(root) == (CacheDomain(0, 3, 1024 * 1024, "Unified", "0-11"),)
+    assert read_cache_domains(root) == (CacheDomain(0, 3, size, "Unified", "0-11"),)
 
 
 # ------------------------------------------------ HostCacheReader (per cycle)
@@ -267,12 +280,11 @@ def _online(root: str, text: str) -> None:
 
 
 def _all_l3_sizes(root: str, topo: Topology, size: str) -> None:
-    for cpus in topo.domains.values():
-        for cpu in cpus:
-            _put(os.path.join(_index3(root, cpu), "size"), size)
+    for cpu in topo.cpus:
+        _put(os.path.join(_index3(root, cpu), "size"), size)
 
 
-def _offline(root: str, cpus: list[int]) -> None:
+def _offline(root: str, cpus: tuple[int, ...]) -> None:
     """What CPU offline does to the tree: the cpu's cache directory goes."""
     for cpu in cpus:
         shutil.rmtree(os.path.join(root, "devices", "system", "cpu", f"cpu{cpu}", "cache"))
@@ -281,7 +293,7 @@ def _offline(root: str, cpus: list[int]) -> None:
 def test_reader_walks_once_and_serves_changed_or_removed_files_from_memory(
         tmp_path) -> None:  # type: ignore[no-untyped-def]
     root = build_sysfs(str(tmp_path / "sys"), INTEL_2S)
-    _online(root, "0-7\n")
+    _online(root, ONLINE)
     reader = HostCacheReader(root)
     first = reader.get()
     assert first == read_host_cache(root) and first.domains == expected_domains(INTEL_2S)
@@ -296,17 +308,17 @@ def test_reader_walks_once_and_serves_changed_or_removed_files_from_memory(
 def test_reader_walks_again_when_the_online_cpus_change(tmp_path
                                                       ) -> None:  # type: ignore[no-untyped-def]
     root = build_sysfs(str(tmp_path / "sys"), INTEL_2S)
-    _online(root, "0-7\n")
+    _online(root, ONLINE)
     reader = HostCacheReader(root)
     assert reader.get().domains == expected_domains(INTEL_2S)
     # socket 1 goes offline: its cpus lose their cache directories
-    _offline(root, INTEL_2S.domains[1])
-    _online(root, "0-3\n")
+    _offline(root, INTEL_2S.cpus_by_l3[1])
+    _online(root, format_cpu_list(INTEL_2S.cpus_by_l3[0]) + "\n")
     assert reader.get().domains == expected_domains(INTEL_2S)[:1]
     assert reader.walks == 2
     # and comes back
     build_sysfs(root, INTEL_2S)
-    _online(root, "0-7\n")
+    _online(root, ONLINE)
     assert reader.get().domains == expected_domains(INTEL_2S)
     assert reader.get().domains == expected_domains(INTEL_2S)
     assert reader.walks == 3
@@ -316,14 +328,15 @@ def test_reader_walks_again_every_refresh_every_calls(tmp_path
                                                     ) -> None:  # type: ignore[no-untyped-def]
     """The bound on a walk that raced a hotplug: same online list, new walk."""
     root = build_sysfs(str(tmp_path / "sys"), INTEL_2S)
-    _online(root, "0-7\n")
+    _online(root, ONLINE)
     reader = HostCacheReader(root, refresh_every=3)
     sizes = []
     for call in range(7):
         if call == 1:
             _all_l3_sizes(root, INTEL_2S, "1024K\n")
         sizes.append(reader.get().size)
-    old, new = 2 * parse_size(INTEL_2S.l3_size), 2 * 1024 * 1024
+    old = sum(c.size for c in INTEL_2S.l3)
+    new = len(INTEL_2S.l3) * 1024 * 1024
     assert sizes == [old, old, old, new, new, new, new]
     assert reader.walks == 3  # calls 1, 4 and 7
 
@@ -332,7 +345,7 @@ def test_reader_keeps_no_walk_that_found_no_l3(tmp_path) -> None:  # type: ignor
     """A walk that finds nothing (cpu directories unreadable for a moment) is
     not served for the next calls: the next call walks again."""
     root = build_sysfs(str(tmp_path / "sys"), INTEL_2S)
-    _online(root, "0-7\n")
+    _online(root, ONLINE)
     cpu_dir = os.path.join(root, "devices", "system", "cpu")
     hidden = os.path.join(root, "cpu-hidden")
     os.mkdir(hidden)
@@ -355,7 +368,7 @@ def test_reader_without_online_file_walks_every_call(tmp_path
     reader = HostCacheReader(root)
     assert reader.get().domains == expected_domains(INTEL_2S)
     _all_l3_sizes(root, INTEL_2S, "1024K\n")
-    assert reader.get().size == 2 * 1024 * 1024
+    assert reader.get().size == len(INTEL_2S.l3) * 1024 * 1024
     assert reader.walks == 2
     missing = HostCacheReader(str(tmp_path / "nope"))
     assert missing.get().size is None and missing.get().size is None

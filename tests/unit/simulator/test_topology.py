@@ -39,3 +39,16 @@ def test_intel_aet_preset(tmp_path: Path) -> None:
 
 def test_preset_names() -> None:
     assert sorted(PRESETS) == ["amd-abmc", "amd-ccx", "intel-2s", "intel-aet", "snc"]
+
+
+def test_l3_ids_cpus_by_l3_and_cbm_mask_derive_from_the_caches() -> None:
+    topo = get_topology("intel-2s")
+    assert topo.l3_ids == (0, 1)
+    assert topo.cpus_by_l3 == {0: tuple(range(10)) + tuple(range(20, 30)),
+                               1: tuple(range(10, 20)) + tuple(range(30, 40))}
+    assert (topo.cbm_len, topo.cbm_mask) == (20, 0xFFFFF)
+    snc = get_topology("snc")
+    assert snc.l3_ids == (0, 1) and len(snc.mon_domains) == 4
+    for name in PRESETS:
+        topo = get_topology(name)
+        assert sorted(c for cpus in topo.cpus_by_l3.values() for c in cpus) == list(topo.cpus)

@@ -12,8 +12,12 @@ from hypothesis import strategies as st
 
 from ceilometer_cmt.backends.resctrl import assign_files as resctrl
 from ceilometer_cmt.backends.resctrl.fs import MBM_EVENTS, last_cmd_status
+from ceilometer_cmt.simulator.topology import get_topology
 from ceilometer_cmt.testing import mbm_assign_tree as abmc
-from ceilometer_cmt.testing.kernel_trees import AMD_CCX, INTEL_2S, build_resctrl
+from ceilometer_cmt.testing.kernel_trees import build_resctrl
+
+INTEL_2S = get_topology("intel-2s")
+AMD_CCX = get_topology("amd-ccx")
 
 
 @pytest.mark.parametrize("text,current,modes", [
@@ -136,28 +140,28 @@ def test_counter_info_on_an_abmc_tree(tmp_path, topo) -> None:  # type: ignore[n
     root = abmc.build_abmc_resctrl(str(tmp_path), topo, num_cntrs=32)
     info = resctrl.read_counter_info(root)
     assert info.mode == resctrl.AssignMode("mbm_event", ("mbm_event", "default"))
-    assert info.num_cntrs == dict.fromkeys(topo.domains, 32)
+    assert info.num_cntrs == dict.fromkeys(topo.l3_ids, 32)
     # the default group holds total and local in every domain from boot
-    assert info.available == dict.fromkeys(topo.domains, 30)
+    assert info.available == dict.fromkeys(topo.l3_ids, 30)
     assert info.on_mkdir is True and info.assigning
     assert resctrl.read_event_filter(root, "mbm_local_bytes") == (
         "local_reads", "local_non_temporal_writes", "local_reads_slow_memory")
     assert resctrl.read_event_filter(root, "../../x") is None
     assert resctrl.read_bmec_config(root, "mbm_total_bytes") is None  # hidden in mbm_event
     assert resctrl.read_assignments(root) == {
-        ev: dict.fromkeys(topo.domains, True) for ev in MBM_EVENTS}
+        ev: dict.fromkeys(topo.l3_ids, True) for ev in MBM_EVENTS}
 
 
 def test_counter_info_default_mode_and_old_kernels(tmp_path) -> None:  # type: ignore[no-untyped-def]
     root = abmc.build_abmc_resctrl(str(tmp_path / "a"), AMD_CCX, mode="default", fixed=True)
     info = resctrl.read_counter_info(root)
     assert info.mode == resctrl.AssignMode("default", ("default",))
-    assert info.num_cntrs == dict.fromkeys(AMD_CCX.domains, 32)  # shown in any mode
+    assert info.num_cntrs == dict.fromkeys(AMD_CCX.l3_ids, 32)  # shown in any mode
     assert (info.available, info.on_mkdir, info.assigning) == (None, None, False)
     assert resctrl.read_bmec_config(root, "mbm_total_bytes") == dict.fromkeys(
-        AMD_CCX.domains, 0x7F)
+        AMD_CCX.l3_ids, 0x7F)
     assert resctrl.read_bmec_config(root, "mbm_local_bytes") == dict.fromkeys(
-        AMD_CCX.domains, 0x15)
+        AMD_CCX.l3_ids, 0x15)
     assert resctrl.read_bmec_config(root, "llc_occupancy") is None
     assert resctrl.read_assignments(root) is None
     old = build_resctrl(str(tmp_path / "b"), INTEL_2S)

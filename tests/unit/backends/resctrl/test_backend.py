@@ -14,15 +14,12 @@ from ceilometer_cmt.backends.resctrl.backend import ResctrlBackend
 from ceilometer_cmt.errors import BackendUnavailable
 from ceilometer_cmt.monitor import CacheMonitor
 from ceilometer_cmt.readings import InstanceRef
-from ceilometer_cmt.testing.kernel_trees import (
-    AMD_CCX,
-    SNC,
-    build_proc,
-    file_calls,
-    qemu_cmdline,
-    set_value,
-)
+from ceilometer_cmt.simulator.topology import get_topology
+from ceilometer_cmt.testing.kernel_trees import build_proc, file_calls, qemu_cmdline, set_value
 from tests.unit.backends.resctrl.test_values import _node_files_only, _open_under
+
+AMD_CCX = get_topology("amd-ccx")
+SNC = get_topology("snc")
 
 U1 = "11111111-1111-4111-8111-111111111111"
 U2 = "22222222-2222-4222-8222-222222222222"
@@ -427,7 +424,7 @@ def test_snc_without_top_level_files_opens_each_node_file_once_per_cycle(tmp_pat
         with file_calls(mon_data) as first:
             assert b.sync(refs).readings[U1].occupancy == {0: 300, 1: 12}
         tops = [os.path.join(mon_data, f"mon_L3_{l3:02d}", ev)
-                for l3 in SNC.domains for ev in fs.EVENTS]
+                for l3 in SNC.l3_ids for ev in fs.EVENTS]
         assert sorted(p for p in first.opens if p in tops) == sorted(tops)  # tried once
         with file_calls(mon_data) as steady:
             for _ in range(3):
@@ -492,12 +489,13 @@ def test_group_recreated_keeps_cumulative_monotonic(host):  # type: ignore[no-un
 
 
 def test_refuses_plain_directory_and_missing_feature(tmp_path):  # type: ignore[no-untyped-def]
-    from ceilometer_cmt.testing.kernel_trees import INTEL_2S, build_resctrl
+    from ceilometer_cmt.testing.kernel_trees import build_resctrl
 
-    root = build_resctrl(str(tmp_path / "r"), INTEL_2S)
+    topo = get_topology("intel-2s")
+    root = build_resctrl(str(tmp_path / "r"), topo)
     with pytest.raises(BackendUnavailable, match="not a mount point"):
         ResctrlBackend(root, verify_mount=True)
-    root2 = build_resctrl(str(tmp_path / "r2"), INTEL_2S, features=("mbm_total_bytes",))
+    root2 = build_resctrl(str(tmp_path / "r2"), topo, features=("mbm_total_bytes",))
     with pytest.raises(BackendUnavailable, match="llc_occupancy"):
         ResctrlBackend(root2, verify_mount=False)
 

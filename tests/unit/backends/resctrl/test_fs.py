@@ -27,7 +27,12 @@ from ceilometer_cmt.backends.resctrl.fs import (
     verify_mount,
 )
 from ceilometer_cmt.errors import BackendUnavailable
-from ceilometer_cmt.testing.kernel_trees import AMD_CCX, INTEL_2S, SNC, build_resctrl, set_value
+from ceilometer_cmt.simulator.topology import get_topology
+from ceilometer_cmt.testing.kernel_trees import build_resctrl, set_value
+
+INTEL_2S = get_topology("intel-2s")
+AMD_CCX = get_topology("amd-ccx")
+SNC = get_topology("snc")
 
 
 # ------------------------------------------------------------------ parse_value
@@ -286,8 +291,9 @@ def _put(path: str, text: str) -> None:
 def test_read_info_fixture(tmp_path, topo) -> None:  # type: ignore[no-untyped-def]
     root = build_resctrl(str(tmp_path), topo)
     info = read_info(root)
-    assert info == resctrl.ResctrlInfo(topo.num_rmids, resctrl.EVENTS, 1441792,
-                                       topo.num_closids, topo.cbm_mask)
+    assert info == resctrl.ResctrlInfo(topo.num_rmids, resctrl.EVENTS,
+                                       topo.max_threshold_occupancy, topo.num_closids,
+                                       f"{topo.cbm_mask:x}")
 
 
 def test_read_info_cmt_only_and_unknown_features(tmp_path) -> None:  # type: ignore[no-untyped-def]

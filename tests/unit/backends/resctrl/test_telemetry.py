@@ -13,13 +13,16 @@ from hypothesis import strategies as st
 from ceilometer_cmt.backends.resctrl import fs, telemetry
 from ceilometer_cmt.backends.resctrl.values import ValueReader
 from ceilometer_cmt.readings import NANO, TELEMETRY_EVENTS, InstanceReading
-from ceilometer_cmt.testing.kernel_trees import INTEL_2S, build_resctrl
+from ceilometer_cmt.simulator.topology import get_topology
+from ceilometer_cmt.testing.kernel_trees import build_resctrl
 from ceilometer_cmt.testing.perf_pkg_tree import (
     PerfPkgKernelOps,
     build_perf_pkg,
     raw_fixed,
     set_telemetry,
 )
+
+INTEL_2S = get_topology("intel-2s")
 
 U64 = (1 << 64) - 1
 #: decplaces[] of fs/resctrl/ctrlmondata.c, written out again here

@@ -12,15 +12,17 @@ import pytest
 from ceilometer_cmt.backends.resctrl import fs
 from ceilometer_cmt.backends.resctrl.values import GroupVanished, ValueReader
 from ceilometer_cmt.readings import InstanceReading
+from ceilometer_cmt.simulator.topology import get_topology
 from ceilometer_cmt.testing.kernel_trees import (
-    INTEL_2S,
-    SNC,
     KernelOps,
     _group_files,
     build_resctrl,
     file_calls,
     set_value,
 )
+
+INTEL_2S = get_topology("intel-2s")
+SNC = get_topology("snc")
 
 
 def _node_files_only(group_dir: str, values: dict[tuple[int, int], int]) -> list[str]:
@@ -59,7 +61,7 @@ def _intel_group(tmp_path, name: str = "ceilometer-x") -> tuple[str, str]:  # ty
 
 def _value_paths(g: str) -> list[str]:
     return [os.path.join(g, "mon_data", f"mon_L3_{l3:02d}", ev)
-            for l3 in INTEL_2S.domains for ev in fs.EVENTS]
+            for l3 in INTEL_2S.l3_ids for ev in fs.EVENTS]
 
 
 def _read(reader: ValueReader, g: str, ctrl: str = "", gen: str = "") -> InstanceReading:
@@ -241,14 +243,14 @@ def test_snc_layout_change_is_followed_and_a_vanished_group_told(tmp_path
     nodes = _node_files_only(g, {(0, 0): 1, (0, 1): 2, (1, 2): 3, (1, 3): 4})
     assert read().occupancy == {0: 3, 1: 7} and reader.open_fds == 0
     # top-level files appear and the node files go: followed at once
-    for l3 in SNC.domains:
+    for l3 in SNC.l3_ids:
         for ev in fs.EVENTS:
             set_value(g, l3, ev, 1000 + l3)
     for p in nodes:
         os.remove(p)
     assert read().occupancy == {0: 1000, 1: 1001}
     tops = [os.path.join(g, "mon_data", f"mon_L3_{l3:02d}", ev)
-            for l3 in SNC.domains for ev in fs.EVENTS]
+            for l3 in SNC.l3_ids for ev in fs.EVENTS]
     with file_calls(os.path.join(g, "mon_data")) as calls:
         assert read().mbm_total == {"/0": 1000, "/1": 1001}
     assert sorted(calls.opens) == sorted(tops)

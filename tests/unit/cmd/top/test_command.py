@@ -20,10 +20,14 @@ from ceilometer_cmt.cmd import cli, top
 from ceilometer_cmt.cmd import poll as pollrun
 from ceilometer_cmt.pollsters import runtime
 from ceilometer_cmt.readings import ALL_DOMAINS
+from ceilometer_cmt.simulator.topology import get_topology
 from ceilometer_cmt.testing.kernel_trees import set_value
 
 MiB = 1024 * 1024
-L3 = 36608 * 1024  # INTEL_2S domain size in the fixture sysfs
+#: the size of each L3 of the fixture host (the ``host`` fixture: intel-2s)
+L3 = get_topology("intel-2s").l3[0].size
+#: b's share of socket 0 (12 MiB), as top shows it
+B_PERCENT = f"{100 * 12 * MiB / L3:.1f}%"
 
 
 @pytest.fixture
@@ -42,7 +46,7 @@ def hardware_reports(host, a, b, c):  # type: ignore[no-untyped-def]
     """What the fixture 'hardware' shows after the first cycle made the groups."""
     set_value(group(host, a), 0, "llc_occupancy", 2 * MiB)
     set_value(group(host, a), 1, "llc_occupancy", 3 * MiB)
-    set_value(group(host, b), 0, "llc_occupancy", 12 * MiB)  # 33.6% of socket 0
+    set_value(group(host, b), 0, "llc_occupancy", 12 * MiB)  # B_PERCENT of socket 0
     set_value(group(host, b), 1, "llc_occupancy", 1 * MiB)
     set_value(group(host, b), 0, "mbm_total_bytes", 8_000_000)
     set_value(group(host, b), 0, "mbm_local_bytes", 6_000_000)
@@ -97,8 +101,8 @@ def test_sort_keys_and_rendering(cloud):  # type: ignore[no-untyped-def]
     text = console.file.getvalue()  # type: ignore[attr-defined]
     lines = text.splitlines()
     row_b = next(ln for ln in lines if b.uuid in ln)
-    assert b.display_name in row_b and "13.0 MiB" in row_b and "33.6%" in row_b
-    assert "L3#0 12.0 MiB 33.6%" in row_b
+    assert b.display_name in row_b and "13.0 MiB" in row_b and B_PERCENT in row_b
+    assert f"L3#0 12.0 MiB {B_PERCENT}" in row_b
     row_c = next(ln for ln in lines if c.uuid in ln)
     assert " - " in row_c  # no occupancy shown as "-", not 0
     assert "backend resctrl" in text and "monitors 4/176" in text
@@ -206,4 +210,4 @@ def test_narrow_terminal_fits(cloud):  # type: ignore[no-untyped-def]
     assert len(table) == 3 and all(len(ln) <= 80 for ln in lines)
     # the demo-style uuids share their first 8 characters: the tail tells them apart
     assert b.uuid[-8:] in table[0] and b.display_name in table[0] and " ok" in table[0]
-    assert "33.6%" in table[0] and "L3#0" not in table[0]  # per-domain column left out
+    assert B_PERCENT in table[0] and "L3#0" not in table[0]  # per-domain column left out
