@@ -71,9 +71,13 @@ def run(tree: str, script: str, args: list[str]) -> str:
     # from a neutral directory, so that '' on sys.path is not either checkout
     proc = subprocess.run([sys.executable, os.path.join(tree, "bench", script), *args],
                           cwd="/", capture_output=True, text=True, timeout=1800, check=False)
-    if proc.returncode:
+    # A bench exits 1 when its goal is missed: the figures still count (a
+    # loaded machine misses on both sides); anything else is a failure.
+    if proc.returncode not in (0, 1):
         raise SystemExit(f"{tree}/bench/{script} failed ({proc.returncode}):\n"
                          f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    if proc.returncode:
+        print(f"# {tree}/bench/{script}: goal missed in this repeat", file=sys.stderr)
     return proc.stdout
 
 
