@@ -77,6 +77,13 @@ PRIVSEP_OPTS = [
                     "32 counters per domain (the kernel documentation's example) 4 "
                     "are kept and 28 serve 14 guests with both events. 0 keeps "
                     "none."),
+    cfg.IntOpt("closid_reserve", default=-1, min=-1,
+               help="CLOSIDs (control groups) the daemon keeps free when the guard "
+                    "(ceilometer-cmt guard) asks it to make a cap group, for libvirt "
+                    "<cachetune> and other tools: it refuses a mkdir that would leave "
+                    "fewer free (ENOSPC). -1: half of num_closids (the smallest "
+                    "info/*/num_closids), as the guard's own policy keeps; see "
+                    "doc/kernel-facts-cat.md."),
     cfg.ListOpt("emulators", default=["qemu-system-*", "qemu-kvm"],
                 help="Programs whose threads the daemon may place and count: a "
                      "process's /proc/<pid>/exe must match one of these, by basename "
@@ -93,6 +100,39 @@ PRIVSEP_OPTS = [
                      "whoever owns them."),
 ]
 
+GUARD_GROUP = "cmt_guard"
+
+#: ``ceilometer-cmt guard`` (issue 15): caps a noisy instance's L3 share
+#: with CAT; its cap groups are ``<[cmt] resctrl_group_prefix>cap-<share>``.
+GUARD_OPTS = [
+    cfg.BoolOpt("dry_run", default=True,
+                help="Log, notify and report what the guard would do, and write "
+                     "nothing. Set to false to let it cap and release."),
+    cfg.FloatOpt("cap_above", default=50.0, min=0, max=100,
+                 help="Cap an instance holding more than this percent of an L3 "
+                      "domain that another running instance shares..."),
+    cfg.IntOpt("cap_after", default=3, min=1,
+               help="... for this many consecutive cycles."),
+    cfg.FloatOpt("release_below", default=30.0, min=0, max=100,
+                 help="Release a capped instance below this percent of every L3 "
+                      "domain (scaled to its cap share: min(release_below, "
+                      "cap_share * release_below / cap_above))..."),
+    cfg.IntOpt("release_after", default=10, min=1,
+               help="... for this many consecutive cycles."),
+    cfg.IntOpt("cap_share", default=25, min=1, max=100,
+               help="Percent of the L3 ways a capped instance may fill (a "
+                    "contiguous mask inside the default group's)."),
+    cfg.IntOpt("closid_reserve", default=-1, min=-1,
+               help="CLOSIDs (control groups) the guard always leaves free for "
+                    "libvirt <cachetune> and other tools. -1: half of "
+                    "info/L3/num_closids."),
+    cfg.FloatOpt("interval", default=60.0, min=1,
+                 help="Seconds between two guard cycles."),
+    cfg.StrOpt("lock_file", default="/run/ceilometer-cmt/guard.lock",
+               help="Held (flock) while a guard runs: a second guard on the host "
+                    "refuses to start."),
+]
+
 
 def register_opts(conf: cfg.ConfigOpts) -> None:
     conf.register_opts(OPTS, group=GROUP)
@@ -102,6 +142,11 @@ def register_privsep_opts(conf: cfg.ConfigOpts) -> None:
     conf.register_opts(PRIVSEP_OPTS, group=PRIVSEP_GROUP)
 
 
+def register_guard_opts(conf: cfg.ConfigOpts) -> None:
+    conf.register_opts(GUARD_OPTS, group=GUARD_GROUP)
+
+
 def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
     """Entry point of ``oslo.config.opts`` (oslo-config-generator)."""
-    return [(GROUP, list(OPTS)), (PRIVSEP_GROUP, list(PRIVSEP_OPTS))]
+    return [(GROUP, list(OPTS)), (PRIVSEP_GROUP, list(PRIVSEP_OPTS)),
+            (GUARD_GROUP, list(GUARD_OPTS))]
