@@ -71,8 +71,13 @@ def _parser() -> argparse.ArgumentParser:
         description="Simulated compute host (resctrl FUSE simulator, libvirt test driver, "
                     "stand-in qemu processes) with real ceilometer polling cycles and the "
                     "live per-instance view. Removes everything it made on exit.")
+    from ceilometer_cmt.simulator.topology import PRESETS
+
     p.add_argument("--topology", default="intel-2s",
-                   help="simulated host: intel-2s (default), amd-ccx, snc")
+                   help="simulated host, one of the simulator's presets: "
+                        f"{', '.join(sorted(PRESETS))} (default intel-2s; amd-abmc: "
+                        "MBM counters to assign, 8 per L3; intel-aet: per-instance "
+                        "energy and IPC)")
     p.add_argument("--instances", type=int, default=4, help="running instances (default 4)")
     p.add_argument("--stopped", type=int, default=1, help="shut-off instances (default 1)")
     p.add_argument("--interval", type=float, default=2.0,

@@ -280,3 +280,31 @@ def test_other_topologies(run_env, topology: str) -> None:  # type: ignore[no-un
     expected = {"amd-ccx": {str(i) for i in range(8)}, "snc": {"0", "1"}}[topology]
     assert all(set(d) == expected for d in domains.values())
     assert_nothing_left(start, tmpdir)
+
+
+def test_intel_aet_topology_gives_energy_and_ipc(run_env) -> None:  # type: ignore[no-untyped-def]
+    env, tmpdir = run_env
+    proc = subprocess.run(demo_argv("--topology", "intel-aet", "--cycles", "3", "--interval",
+                                    "0.2", "--json"), env=env, capture_output=True, text=True,
+                          timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    start, samples, stop = parse(proc.stdout)
+    assert stop is not None and stop["clean"] is True
+    running = {i["uuid"] for i in start["instances"] if i["running"]}
+
+    def per_instance(name: str, cycle: int) -> dict[str, float]:
+        return {s["resource_id"]: s["volume"] for s in samples
+                if s["cycle"] == cycle and s["name"] == name}
+
+    # cumulative energy from the first cycle; rates (power, IPC, stall ratio)
+    # need two reads, so from the second
+    assert set(per_instance("energy.core", 1)) == running
+    for name in ("power.core", "cpu.ipc", "cache.llc.miss.stall.ratio"):
+        assert per_instance(name, 1) == {}, name
+        values = per_instance(name, 3)
+        assert set(values) == running, name
+        assert all(v > 0 for v in values.values()), (name, values)
+    assert all(0 < v <= 1 for v in per_instance("cache.llc.miss.stall.ratio", 3).values())
+    energy = [per_instance("energy.core", c) for c in (1, 2, 3)]
+    assert all(energy[0][u] <= energy[1][u] <= energy[2][u] for u in running)
+    assert_nothing_left(start, tmpdir)
