@@ -16,7 +16,8 @@ Two things the bare :class:`ceilometer_cmt.privsep.entrypoints.PrivsepOps` lacks
   instead of each pollster failing. It tries again at most every ``retry`` seconds.
 
 :class:`GuardedCounters` does the same for the perf backend's counters in the
-daemon; given the resctrl ops' guard it shares it (one daemon, one error).
+daemon; given the resctrl ops' guard it shares it (one daemon, one error);
+:class:`GuardedCatOps` for the guard service's CAT writes.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from ceilometer_cmt.options import DAEMON_CONFIG
 
 if TYPE_CHECKING:
     from ceilometer_cmt.backends.perf.counter_providers import CounterProvider
+    from ceilometer_cmt.guard.ops import CatOps
 
 LOG = logging.getLogger(__name__)
 SECTION = "cmt_privsep"
@@ -162,6 +164,40 @@ class GuardedOps(DaemonGuard):
 
     def write_assignments(self, group_path: str, lines: list[str]) -> list[tuple[str, int]]:
         return self._call(lambda: self.ops.write_assignments(group_path, lines))
+
+
+class GuardedCatOps:
+    """The guard's :class:`~ceilometer_cmt.guard.ops.CatOps` in the daemon
+    (:class:`~ceilometer_cmt.privsep.cat_entrypoints.PrivsepCatOps`) that
+    start it first; while it cannot start, every write fails with
+    PermissionError and the reason (the protocol's errors are OSError)."""
+
+    def __init__(self, ops: CatOps, guard: DaemonGuard | None = None) -> None:
+        self.ops = ops
+        self.guard = guard if guard is not None else DaemonGuard()
+
+    def _ready(self) -> None:
+        try:
+            self.guard.ready()
+        except NotMonitored as e:
+            raise PermissionError(errno.EPERM, str(e)) from e
+
+    def make_ctrl_group(self, ctrl: str) -> None:
+        self._ready()
+        self.ops.make_ctrl_group(ctrl)
+
+    def remove_ctrl_group(self, ctrl: str) -> None:
+        self._ready()
+        self.ops.remove_ctrl_group(ctrl)
+
+    def write_schemata(self, ctrl: str, lines: list[str]) -> None:
+        self._ready()
+        self.ops.write_schemata(ctrl, lines)
+
+    def move_threads(self, ctrl: str, uuid: str, domain_name: str,
+                     tids: list[int]) -> list[tuple[int, int]]:
+        self._ready()
+        return list(self.ops.move_threads(ctrl, uuid, domain_name, tids))
 
 
 class GuardedCounters:

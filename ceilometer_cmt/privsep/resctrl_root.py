@@ -221,7 +221,12 @@ class ResctrlRoot:
     def mkdir(self, ctrl: object, uuid: object) -> None:
         """Make our group; counters the kernel gave it past the reserve go back."""
         ctrl, name = check_ctrl(ctrl), self.prefix + check_uuid(uuid)
-        with self._lock, self._open(self._mon_groups(ctrl), _DIR) as mon:
+        with self._lock:
+            self.mkdir_held(ctrl, name)
+
+    def mkdir_held(self, ctrl: str, name: str) -> None:
+        """:meth:`mkdir` of checked names, the caller holding the lock."""
+        with self._open(self._mon_groups(ctrl), _DIR) as mon:
             self._check_budget()
             os.mkdir(name, dir_fd=mon)
             self._give_back(f"{self._mon_groups(ctrl)}/{name}")

@@ -54,3 +54,47 @@ def test_guarded_ops_start_the_daemon_first_and_fail_cleanly(
     ok = guard.GuardedOps(ops, start=lambda: None)  # type: ignore[arg-type]
     assert ok.write_assignments("/r/mon_groups/g", ["mbm_total_bytes:0=e\n"]) == []
     assert ops.calls == [("/r/mon_groups/g", ["mbm_total_bytes:0=e\n"])]
+
+
+class _CatOps:
+    def __init__(self) -> None:
+        self.calls: list[tuple[object, ...]] = []
+
+    def make_ctrl_group(self, ctrl: str) -> None:
+        self.calls.append(("make", ctrl))
+
+    def remove_ctrl_group(self, ctrl: str) -> None:
+        self.calls.append(("remove", ctrl))
+
+    def write_schemata(self, ctrl: str, lines: list[str]) -> None:
+        self.calls.append(("schemata", ctrl, lines))
+
+    def move_threads(self, ctrl: str, uuid: str, domain_name: str,
+                     tids: list[int]) -> list[tuple[int, int]]:
+        self.calls.append(("move", ctrl, uuid, domain_name, tids))
+        return [(tids[0], 3)]
+
+
+def test_guarded_cat_ops_fail_with_oserror_and_the_reason(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The guard's protocol raises OSError: a daemon that cannot start is a
+    PermissionError naming the helper, and nothing is called."""
+    monkeypatch.setattr(guard, "helper_argv", lambda: ["sudo", "helper"])
+    ops = _CatOps()
+
+    def broken() -> None:
+        raise OSError(2, "no such file")
+
+    g = guard.GuardedCatOps(ops, guard.DaemonGuard(start=broken))
+    for call in (lambda: g.make_ctrl_group("ceilometer-cap-25"),
+                 lambda: g.remove_ctrl_group("ceilometer-cap-25"),
+                 lambda: g.write_schemata("ceilometer-cap-25", ["L3:0=3\n"]),
+                 lambda: g.move_threads("ceilometer-cap-25", UUID, "instance-1", [7])):
+        with pytest.raises(PermissionError, match="privsep daemon did not start"):
+            call()
+    assert ops.calls == []
+    ok = guard.GuardedCatOps(ops, guard.DaemonGuard(start=lambda: None))
+    ok.make_ctrl_group("ceilometer-cap-25")
+    assert ok.move_threads("ceilometer-cap-25", UUID, "instance-1", [7]) == [(7, 3)]
+    assert ops.calls == [("make", "ceilometer-cap-25"),
+                         ("move", "ceilometer-cap-25", UUID, "instance-1", [7])]
