@@ -60,6 +60,7 @@ class CycleResult:
     mbm_counters: dict[int, int] | None = None
     mbm_counters_available: dict[int, int] | None = None
     removed_by_others: int | None = None
+    mbm_config: dict[str, str] | None = None
 
 
 class RateLimitedLog:
@@ -137,7 +138,8 @@ class CacheMonitor:
                                  monitors_used=cycle.monitors_used,
                                  mbm_counters=cycle.mbm_counters,
                                  mbm_counters_available=cycle.mbm_counters_available,
-                                 removed_by_others=cycle.removed_by_others)
+                                 removed_by_others=cycle.removed_by_others,
+                                 mbm_config=cycle.mbm_config)
             for uuid, reason in cycle.unmonitored.items():
                 self.nodata(uuid, f"not monitored: {reason}")
             for uuid, reading in cycle.readings.items():

@@ -115,6 +115,9 @@ class BackendCycle:
     #: None when the host is not in that mode
     mbm_counters: dict[int, int] | None = None
     mbm_counters_available: dict[int, int] | None = None
+    #: what the MBM counters count (assign mode, event filters or BMEC masks),
+    #: for sample metadata; None when the host tells nothing of it
+    mbm_config: dict[str, str] | None = None
     #: our monitor groups removed by someone else since the backend started
     #: (``pqos -r`` removes every monitor group); None: the backend cannot tell
     removed_by_others: int | None = None

@@ -29,6 +29,7 @@ class _InstancePollster(plugin_base.PollsterBase):
     sample_type: str
     unit: str
     value: Callable[[InstanceMeters], float | int | None]
+    mbm = False  # an MBM meter: its samples carry the counter configuration
 
     def setup_environment(self) -> None:
         self.rt = runtime.get_runtime(self.conf)
@@ -56,6 +57,9 @@ class _InstancePollster(plugin_base.PollsterBase):
                 if volume is None:
                     continue  # the hardware gave nothing: no sample, never 0
                 metadata: dict[str, Any] = {"cmt_backend": result.backend}
+                if self.mbm and result.mbm_config is not None:
+                    # what the counters count: compare like with like
+                    metadata["mbm_config"] = dict(result.mbm_config)
                 if meters.occupancy_domains is not None:
                     metadata["cache_domains"] = {str(k): v for k, v in
                                                  sorted(meters.occupancy_domains.items())}
@@ -76,6 +80,7 @@ def _pollster(m: table.Meter) -> type[_InstancePollster]:
         "__doc__": f"``{m.name}`` ({m.type}, {m.unit}): {m.summary}.",
         "meter": m.name, "sample_type": m.type, "unit": m.unit,
         "value": staticmethod(attrgetter(field)),
+        "mbm": field.startswith("mbm_"),
     })
 
 

@@ -24,6 +24,7 @@ from ceilometer_cmt.monitor import CacheMonitor, CycleResult
 from ceilometer_cmt.readings import InstanceRef
 from ceilometer_cmt.simulator import Simulator, fuse_missing_reason, mount_fstype
 from ceilometer_cmt.simulator.topology import get_topology
+from ceilometer_cmt.testing import mbm_assign_tree as abmc
 from ceilometer_cmt.testing.fakehost import StandInQemu
 
 _reason = fuse_missing_reason()
@@ -255,5 +256,44 @@ def test_groups_removed_by_another_tool(abmc_host: Any, caplog: Any) -> None:
                     assert m.mbm_total_rate is None  # new counters: no rate once
                 elif n % 10 == 1 and n > 1:
                     assert m.mbm_total_rate == pytest.approx(TOTAL, rel=0.02)
+    finally:
+        mon.close()
+
+
+def test_event_filter_written_by_another_tool(abmc_host: Any, caplog: Any) -> None:
+    """Another tool writes an event_filter at t=330 s (cycle 6): the kernel
+    reprograms the counters (they restart). The configuration is read every
+    10th cycle: from then on the cycle carries the new filter for the
+    samples' metadata, the values have new keys, and the cumulative meter
+    never went back."""
+    import logging
+
+    new_filter = "local_reads,remote_reads"
+    sim, sysfs, pid_dir = abmc_host({"faults": [
+        {"at": 330, "action": "event_filter", "event": "mbm_total_bytes",
+         "value": new_filter}]})
+    backend = ResctrlBackend(sim.mountpoint, sysfs_root=sysfs, pid_dir=pid_dir, prefix=PREFIX)
+    now = [0.0]
+    mon = CacheMonitor(backend, clock=lambda: now[0])
+    refs = [InstanceRef(u, n) for u, n in NAMES.items()]
+    last: dict[str, int] = {}
+    configs = []
+    try:
+        with caplog.at_level(logging.WARNING):
+            for _ in range(15):
+                sim.advance(60.0)
+                now[0] += 60.0
+                r = mon.poll(refs)
+                assert r.mbm_config is not None
+                configs.append(r.mbm_config["mbm_total_bytes"])
+                for u in _with_counters(r):
+                    v = r.instances[u].mbm_total_bytes
+                    assert v is not None and v >= last.get(u, 0)
+                    last[u] = v
+        assert configs[:9] == [abmc.DEFAULT_FILTERS["mbm_total_bytes"]] * 9
+        assert configs[9:] == [new_filter] * 6
+        assert backend.mbm_config.changes == 1
+        assert [rec for rec in caplog.records if "configuration changed" in rec.getMessage()]
+        assert len(_with_counters(r)) == 3
     finally:
         mon.close()

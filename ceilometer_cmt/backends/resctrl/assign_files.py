@@ -241,3 +241,26 @@ def read_assignments(group_path: str) -> Assignments | None:
     """A group's ``mbm_L3_assignments``; None when absent or EINVAL
     (``default`` mode)."""
     return parse_assignments(read_text(os.path.join(group_path, ASSIGNMENTS_FILE)))
+
+
+def read_mbm_config(root: str) -> dict[str, str] | None:
+    """What decides what the MBM counters count, as text for sample
+    metadata: ``mode`` (``mbm_assign_mode``'s current one), and per MBM
+    event its ``event_filter`` (``mbm_event`` mode) or its BMEC
+    ``<event>_config`` masks per domain (``0=0x7f;1=0x7f``); None on a host
+    with none of them (nothing to tell, nothing that can change). Writing
+    any of them restarts the counters (``event_filter_write()``,
+    ``resctrl_mbm_assign_mode_write()``, ``mbm_config_write_domain()``)."""
+    out: dict[str, str] = {}
+    mode = read_assign_mode(root)
+    if mode is not None:
+        out["mode"] = mode.current
+    for event in MBM_EVENTS:
+        names = read_event_filter(root, event)
+        if names is not None:
+            out[event] = ",".join(names)
+            continue
+        masks = read_bmec_config(root, event)
+        if masks is not None:
+            out[event] = ";".join(f"{d}=0x{m:02x}" for d, m in sorted(masks.items()))
+    return out or None

@@ -27,7 +27,7 @@ import zlib
 from collections.abc import Callable, Sequence
 
 from ceilometer_cmt.backends.resctrl import assign_files, fs, telemetry
-from ceilometer_cmt.backends.resctrl.mbm_counters import MbmCounters
+from ceilometer_cmt.backends.resctrl.mbm_counters import ConfigWatch, MbmCounters, start_cycle
 from ceilometer_cmt.backends.resctrl.monitored_instance import MonitoredInstance
 from ceilometer_cmt.backends.resctrl.placement import CyclePlacement
 from ceilometer_cmt.backends.resctrl.values import GroupVanished, ValueReader
@@ -112,6 +112,7 @@ class ResctrlBackend:
                 and any(e in self.events for e in fs.MBM_EVENTS)):
             self.mbm = MbmCounters(resctrl_root, self.ops, self.host_cache(), self.events,
                                    RELIST)
+        self.mbm_config = ConfigWatch(resctrl_root, RELIST)
         self._adopted = False
         #: counters for tests and the benchmark
         self.mkdirs = 0
@@ -209,13 +210,11 @@ class ResctrlBackend:
         self._cycle_no += 1
         self._exited = self._watch.exited()
         try:
-            if self.mbm is not None:
-                self.mbm.check_mode(self._tracked.values(), self._forget)
+            cycle.mbm_config = start_cycle(self.mbm, self.mbm_config, self._cycle_no,
+                                           self._tracked.values(), self._values, self._forget)
             ready = self._place(wanted, present, placement, cycle, cycle_removed)
             if self.mbm is not None and self.mbm.assigning:
-                self.mbm.cycle(ready, self._cycle_no, self._forget, cycle.unmonitored)
-                cycle.mbm_counters = self.mbm.num_cntrs
-                cycle.mbm_counters_available = self.mbm.available
+                self.mbm.cycle(ready, self._cycle_no, self._forget, cycle)
             for tracked in ready:
                 uuid = tracked.uuid
                 try:

@@ -33,13 +33,13 @@ from __future__ import annotations
 import errno
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 
 from ceilometer_cmt.backends.resctrl import assign, assign_files, fs
 from ceilometer_cmt.backends.resctrl.monitored_instance import MonitoredInstance
 from ceilometer_cmt.backends.resctrl.values import ValueReader
 from ceilometer_cmt.linux.sysfs_cache import parse_cpu_list
-from ceilometer_cmt.readings import HostCache, InstanceReading
+from ceilometer_cmt.readings import BackendCycle, HostCache, InstanceReading
 
 LOG = logging.getLogger(__name__)
 
@@ -87,6 +87,40 @@ def affinity_domains(proc_root: str, pid: int, tids: Sequence[int],
     return frozenset(doms) if doms else None
 
 
+class ConfigWatch:
+    """The MBM counter configuration (:func:`assign_files.read_mbm_config`:
+    the assign mode, each event's ``event_filter`` or BMEC masks), read
+    every ``every`` cycles: writing any of it restarts the counters and
+    changes what they count. :meth:`check` says when it changed; the caller
+    then gives every MBM counter a new key (``%<changes>``)."""
+
+    def __init__(self, root: str, every: int) -> None:
+        self.root = root
+        self.every = every
+        self.config = assign_files.read_mbm_config(root)
+        self.changes = 0
+
+    @property
+    def key_tag(self) -> str:
+        return f"%{self.changes}" if self.changes else ""
+
+    def check(self, cycle_no: int, now: bool = False) -> bool:
+        """Read the configuration on every ``every``-th cycle (or ``now``);
+        True when it differs from the last one read."""
+        if not now and cycle_no % self.every:
+            return False
+        config = assign_files.read_mbm_config(self.root)
+        if config == self.config:
+            return False
+        LOG.warning("resctrl MBM counter configuration changed from %s to %s (another "
+                    "tool wrote event_filter, a BMEC config or the assign mode): the "
+                    "counters restarted; bandwidth continues with an offset", self.config,
+                    config)
+        self.config = config
+        self.changes += 1
+        return True
+
+
 class MbmCounters:
     """Assigns the host's MBM counters to our groups; one per backend."""
 
@@ -120,20 +154,23 @@ class MbmCounters:
         return self.available is not None
 
     def check_mode(self, tracked: Iterable[MonitoredInstance],
-                   forget: Callable[[str], None]) -> None:
+                   forget: Callable[[str], None]) -> bool:
         """Read the budget at the start of a cycle: is the host in mbm_event
         mode? On a change (and the first cycle) every assignment the kernel
         had is gone (``resctrl_mbm_assign_mode_write()``): the groups' files
-        are read again and their values found again with the new mode's keys."""
+        are read again and their values found again with the new mode's keys.
+        True when the mode changed."""
         assigning = self.read_budget()
-        if assigning != self.assigning:
-            LOG.info("resctrl MBM counter assignment mode: %s",
-                     "mbm_event" if assigning else "default")
-            self.assigning = assigning
-            for t in tracked:
-                t.mbm_held.clear()
-                for path in t.groups.values():
-                    forget(path)
+        if assigning == self.assigning:
+            return False
+        LOG.info("resctrl MBM counter assignment mode: %s",
+                 "mbm_event" if assigning else "default")
+        self.assigning = assigning
+        for t in tracked:
+            t.mbm_held.clear()
+            for path in t.groups.values():
+                forget(path)
+        return True
 
     def domains_of(self, proc_root: str, pid: int, tids: Sequence[int]) -> frozenset[int] | None:
         return affinity_domains(proc_root, pid, tids, self.cpu_map)
@@ -164,16 +201,18 @@ class MbmCounters:
             self.resets += 1
 
     def cycle(self, tracked: Sequence[MonitoredInstance], cycle_no: int,
-              forget: Callable[[str], None], unmonitored: dict[str, str]) -> None:
+              forget: Callable[[str], None], cycle: BackendCycle) -> None:
         """Learn new groups, re-read due ones, plan and apply when anything
         changed; the reason of each instance with an event left without
-        counters goes to ``unmonitored``. ``forget(path)``: the group's value
-        files are to be found again (its counters or their keys changed)."""
+        counters goes to the cycle's ``unmonitored``, the budget to its
+        ``mbm_counters*``. ``forget(path)``: the group's value files are to be
+        found again (its counters or their keys changed)."""
         self._cycle(tracked, cycle_no, forget)
         for t in tracked:
             reason = self.missing.get(t.uuid)
             if reason is not None:
-                unmonitored[t.uuid] = reason
+                cycle.unmonitored[t.uuid] = reason
+        cycle.mbm_counters, cycle.mbm_counters_available = self.num_cntrs, self.available
 
     def _cycle(self, tracked: Sequence[MonitoredInstance], cycle_no: int,
                forget: Callable[[str], None]) -> None:
@@ -258,3 +297,18 @@ class MbmCounters:
             for event in self.events:
                 if not keys.get(event):
                     slots[event][f"{ctrl}/unassigned{t.key_suffix(ctrl)}"] = None
+
+
+def start_cycle(mbm: MbmCounters | None, config: ConfigWatch, cycle_no: int,
+                tracked: Collection[MonitoredInstance], values: ValueReader,
+                forget: Callable[[str], None]) -> dict[str, str] | None:
+    """The MBM part of a cycle's start: the mode and budget (ABMC hardware),
+    then the counter configuration when due or the mode changed; when it
+    changed, every MBM value gets a new key (the counters restarted).
+    Returns the configuration for the samples' metadata."""
+    switched = mbm is not None and mbm.check_mode(tracked, forget)
+    if config.check(cycle_no, switched):
+        values.key_tag = config.key_tag
+        for path in [p for t in tracked for p in t.groups.values()]:
+            forget(path)
+    return config.config

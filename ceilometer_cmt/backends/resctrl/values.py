@@ -80,6 +80,9 @@ class ValueReader:
         self.events = events
         self.fd_budget = fd_budget
         self.open_fds = 0
+        #: appended to every MBM key (a new counter configuration: new keys);
+        #: who changes it forgets every group
+        self.key_tag = ""
         self._groups: dict[str, list[_File]] = {}
         #: group path -> inode of its directory when its files were found
         self._inodes: dict[str, int | None] = {}
@@ -102,7 +105,7 @@ class ValueReader:
                         suffix = "" if mbm is None else mbm.get(event, {}).get(dom_id)
                         if suffix is None:
                             continue  # no counter assigned: not read at all
-                        key = f"{ctrl}/{dom_id}{gen}{suffix}"
+                        key = f"{ctrl}/{dom_id}{gen}{suffix}{self.key_tag}"
                     f = _File(os.path.join(path, "mon_data", dom_dir, event), slot, key,
                               dom_dir, event)
                     if self.open_fds < self.fd_budget:

@@ -194,3 +194,18 @@ def test_kernel_ops_assign_until_counters_run_out(tmp_path) -> None:  # type: ig
         ("mbm_total_bytes:0=x\n", errno.EINVAL)]
     ops.rmdir(b)
     assert resctrl.read_available_mbm_cntrs(root) == {0: 2, 1: 2}
+
+
+def test_read_mbm_config(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from ceilometer_cmt.simulator.topology import get_topology
+
+    topo = get_topology("amd-abmc")
+    root = abmc.build_abmc_resctrl(str(tmp_path / "a"), topo)
+    assert resctrl.read_mbm_config(root) == {
+        "mode": "mbm_event", **abmc.DEFAULT_FILTERS}
+    root = abmc.build_abmc_resctrl(str(tmp_path / "b"), topo, mode="default")
+    assert resctrl.read_mbm_config(root) == {
+        "mode": "default", "mbm_total_bytes": "0=0x7f;1=0x7f",
+        "mbm_local_bytes": "0=0x15;1=0x15"}
+    # Intel: none of these files
+    assert resctrl.read_mbm_config(build_resctrl(str(tmp_path / "c"), topo)) is None

@@ -170,3 +170,31 @@ def test_default_mode_reads_every_domain(tmp_path: Any) -> None:
     cycle = b.sync([InstanceRef(A, "instance-a")])
     assert set(cycle.readings[A].mbm_total) == {"/0", "/1"} and cycle.unmonitored == {}
     assert not any(c[0] == "assign" for c in h.ops.calls)
+
+
+def test_a_counter_configuration_change_gives_new_keys(abmc_host: AbmcHost) -> None:
+    """Another tool writes an event_filter: the counters restarted (the kernel
+    reprograms them, event_filter_write()); seen on the next config read
+    (every RELIST cycles), every MBM value gets a new key, and the cycle
+    carries the configuration for the samples' metadata."""
+    h = abmc_host
+    h.qemu("instance-a", 100, "8-9")
+    b = h.backend()
+    refs = [InstanceRef(A, "instance-a")]
+    cycle = b.sync(refs)
+    assert cycle.mbm_config == {"mode": "mbm_event", **abmc.DEFAULT_FILTERS}
+    assert set(cycle.readings[A].mbm_total) == {"/1"}
+    with open(os.path.join(h.root, "info", "L3_MON", "event_configs", "mbm_total_bytes",
+                           "event_filter"), "w") as f:
+        f.write("local_reads,remote_reads\n")
+    seen = []
+    for _ in range(RELIST):
+        cycle = b.sync(refs)
+        seen.append(set(cycle.readings[A].mbm_total))
+    assert seen[0] == {"/1"} and seen[-1] == {"/1%1"}  # read once per RELIST cycles
+    assert cycle.mbm_config is not None
+    assert cycle.mbm_config["mbm_total_bytes"] == "local_reads,remote_reads"
+    assert set(cycle.readings[A].mbm_local) == {"/1%1"}
+    assert b.mbm_config.changes == 1
+    for _ in range(2 * RELIST):  # no change: the keys stay
+        assert set(b.sync(refs).readings[A].mbm_total) == {"/1%1"}
