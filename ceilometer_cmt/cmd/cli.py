@@ -220,6 +220,10 @@ def cmd_poll(args: argparse.Namespace) -> int:
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
+    if args.guard:
+        from ceilometer_cmt.cmd import guard
+
+        return guard.cleanup(args.config_file, args.dry_run)
     from ceilometer_cmt.backends.resctrl.backend import ResctrlBackend
 
     s = load_settings(args.config_file, args.set)
@@ -263,6 +267,7 @@ EXTERNAL = {
     "simulate": ("ceilometer_cmt.simulator.runner:simulate_main", "run the resctrl simulator"),
     "demo": ("ceilometer_cmt.cmd.demo:main", "simulated host + real polling + live view"),
     "top": ("ceilometer_cmt.cmd.top:main", "live per-instance cache view"),
+    "guard": ("ceilometer_cmt.cmd.guard:main", "cap a noisy neighbour's L3 share with CAT"),
     "gnocchi-resources": ("ceilometer_cmt.cmd.gnocchi_resources:main",
                           "print ceilometer's gnocchi_resources.yaml with our meters merged"),
 }
@@ -292,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stale-only", action="store_true",
                    help="keep the groups of instances running on this host")
     p.add_argument("--dry-run", action="store_true", help="only list")
+    p.add_argument("--guard", action="store_true",
+                   help="undo the guard: threads of its cap groups back, cap groups removed")
     p.set_defaults(func=cmd_cleanup)
     for name, (_target, help_text) in EXTERNAL.items():
         p = sub.add_parser(name, help=help_text, add_help=False)

@@ -1,0 +1,233 @@
+"""``ceilometer-cmt guard``: cap a noisy neighbour's L3 share with CAT, and
+``ceilometer-cmt cleanup --guard``: undo every cap.
+
+The service is :mod:`ceilometer_cmt.guard.service`; this module gives it its
+options (``[cmt]`` for the roots and the group prefix, ``[cmt_guard]`` for
+the policy), its instances (libvirt's running domains; ``cmt:guard=off``
+anywhere in a domain's Nova metadata exempts it), its writes (direct: the
+guard runs as root; the privileged daemon's client comes with the privsep
+task) and its outputs: a log line per action, an oslo.messaging
+notification ``cmt.guard.cap`` / ``cmt.guard.release`` through the
+config's notification transport, and with ``--json`` one line per action,
+``{"event": "guard", "action": "cap", "uuid": ..., "share": ...}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ceilometer_cmt.backends.resctrl import fs
+from ceilometer_cmt.errors import CmtError
+from ceilometer_cmt.guard import policy
+from ceilometer_cmt.guard.direct_ops import DirectCatOps
+from ceilometer_cmt.guard.observe import GuardInstance
+from ceilometer_cmt.guard.service import CycleResult, Guard, GuardOptions
+
+LOG = logging.getLogger(__name__)
+NOVA_NS = "http://openstack.org/xmlns/libvirt/nova/1.1"
+EXEMPT_KEY = "cmt:guard"
+
+
+def load_conf(config_files: Sequence[str]) -> Any:
+    from oslo_config import cfg
+
+    from ceilometer_cmt import options
+
+    conf = cfg.ConfigOpts()
+    options.register_opts(conf)
+    options.register_guard_opts(conf)
+    conf.register_opts([cfg.StrOpt("libvirt_uri", default=""),
+                        cfg.StrOpt("libvirt_type", default="kvm"),
+                        cfg.StrOpt("host", default=platform.node())])
+    conf(args=[], project="ceilometer", default_config_files=list(config_files))
+    return conf
+
+
+def guard_options(conf: Any) -> GuardOptions:
+    g = conf.cmt_guard
+    return GuardOptions(
+        resctrl_root=conf.cmt.resctrl_root, proc_root=conf.cmt.proc_root,
+        sysfs_root=conf.cmt.sysfs_root, pid_dir=conf.cmt.libvirt_pid_dir,
+        lock_file=g.lock_file, dry_run=g.dry_run,
+        policy=policy.Options(
+            prefix=conf.cmt.resctrl_group_prefix, cap_above=g.cap_above,
+            cap_after=g.cap_after, release_below=g.release_below,
+            release_after=g.release_after, cap_share=g.cap_share,
+            closid_reserve=None if g.closid_reserve < 0 else g.closid_reserve))
+
+
+def libvirt_uri(conf: Any) -> str:
+    if conf.cmt.libvirt_uri:
+        return str(conf.cmt.libvirt_uri)
+    if conf.libvirt_uri:
+        return str(conf.libvirt_uri)
+    return "qemu:///system" if conf.libvirt_type in ("kvm", "qemu") else \
+        f"{conf.libvirt_type}:///system"
+
+
+def exempt(metadata_xml: str | None) -> bool:
+    """``cmt:guard=off`` in a domain's Nova metadata: any element named by a
+    ``name`` or ``key`` attribute ``cmt:guard`` whose text is ``off``
+    (flavor extra specs, server metadata)."""
+    if not metadata_xml or EXEMPT_KEY not in metadata_xml:
+        return False
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.fromstring(metadata_xml)
+    except ET.ParseError:
+        return False
+    return any(EXEMPT_KEY in (el.get("name"), el.get("key"))
+               and (el.text or "").strip().lower() == "off" for el in root.iter())
+
+
+def libvirt_instances(uri: str) -> Callable[[], list[GuardInstance]]:
+    def listed() -> list[GuardInstance]:
+        import libvirt
+
+        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+        conn = libvirt.openReadOnly(uri)
+        try:
+            out = []
+            for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
+                try:
+                    meta = d.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, NOVA_NS)
+                except libvirt.libvirtError:
+                    meta = None
+                out.append(GuardInstance(d.UUIDString(), d.name(), exempt(meta)))
+            return out
+        finally:
+            conn.close()
+    return listed
+
+
+class Notifications:
+    """``cmt.guard.cap`` / ``cmt.guard.release`` through the config's
+    notification transport (``[oslo_messaging_notifications]``)."""
+
+    def __init__(self, conf: Any) -> None:
+        import oslo_messaging
+
+        self.host = conf.host
+        transport = oslo_messaging.get_notification_transport(conf)
+        self.notifier = oslo_messaging.Notifier(
+            transport, publisher_id=f"ceilometer-cmt-guard.{conf.host}")
+
+    def emit(self, result: CycleResult) -> None:
+        for a in result.actions:
+            self.notifier.info({}, f"cmt.guard.{a.kind}", payload(a, self.host, result))
+
+
+def payload(a: Any, host: str, result: CycleResult) -> dict[str, Any]:
+    return {"instance_id": a.uuid, "share": a.share, "reason": a.reason, "host": host,
+            "domains": list(a.domains), "dry_run": not a.done}
+
+
+def json_lines(result: CycleResult) -> list[str]:
+    return [json.dumps({"event": "guard", "action": a.kind, "uuid": a.uuid, "share": a.share,
+                        "reason": a.reason, "dry_run": not a.done}, sort_keys=True)
+            for a in result.actions]
+
+
+def run(args: argparse.Namespace) -> int:
+    conf = load_conf(args.config_file)
+    opts = guard_options(conf)
+    fs.verify_mount(opts.resctrl_root, opts.proc_root)
+    notes = Notifications(conf)
+    guard = Guard(opts, DirectCatOps(opts.resctrl_root, opts.policy.prefix),
+                  libvirt_instances(libvirt_uri(conf)))
+    guard.start()
+    LOG.info("ceilometer-cmt guard started (%s), every %gs", "DRY RUN: nothing is written"
+             if opts.dry_run else "caps are applied", conf.cmt_guard.interval)
+    try:
+        n = 0
+        while True:
+            started = time.monotonic()
+            try:
+                result = guard.cycle()
+            except (OSError, CmtError) as e:
+                LOG.warning("guard cycle failed: %s", e)
+            else:
+                if args.json:
+                    for line in json_lines(result):
+                        print(line, flush=True)
+                notes.emit(result)
+            n += 1
+            if args.once or (args.cycles and n >= args.cycles):
+                return 0
+            time.sleep(max(0.0, conf.cmt_guard.interval - (time.monotonic() - started)))
+    finally:
+        guard.stop()
+
+
+def cleanup(config_files: Sequence[str], dry_run: bool = False) -> int:
+    """Every thread of our cap groups back to the default group (and into
+    the agent's monitor group there), then the cap groups removed; nothing
+    else is touched, and never a group without our prefix."""
+    conf = load_conf(config_files)
+    opts = guard_options(conf)
+    root, pol = opts.resctrl_root, opts.policy
+    ops = DirectCatOps(root, pol.prefix)
+    status = 0
+    with fs.RootLock(root):
+        groups = fs.list_groups(root)
+        for group in sorted(pol.ours(groups)):
+            tids = sorted(fs.read_tasks(os.path.join(root, group)))
+            print(f"{'would remove' if dry_run else 'remove'}  {os.path.join(root, group)}"
+                  f" ({len(tids)} threads back to the default group)")
+            if dry_run:
+                continue
+            by_mon = {name: fs.read_tasks(os.path.join(fs.mon_groups_path(root, group), name))
+                      for name in groups.get(group, []) if name.startswith(pol.prefix)}
+            for name, members in by_mon.items():
+                uuid = name[len(pol.prefix):]
+                try:
+                    failed = ops.move_threads("", uuid, "", sorted(members))
+                except OSError as e:
+                    print(f"  cannot move {name}'s threads back: {e.strerror}", file=sys.stderr)
+                    failed = []
+                    status = 1
+                if any(err != errno.ESRCH for _, err in failed):
+                    status = 1
+            try:
+                ops.remove_ctrl_group(group)  # the rest go back with the rmdir
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                print(f"  cannot remove {group}: {e.strerror}", file=sys.stderr)
+                status = 1
+    return status
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ceilometer-cmt guard", description=__doc__.split("\n")[0])
+    p.add_argument("--config-file", action="append", default=[],
+                   help="ceilometer config file(s) with [cmt] and [cmt_guard]")
+    p.add_argument("--once", action="store_true", help="one cycle, then exit")
+    p.add_argument("--cycles", type=int, default=0, help="stop after N cycles (0: never)")
+    p.add_argument("--json", action="store_true",
+                   help='one {"event": "guard", ...} line per cap or release')
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return run(args)
+    except CmtError as e:
+        print(f"ceilometer-cmt guard: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
