@@ -1,0 +1,94 @@
+"""``ceilometer-cmt guard``: its options from a config file, the exemption
+read from Nova's metadata, the JSON lines and the oslo.messaging
+notifications (through the in-memory ``test`` driver), a one-cycle run."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import pytest
+
+from ceilometer_cmt.cmd import cli
+from ceilometer_cmt.cmd import guard as cmd
+from ceilometer_cmt.guard.service import CycleResult, GuardAction
+
+U1 = "11111111-1111-4111-8111-111111111111"
+
+
+def conf_file(tmp_path: Any, body: str) -> str:
+    path = tmp_path / "ceilometer.conf"
+    path.write_text("[DEFAULT]\nhost = compute-7\ntransport_url = fake:/\n"
+                    "[oslo_messaging_notifications]\ndriver = test\n" + body)
+    return str(path)
+
+
+def test_options_defaults_and_overrides(tmp_path: Any) -> None:
+    conf = cmd.load_conf([conf_file(tmp_path, "")])
+    o = cmd.guard_options(conf)
+    assert o.dry_run is True  # the default: nothing is written
+    assert (o.policy.cap_above, o.policy.cap_after, o.policy.release_below,
+            o.policy.release_after, o.policy.cap_share) == (50.0, 3, 30.0, 10, 25)
+    assert o.policy.closid_reserve is None  # half of num_closids
+    assert o.lock_file == "/run/ceilometer-cmt/guard.lock"
+    conf = cmd.load_conf([conf_file(tmp_path, "[cmt]\nresctrl_group_prefix = cc-\n"
+                                    "[cmt_guard]\ndry_run = false\ncap_share = 30\n"
+                                    "closid_reserve = 2\n")])
+    o = cmd.guard_options(conf)
+    assert not o.dry_run and o.policy.cap_share == 30 and o.policy.closid_reserve == 2
+    assert o.policy.group_name(30) == "cc-cap-30"
+
+
+NOVA = "http://openstack.org/xmlns/libvirt/nova/1.1"
+
+
+@pytest.mark.parametrize("xml,exempt", [
+    (None, False),
+    (f'<instance xmlns="{NOVA}"><name>vm</name></instance>', False),
+    (f'<instance xmlns="{NOVA}"><flavor><extraSpecs>'
+     '<extraSpec name="cmt:guard">off</extraSpec></extraSpecs></flavor></instance>', True),
+    (f'<instance xmlns="{NOVA}"><meta key="cmt:guard"> OFF </meta></instance>', True),
+    (f'<instance xmlns="{NOVA}"><meta key="cmt:guard">on</meta></instance>', False),
+    ("<broken cmt:guard", False),
+])
+def test_exemption_from_nova_metadata(xml: str | None, exempt: bool) -> None:
+    assert cmd.exempt(xml) is exempt
+
+
+RESULT = CycleResult(1, False, (GuardAction("cap", U1, 25, "holds 60%", (0,)),),
+                     allocation={U1: 25.0}, capped=1)
+
+
+def test_json_lines() -> None:
+    assert [json.loads(x) for x in cmd.json_lines(RESULT)] == [
+        {"event": "guard", "action": "cap", "uuid": U1, "share": 25, "reason": "holds 60%",
+         "dry_run": False}]
+
+
+def test_notifications_through_the_configured_transport(tmp_path: Any) -> None:
+    from oslo_messaging.notify import _impl_test
+
+    _impl_test.reset()
+    notes = cmd.Notifications(cmd.load_conf([conf_file(tmp_path, "")]))
+    notes.emit(RESULT)
+    [(ctxt, message, priority, retry)] = _impl_test.NOTIFICATIONS
+    assert priority == "INFO"
+    assert message["event_type"] == "cmt.guard.cap"
+    assert message["publisher_id"] == "ceilometer-cmt-guard.compute-7"
+    assert message["payload"] == {"instance_id": U1, "share": 25, "reason": "holds 60%",
+                                  "host": "compute-7", "domains": [0], "dry_run": False}
+
+
+def test_the_cli_names_guard_and_cleanup_guard() -> None:
+    assert "guard" in cli.EXTERNAL
+    args = cli.build_parser().parse_args(["cleanup", "--guard", "--dry-run"])
+    assert args.guard and args.dry_run
+
+
+def test_a_missing_resctrl_is_a_clear_error(tmp_path: Any, capsys: Any) -> None:
+    conf = conf_file(tmp_path, f"[cmt]\nresctrl_root = {tmp_path}/none\n"
+                               f"[cmt_guard]\nlock_file = {tmp_path}/guard.lock\n")
+    assert cmd.main(["--config-file", conf, "--once"]) == 2
+    assert "ceilometer-cmt guard:" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "guard.lock")  # refused before any lock
