@@ -5,7 +5,8 @@ real CPU affinity decides the L3 domains they need counters in.
 The simulated host (preset ``amd-abmc``) has two L3 domains, CPUs 0-7 and
 8-15, 8 counters each; the default group holds total and local in both from
 boot. This machine's CPUs are 0 and 1, so every stand-in may run in domain 0
-only: each instance needs 2 counters there and 3 instances get them.
+only: 6 counters there for 5 instances, total before local: 5 totals and
+one local.
 
 Needs /dev/fuse, fusermount3 and libfuse3 (Debian fuse3, libfuse3-3) and root.
 """
@@ -75,6 +76,10 @@ def _with_counters(result: CycleResult) -> set[str]:
     return {u for u, m in result.instances.items() if m.mbm_total_bytes is not None}
 
 
+def _local(result: CycleResult) -> set[str]:
+    return {u for u, m in result.instances.items() if m.mbm_local_bytes is not None}
+
+
 def test_more_instances_than_counters(abmc_host: Any) -> None:
     sim, sysfs, pid_dir = abmc_host({})
     backend = ResctrlBackend(sim.mountpoint, sysfs_root=sysfs, pid_dir=pid_dir, prefix=PREFIX)
@@ -90,25 +95,25 @@ def test_more_instances_than_counters(abmc_host: Any) -> None:
     try:
         assert backend.mbm is not None
         first = poll()
-        # occupancy for all five, bandwidth for the three that got counters
+        # occupancy for all five, total bandwidth for all, local for the first
         assert set(first.instances) == set(UUIDS)
         assert all(m.occupancy for m in first.instances.values())
-        holders = _with_counters(first)
-        assert len(holders) == 3
-        waiting = set(UUIDS) - holders
+        assert _with_counters(first) == set(UUIDS) and _local(first) == {UUIDS[0]}
+        waiting = set(UUIDS[1:])
         for u in waiting:
             m = first.instances[u]
-            assert (m.mbm_total_bytes, m.mbm_local_bytes, m.mbm_total_rate) == (None,) * 3
-            assert "no free MBM counter in L3 domain(s) [0]" in first.unmonitored[u]
+            assert (m.mbm_local_bytes, m.mbm_local_rate) == (None, None)
+            assert first.unmonitored[u] == (
+                "no MBM counter: mbm_local_bytes: no free MBM counter in L3 domain(s) [0] "
+                "(held by instances of equal or higher priority, or by other tools)")
         assert set(first.unmonitored) == waiting
         # only where the threads may run: domain 1's counters, assigned by the
         # kernel on mkdir, went back (the default group keeps its two)
         assert assign_files.read_available_mbm_cntrs(sim.mountpoint) == {0: 0, 1: 6}
-        for u in holders:
-            assert assign_files.read_assignments(
-                f"{sim.mountpoint}/mon_groups/{PREFIX}{u}") == {
-                "mbm_total_bytes": {0: True, 1: False},
-                "mbm_local_bytes": {0: True, 1: False}}
+        assert assign_files.read_assignments(
+            f"{sim.mountpoint}/mon_groups/{PREFIX}{UUIDS[1]}") == {
+            "mbm_total_bytes": {0: True, 1: False},
+            "mbm_local_bytes": {0: False, 1: False}}
 
         # no flapping: the same holders, no write and no plan once settled
         poll()
@@ -117,36 +122,31 @@ def test_more_instances_than_counters(abmc_host: Any) -> None:
         last: dict[str, int] = {}
         for _ in range(30):
             r = poll()
-            assert _with_counters(r) == holders
-            for u in holders:
+            assert _with_counters(r) == set(UUIDS) and _local(r) == {UUIDS[0]}
+            assert set(r.unmonitored) == waiting
+            for u in UUIDS:
                 m = r.instances[u]
                 assert m.mbm_total_rate == pytest.approx(TOTAL, rel=0.02)
-                assert m.mbm_local_rate == pytest.approx(LOCAL, rel=0.02)
                 assert m.mbm_total_bytes is not None and m.mbm_total_bytes >= last.get(u, 0)
                 last[u] = m.mbm_total_bytes
+            assert r.instances[UUIDS[0]].mbm_local_rate == pytest.approx(LOCAL, rel=0.02)
         assert (backend.mbm.lines_written, backend.mbm.plans) == (written, plans)
         # each group's file is read again once per RELIST cycles, not each cycle
-        assert backend.mbm.file_reads - reads <= 30 * len(UUIDS) // 10 + len(UUIDS)
+        assert backend.mbm.file_reads - reads == 30 * len(UUIDS) // 10
 
-        # one holder leaves: its two counters go to the waiting instances,
-        # total before local: each of the two gets a total, neither a local
-        gone = sorted(holders)[0]
-        rest = [r for r in refs if r.uuid != gone]
+        # the last instance leaves: its counter goes to the next waiting one
+        rest = refs[:-1]
         after = poll(rest)
-        assert _with_counters(after) == holders - {gone} | waiting
-        for u in waiting:
-            m = after.instances[u]
-            assert m.mbm_total_bytes is not None and m.mbm_local_bytes is None
-            # a new counter: the cumulative starts, the rate comes one cycle later
-            assert m.mbm_total_rate is None
-            assert after.unmonitored[u].startswith("no MBM counter: mbm_local_bytes: ")
-        assert set(after.unmonitored) == waiting
+        assert _local(after) == {UUIDS[0], UUIDS[1]}
+        assert set(after.unmonitored) == {UUIDS[2], UUIDS[3]}
+        # a new counter: the cumulative starts, the rate comes one cycle later
+        m = after.instances[UUIDS[1]]
+        assert m.mbm_local_bytes is not None and m.mbm_local_rate is None
         later = poll(rest)
-        for u in waiting:
-            assert later.instances[u].mbm_total_rate == pytest.approx(TOTAL, rel=0.02)
-            assert later.instances[u].mbm_local_rate is None
-        for u in holders - {gone}:  # the holders kept theirs: no reset, no gap
-            assert later.instances[u].mbm_local_rate == pytest.approx(LOCAL, rel=0.02)
+        assert later.instances[UUIDS[1]].mbm_local_rate == pytest.approx(LOCAL, rel=0.02)
+        # the others kept theirs: no reset, no gap
+        assert later.instances[UUIDS[0]].mbm_local_rate == pytest.approx(LOCAL, rel=0.02)
+        assert after.instances[UUIDS[2]].mbm_total_rate == pytest.approx(TOTAL, rel=0.02)
     finally:
         mon.close()
 
@@ -163,51 +163,38 @@ def test_priority_takes_counters_and_cumulative_stays_monotonic(abmc_host: Any) 
         return mon.poll([InstanceRef(u, n, prio.get(u, 0)) for u, n in NAMES.items()
                          if u != without])
 
-    def local(r: CycleResult) -> set[str]:
-        return {u for u, m in r.instances.items() if m.mbm_local_bytes is not None}
-
     try:
         first = poll({})
-        holders = _with_counters(first)
-        assert local(first) == holders
-        vip = sorted(set(UUIDS) - holders)[0]
-        # priority 10 takes counters from holders of priority 0: their locals
-        # (a later event) go first, so they keep their totals
+        poll({})
+        assert _local(first) == {UUIDS[0]}
+        vip = UUIDS[4]
+        # priority 10 takes the local counter of a holder of priority 0
         r = poll({vip: 10})
-        assert vip in _with_counters(r) and vip in local(r)
-        losers = holders - local(r)
-        assert losers and _with_counters(r) >= holders
-        for u in losers:
-            assert "higher priority" in r.unmonitored[u]
-        cum = {u: first.instances[u].mbm_local_bytes for u in losers}
+        assert _local(r) == {vip} and _with_counters(r) == set(UUIDS)
+        assert "its counters went to instance" in r.unmonitored[UUIDS[0]]
+        assert "higher priority" in r.unmonitored[UUIDS[0]]
+        assert vip not in r.unmonitored
+        cum = r.instances[UUIDS[0]].mbm_total_bytes
         # the priority back to 0: nobody loses what it holds now (no flapping)
-        r = poll({})
-        assert vip in local(r) and not losers & local(r)
-        written = backend.mbm.lines_written
+        written = backend.mbm.lines_written  # type: ignore[union-attr]
         for _ in range(5):
-            assert local(poll({})) == local(r)
-        assert backend.mbm.lines_written == written
-        # the vip leaves: its total goes to the instance without any counter
-        # (total before local), its local to a loser: a new count under new
-        # keys, so the cumulative goes on and the rate skips once
-        resets = backend.mbm.resets
+            assert _local(poll({})) == {vip}
+        assert backend.mbm.lines_written == written  # type: ignore[union-attr]
+        # the vip leaves: its two counters go to the two oldest waiting for a
+        # local, newly assigned: new keys, the cumulative goes on, no rate once
+        resets = backend.mbm.resets  # type: ignore[union-attr]
+        local_before = first.instances[UUIDS[0]].mbm_local_bytes
         back = poll({}, without=vip)
-        assert _with_counters(back) == set(UUIDS) - {vip}
-        regained = losers & local(back)
-        assert len(regained) == 1
-        assert backend.mbm.resets == resets + 2
-        for u in regained:
-            m = back.instances[u]
-            c = cum[u]
-            assert c is not None and m.mbm_local_bytes is not None and m.mbm_local_bytes >= c
-            assert m.mbm_local_rate is None
+        assert _local(back) == {UUIDS[0], UUIDS[1]}
+        assert backend.mbm.resets == resets + 2  # type: ignore[union-attr]
+        m = back.instances[UUIDS[0]]
+        assert local_before is not None and m.mbm_local_bytes is not None
+        assert m.mbm_local_bytes >= local_before and m.mbm_local_rate is None
+        assert cum is not None and m.mbm_total_bytes is not None and m.mbm_total_bytes > cum
         again = poll({}, without=vip)
-        for u in regained:
-            m = again.instances[u]
-            assert m.mbm_local_rate == pytest.approx(LOCAL, rel=0.02)
-            assert m.mbm_local_bytes is not None
-            assert m.mbm_local_bytes == pytest.approx(
-                back.instances[u].mbm_local_bytes + 60 * LOCAL, rel=0.02)
+        m2 = again.instances[UUIDS[0]]
+        assert m2.mbm_local_rate == pytest.approx(LOCAL, rel=0.02)
+        assert m2.mbm_local_bytes == pytest.approx(m.mbm_local_bytes + 60 * LOCAL, rel=0.02)
     finally:
         mon.close()
 
@@ -244,14 +231,14 @@ def test_groups_removed_by_another_tool(abmc_host: Any, caplog: Any) -> None:
                 assert warnings == []
             assert r.removed_by_others == 5 * (n // 10)
             assert set(r.instances) == set(UUIDS)
-            # the same holders keep counters: the oldest first, as before
-            assert len(_with_counters(r)) == 3
-            for u in _with_counters(r):
+            # the groups made again get the counters as before
+            assert _with_counters(r) == set(UUIDS) and _local(r) == {UUIDS[0]}
+            for u in UUIDS:
                 m = r.instances[u]
-                assert m.mbm_total_bytes is not None and m.mbm_local_bytes is not None
+                assert m.mbm_total_bytes is not None
                 t0, l0 = last.get(u, (0, 0))
-                assert m.mbm_total_bytes >= t0 and m.mbm_local_bytes >= l0
-                last[u] = (m.mbm_total_bytes, m.mbm_local_bytes)
+                assert m.mbm_total_bytes >= t0 and (m.mbm_local_bytes or l0) >= l0
+                last[u] = (m.mbm_total_bytes, m.mbm_local_bytes or 0)
                 if n % 10 == 0:
                     assert m.mbm_total_rate is None  # new counters: no rate once
                 elif n % 10 == 1 and n > 1:
@@ -294,6 +281,6 @@ def test_event_filter_written_by_another_tool(abmc_host: Any, caplog: Any) -> No
         assert configs[9:] == [new_filter] * 6
         assert backend.mbm_config.changes == 1
         assert [rec for rec in caplog.records if "configuration changed" in rec.getMessage()]
-        assert len(_with_counters(r)) == 3
+        assert _with_counters(r) == set(UUIDS)
     finally:
         mon.close()

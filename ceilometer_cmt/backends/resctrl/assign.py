@@ -154,11 +154,20 @@ def plan(available: Mapping[int, int], instances: Iterable[Instance],
     free = {d: max(0, n) for d, n in available.items()}
     state: Held = start
     missing: dict[str, dict[str, str]] = {}
+    taken: dict[str, dict[str, str]] = {}  # why a holder lost its counters
     for _ in range(MAX_ROUNDS):
         new, free, missing = _round(free, insts, state, wanted)
+        for u, reasons in missing.items():
+            for e, why in reasons.items():
+                if e in start.get(u, {}) and e not in new.get(u, {}) and e in state.get(u, {}):
+                    taken.setdefault(u, {}).setdefault(e, why)
         if new == state:
             break
         state = new
+    for u, reasons in missing.items():  # a later round sees only "no free counter"
+        for e in reasons:
+            if e in taken.get(u, {}):
+                reasons[e] = taken[u][e]
     assign: list[Change] = []
     release: list[Change] = []
     for i in insts:
@@ -216,7 +225,8 @@ def _round(available: Mapping[int, int], insts: list[Instance], state: Held,
                 else:
                     why = (f"no free MBM counter in L3 domain(s) {short} (held by instances "
                            "of equal or higher priority, or by other tools)")
-                missing.setdefault(inst.uuid, {})[event] = f"{event}: {why}"
+                # (a holder that just lost them to a higher priority keeps that reason)
+                missing.setdefault(inst.uuid, {}).setdefault(event, f"{event}: {why}")
                 drop(unit)
                 continue
             for v in victims or []:

@@ -8,7 +8,11 @@ local instances and removes the rest; an instance that left takes its groups
 with it; a group removed behind our back is made again with new counter keys.
 New threads are placed by :mod:`placement`, values read by :mod:`values`;
 on a host with Intel AET (``info/PERF_PKG_MON``) the telemetry of the same
-groups by :mod:`telemetry`, into the cycle's ``telemetry``.
+groups by :mod:`telemetry`, into the cycle's ``telemetry``; on AMD ABMC
+hardware in ``mbm_event`` mode the MBM counters of the groups are assigned
+by :mod:`mbm_counters`, which also watches the counter configuration. Our
+groups removed by another resctrl user are counted (``removed_by_others``),
+with one WARNING per cycle that finds some.
 
 Steady state (no instance or thread appeared or left) costs the value reads
 (``pread`` of files kept open), one ``poll()`` over the pidfds of all qemu

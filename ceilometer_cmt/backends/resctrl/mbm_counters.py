@@ -16,7 +16,10 @@ release first, then every assignment, one line per ``write()``.
 - **What the kernel holds.** A group's ``mbm_L3_assignments`` is read when
   the group is first seen (the kernel may have assigned counters on mkdir,
   ``mbm_assign_on_mkdir``), after a refused write, and every RELIST-th cycle
-  of its instance (someone else may have changed it); not every cycle.
+  of its instance (someone else may have changed it); not every cycle. What
+  the kernel gave a group we just made counts as free for the plan, so a new
+  instance does not take the turn of older ones waiting (and keeps what the
+  plan leaves it, without a reset); adopted groups keep what they hold.
 - **Resets.** A new assignment restarts the hardware count
   (``rdtgroup_assign_cntr()``); writing ``e`` where a counter is assigned is
   a no-op (``rdtgroup_alloc_assign_cntr()``). So each newly assigned counter
@@ -216,13 +219,18 @@ class MbmCounters:
 
     def _cycle(self, tracked: Sequence[MonitoredInstance], cycle_no: int,
                forget: Callable[[str], None]) -> None:
-        changed = new = False
+        changed = False
+        fresh: set[str] = set()  # groups made by mkdir since the last cycle
+        new = False
         for t in tracked:
             periodic = (cycle_no + t.stagger) % self.relist == 0
             for ctrl, path in t.groups.items():
                 if ctrl not in t.mbm_held or periodic:
                     new |= ctrl not in t.mbm_held
                     changed |= self.learn(t, ctrl, path, forget)
+            if t.made:
+                fresh.update(t.groups[c] for c in t.made if c in t.groups)
+                t.made.clear()
         if new:
             # a mkdir since the budget was read may have taken counters
             self.available = assign_files.read_available_mbm_cntrs(self.root)
@@ -232,20 +240,47 @@ class MbmCounters:
         if not changed and seen == self._seen:
             return
         self._seen = seen
-        self._plan(tracked, forget)
+        self._plan(tracked, forget, fresh)
 
-    def _plan(self, tracked: Sequence[MonitoredInstance],
-              forget: Callable[[str], None]) -> None:
+    def _plan(self, tracked: Sequence[MonitoredInstance], forget: Callable[[str], None],
+              fresh: set[str]) -> None:
+        """Plan and apply. The counters the kernel gave a ``fresh`` group on
+        mkdir (``mbm_assign_on_mkdir``) count as free for the plan: a new
+        instance does not jump the queue of older ones waiting for a counter
+        freed in the same cycle; it keeps those the plan gives it (no reset)
+        and gives back the others."""
         self.plans += 1
         groups = {path: (t, ctrl) for t in tracked for ctrl, path in t.groups.items()}
         every = frozenset(self.cpu_map.values()) or frozenset(self.available or ())
-        plan = assign.plan(self.available or {}, [
-            assign.Instance(path, t.mbm_domains or every, t.mbm_held.get(ctrl, {}),
+        free = dict(self.available or {})
+        auto: dict[str, dict[str, frozenset[int]]] = {}
+        for path in fresh & groups.keys():
+            t, ctrl = groups[path]
+            auto[path] = t.mbm_held.get(ctrl, {})
+            for doms in auto[path].values():
+                for d in doms & free.keys():
+                    free[d] += 1
+        plan = assign.plan(free, [
+            assign.Instance(path, t.mbm_domains or every,
+                            {} if path in auto else t.mbm_held.get(ctrl, {}),
                             t.priority, float(t.since))
             for path, (t, ctrl) in groups.items()], self.events)
+        releases, assigns = plan.release_lines(), plan.assign_lines()
+        for path, had in auto.items():  # the plan saw them without counters
+            after = plan.held.get(path, {})
+            assigns.pop(path, None)
+            for ev in self.events:
+                gone = had.get(ev, frozenset()) - after.get(ev, frozenset())
+                new = after.get(ev, frozenset()) - had.get(ev, frozenset())
+                if gone:
+                    releases.setdefault(path, []).append(
+                        assign_files.format_assignment(ev, dict.fromkeys(gone, False)))
+                if new:
+                    assigns.setdefault(path, []).append(
+                        assign_files.format_assignment(ev, dict.fromkeys(new, True)))
         wrote = False
         refused: dict[str, list[str]] = {}
-        for lines_of in (plan.release_lines(), plan.assign_lines()):
+        for lines_of in (releases, assigns):
             for path, lines in sorted(lines_of.items()):
                 try:
                     failures = self.ops.write_assignments(path, lines)

@@ -41,6 +41,9 @@ class MonitoredInstance:
     #: mbm_event mode: control group -> event -> domains where our group holds
     #: a counter (a control group missing: its group's file not read yet)
     mbm_held: dict[str, dict[str, frozenset[int]]] = field(default_factory=dict)
+    #: control groups where our group was just made by mkdir: the counters
+    #: the kernel gave it then are not yet held by policy (see mbm_counters)
+    made: set[str] = field(default_factory=set)
     #: (control group, event, domain) -> times a counter was newly assigned
     mbm_gens: dict[tuple[str, str, int], int] = field(default_factory=dict)
     #: ``cmt:mbm_priority`` of the instance (the higher, the sooner served)

@@ -139,4 +139,5 @@ class CyclePlacement:
                 raise NotMonitored(self.no_rmid) from e
             raise
         t.groups[ctrl] = path
+        t.made.add(ctrl)
         return path

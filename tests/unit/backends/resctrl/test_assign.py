@@ -103,6 +103,19 @@ def test_higher_priority_takes_from_the_lowest_youngest_holder() -> None:
     assert "higher priority" in p.unmonitored["low-young"]
 
 
+def test_a_holder_that_lost_its_counters_says_to_whom() -> None:
+    """The holder comes later in the order than the one that took its
+    counter, and later rounds see it without any: the reason stays."""
+    insts = [inst("u1", [0], {TOTAL: [0], LOCAL: [0]}, since=1),
+             inst("u2", [0], {TOTAL: [0]}, since=2),
+             inst("vip", [0], {TOTAL: [0]}, priority=10, since=3)]
+    p = plan({0: 0}, insts)
+    assert p.release == (Change("u1", LOCAL, 0),) and p.assign == (Change("vip", LOCAL, 0),)
+    assert p.missing["u1"] == {
+        LOCAL: f"{LOCAL}: its counters went to instance vip of higher priority"}
+    assert "no free MBM counter" in p.missing["u2"][LOCAL]
+
+
 def test_a_local_never_takes_a_total() -> None:
     insts = [inst("vip", [0], {TOTAL: [0]}, priority=5), inst("low", [0], {TOTAL: [0]})]
     p = plan({0: 0}, insts)

@@ -110,25 +110,31 @@ def test_exhausted_counters_leave_bandwidth_none_with_a_reason(abmc_host: AbmcHo
     refs = [InstanceRef(A, "instance-a"), InstanceRef(B, "instance-b"),
             InstanceRef(C, "instance-c")]
     cycle = b.sync(refs)
-    # A's mkdir took the two free counters of each domain, B's and C's none;
-    # A gave domain 0's back, and C got them: newly assigned, a new key
+    # A's mkdir took the two free counters of each domain, B's and C's none.
+    # The plan counts what mkdir gave as free (the groups are new): totals
+    # first, A then B in domain 1 and C in domain 0, then C's local.
     assert set(cycle.readings) == {A, B, C}
-    rb = cycle.readings[B]
-    assert rb.mbm_total == {"/unassigned": None} and rb.mbm_local == {"/unassigned": None}
+    ra, rb, rc = (cycle.readings[u] for u in (A, B, C))
+    assert set(ra.mbm_total) == {"/1"}  # kept what mkdir gave: no reset
+    assert set(rb.mbm_total) == {"/1~1"} and set(rc.mbm_total) == {"/0~1"}
+    assert ra.mbm_local == rb.mbm_local == {"/unassigned": None}
+    assert set(rc.mbm_local) == {"/0~1"}
     assert set(rb.occupancy) == {0, 1}  # occupancy is read all the same
-    assert "no free MBM counter in L3 domain(s) [1]" in cycle.unmonitored[B]
-    assert cycle.unmonitored[B].startswith("no MBM counter: mbm_total_bytes: ")
-    assert A not in cycle.unmonitored and C not in cycle.unmonitored
-    assert set(cycle.readings[C].mbm_total) == {"/0~1"}
+    for u in (A, B):
+        assert cycle.unmonitored[u].startswith("no MBM counter: mbm_local_bytes: ")
+        assert "no free MBM counter in L3 domain(s) [1]" in cycle.unmonitored[u]
+    assert C not in cycle.unmonitored
+    assert assign_files.read_assignments(h.group(A)) == {
+        "mbm_total_bytes": {0: False, 1: True}, "mbm_local_bytes": {0: False, 1: False}}
     # no flapping, no write, and the groups' files read only on their re-listing
     calls, reads = len(h.ops.calls), b.mbm.file_reads  # type: ignore[union-attr]
     for _ in range(3 * RELIST):
         again = b.sync(refs)
-        assert again.unmonitored.keys() == {B}
+        assert again.unmonitored.keys() == {A, B}
     assert len(h.ops.calls) == calls
     assert b.mbm.file_reads - reads == 3 * len(refs)  # type: ignore[union-attr]
 
-    # A leaves: its counters go to B, newly assigned: new keys (a reset)
+    # A leaves: its counter goes to B's local, newly assigned: a new key
     cycle = b.sync(refs[1:])
     assert cycle.unmonitored == {}
     assert cycle.readings[B].mbm_total == {"/1~1": 0}
