@@ -4,9 +4,9 @@
 The service is :mod:`ceilometer_cmt.guard.service`; this module gives it its
 options (``[cmt]`` for the roots and the group prefix, ``[cmt_guard]`` for
 the policy), its instances (libvirt's running domains; ``cmt:guard=off``
-anywhere in a domain's Nova metadata exempts it), its writes (direct: the
-guard runs as root; the privileged daemon's client comes with the privsep
-task) and its outputs: a log line per action, an oslo.messaging
+anywhere in a domain's Nova metadata exempts it), its writes (:func:`cat_ops`:
+direct as root, else through the privileged daemon, as ``[cmt] privsep``
+says) and its outputs: a log line per action, an oslo.messaging
 notification ``cmt.guard.cap`` / ``cmt.guard.release`` through the
 config's notification transport, and with ``--json`` one line per action,
 ``{"event": "guard", "action": "cap", "uuid": ..., "share": ...}``.
@@ -30,6 +30,7 @@ from ceilometer_cmt.errors import CmtError
 from ceilometer_cmt.guard import policy
 from ceilometer_cmt.guard.direct_ops import DirectCatOps
 from ceilometer_cmt.guard.observe import GuardInstance
+from ceilometer_cmt.guard.ops import CatOps
 from ceilometer_cmt.guard.service import CycleResult, Guard, GuardOptions
 
 LOG = logging.getLogger(__name__)
@@ -63,6 +64,20 @@ def guard_options(conf: Any) -> GuardOptions:
             cap_after=g.cap_after, release_below=g.release_below,
             release_after=g.release_after, cap_share=g.cap_share,
             closid_reserve=None if g.closid_reserve < 0 else g.closid_reserve))
+
+
+def cat_ops(conf: Any, opts: GuardOptions) -> CatOps:
+    """The writes: in this process when ``[cmt] privsep`` is ``never`` or
+    ``auto`` as root, else through the privileged daemon (its entrypoints
+    for cap groups; the daemon applies its own prefix and reserve)."""
+    mode = conf.cmt.privsep
+    if mode == "never" or (mode == "auto" and os.geteuid() == 0):
+        return DirectCatOps(opts.resctrl_root, opts.policy.prefix)
+    from ceilometer_cmt.privsep import daemon_guard
+    from ceilometer_cmt.privsep.cat_entrypoints import PrivsepCatOps
+
+    daemon_guard.configure(conf)
+    return daemon_guard.GuardedCatOps(PrivsepCatOps())
 
 
 def libvirt_uri(conf: Any) -> str:
@@ -143,8 +158,7 @@ def run(args: argparse.Namespace) -> int:
     opts = guard_options(conf)
     fs.verify_mount(opts.resctrl_root, opts.proc_root)
     notes = Notifications(conf)
-    guard = Guard(opts, DirectCatOps(opts.resctrl_root, opts.policy.prefix),
-                  libvirt_instances(libvirt_uri(conf)))
+    guard = Guard(opts, cat_ops(conf, opts), libvirt_instances(libvirt_uri(conf)))
     guard.start()
     LOG.info("ceilometer-cmt guard started (%s), every %gs", "DRY RUN: nothing is written"
              if opts.dry_run else "caps are applied", conf.cmt_guard.interval)

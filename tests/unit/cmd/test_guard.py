@@ -92,3 +92,13 @@ def test_a_missing_resctrl_is_a_clear_error(tmp_path: Any, capsys: Any) -> None:
     assert cmd.main(["--config-file", conf, "--once"]) == 2
     assert "ceilometer-cmt guard:" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "guard.lock")  # refused before any lock
+
+
+def test_writes_direct_or_through_the_daemon(tmp_path: Any) -> None:
+    from ceilometer_cmt.guard.direct_ops import DirectCatOps
+    from ceilometer_cmt.privsep.daemon_guard import GuardedCatOps
+
+    conf = cmd.load_conf([conf_file(tmp_path, "[cmt]\nprivsep = never\n")])
+    assert isinstance(cmd.cat_ops(conf, cmd.guard_options(conf)), DirectCatOps)
+    conf = cmd.load_conf([conf_file(tmp_path, "[cmt]\nprivsep = always\n")])
+    assert isinstance(cmd.cat_ops(conf, cmd.guard_options(conf)), GuardedCatOps)
