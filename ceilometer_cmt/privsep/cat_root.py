@@ -103,7 +103,8 @@ class CatRoot:
 
     # ------------------------------------------------------------ operations
     def make(self, ctrl: object) -> None:
-        """``mkdir <ctrl>`` for a cap group, unless it eats into the CLOSID reserve."""
+        """``mkdir <ctrl>`` for a cap group, unless it eats into the CLOSID
+        reserve; MBM counters the kernel gave it past their reserve go back."""
         name = cat_rules.check_cap_group(ctrl, self.root.prefix)
         with self._locked() as fd:
             num = self.num_closids()
@@ -113,6 +114,9 @@ class CatRoot:
                 os.mkdir(name, dir_fd=fd)
             except OSError as e:
                 raise OSError(e.errno, self._last_cmd_status() or e.strerror, name) from None
+            # a control group has its own RMID: mbm_assign_on_mkdir gave it
+            # counters too, and those past the MBM counter reserve go back
+            self.root._give_back(name)
 
     def remove(self, ctrl: object) -> None:
         """``rmdir <ctrl>`` of a cap group (its tasks go back to the default group)."""

@@ -16,6 +16,7 @@ import uuid as uuidlib
 
 from oslo_config import cfg
 
+from ceilometer_cmt.privsep import cat_entrypoints as C
 from ceilometer_cmt.privsep import entrypoints as P
 
 logging.basicConfig(level=logging.INFO)  # oslo.privsep says how it started the daemon
@@ -196,6 +197,79 @@ results["flood_removed"] = 0
 for u in made:
     P.rmdir_group("", "ceilometer-" + u)
     results["flood_removed"] += 1
+
+# --- the guard's CAT writes (issue 15): its cap groups only, lines the daemon
+# checks itself, the CLOSID reserve, qemu threads only, and never a thread out of
+# another tool's control group
+CAP, FOREIGN = "ceilometer-cap-25", facts["cachetune"]
+cap_dir = os.path.join(root, CAP)
+
+
+def read(*path):
+    with open(os.path.join(*path), encoding="ascii") as f:
+        return f.read()
+
+
+attempt("cat_ok_mkdir", C.make_cap_group, CAP)
+results["cat_counters_after_mkdir"] = open(AVAILABLE).read()  # the reserve: given back
+attempt("cat_ok_schemata", C.write_cap_schemata, CAP, ["L3:0=f;1=f\n"])
+attempt("cat_ok_move", C.move_cap_threads, CAP, U1, q1["domain"], q1["tids"])
+results["cat_ok_state"] = {
+    "schemata": read(cap_dir, "schemata"),
+    "tasks": sorted(map(int, read(cap_dir, "tasks").split())),
+    "mon_tasks": sorted(map(int, read(cap_dir, "mon_groups", "ceilometer-" + U1,
+                                      "tasks").split()))}
+for i, name in enumerate(["", "info", "..", ".", "mon_groups", root, "a/b", FOREIGN, "pqos-1",
+                          "cap-25", "ceilometer-cap-0", "ceilometer-cap-101", "ceilometer-cap-025",
+                          "ceilometer-cap-25\n", "ceilometer-cap-25/../x", "ceilometer-" + U1,
+                          "../" + CAP, victim, 42, None]):
+    attempt(f"cat_mkdir_{i}", C.make_cap_group, name)
+    attempt(f"cat_rmdir_{i}", C.remove_cap_group, name)
+attempt("cat_schemata_foreign", C.write_cap_schemata, FOREIGN, ["L3:0=3\n"])
+attempt("cat_schemata_default", C.write_cap_schemata, "", ["L3:0=3\n"])
+attempt("cat_schemata_info", C.write_cap_schemata, "info", ["L3:0=3\n"])
+schemata_before = read(cap_dir, "schemata")
+for label, lines in {
+        "non_contiguous": ["L3:0=f0f\n"], "outside_cbm_mask": ["L3:0=1ffff\n"],
+        "below_min_cbm_bits": ["L3:0=1\n"], "zero": ["L3:0=0\n"], "unknown_domain": ["L3:5=f\n"],
+        "mb_line": ["MB:0=100\n"], "l3code_without_cdp": ["L3CODE:0=f\n"],
+        "two_lines_in_one": ["L3:0=3\nL3:1=3\n"], "huge": ["L3:" + "0=f;" * 250000 + "\n"],
+        "many_lines": ["L3:0=3\n"] * 10000, "nul": ["L3:0=3\x00\n"],
+        "other_file": ["L3:0=3\n../../tasks"], "tasks_line": [f"{q1['tids'][0]}\n"],
+        "duplicate_domain": ["L3:0=3;0=ff\n"], "not_hex": ["L3:0=zz\n"],
+        "unicode_digit": ["L3:\u0661=3\n"], "not_a_list": "L3:0=3\n", "not_text": [42],
+        "nothing": []}.items():
+    attempt(f"cat_line_{label}", C.write_cap_schemata, CAP, lines)
+results["cat_schemata_unchanged"] = read(cap_dir, "schemata") == schemata_before
+attempt("cat_move_self", C.move_cap_threads, CAP, U1, q1["domain"], [os.getpid()])
+attempt("cat_move_pid1", C.move_cap_threads, "", U1, q1["domain"], [1])
+attempt("cat_move_other_guest", C.move_cap_threads, CAP, U1, q1["domain"], q2["tids"][:1])
+attempt("cat_move_cachetune_back", C.move_cap_threads, "", U2, q2["domain"], [q2["cachetune_tid"]])
+attempt("cat_move_cachetune_in", C.move_cap_threads, CAP, U2, q2["domain"], [q2["cachetune_tid"]])
+attempt("cat_move_into_foreign", C.move_cap_threads, FOREIGN, U1, q1["domain"], q1["tids"])
+attempt("cat_move_pqos_thread", C.move_cap_threads, CAP, U2, q2["domain"], [q2["foreign_tid"]])
+
+# the CLOSIDs: every cap group there may be, until the reserve
+made, refusals = [], set()
+for share in range(1, 101):
+    name = f"ceilometer-cap-{share}"
+    if name == CAP:
+        continue
+    try:
+        C.make_cap_group(name)
+        made.append(name)
+    except OSError as e:
+        refusals.add(f"{type(e).__name__} {e.errno}: {e.strerror}")
+groups = [d for d in os.listdir(root) if d not in ("info", "mon_groups", "mon_data")
+          and os.path.isdir(os.path.join(root, d))]
+results["cat_closids"] = {"made": len(made), "refusals": sorted(refusals),
+                          "groups_at_refusal": len(groups)}
+for name in made:
+    C.remove_cap_group(name)
+attempt("cat_ok_move_back", C.move_cap_threads, "", U1, q1["domain"], q1["tids"])
+results["cat_ok_back_tasks"] = sorted(map(int, read(root, "mon_groups", "ceilometer-" + U1,
+                                                    "tasks").split()))
+attempt("cat_ok_rmdir", C.remove_cap_group, CAP)
 
 attempt("ok_rmdir_ctrl", P.rmdir_group, "qemu-9-vcpus", "ceilometer-" + U1)
 attempt("ok_rmdir", P.rmdir_group, "", "ceilometer-" + U1)
