@@ -70,7 +70,17 @@ function configure_ceilometer_cmt_notification {
     fi
 }
 
+function configure_ceilometer_cmt_guard {
+    iniset "$CEILOMETER_CONF" cmt_guard dry_run "$CEILOMETER_CMT_GUARD_DRY_RUN"
+    # $STACK_USER cannot write /run: the guard's lock file lives under $DATA_DIR
+    iniset "$CEILOMETER_CONF" cmt_guard lock_file "$DATA_DIR/ceilometer-cmt/guard.lock"
+}
+
 function cleanup_ceilometer_cmt {
+    if is_service_enabled ceilometer-cmt-guard; then
+        stop_process ceilometer-cmt-guard
+        sudo "$(_cmt_bin ceilometer-cmt)" cleanup --guard --config-file "$CEILOMETER_CONF" || true
+    fi
     sudo "$(_cmt_bin ceilometer-cmt)" cleanup --config-file "$CEILOMETER_CONF" || true
 }
 
@@ -83,9 +93,15 @@ if is_service_enabled ceilometer-acompute ceilometer-anotification; then
         if is_service_enabled ceilometer-acompute; then
             configure_ceilometer_cmt_compute
         fi
+        if is_service_enabled ceilometer-cmt-guard; then
+            configure_ceilometer_cmt_guard
+        fi
         if is_service_enabled ceilometer-anotification; then
             configure_ceilometer_cmt_notification
         fi
+    elif [[ $1 == stack && $2 == extra ]] && is_service_enabled ceilometer-cmt-guard; then
+        run_process ceilometer-cmt-guard \
+            "$(_cmt_bin ceilometer-cmt) guard --config-file $CEILOMETER_CONF"
     elif [[ $1 == unstack ]]; then
         if is_service_enabled ceilometer-acompute; then
             cleanup_ceilometer_cmt
