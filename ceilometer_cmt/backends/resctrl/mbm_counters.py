@@ -142,6 +142,8 @@ class MbmCounters:
         #: uuid -> why (part of) its MBM events have no counter
         self.missing: dict[str, str] = {}
         self._seen: tuple[object, ...] | None = None  # what the last plan saw
+        #: group path -> the MBM keys its value files were found with
+        self._keys: dict[str, dict[str, dict[int, str]]] = {}
         #: for tests and the benchmark: assignment files read, lines written,
         #: counters newly assigned (resets), plans made
         self.file_reads = 0
@@ -234,23 +236,29 @@ class MbmCounters:
         if new:
             # a mkdir since the budget was read may have taken counters
             self.available = assign_files.read_available_mbm_cntrs(self.root)
-        seen = (tuple(sorted(self.available.items())) if self.available else (),
-                tuple((p, t.mbm_domains, t.priority) for t in tracked
-                      for p in sorted(t.groups.values())))
+        groups = tuple((p, t.mbm_domains, t.priority) for t in tracked
+                       for p in sorted(t.groups.values()))
+        seen = (tuple(sorted(self.available.items())) if self.available else (), groups)
         if not changed and seen == self._seen:
             return
+        if self._plan(tracked, forget, fresh):
+            # what the kernel shows after our writes: the next plan runs only
+            # when something else changes (a refused write is not retried
+            # every cycle)
+            self.available = assign_files.read_available_mbm_cntrs(self.root)
+            seen = (tuple(sorted(self.available.items())) if self.available else (), groups)
         self._seen = seen
-        self._plan(tracked, forget, fresh)
 
     def _plan(self, tracked: Sequence[MonitoredInstance], forget: Callable[[str], None],
-              fresh: set[str]) -> None:
+              fresh: set[str]) -> bool:
         """Plan and apply. The counters the kernel gave a ``fresh`` group on
         mkdir (``mbm_assign_on_mkdir``) count as free for the plan: a new
         instance does not jump the queue of older ones waiting for a counter
         freed in the same cycle; it keeps those the plan gives it (no reset)
-        and gives back the others."""
+        and gives back the others. True when it wrote anything."""
         self.plans += 1
         groups = {path: (t, ctrl) for t in tracked for ctrl, path in t.groups.items()}
+        self._keys = {p: k for p, k in self._keys.items() if p in groups}
         every = frozenset(self.cpu_map.values()) or frozenset(self.available or ())
         free = dict(self.available or {})
         auto: dict[str, dict[str, frozenset[int]]] = {}
@@ -314,20 +322,23 @@ class MbmCounters:
                 prev = self.missing.get(t.uuid)
                 text = "no MBM counter" + where + ": " + "; ".join(reasons)
                 self.missing[t.uuid] = f"{prev}; {text}" if prev else text
-        if wrote:
-            # what the kernel shows now differs from what this plan saw
-            self._seen = None
+        return wrote
 
     def read(self, values: ValueReader, t: MonitoredInstance, reading: InstanceReading,
              groups: Sequence[tuple[str, str]], forget: Callable[[str], None]) -> None:
         """The values of ``t``'s groups: MBM values only where a counter is
         assigned, under keys that change with each new assignment; an event
-        without any counter is one None (no data, never 0)."""
+        without a counter in each of the instance's domains is one None (no
+        data, never 0, nor a partial sum that would understate it)."""
         slots = {"mbm_total_bytes": reading.mbm_total, "mbm_local_bytes": reading.mbm_local}
+        want = t.mbm_domains or frozenset(self.cpu_map.values())
         for ctrl, path in groups:
             if ctrl not in t.mbm_held:  # made again during this read
                 self.learn(t, ctrl, path, forget)
-            keys = t.mbm_keys(ctrl)
+            keys = {ev: m for ev, m in t.mbm_keys(ctrl).items() if want <= m.keys()}
+            if self._keys.get(path) != keys:  # the files to read changed
+                forget(path)
+                self._keys[path] = keys
             values.read(reading, path, ctrl, t.key_suffix(ctrl), keys)
             for event in self.events:
                 if not keys.get(event):

@@ -4,6 +4,7 @@ and assignment writes done by AssignKernelOps)."""
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import Any
 
@@ -204,3 +205,50 @@ def test_a_counter_configuration_change_gives_new_keys(abmc_host: AbmcHost) -> N
     assert b.mbm_config.changes == 1
     for _ in range(2 * RELIST):  # no change: the keys stay
         assert set(b.sync(refs).readings[A].mbm_total) == {"/1%1"}
+
+
+class RefusingOps(abmc.AssignKernelOps):
+    """The kernel side, behind a guard that refuses every assignment (as the
+    privsep daemon's counter reserve does): ENOSPC, nothing written."""
+
+    def write_assignments(self, group_path: str, lines: list[str]) -> list[tuple[str, int]]:
+        self.calls.append(("refused", group_path))
+        return [(line, errno.ENOSPC) for line in lines if line.rstrip().endswith("=e")] + \
+            super().write_assignments(group_path, [
+                line for line in lines if not line.rstrip().endswith("=e")])
+
+
+def test_a_refused_assignment_is_not_retried_every_cycle(tmp_path: Any) -> None:
+    h = AbmcHost(str(tmp_path), num_cntrs=4)
+    h.ops = RefusingOps(h.root, h.topo, h.proc, num_cntrs=4)
+    h.qemu("instance-a", 100, "0-15")  # both domains
+    h.qemu("instance-b", 200, "0-15")
+    b = h.backend()
+    refs = [InstanceRef(A, "instance-a"), InstanceRef(B, "instance-b")]
+    cycle = b.sync(refs)
+    # A kept what mkdir gave it; B's assignments were refused
+    assert set(cycle.readings[A].mbm_total) == {"/0", "/1"}
+    assert cycle.readings[B].mbm_total == {"/unassigned": None}
+    assert "assignment refused" in cycle.unmonitored[B]
+    refused = sum(1 for c in h.ops.calls if c[0] == "refused")
+    for _ in range(3 * RELIST):
+        cycle = b.sync(refs)
+        assert "assignment refused" in cycle.unmonitored[B]
+    assert sum(1 for c in h.ops.calls if c[0] == "refused") == refused
+
+
+def test_a_partial_holding_reads_no_partial_sum(abmc_host: AbmcHost) -> None:
+    """A counter in one of the instance's two domains: its bandwidth is None
+    (a sum over part of the domains would understate it), until both."""
+    h = abmc_host
+    h.qemu("instance-a", 100, "0-15")
+    b = h.backend()
+    refs = [InstanceRef(A, "instance-a")]
+    assert set(b.sync(refs).readings[A].mbm_total) == {"/0", "/1"}
+    assert b.mbm is not None
+    t = b._tracked[A]
+    t.mbm_held[""] = {"mbm_total_bytes": frozenset({0}),
+                      "mbm_local_bytes": frozenset({0, 1})}  # as a refused write leaves it
+    reading = b.sync(refs).readings[A]
+    assert reading.mbm_total == {"/unassigned": None}
+    assert set(reading.mbm_local) == {"/0", "/1"}
