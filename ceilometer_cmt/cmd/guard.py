@@ -200,8 +200,12 @@ def cleanup(config_files: Sequence[str], dry_run: bool = False) -> int:
                   f" ({len(tids)} threads back to the default group)")
             if dry_run:
                 continue
+            # the agent-named monitor groups: their threads into the agent's
+            # group of the default group; any other thread goes back with the rmdir
             by_mon = {name: fs.read_tasks(os.path.join(fs.mon_groups_path(root, group), name))
-                      for name in groups.get(group, []) if name.startswith(pol.prefix)}
+                      for name in groups.get(group, [])
+                      if name.startswith(pol.prefix)
+                      and fs.UUID_RE.fullmatch(name[len(pol.prefix):])}
             for name, members in by_mon.items():
                 uuid = name[len(pol.prefix):]
                 try:
