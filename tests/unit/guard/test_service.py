@@ -207,3 +207,17 @@ def test_the_guard_lock_admits_one_guard(tmp_path: Any) -> None:
     finally:
         first.release()
     GuardLock(path).acquire().release()  # free again once released
+
+
+def test_a_cdp_host_gets_code_and_data_lines(tree: Any) -> None:
+    """With ``-o cdp`` the schemata has L3CODE/L3DATA lines and the mask
+    info sits in info/L3DATA; the cap writes both, the same way."""
+    info = os.path.join(tree.resctrl, "info")
+    os.rename(os.path.join(info, "L3"), os.path.join(info, "L3DATA"))
+    with open(os.path.join(tree.resctrl, "schemata"), "w") as f:
+        f.write("L3CODE:0=fffff;1=fffff\nL3DATA:0=fffff;1=fffff\n")
+    r = guard(tree, TreeCatOps(tree.resctrl)).cycle()
+    assert [a.kind for a in r.actions] == ["cap"]
+    with open(os.path.join(tree.resctrl, CAP, "schemata")) as f:
+        assert f.read() == "L3CODE:0=1f;1=1f\nL3DATA:0=1f;1=1f\n"
+    assert r.allocation[U1] == 25.0
