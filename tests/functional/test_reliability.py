@@ -223,12 +223,13 @@ def write_refs(path: str, refs: list[tuple[str, str]]) -> None:
 
 
 def start_agent(r: Rig, name: str, refs_path: str, *, cycles: int = 1000000,
-                sleep: float = 0.0, go: str | None = None) -> Agent:
+                sleep: float = 0.0, go: str | None = None, step: str | None = None) -> Agent:
     cfg = os.path.join(r.tmp, f"{name}.json")
     out = os.path.join(r.tmp, f"{name}.jsonl")
     with open(cfg, "w", encoding="utf-8") as f:
         json.dump({"root": r.root, "sysfs": r.sysfs, "pid_dir": r.pid_dir, "refs": refs_path,
-                   "out": out, "cycles": cycles, "sleep": sleep, "go": go}, f)
+                   "out": out, "cycles": cycles, "sleep": sleep, "go": go,
+                   "step": step}, f)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(paths.REPO), env.get("PYTHONPATH", "")) if p)
