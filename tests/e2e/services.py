@@ -505,6 +505,24 @@ class Ceilometer:
     config: Path
     base: Path
     resources_file: Path
+    #: every sample the notification agent published, one JSON object a line
+    #: (ceilometer's file publisher beside gnocchi://, same sink): the sample
+    #: metadata Gnocchi does not keep
+    samples_file: Path
+
+    def published(self, meter: str, resource_id: str) -> list[dict[str, Any]]:
+        """The samples of ``meter`` on ``resource_id`` published so far, oldest first."""
+        try:
+            lines = self.samples_file.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        found = []
+        for line in lines:
+            with contextlib.suppress(ValueError):
+                s = json.loads(line)
+                if s.get("name") == meter and s.get("resource_id") == resource_id:
+                    found.append(s)
+        return found
 
 
 def ceilometer_config(base: Path, rabbit: Rabbit, gnocchi_endpoint: str,
@@ -532,12 +550,14 @@ def ceilometer_notification(rabbit: Rabbit, gnocchi_service: Gnocchi,
         with timed("ceilometer-notification"):
             resources_file = base / "gnocchi_resources.yaml"
             resources_file.write_text(resources_yaml)
+            samples_file = base / "samples.jsonl"
             (base / "pipeline.yaml").write_text(json.dumps({
                 "sources": [{"name": "meter_source", "meters": ["*"],
                              "sinks": ["meter_sink"]}],
                 "sinks": [{"name": "meter_sink", "publishers": [
                     "gnocchi://?enable_filter_project=false"
-                    f"&resources_definition_file={resources_file}"]}],
+                    f"&resources_definition_file={resources_file}",
+                    f"file://{samples_file}?json"]}],
             }, indent=2))
             config = ceilometer_config(base, rabbit, gnocchi_service.endpoint)
             run([str(CEILOMETER_BIN / "ceilometer-upgrade"), "--config-file", str(config),
@@ -551,7 +571,8 @@ def ceilometer_notification(rabbit: Rabbit, gnocchi_service: Gnocchi,
                 wait_for("the notification agent to consume notifications.sample",
                          lambda: rabbit.consumers("notifications.sample") > 0,
                          60, interval=1, logs=[agent.log], daemons=[agent])
-            yield Ceilometer(config=config, base=base, resources_file=resources_file)
+            yield Ceilometer(config=config, base=base, resources_file=resources_file,
+                             samples_file=samples_file)
 
 
 @dataclass
@@ -765,6 +786,15 @@ class Stack:
 
     def log_tails(self, lines: int = 30) -> str:
         return "\n".join(tail(p, lines) for p in self.logs())
+
+    @contextlib.contextmanager
+    def diagnostics(self) -> Iterator[None]:
+        """On failure, show the services' logs with the error."""
+        try:
+            yield
+        except BaseException:
+            print(self.log_tails())
+            raise
 
 
 @contextlib.contextmanager

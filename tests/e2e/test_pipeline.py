@@ -18,67 +18,23 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import string
 import subprocess
-import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import services
-import yaml
+from gnocchi_measures import GRANULARITY, measures, wait_measures
 from services import Stack, push_samples, wait_for
-
-from ceilometer_cmt.cmd import gnocchi_resources
-from ceilometer_cmt.linux.sysfs_cache import read_cache_domains
-from ceilometer_cmt.testing.fakehost import (
-    FakeInstance,
-    StandInQemu,
-    make_instances,
-    write_node_xml,
-)
+from simulated_host import HIGH, LOW, fake_compute, shipped_polling_yaml
 
 REPO = Path(__file__).resolve().parents[2]
 AODH_EXAMPLES = REPO / "etc" / "aodh"
-GRANULARITY = 300
-
-
-@pytest.fixture(scope="module")
-def stack() -> Iterator[Stack]:
-    missing = services.missing_requirements()
-    if missing:
-        reason = ("telemetry services not installed (run scripts/install-telemetry.sh): "
-                  + ", ".join(missing))
-        if os.environ.get("CMT_E2E_REQUIRED") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    with services.telemetry_stack(gnocchi_resources.merged_text()) as st:
-        yield st
-    print(f"e2e stack timings (s): {services.TIMINGS}")
-    # stopped and removed: nothing listens any more, no data left behind
-    for port in (st.pg.port, st.rabbit.port, st.gnocchi.port, st.aodh.port, st.webhook.port):
-        with socket.socket() as s, contextlib.suppress(OSError):
-            s.settimeout(1)
-            assert s.connect_ex((services.LOOPBACK, port)) != 0, f"port {port} still open"
-    for path in (st.pg.datadir, st.rabbit.base, st.gnocchi.base, st.ceilometer.base,
-                 st.aodh.base):
-        assert not path.exists(), f"{path} left behind"
-
-
-@contextlib.contextmanager
-def diagnostics(st: Stack) -> Iterator[None]:
-    """On failure, show the services' logs with the error."""
-    try:
-        yield
-    except BaseException:
-        print(st.log_tails())
-        raise
 
 
 def iso(t: datetime) -> str:
@@ -111,30 +67,6 @@ def instance_sample(meter: str, type_: str, unit: str, volume: float, resource_i
     return {"name": meter, "type": type_, "unit": unit, "volume": volume,
             "resource_id": resource_id, "user_id": "e2e-user", "project_id": project_id,
             "timestamp": iso(timestamp), "resource_metadata": instance_metadata(name)}
-
-
-def measures(st: Stack, resource_type: str, resource_id: str, metric: str,
-             aggregation: str = "mean") -> list[list[Any]]:
-    result: list[list[Any]] = st.gnocchi.get(
-        f"/v1/resource/{resource_type}/{resource_id}/metric/{metric}/measures"
-        f"?aggregation={aggregation}&granularity={GRANULARITY}&refresh=true")
-    return result
-
-
-def wait_measures(st: Stack, resource_type: str, resource_id: str, metric: str,
-                  count: int = 1, aggregation: str = "mean",
-                  timeout: float = 60) -> list[list[Any]]:
-    def enough() -> list[list[Any]] | None:
-        try:
-            got = measures(st, resource_type, resource_id, metric, aggregation)
-        except services.ServiceError:  # resource or metric not created yet
-            return None
-        return got if len(got) >= count else None
-
-    result: list[list[Any]] = wait_for(
-        f"{count} {aggregation} point(s) of {metric} on {resource_type} {resource_id}",
-        enough, timeout, interval=1)
-    return result
 
 
 def example_alarm(name: str, **values: str) -> dict[str, Any]:
@@ -172,7 +104,7 @@ def test_samples_reach_gnocchi_on_instance_and_host(stack: Stack) -> None:
                                        1000 + 60000 * i, vm, project, t))
         samples.append(instance_sample("memory.bandwidth.local.bytes", "cumulative", "B",
                                        500 + 30000 * i, vm, project, t))
-    host = "cmt-e2e-pushed"  # not COMPUTE_HOST: the polling agent's test owns that one
+    host = "cmt-e2e-pushed"  # not a simulated host: the polling agent's tests own those
     host_meta = {"host": host, "cache_domains": [{"id": 0, "size": 33554432}]}
     for meter, unit, volume in (("cache.size", "B", 33554432), ("cache.monitors.total",
                                 "monitor", 224), ("cache.monitors.used", "monitor", 3),
@@ -180,7 +112,7 @@ def test_samples_reach_gnocchi_on_instance_and_host(stack: Stack) -> None:
         samples.append({"name": meter, "type": "gauge", "unit": unit, "volume": volume,
                         "resource_id": host, "user_id": None, "project_id": None,
                         "timestamp": iso(now), "resource_metadata": host_meta})
-    with diagnostics(st):
+    with st.diagnostics():
         push_samples(st.ceilometer.config, samples)
         point = wait_measures(st, "instance", vm, "cache.occupancy.percent")[-1]
         assert point[1:] == [float(GRANULARITY), 42.5]
@@ -234,7 +166,7 @@ def test_cache_alarms_go_alarm_then_ok_and_call_the_webhook(stack: Stack) -> Non
     st = stack
     vm, project = str(uuid.uuid4()), "p-" + uuid.uuid4().hex[:8]
     hook = st.webhook.url("/cmt-alarm")
-    with diagnostics(st):
+    with st.diagnostics():
         per_instance = st.aodh.create_alarm(example_alarm(
             "instance-cache-occupancy.json", INSTANCE_ID=vm, WEBHOOK_URL=hook))
         per_project = st.aodh.create_alarm(example_alarm(
@@ -281,7 +213,7 @@ def test_example_alarms_are_accepted(stack: Stack) -> None:
     vm, project = str(uuid.uuid4()), "p-" + uuid.uuid4().hex[:8]
     hook = st.webhook.url("/examples")
     values = {"INSTANCE_ID": vm, "PROJECT_ID": project, "WEBHOOK_URL": hook}
-    with diagnostics(st):
+    with st.diagnostics():
         created = []
         for path in sorted(AODH_EXAMPLES.glob("*.json")):
             body = example_alarm(path.name, **values)
@@ -314,81 +246,6 @@ def test_example_alarms_are_accepted(stack: Stack) -> None:
 
 # ------------------------------------------------- the real polling agent on a fake host
 
-COMPUTE_HOST = "cmt-e2e-compute"
-HIGH, LOW = 45, 5  # percent of L3 domain 0 the simulated instance occupies
-SWITCH_AT = 100_000  # simulated second where the instance drops from HIGH to LOW
-
-
-@dataclass
-class FakeCompute:
-    instance: FakeInstance
-    agent_options: dict[str, dict[str, object]]
-    simulator: Any
-    l3_bytes: int
-
-    def drop_occupancy(self) -> None:
-        """Jump the simulated clock past SWITCH_AT: the instance falls to LOW percent."""
-        self.simulator.advance(SWITCH_AT)
-
-
-@contextlib.contextmanager
-def fake_compute() -> Iterator[FakeCompute]:
-    """A compute host for ceilometer-polling: one Nova instance in a libvirt
-    test-driver node, its stand-in qemu process, the resctrl simulator (FUSE) with
-    the matching sysfs cache topology. The simulator's clock is manual and ticks
-    one simulated second per second until the test jumps it."""
-    from ceilometer_cmt.simulator.runner import Simulator, fuse_missing_reason
-    from ceilometer_cmt.simulator.topology import get_topology
-
-    reason = fuse_missing_reason()
-    if reason:
-        pytest.skip(f"resctrl simulator unavailable: {reason}")
-    stop = threading.Event()
-    with contextlib.ExitStack() as stack:
-        base = Path(stack.enter_context(services.public_workdir("cmt-e2e-compute-")))
-        (instance,) = make_instances(1, start=7)
-        node = write_node_xml(str(base / "node.xml"), [instance])
-        topology = get_topology("intel-2s")
-        topology.write_sysfs(str(base / "sys"))
-        qemu = StandInQemu(instance.domain_name, str(base / "run"), extra_threads=1).start()
-        stack.callback(qemu.stop)
-        scenario = {"clock": "manual", "processes": [{
-            "name": "vm", "match": {"cmdline": f"guest={instance.domain_name}"},
-            "interpolate": "step", "timeline": [
-                {"t": 0, "occupancy": {0: f"{HIGH}%"}, "mbm_total": {0: "1GiB"},
-                 "mbm_local": {0: "768MiB"}},
-                {"t": SWITCH_AT, "occupancy": {0: f"{LOW}%"}},
-            ]}]}
-        simulator = Simulator(str(base / "resctrl"), "intel-2s", scenario).start()
-        stack.callback(simulator.stop)
-
-        def tick() -> None:
-            while not stop.wait(1.0):
-                with contextlib.suppress(Exception):
-                    simulator.advance(1)
-
-        ticker = threading.Thread(target=tick, name="sim-clock", daemon=True)
-        ticker.start()
-        stack.callback(ticker.join, 5)
-        stack.callback(stop.set)
-        l3_bytes = sum(d.size for d in read_cache_domains(str(base / "sys")))
-        yield FakeCompute(instance=instance, simulator=simulator, l3_bytes=l3_bytes,
-                          agent_options={
-            "DEFAULT": {"host": COMPUTE_HOST, "libvirt_uri": f"test://{node}"},
-            "cmt": {"resctrl_root": base / "resctrl", "sysfs_root": base / "sys",
-                    "libvirt_pid_dir": base / "run", "privsep": "never"},
-        })
-
-
-def shipped_polling_yaml(cache_interval: int, host_interval: int) -> str:
-    """etc/polling.yaml as shipped, with test-sized intervals."""
-    data = yaml.safe_load((REPO / "etc" / "polling.yaml").read_text())
-    intervals = {"cmt_cache": cache_interval, "cmt_host": host_interval}
-    for source in data["sources"]:
-        source["interval"] = intervals[source["name"]]
-    return yaml.safe_dump(data)
-
-
 def prometheus_value(page: str, metric: str, resource: str) -> float | None:
     for line in page.splitlines():
         if line.startswith(metric + "{") and f'resource="{resource}"' in line:
@@ -399,7 +256,7 @@ def prometheus_value(page: str, metric: str, resource: str) -> float | None:
 def test_polling_agent_to_gnocchi_aodh_and_prometheus(stack: Stack) -> None:
     """ceilometer-polling with this plugin, against the simulator, feeds the whole stack."""
     st = stack
-    with fake_compute() as compute, diagnostics(st):
+    with fake_compute() as compute, st.diagnostics():
         vm = compute.instance
         hook = st.webhook.url("/polling-agent")
         per_instance = st.aodh.create_alarm(example_alarm(
@@ -440,10 +297,10 @@ def test_polling_agent_to_gnocchi_aodh_and_prometheus(stack: Stack) -> None:
                                      "memory.bandwidth.total")[-1][2] > 0
 
                 # -- the host resource
-                size = wait_measures(st, "host", COMPUTE_HOST, "cache.size")
+                size = wait_measures(st, "host", compute.spec.host, "cache.size")
                 assert size[-1][2] == float(compute.l3_bytes)
-                host = st.gnocchi.get(f"/v1/resource/host/{COMPUTE_HOST}")
-                assert host["host_name"] == COMPUTE_HOST
+                host = st.gnocchi.get(f"/v1/resource/host/{compute.spec.host}")
+                assert host["host_name"] == compute.spec.host
                 assert st.gnocchi.get(f"/v1/metric/{host['metrics']['cache.size']}")[
                     "unit"] == "B"
 
@@ -452,7 +309,7 @@ def test_polling_agent_to_gnocchi_aodh_and_prometheus(stack: Stack) -> None:
                 assert prometheus_value(page, "ceilometer_cache_occupancy_percent",
                                         vm.uuid) == pytest.approx(HIGH, abs=0.5)
                 assert prometheus_value(page, "ceilometer_cache_size",
-                                        COMPUTE_HOST) == float(compute.l3_bytes)
+                                        compute.spec.host) == float(compute.l3_bytes)
 
                 # -- Aodh: above 30% -> alarm, webhook called
                 for alarm in (per_instance, per_project):
