@@ -384,12 +384,14 @@ class ResctrlBackend:
             # A periodic check: trust the kernel's lists, not our memory, so a
             # thread another tool moved out is written back.
             t.assigned = set().union(*(fs.read_tasks(p) for p in t.groups.values()))
-        if self.mbm is not None and self.mbm.assigning and t.pid is not None:
-            t.mbm_domains = self.mbm.domains_of(self.proc_root, t.pid, tids)
         live = set(tids)
         t.assigned &= live
         t.foreign &= live
         new = [tid for tid in tids if tid not in t.assigned and tid not in t.foreign]
+        if (self.mbm is not None and self.mbm.assigning and t.pid is not None
+                and (new or periodic or not t.settled)):
+            # where its threads may run: on the cycles that list its threads
+            t.mbm_domains = self.mbm.domains_of(self.proc_root, t.pid, tids)
         t.settled = not new
         if not new and t.groups:
             return
