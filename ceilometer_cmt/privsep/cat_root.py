@@ -11,10 +11,11 @@ The lock: the kernel document asks every tool that changes groups to hold
 ``flock(LOCK_EX)`` on the resctrl root (resctrl.rst "Locking between
 applications"; libvirt's ``virResctrlLock``), and the daemon holds it during
 each request. A client may hold it itself around a cycle (the guard does,
-so two guards never act twice): when the holder is an ancestor of the
-daemon (its client, which started it through sudo), the daemon writes
-under that client's lock (so does the daemon's own pid: a request in
-process, as in the tests); another holder is waited for :data:`LOCK_WAIT`
+so two guards never act twice): when the holder is the daemon's client
+(the peer of its privsep socket, :func:`set_client`, or an ancestor when
+oslo.privsep forked the daemon; or the daemon's own pid, a request in
+process as in the tests), the daemon writes under that client's lock;
+another holder is waited for :data:`LOCK_WAIT`
 seconds, then the request fails with EWOULDBLOCK.
 """
 
@@ -36,6 +37,15 @@ from ceilometer_cmt.privsep.rules import check_tids, check_uuid, refuse
 _DIR = os.O_RDONLY | os.O_DIRECTORY
 #: seconds the daemon waits for another tool's flock on the root
 LOCK_WAIT = 10.0
+#: the daemon's client (the peer of its privsep socket), set by the helper
+_clients: set[int] = set()
+
+
+def set_client(pid: int) -> None:
+    """The pid of the process that started this daemon and talks to it
+    (``SO_PEERCRED`` of the privsep socket): the helper's daemon is forked
+    off and orphaned, so the client is not among its ancestors."""
+    _clients.add(pid)
 
 
 class CatRoot:
@@ -201,7 +211,7 @@ def _flock(fd: int, proc: str) -> bool:
             return True
         except BlockingIOError:
             holders = flock_holders(fd, proc)
-            if holders & (ancestors(proc) | {os.getpid()}):
+            if holders & (ancestors(proc) | _clients | {os.getpid()}):
                 return False
             if time.monotonic() >= deadline:
                 raise OSError(errno.EWOULDBLOCK, "resctrl is locked (flock on its root) by "

@@ -27,6 +27,7 @@ import logging
 import os
 import socket
 import stat
+import struct
 import sys
 from collections.abc import Iterable, Sequence
 
@@ -150,6 +151,12 @@ def serve(conf: str, sock_path: str) -> int:
     sock.connect(sock_path)
     daemon.set_cloexec(sock)
     channel = comm.ServerChannel(sock)
+    # the client listens on the socket: it may hold the resctrl root's flock
+    # around its requests (cat_root)
+    from ceilometer_cmt.privsep import cat_root
+
+    peer = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    cat_root.set_client(struct.unpack("3i", peer)[0])
     if os.fork() != 0:
         return 0  # the parent: sudo and the client's Popen see the start succeed
     # The child serves, still in its client's process group, as privsep's own does.

@@ -84,3 +84,24 @@ def test_the_clients_own_lock_is_used(tmp_path: Path) -> None:
     finally:
         os.close(fd)
         os.close(mine)
+
+
+def test_the_lock_of_the_daemons_client_is_used(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The helper's daemon is orphaned: its client is known by the socket's
+    peer pid (set_client), not by ancestry."""
+    monkeypatch.setattr(cat_root, "_clients", set())
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, time\n"
+         f"fd = os.open({str(tmp_path)!r}, os.O_RDONLY)\n"
+         "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        cat_root.set_client(holder.pid)
+        assert cat_root._flock(fd, "/proc") is False
+    finally:
+        holder.kill()
+        holder.wait()
+        os.close(fd)
