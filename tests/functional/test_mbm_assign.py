@@ -115,12 +115,12 @@ def test_more_instances_than_counters(abmc_host: Any) -> None:
             "mbm_total_bytes": {0: True, 1: False},
             "mbm_local_bytes": {0: False, 1: False}}
 
-        # no flapping: the same holders, no write and no plan once settled
+        # no flapping over 100 cycles: the same holders, no write, no plan
         poll()
         written, plans = backend.mbm.lines_written, backend.mbm.plans
         reads = backend.mbm.file_reads
         last: dict[str, int] = {}
-        for _ in range(30):
+        for _ in range(100):
             r = poll()
             assert _with_counters(r) == set(UUIDS) and _local(r) == {UUIDS[0]}
             assert set(r.unmonitored) == waiting
@@ -132,7 +132,7 @@ def test_more_instances_than_counters(abmc_host: Any) -> None:
             assert r.instances[UUIDS[0]].mbm_local_rate == pytest.approx(LOCAL, rel=0.02)
         assert (backend.mbm.lines_written, backend.mbm.plans) == (written, plans)
         # each group's file is read again once per RELIST cycles, not each cycle
-        assert backend.mbm.file_reads - reads == 30 * len(UUIDS) // 10
+        assert backend.mbm.file_reads - reads == 100 * len(UUIDS) // 10
 
         # the last instance leaves: its counter goes to the next waiting one
         rest = refs[:-1]
@@ -282,5 +282,49 @@ def test_event_filter_written_by_another_tool(abmc_host: Any, caplog: Any) -> No
         assert backend.mbm_config.changes == 1
         assert [rec for rec in caplog.records if "configuration changed" in rec.getMessage()]
         assert _with_counters(r) == set(UUIDS)
+    finally:
+        mon.close()
+
+
+def test_churn_keeps_holders_and_serves_waiters(abmc_host: Any) -> None:
+    """Instances come and go over 100 cycles (a fixed pattern): a present
+    holder never loses a counter (no flapping), a free counter never stays
+    free while an instance waits, bandwidth is None exactly when the reason
+    says so, occupancy is always there, cumulative meters never go back."""
+    sim, sysfs, pid_dir = abmc_host({})
+    backend = ResctrlBackend(sim.mountpoint, sysfs_root=sysfs, pid_dir=pid_dir, prefix=PREFIX)
+    now = [0.0]
+    mon = CacheMonitor(backend, clock=lambda: now[0])
+    events = (("mbm_total_bytes", "mbm_total_bytes"), ("mbm_local_bytes", "mbm_local_bytes"))
+    prev: CycleResult | None = None
+    present_before: set[str] = set()
+    waits = served = 0
+    try:
+        for n in range(100):
+            present = {u for i, u in enumerate(UUIDS) if (n // (3 + i)) % 3 != 2}
+            sim.advance(60.0)
+            now[0] += 60.0
+            r = mon.poll([InstanceRef(u, NAMES[u]) for u in UUIDS if u in present])
+            assert set(r.instances) == present
+            for u in present:
+                m = r.instances[u]
+                assert m.occupancy
+                for field, event in events:
+                    value = getattr(m, field)
+                    assert (value is None) == (event in r.unmonitored.get(u, "")), (n, u)
+                    if prev is not None and u in present_before:
+                        before = getattr(prev.instances[u], field)
+                        if before is not None:  # a holder keeps it, and it never goes back
+                            assert value is not None and value >= before, (n, u, field)
+                        elif value is not None:
+                            served += 1  # a waiter got a counter
+            assert r.mbm_counters_available is not None
+            if r.mbm_counters_available[0]:
+                assert not r.unmonitored, (n, r.unmonitored)
+            waits += bool(r.unmonitored)
+            prev, present_before = r, present
+        # the pattern did exhaust the counters and free them again
+        assert waits > 20 and served > 5, (waits, served)
+        assert backend.mbm is not None and backend.mbm.plans > 10
     finally:
         mon.close()
