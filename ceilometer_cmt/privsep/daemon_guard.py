@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ceilometer_cmt.backends.perf.abi import EventSpec
 from ceilometer_cmt.backends.resctrl.fs import ResctrlOps
-from ceilometer_cmt.errors import CmtError, NotMonitored
+from ceilometer_cmt.errors import CmtError, InstanceGone, NotMonitored
 from ceilometer_cmt.options import DAEMON_CONFIG
 
 if TYPE_CHECKING:
@@ -169,35 +169,43 @@ class GuardedOps(DaemonGuard):
 class GuardedCatOps:
     """The guard's :class:`~ceilometer_cmt.guard.ops.CatOps` in the daemon
     (:class:`~ceilometer_cmt.privsep.cat_entrypoints.PrivsepCatOps`) that
-    start it first; while it cannot start, every write fails with
-    PermissionError and the reason (the protocol's errors are OSError)."""
+    start it first. The protocol's errors are OSError with a ``strerror``:
+    while the daemon cannot start, PermissionError with the reason; the
+    daemon's refusals (which privsep rebuilds without an errno) get theirs
+    (EPERM); a guest gone meanwhile is ESRCH; a broken channel EIO."""
 
     def __init__(self, ops: CatOps, guard: DaemonGuard | None = None) -> None:
         self.ops = ops
         self.guard = guard if guard is not None else DaemonGuard()
 
-    def _ready(self) -> None:
+    def _call(self, fn: Callable[[], T]) -> T:
         try:
             self.guard.ready()
         except NotMonitored as e:
             raise PermissionError(errno.EPERM, str(e)) from e
+        try:
+            return fn()
+        except OSError as e:
+            if e.strerror is None:
+                raise type(e)(e.errno or errno.EPERM, str(e)) from e
+            raise
+        except InstanceGone as e:
+            raise ProcessLookupError(errno.ESRCH, str(e)) from e
+        except Exception as e:  # the channel to the daemon broke
+            raise OSError(errno.EIO, f"privsep daemon: {type(e).__name__}: {e}") from e
 
     def make_ctrl_group(self, ctrl: str) -> None:
-        self._ready()
-        self.ops.make_ctrl_group(ctrl)
+        self._call(lambda: self.ops.make_ctrl_group(ctrl))
 
     def remove_ctrl_group(self, ctrl: str) -> None:
-        self._ready()
-        self.ops.remove_ctrl_group(ctrl)
+        self._call(lambda: self.ops.remove_ctrl_group(ctrl))
 
     def write_schemata(self, ctrl: str, lines: list[str]) -> None:
-        self._ready()
-        self.ops.write_schemata(ctrl, lines)
+        self._call(lambda: self.ops.write_schemata(ctrl, lines))
 
     def move_threads(self, ctrl: str, uuid: str, domain_name: str,
                      tids: list[int]) -> list[tuple[int, int]]:
-        self._ready()
-        return list(self.ops.move_threads(ctrl, uuid, domain_name, tids))
+        return self._call(lambda: list(self.ops.move_threads(ctrl, uuid, domain_name, tids)))
 
 
 class GuardedCounters:

@@ -3,9 +3,11 @@ names (:class:`PrivsepOps`), and :class:`GuardedOps` starts the daemon first."""
 
 from __future__ import annotations
 
+import errno
+
 import pytest
 
-from ceilometer_cmt.errors import NotMonitored
+from ceilometer_cmt.errors import InstanceGone, NotMonitored
 from ceilometer_cmt.privsep import daemon_guard as guard
 from ceilometer_cmt.privsep import entrypoints
 
@@ -98,3 +100,25 @@ def test_guarded_cat_ops_fail_with_oserror_and_the_reason(
     assert ok.move_threads("ceilometer-cap-25", UUID, "instance-1", [7]) == [(7, 3)]
     assert ops.calls == [("make", "ceilometer-cap-25"),
                          ("move", "ceilometer-cap-25", UUID, "instance-1", [7])]
+
+
+@pytest.mark.parametrize(("raised", "kind", "err", "text"), [
+    (PermissionError("refused by the daemon, rule cap-groups: x"), PermissionError,
+     errno.EPERM, "rule cap-groups"),
+    (OSError(errno.ENOSPC, "refused ... closid_reserve"), OSError, errno.ENOSPC,
+     "closid_reserve"),
+    (InstanceGone("no pidfile for 'instance-1'"), ProcessLookupError, errno.ESRCH,
+     "no pidfile"),
+    (EOFError("channel closed"), OSError, errno.EIO, "privsep daemon: EOFError"),
+])
+def test_guarded_cat_ops_errors_are_oserrors_with_text(
+        raised: Exception, kind: type, err: int, text: str) -> None:
+    """The guard reports ``e.strerror``: never None, whatever the daemon raised."""
+    class Failing(_CatOps):
+        def make_ctrl_group(self, ctrl: str) -> None:
+            raise raised
+
+    g = guard.GuardedCatOps(Failing(), guard.DaemonGuard(start=lambda: None))
+    with pytest.raises(kind) as e:
+        g.make_ctrl_group("ceilometer-cap-25")
+    assert e.value.errno == err and text in str(e.value.strerror)
