@@ -252,3 +252,40 @@ def test_a_partial_holding_reads_no_partial_sum(abmc_host: AbmcHost) -> None:
     reading = b.sync(refs).readings[A]
     assert reading.mbm_total == {"/unassigned": None}
     assert set(reading.mbm_local) == {"/0", "/1"}
+
+
+def test_cachetune_groups_get_counters_each(tmp_path: Any) -> None:
+    """A real qemu stand-in (its real affinity: this machine's CPUs 0 and 1,
+    so L3 domain 0) whose vCPU threads sit in libvirt's control group: our
+    group there gets its own counters, under its own keys."""
+    from ceilometer_cmt.testing.fakehost import StandInQemu
+    from ceilometer_cmt.testing.kernel_trees import EVENTS, _group_files
+
+    h = AbmcHost(str(tmp_path), num_cntrs=8)
+    h.ops = abmc.AssignKernelOps(h.root, h.topo, "/proc", num_cntrs=8)
+    q = StandInQemu("instance-1", h.pid_dir, extra_threads=2).start()
+    try:
+        cpus = sorted(os.sched_getaffinity(q.pid))
+        if any(c >= 8 for c in cpus):
+            pytest.skip("this machine's CPUs reach beyond the preset's domain 0")
+        ctrl = os.path.join(h.root, "vcpus_0-1")
+        _group_files(h.topo, ctrl, True, EVENTS)
+        abmc.set_assignments(ctrl, h.topo, {})
+        with open(os.path.join(ctrl, "tasks"), "w") as f:
+            f.write("".join(f"{t}\n" for t in q.tids[1:]))
+        b = ResctrlBackend(h.root, sysfs_root=h.sysfs, proc_root="/proc", pid_dir=h.pid_dir,
+                           verify_mount=False, ops=h.ops)
+        refs = [InstanceRef(A, "instance-1")]
+        cycle = b.sync(refs)
+        assert cycle.unmonitored == {}
+        r = cycle.readings[A]
+        assert set(r.mbm_total) == {"/0", "vcpus_0-1/0"}
+        assert set(r.mbm_local) == {"/0", "vcpus_0-1/0"}
+        mine = os.path.join(ctrl, "mon_groups", "ceilometer-" + A)
+        for g in (h.group(A), mine):
+            assert assign_files.read_assignments(g) == {
+                ev: {0: True, 1: False} for ev in ("mbm_total_bytes", "mbm_local_bytes")}
+        # 8 counters: the default group holds 2, ours 2 + 2 in domain 0
+        assert assign_files.read_available_mbm_cntrs(h.root) == {0: 2, 1: 6}
+    finally:
+        q.stop()
