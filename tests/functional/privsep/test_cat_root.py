@@ -220,3 +220,21 @@ def test_the_root_flock_is_taken_and_waited_for(host: Host, monkeypatch: pytest.
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     finally:
         os.close(fd)
+
+
+def test_a_line_the_kernel_refuses_fails_with_its_last_cmd_status(
+        host: Host, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon's checks stand before the kernel's; past them (here they are
+    bypassed) the kernel's own text reaches the client, and lines before the
+    refused one stay written."""
+    from ceilometer_cmt.privsep import cat_rules
+
+    c = cat(host)
+    c.make(CAP)
+    monkeypatch.setattr(cat_rules, "check_schemata_lines",
+                        lambda lines, infos, default: list(lines))
+    with pytest.raises(OSError, match="L3:0=5: The mask 5 has non-consecutive 1-bits") as e:
+        c.write_schemata(CAP, ["L3:1=3\n", "L3:0=5\n"])
+    assert e.value.errno == errno.EINVAL
+    schemata = cbm.parse_schemata((Path(host.sim.mountpoint) / CAP / "schemata").read_text())
+    assert schemata == {"L3": {0: 0xfffff, 1: 3}}
