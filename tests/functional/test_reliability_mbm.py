@@ -26,8 +26,15 @@ from typing import Any
 
 import pytest
 
+from ceilometer_cmt.backends.resctrl.backend import RELIST
 from tests.functional import test_reliability as base
 from tests.functional.test_reliability import PREFIX, Agent, Rig, new_uuid, rig, write_refs
+from tests.support.abmc_files import (
+    kernel_assignments,
+    kernel_available,
+    kernel_value,
+    write_assignment,
+)
 
 pytestmark = base.pytestmark
 FIXTURES = (rig,)  # the suite's rig fixture, used here by name
@@ -47,39 +54,6 @@ def abmc_load(name: str) -> dict[str, Any]:
 # ------------------------------------------------------ the kernel's files, raw
 def group_path(r: Rig, uuid: str) -> str:
     return os.path.join(r.root, "mon_groups", PREFIX + uuid)
-
-
-def kernel_assignments(path: str) -> dict[str, dict[int, bool]]:
-    """``mbm_L3_assignments`` of a group: event -> {domain: assigned}."""
-    with open(os.path.join(path, "mbm_L3_assignments"), encoding="ascii") as f:
-        out = {}
-        for line in f.read().splitlines():
-            event, _, doms = line.partition(":")
-            out[event] = {int(d): s != "_" for d, _, s in
-                          (item.partition("=") for item in doms.split(";"))}
-        return out
-
-
-def kernel_value(path: str, event: str, dom: int = 0) -> str:
-    with open(os.path.join(path, "mon_data", f"mon_L3_{dom:02d}", event),
-              encoding="ascii") as f:
-        return f.read().strip()
-
-
-def kernel_available(r: Rig) -> dict[int, int]:
-    with open(os.path.join(r.root, "info", "L3_MON", "available_mbm_cntrs"),
-              encoding="ascii") as f:
-        return {int(d): int(n) for d, _, n in
-                (item.partition("=") for item in f.read().strip().split(";"))}
-
-
-def write_assignment(path: str, line: str) -> None:
-    """Another tool (as root, through the mount) writes one line."""
-    fd = os.open(os.path.join(path, "mbm_L3_assignments"), os.O_WRONLY)
-    try:
-        os.write(fd, (line + "\n").encode())
-    finally:
-        os.close(fd)
 
 
 # ------------------------------------------------------------ lockstep agent
@@ -153,15 +127,15 @@ def test_counter_exhaustion_and_release_under_churn_no_flapping(
     names = [f"instance-{i:08x}" for i in range(50)]
     r = rig({"processes": [abmc_load(n) for n in names]}, topology="amd-abmc")
     pool = iter(names)
-    running: dict[str, str] = {}  # uuid -> name
+    running: dict[str, tuple[str, int]] = {}  # uuid -> (name, cmt:mbm_priority)
 
-    def start_one() -> None:
+    def start_one(priority: int = 0) -> None:
         name = next(pool)
         r.start_qemu(name, extra_threads=1)
-        running[new_uuid()] = name
+        running[new_uuid()] = (name, priority)
 
     def stop_one(uuid: str) -> None:
-        r.qemus.pop(running.pop(uuid)).stop()
+        r.qemus.pop(running.pop(uuid)[0]).stop()
 
     for _ in range(running_n):
         start_one()
@@ -170,10 +144,11 @@ def test_counter_exhaustion_and_release_under_churn_no_flapping(
     cum = Cumulative()
     held_before: dict[str, set[str]] = {}
     idle_streak = max_idle_streak = 0
-    freed = regained = stops = 0
+    freed = regained = stops = taken = 0
+    vip_started = False  # an instance of higher priority started this cycle
     counts: list[int] = []
     for c in range(cycles):
-        line = s.cycle(sorted(running.items()))
+        line = s.cycle(sorted((u, n, p) for u, (n, p) in running.items()))
         got, unmon = line["instances"], line["unmonitored"]
         assert set(got) == set(running), f"cycle {c}"
         held: dict[str, set[str]] = {}
@@ -196,20 +171,28 @@ def test_counter_exhaustion_and_release_under_churn_no_flapping(
             else:
                 assert u not in unmon, (c, u, unmon[u])
             lost = held_before.get(u, set()) - held[u]
-            assert not lost, f"cycle {c}: {u} lost {lost} while it ran (flapping)"
+            if lost:  # only to an instance of higher priority, when it starts
+                assert vip_started and running[u][1] == 0, (
+                    f"cycle {c}: {u} lost {lost} while it ran (flapping)")
+                assert "higher priority" in unmon[u], (c, u, unmon[u])
+                taken += 1
+            if running[u][1]:  # every total before any local; then by priority
+                assert "mbm_total" in held[u], (c, u, held[u])
             regained += bool(u in held_before and held[u] - held_before[u])
         waiting = sum(2 - len(h) for h in held.values())
-        free = kernel_available(r)[0]
+        free = kernel_available(r.root)[0]
         # the host meter memory.bandwidth.counters.available is the kernel's
         # after the cycle's writes
-        assert line["mbm_available"] == {str(d): n for d, n in kernel_available(r).items()}, c
+        assert line["mbm_available"] == {str(d): n for d, n in kernel_available(r.root).items()}, c
         idle_streak = idle_streak + 1 if waiting and free else 0
         max_idle_streak = max(max_idle_streak, idle_streak)
         assert idle_streak <= 1, f"cycle {c}: {free} counters free, {waiting} events wait"
         counts.append(sum(map(len, held.values())))
         held_before = held
         # churn every 3rd cycle: one instance stops (a holder or a waiting
-        # one in turn), one new one starts
+        # one in turn), one new one starts; every 4th start with
+        # cmt:mbm_priority 5 (at most 2 of them at once)
+        vip_started = False
         if c % 3 == 2 and c < cycles - 2:
             holders = sorted(u for u in running if held[u])
             waiters = sorted(u for u in running if not held[u])
@@ -218,14 +201,16 @@ def test_counter_exhaustion_and_release_under_churn_no_flapping(
             freed += len(held[victim])
             stops += 1
             stop_one(victim)
-            start_one()
+            vip_started = stops % 4 == 0 and sum(p for _n, p in running.values()) < 10
+            start_one(5 if vip_started else 0)
     assert s.agent.proc.wait(timeout=30) == 0
     print(f"\nABMC churn: {cycles} cycles, {running_n} instances, {stops} stops and starts "
           f"({freed} counters freed by stops); counters held by our instances per cycle "
           f"{min(counts)}..{max(counts)} of 6; {regained} instance-cycles gained a counter; "
           f"longest wait with a free counter {max_idle_streak} cycle(s); no counter lost "
-          f"by a running instance; {cum.checked} cumulative values monotonic")
-    assert stops >= 30 and regained >= stops // 2
+          f"by a running instance but {taken} to a higher priority; {cum.checked} "
+          "cumulative values monotonic")
+    assert stops >= 30 and regained >= stops // 2 and taken >= 4
 
 
 # ------------------------------------------------------ 2. reassignment storm
@@ -324,7 +309,7 @@ def test_reassignment_storm_cumulative_monotonic(rig: Callable[..., Rig]) -> Non
                     assert rate == pytest.approx(RATE[meter], rel=0.02), (c, u, meter, rate)
                     assert inc == RATE[meter] * DT, (c, u, meter, inc)
         for u, ev in released:  # still released: the agent has not seen it yet
-            assert c - released[(u, ev)] <= base_relist() + 1, (
+            assert c - released[(u, ev)] <= RELIST + 1, (
                 f"cycle {c}: {u} {ev} released by another tool at cycle {released[(u, ev)]} "
                 "and not assigned again")
     assert not released
@@ -339,12 +324,6 @@ def test_reassignment_storm_cumulative_monotonic(rig: Callable[..., Rig]) -> Non
           f"domain; {cum.checked} cumulative values monotonic and within the traffic, "
           f"{skipped_rates} rates skipped at restarts; a released counter back after "
           f"at most {longest_gap} cycles")
-
-
-def base_relist() -> int:
-    from ceilometer_cmt.backends.resctrl.backend import RELIST
-
-    return RELIST
 
 
 # ------------------------------------------- 3. pqos -r every 10th cycle
@@ -420,7 +399,7 @@ def test_counters_available_meter_is_the_kernels_after_the_cycle(
     for c in range(2):
         line = s.cycle(refs)
         assert line["mbm_available"] == {
-            str(d): n for d, n in kernel_available(r).items()}, (c, line["mbm_available"])
+            str(d): n for d, n in kernel_available(r.root).items()}, (c, line["mbm_available"])
     assert s.agent.proc.wait(timeout=30) == 0
 
 
