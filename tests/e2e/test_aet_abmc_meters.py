@@ -135,8 +135,8 @@ def test_intel_aet_energy_power_and_ipc_reach_gnocchi(stack: Stack) -> None:
 
         # energy, cumulative in joules: never decreasing, growing at the power
         # the simulator gives; Gnocchi's rate of it is positive
-        energy = published(st, "energy.core", vm, count=3)
-        volumes = [s["volume"] for s in sorted(energy, key=seconds)]
+        energy = sorted(published(st, "energy.core", vm, count=3), key=seconds)
+        volumes = [s["volume"] for s in energy]
         assert volumes == sorted(volumes) and volumes[-1] > volumes[0], volumes
         first, last = energy[0], energy[-1]
         joules_per_s = ((last["volume"] - first["volume"])
