@@ -328,3 +328,41 @@ def test_churn_keeps_holders_and_serves_waiters(abmc_host: Any) -> None:
         assert backend.mbm is not None and backend.mbm.plans > 10
     finally:
         mon.close()
+
+
+def test_assign_mode_switched_by_another_tool(abmc_host: Any) -> None:
+    """Another tool switches to ``default`` at t=330 s (cycle 6) and back to
+    ``mbm_event`` at t=630 s (cycle 11); each switch drops every assignment
+    and restarts the counters. The backend follows: no counter meters and
+    every domain read in ``default``; counters assigned again after the
+    switch back; the cumulative meters never go back."""
+    sim, sysfs, pid_dir = abmc_host({"faults": [
+        {"at": 330, "action": "assign_mode", "value": "default"},
+        {"at": 630, "action": "assign_mode", "value": "mbm_event"}]})
+    backend = ResctrlBackend(sim.mountpoint, sysfs_root=sysfs, pid_dir=pid_dir, prefix=PREFIX)
+    now = [0.0]
+    mon = CacheMonitor(backend, clock=lambda: now[0])
+    refs = [InstanceRef(u, n) for u, n in NAMES.items()]
+    last: dict[str, int] = {}
+    modes = []
+    try:
+        for n in range(1, 16):
+            sim.advance(60.0)
+            now[0] += 60.0
+            r = mon.poll(refs)
+            assert r.mbm_config is not None
+            modes.append((r.mbm_config["mode"], r.mbm_counters is not None))
+            for u in UUIDS:
+                m = r.instances[u]
+                assert m.occupancy
+                if m.mbm_total_bytes is not None:
+                    assert m.mbm_total_bytes >= last.get(u, 0), (n, u)
+                    last[u] = m.mbm_total_bytes
+            if n in (3, 8, 14):
+                assert _with_counters(r) == set(UUIDS)
+        assert modes[:5] == [("mbm_event", True)] * 5
+        assert modes[5:10] == [("default", False)] * 5
+        assert modes[10:] == [("mbm_event", True)] * 5
+        assert backend.mbm_config.changes == 2
+    finally:
+        mon.close()
