@@ -159,9 +159,7 @@ class CatRoot:
         default group or a cap group move; back to the default group only
         those in a cap group (the others are there already). (tid, errno)
         of those that failed."""
-        if ctrl != "":
-            ctrl = cat_rules.check_cap_group(ctrl, self.root.prefix)
-        assert isinstance(ctrl, str)
+        ctrl = "" if ctrl == "" else cat_rules.check_cap_group(ctrl, self.root.prefix)
         mon = f"{ctrl}/mon_groups" if ctrl else "mon_groups"
         name = self.root.prefix + check_uuid(uuid)
         wanted = check_tids(tids)
@@ -178,6 +176,8 @@ class CatRoot:
                     raise refuse(cat_rules.RULE_THREADS, f"thread(s) {taken[:8]} sit in "
                                  "another tool's monitor group; they stay there")
                 moving = [t for t in wanted if not (ctrl == "" and t in in_default)]
+                if not moving:
+                    return []  # back to the default group: all there already
                 with self.root._open(f"{ctrl}/tasks" if ctrl else "tasks", os.O_WRONLY) as out:
                     failed = _write_each(out, moving, gone, qemu.alive)
                 if name not in self.root._listdir(mon):
