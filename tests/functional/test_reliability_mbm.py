@@ -318,6 +318,9 @@ def test_reassignment_storm_cumulative_monotonic(rig: Callable[..., Rig]) -> Non
         m = line["instances"][u]
         assert m["mbm_total_rate"] == pytest.approx(TOTAL, rel=0.02)
         assert m["mbm_local_rate"] == pytest.approx(LOCAL, rel=0.02)
+        # and the counters the other tool added where the threads never run
+        # went back at the group's next re-read
+        assert not any(d[1] for d in kernel_assignments(group_path(r, u)).values()), u
     assert s.agent.proc.wait(timeout=30) == 0
     print(f"\nreassignment storm: {cycles} cycles, {bounces} restarts (release + assign), "
           f"{releases} releases, {noops} no-op assigns, {foreign} counters in another "
@@ -351,6 +354,7 @@ def test_pqos_reset_every_10th_cycle_nothing_lost_one_warning(
     cum = Cumulative()
     removed = events = 0
     missed: set[str] = set()
+    holders_before: dict[str, list[str]] = {}
     missed_total = 0
     for c in range(cycles):
         if c and c % 10 == 0:
@@ -367,6 +371,13 @@ def test_pqos_reset_every_10th_cycle_nothing_lost_one_warning(
             assert got[u]["occupancy"], (c, u)
             for meter in EVENTS.values():
                 cum.check(c, u, meter, got[u][meter])
+        # the same instances hold each event before and after a reset: the
+        # groups are made again, the order of who came first is kept
+        holders = {meter: sorted(u for u in got if got[u][meter] is not None)
+                   for meter in EVENTS.values()}
+        if not now_missed:
+            assert c == 0 or holders == holders_before, (c, holders, holders_before)
+            holders_before = holders
         assert set(got) | set(line["unmonitored"]) == set(uuids)
         groups = r.our_groups()
         assert sorted(groups) == sorted(f"mon_groups/{PREFIX}{u}" for u in uuids), (c, groups)
