@@ -151,6 +151,7 @@ def test_counter_exhaustion_and_release_under_churn_no_flapping(
         line = s.cycle(sorted((u, n, p) for u, (n, p) in running.items()))
         got, unmon = line["instances"], line["unmonitored"]
         assert set(got) == set(running), f"cycle {c}"
+        assert line["warnings"] == [], (c, line["warnings"])  # no refused write
         held: dict[str, set[str]] = {}
         for u, m in got.items():
             assert m["occupancy"], (c, u)  # occupancy sampled, counter or not
