@@ -406,7 +406,7 @@ class ResctrlBackend:
         reading = InstanceReading({}, {}, {})
         groups = sorted(t.groups.items())
         if self.mbm is not None and self.mbm.assigning:
-            self.mbm.read(self._values, t, reading, groups, self._forget)
+            self.mbm.read(self._values, t, reading, groups, self._forget, cycle.unmonitored)
         else:
             for ctrl, path in groups:
                 self._values.read(reading, path, ctrl, t.key_suffix(ctrl))

@@ -325,11 +325,15 @@ class MbmCounters:
         return wrote
 
     def read(self, values: ValueReader, t: MonitoredInstance, reading: InstanceReading,
-             groups: Sequence[tuple[str, str]], forget: Callable[[str], None]) -> None:
+             groups: Sequence[tuple[str, str]], forget: Callable[[str], None],
+             unmonitored: dict[str, str]) -> None:
         """The values of ``t``'s groups: MBM values only where a counter is
         assigned, under keys that change with each new assignment; an event
         without a counter in each of the instance's domains is one None (no
-        data, never 0, nor a partial sum that would understate it)."""
+        data, never 0, nor a partial sum that would understate it). A value
+        reading ``Unassigned`` where we hold a counter (another tool released
+        it): the group's file is read again now, the event reads None with
+        the reason, and the next cycle plans again (taking it back if free)."""
         slots = {"mbm_total_bytes": reading.mbm_total, "mbm_local_bytes": reading.mbm_local}
         want = t.mbm_domains or frozenset(self.cpu_map.values())
         for ctrl, path in groups:
@@ -340,6 +344,25 @@ class MbmCounters:
                 forget(path)
                 self._keys[path] = keys
             values.read(reading, path, ctrl, t.key_suffix(ctrl), keys)
+            if path in values.unassigned:
+                values.unassigned.discard(path)
+                before = t.mbm_held.get(ctrl, {})
+                self.learn(t, ctrl, path, forget)
+                lost = [ev for ev in self.events if before.get(ev, frozenset())
+                        - t.mbm_held[ctrl].get(ev, frozenset())]
+                if lost:
+                    LOG.info("instance %s: MBM counters of %s released by another resctrl "
+                             "user", t.uuid, ", ".join(lost))
+                    self._seen = None  # plan again next cycle
+                    for ev in lost:
+                        slot = slots[ev]
+                        for key in [k for k in slot if k.startswith(f"{ctrl}/")]:
+                            del slot[key]
+                        slot[f"{ctrl}/unassigned{t.key_suffix(ctrl)}"] = None
+                    reason = (f"no MBM counter: {', '.join(lost)}: released by another "
+                              "resctrl user (assigned again when free)")
+                    prev = unmonitored.get(t.uuid)
+                    unmonitored[t.uuid] = f"{prev}; {reason}" if prev else reason
             for event in self.events:
                 if not keys.get(event):
                     slots[event][f"{ctrl}/unassigned{t.key_suffix(ctrl)}"] = None

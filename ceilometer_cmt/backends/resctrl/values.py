@@ -83,6 +83,9 @@ class ValueReader:
         #: appended to every MBM key (a new counter configuration: new keys);
         #: who changes it forgets every group
         self.key_tag = ""
+        #: groups where a value read ``Unassigned`` (mbm_event mode: no
+        #: counter there now); who acts on it takes the path out
+        self.unassigned: set[str] = set()
         self._groups: dict[str, list[_File]] = {}
         #: group path -> inode of its directory when its files were found
         self._inodes: dict[str, int | None] = {}
@@ -160,6 +163,8 @@ class ValueReader:
             except fs.ValueMissing as e:
                 value = None
                 LOG.debug("%s %s %s: %s", path, f.dom_dir, f.event, e.reason)
+                if e.reason == "Unassigned":
+                    self.unassigned.add(path)
             except OSError as e:
                 if e.errno not in _GONE:
                     raise
@@ -207,6 +212,7 @@ class ValueReader:
 
     def forget(self, path: str) -> None:
         self._inodes.pop(path, None)
+        self.unassigned.discard(path)
         for f in self._groups.pop(path, ()):
             if f.fd >= 0:
                 os.close(f.fd)

@@ -289,3 +289,29 @@ def test_cachetune_groups_get_counters_each(tmp_path: Any) -> None:
         assert assign_files.read_available_mbm_cntrs(h.root) == {0: 2, 1: 6}
     finally:
         q.stop()
+
+
+def test_a_counter_released_behind_our_back_is_reported_and_taken_back(
+        abmc_host: AbmcHost) -> None:
+    """Another tool writes ``mbm_local_bytes:1=_`` to our group: the value
+    reads Unassigned, which makes the backend read the group's file at once
+    (not on its re-listing cycle): None with the reason this cycle, the
+    counter assigned again the next (a new count, a new key)."""
+    h = abmc_host
+    h.qemu("instance-a", 100, "8-9")
+    b = h.backend()
+    refs = [InstanceRef(A, "instance-a")]
+    assert set(b.sync(refs).readings[A].mbm_local) == {"/1"}
+    abmc.set_assignments(h.group(A), h.topo, {"mbm_total_bytes": {1}})
+    abmc.recount(h.root, h.topo, 4)
+    set_value(h.group(A), 1, "mbm_local_bytes", "Unassigned")
+    cycle = b.sync(refs)
+    assert cycle.readings[A].mbm_local == {"/unassigned": None}
+    assert set(cycle.readings[A].mbm_total) == {"/1"}
+    assert cycle.unmonitored[A] == ("no MBM counter: mbm_local_bytes: released by another "
+                                    "resctrl user (assigned again when free)")
+    set_value(h.group(A), 1, "mbm_local_bytes", 0)  # what a new counter shows
+    cycle = b.sync(refs)
+    assert cycle.unmonitored == {}
+    assert cycle.readings[A].mbm_local == {"/1~1": 0}
+    assert abmc.held_by(h.group(A))["mbm_local_bytes"] == {1}
