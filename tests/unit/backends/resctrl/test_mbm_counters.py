@@ -177,6 +177,17 @@ def test_default_mode_reads_every_domain(tmp_path: Any) -> None:
     cycle = b.sync([InstanceRef(A, "instance-a")])
     assert set(cycle.readings[A].mbm_total) == {"/0", "/1"} and cycle.unmonitored == {}
     assert not any(c[0] == "assign" for c in h.ops.calls)
+    assert (cycle.mbm_counters, cycle.mbm_counters_available) == (None, None)
+    assert cycle.mbm_config == {"mode": "default", "mbm_total_bytes": "0=0x7f;1=0x7f",
+                                "mbm_local_bytes": "0=0x15;1=0x15"}
+    # another tool writes a BMEC mask: the counters restart, new keys
+    with open(os.path.join(root, "info", "L3_MON", "mbm_local_bytes_config"), "w") as f:
+        f.write("0=0x05;1=0x15\n")
+    for _ in range(RELIST):
+        cycle = b.sync([InstanceRef(A, "instance-a")])
+    assert set(cycle.readings[A].mbm_local) == {"/0%1", "/1%1"}
+    assert cycle.mbm_config is not None
+    assert cycle.mbm_config["mbm_local_bytes"] == "0=0x05;1=0x15"
 
 
 def test_a_counter_configuration_change_gives_new_keys(abmc_host: AbmcHost) -> None:
