@@ -154,11 +154,17 @@ class StandInQemu:
     it runs ``1 + extra_threads`` threads which sleep, or burn CPU after
     :meth:`burn` (SIGUSR1) until :meth:`rest` (SIGUSR2). ``<pid_dir>/<domain>.pid``
     is written once the threads exist, so that :attr:`tids` is complete.
+    ``cpus``: the CPUs its threads may run on (set before any thread starts, so
+    all inherit it); None keeps the caller's. A test whose expectations depend
+    on the L3 domains an instance may run in must pin it (CPU 0 exists on every
+    machine), never rely on how many CPUs the test machine has.
     """
 
     def __init__(self, domain_name: str, pid_dir: str, *, extra_threads: int = 0,
-                 burn: bool = False, write_pidfile: bool = True) -> None:
+                 burn: bool = False, write_pidfile: bool = True,
+                 cpus: Iterable[int] | None = None) -> None:
         self.domain_name = domain_name
+        self.cpus = None if cpus is None else frozenset(cpus)
         self.pid_dir = pid_dir
         self.extra_threads = extra_threads
         self._burn = burn
@@ -184,9 +190,16 @@ class StandInQemu:
                 "-name", qemu_name_arg(self.domain_name),
                 "--cmt-mode", "burn" if self._burn else "sleep",
                 "--cmt-threads", str(self.extra_threads)]
+        cpus = self.cpus
+
+        def preexec() -> None:
+            if cpus is not None:
+                os.sched_setaffinity(0, cpus)
+            die_with_parent()
+
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
-                                     preexec_fn=die_with_parent)
+                                     preexec_fn=preexec)
         try:
             assert self.proc.stdout is not None
             line = self.proc.stdout.readline()

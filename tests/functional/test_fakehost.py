@@ -138,3 +138,15 @@ def test_fake_host_starts_running_instances_only(tmp_path):
         assert sorted(os.listdir(tmp_path)) == sorted(i.domain_name + ".pid" for i in insts[:2])
     assert os.listdir(tmp_path) == []
     assert not any(alive(p) for p in pids)
+
+
+def test_stand_in_qemu_pinned_threads_all_inherit_the_cpus(tmp_path):
+    """Tests that count L3 domains pin their stand-ins to CPU 0, so that what
+    they expect does not depend on how many CPUs the test machine has."""
+    q = fakehost.StandInQemu("instance-0000002c", str(tmp_path), extra_threads=2, cpus={0})
+    q.start()
+    try:
+        assert len(q.tids) == 3
+        assert all(os.sched_getaffinity(tid) == {0} for tid in q.tids)
+    finally:
+        q.stop()

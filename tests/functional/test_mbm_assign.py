@@ -4,9 +4,9 @@ real CPU affinity decides the L3 domains they need counters in.
 
 The simulated host (preset ``amd-abmc``) has two L3 domains, CPUs 0-7 and
 8-15, 8 counters each; the default group holds total and local in both from
-boot. This machine's CPUs are 0 and 1, so every stand-in may run in domain 0
-only: 6 counters there for 5 instances, total before local: 5 totals and
-one local.
+boot. Every stand-in is pinned to CPU 0 (it exists on any machine), so it
+may run in domain 0 only: 6 counters there for 5 instances, total before
+local: 5 totals and one local.
 
 Needs /dev/fuse, fusermount3 and libfuse3 (Debian fuse3, libfuse3-3) and root.
 """
@@ -61,7 +61,7 @@ def abmc_host(tmp_path: Any) -> Iterator[Callable[[dict[str, Any]], tuple[Simula
         sims.append(sim)
         sim.start()
         for name in NAMES.values():
-            qemus.append(StandInQemu(name, pid_dir, extra_threads=1).start())
+            qemus.append(StandInQemu(name, pid_dir, extra_threads=1, cpus={0}).start())
         return sim, sysfs, pid_dir
 
     yield make

@@ -70,8 +70,9 @@ class Rig:
     def root(self) -> str:
         return self.sim.mountpoint
 
-    def start_qemu(self, name: str, extra_threads: int = 0) -> StandInQemu:
-        q = StandInQemu(name, self.pid_dir, extra_threads=extra_threads).start()
+    def start_qemu(self, name: str, extra_threads: int = 0,
+                   cpus: set[int] | None = None) -> StandInQemu:
+        q = StandInQemu(name, self.pid_dir, extra_threads=extra_threads, cpus=cpus).start()
         self.qemus[name] = q
         return q
 

@@ -10,9 +10,9 @@ stand-in) shows through the mount. The kernel's files are read here as raw
 text, not with the plugin's parsers.
 
 Preset ``amd-abmc``: two L3 domains (CPUs 0-7, 8-15), 8 MBM counters each,
-the default group holding total and local in both from boot. This machine's
-CPUs are 0 and 1: every stand-in may run in domain 0 only, so 6 counters
-serve every instance (Documentation/filesystems/resctrl.rst, "mbm_event"
+the default group holding total and local in both from boot. Every stand-in
+is pinned to CPU 0 (on any machine): it may run in domain 0 only, so 6
+counters serve every instance (Documentation/filesystems/resctrl.rst, "mbm_event"
 mode; doc/kernel-facts-mbm-assign-and-aet.md 1.6 to 1.8).
 """
 
@@ -131,7 +131,7 @@ def test_counter_exhaustion_and_release_under_churn_no_flapping(
 
     def start_one(priority: int = 0) -> None:
         name = next(pool)
-        r.start_qemu(name, extra_threads=1)
+        r.start_qemu(name, extra_threads=1, cpus={0})
         running[new_uuid()] = (name, priority)
 
     def stop_one(uuid: str) -> None:
@@ -229,7 +229,7 @@ def test_reassignment_storm_cumulative_monotonic(rig: Callable[..., Rig]) -> Non
     names = [f"instance-{i:08x}" for i in range(3)]  # 3 x 2 events: domain 0's 6 counters
     r = rig({"processes": [abmc_load(n) for n in names]}, topology="amd-abmc")
     for n in names:
-        r.start_qemu(n, extra_threads=1)
+        r.start_qemu(n, extra_threads=1, cpus={0})
     refs = sorted((new_uuid(), n) for n in names)
     s = start_stepped(r, "abmc-storm", cycles)
     rnd = random.Random(1418)
@@ -348,7 +348,7 @@ def test_pqos_reset_every_10th_cycle_nothing_lost_one_warning(
     names = [f"instance-{i:08x}" for i in range(n_inst)]
     r = rig({"processes": [abmc_load(n) for n in names]}, topology=topology)
     for n in names:
-        r.start_qemu(n, extra_threads=1)
+        r.start_qemu(n, extra_threads=1, cpus={0})
     refs = sorted((new_uuid(), n) for n in names)
     uuids = [u for u, _n in refs]
     s = start_stepped(r, "pqos", cycles)
@@ -405,7 +405,7 @@ def test_counters_available_meter_is_the_kernels_after_the_cycle(
     names = [f"instance-{i:08x}" for i in range(4)]
     r = rig({"processes": [abmc_load(n) for n in names]}, topology="amd-abmc")
     for n in names:
-        r.start_qemu(n)
+        r.start_qemu(n, cpus={0})
     s = start_stepped(r, "avail", 2)
     refs = sorted((new_uuid(), n) for n in names)
     for c in range(2):
@@ -415,20 +415,12 @@ def test_counters_available_meter_is_the_kernels_after_the_cycle(
     assert s.agent.proc.wait(timeout=30) == 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "backend bug: a counter another tool released (mbm_L3_assignments "
-    "'<event>:0=_') is not noticed until the group's periodic re-read (every "
-    "RELIST=10 cycles, staggered): until then the event reads Unassigned, the "
-    "instance gets no bandwidth sample and no reason in cache.instances.unmonitored "
-    "(MbmCounters keeps the stale mbm_held; reading Unassigned where it believes a "
-    "counter is held does not trigger MbmCounters.learn), and the freed counter "
-    "is not assigned again"))
 def test_counter_released_behind_our_back_is_reported_and_taken_back(
         rig: Callable[..., Rig]) -> None:
     names = [f"instance-{i:08x}" for i in range(3)]
     r = rig({"processes": [abmc_load(n) for n in names]}, topology="amd-abmc")
     for n in names:
-        r.start_qemu(n)
+        r.start_qemu(n, cpus={0})
     s = start_stepped(r, "released", 4)
     refs = sorted((new_uuid(), n) for n in names)
     u = refs[0][0]
