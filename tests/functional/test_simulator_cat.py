@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from ceilometer_cmt.guard.cbm import CacheInfo, cap_schemata, format_schemata, parse_schemata
-from ceilometer_cmt.simulator import Simulator, fuse_missing_reason, mount_fstype
+from ceilometer_cmt.simulator import Simulator, fuse_missing_reason
 
 _reason = fuse_missing_reason()
 if _reason is None and os.geteuid() != 0:
@@ -27,36 +26,6 @@ pytestmark = pytest.mark.skipif(_reason is not None, reason=f"no FUSE here: {_re
 
 MiB = 2**20
 GRAN = 49152  # intel-2s occupancy granularity
-
-
-@pytest.fixture
-def procs() -> Iterator[Callable[[], subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-
-    def _start() -> subprocess.Popen[bytes]:
-        p = subprocess.Popen(["sleep", "300"])
-        started.append(p)
-        return p
-
-    yield _start
-    for p in started:
-        p.kill()
-        p.wait()
-
-
-@pytest.fixture
-def sim(tmp_path: Any) -> Iterator[Callable[..., Simulator]]:
-    sims: list[Simulator] = []
-
-    def _sim(topology: str = "intel-2s", scenario: Any = None, **kw: Any) -> Simulator:
-        s = Simulator(str(tmp_path / f"resctrl{len(sims)}"), topology, scenario, **kw)
-        sims.append(s)
-        return s.start()
-
-    yield _sim
-    for s in sims:
-        s.stop()
-        assert mount_fstype(s.mountpoint) is None
 
 
 def cat(path: str) -> str:

@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -23,36 +23,6 @@ _reason = fuse_missing_reason()
 if _reason is None and os.geteuid() != 0:
     _reason = "mounting the simulator with allow_other needs root"
 pytestmark = pytest.mark.skipif(_reason is not None, reason=f"no FUSE here: {_reason}")
-
-
-@pytest.fixture
-def procs() -> Iterator[Callable[[], subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-
-    def _start() -> subprocess.Popen[bytes]:
-        p = subprocess.Popen(["sleep", "300"])
-        started.append(p)
-        return p
-
-    yield _start
-    for p in started:
-        p.kill()
-        p.wait()
-
-
-@pytest.fixture
-def sim(tmp_path: Any) -> Iterator[Callable[..., Simulator]]:
-    sims: list[Simulator] = []
-
-    def _sim(topology: str = "intel-2s", scenario: Any = None, **kw: Any) -> Simulator:
-        s = Simulator(str(tmp_path / f"resctrl{len(sims)}"), topology, scenario, **kw)
-        sims.append(s)
-        return s.start()
-
-    yield _sim
-    for s in sims:
-        s.stop()
-        assert mount_fstype(s.mountpoint) is None
 
 
 def cat(path: str) -> str:
