@@ -17,14 +17,12 @@ from ceilometer_cmt import meters
 from ceilometer_cmt.backends.resctrl.backend import ResctrlBackend
 from ceilometer_cmt.monitor import CacheMonitor, InstanceMeters
 from ceilometer_cmt.readings import InstanceRef
-from ceilometer_cmt.simulator import Simulator, fuse_missing_reason, mount_fstype
+from ceilometer_cmt.simulator import Simulator, mount_fstype
 from ceilometer_cmt.simulator.topology import get_topology
 from ceilometer_cmt.testing.fakehost import StandInQemu
+from tests.support.fuse import needs_fuse_root
 
-_reason = fuse_missing_reason()
-if _reason is None and os.geteuid() != 0:
-    _reason = "mounting the simulator with allow_other needs root"
-pytestmark = pytest.mark.skipif(_reason is not None, reason=f"no FUSE here: {_reason}")
+pytestmark = needs_fuse_root
 
 PREFIX = "ceilometer-"
 U1 = "11111111-1111-4111-8111-111111111111"

@@ -23,15 +23,13 @@ from ceilometer_cmt.backends.resctrl import assign_files
 from ceilometer_cmt.backends.resctrl.backend import ResctrlBackend
 from ceilometer_cmt.monitor import CacheMonitor, CycleResult
 from ceilometer_cmt.readings import InstanceRef
-from ceilometer_cmt.simulator import Simulator, fuse_missing_reason, mount_fstype
+from ceilometer_cmt.simulator import Simulator, mount_fstype
 from ceilometer_cmt.simulator.topology import get_topology
 from ceilometer_cmt.testing import mbm_assign_tree as abmc
 from ceilometer_cmt.testing.fakehost import StandInQemu
+from tests.support.fuse import needs_fuse_root
 
-_reason = fuse_missing_reason()
-if _reason is None and os.geteuid() != 0:
-    _reason = "mounting the simulator with allow_other needs root"
-pytestmark = pytest.mark.skipif(_reason is not None, reason=f"no FUSE here: {_reason}")
+pytestmark = needs_fuse_root
 
 PREFIX = "ceilometer-"
 UUIDS = [f"{n:08x}-1111-4111-8111-111111111111" for n in range(1, 6)]

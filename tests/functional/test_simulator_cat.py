@@ -17,12 +17,10 @@ from typing import Any
 import pytest
 
 from ceilometer_cmt.guard.cbm import CacheInfo, cap_schemata, format_schemata, parse_schemata
-from ceilometer_cmt.simulator import Simulator, fuse_missing_reason
+from ceilometer_cmt.simulator import Simulator
+from tests.support.fuse import needs_fuse_root
 
-_reason = fuse_missing_reason()
-if _reason is None and os.geteuid() != 0:
-    _reason = "mounting the simulator with allow_other needs root"
-pytestmark = pytest.mark.skipif(_reason is not None, reason=f"no FUSE here: {_reason}")
+pytestmark = needs_fuse_root
 
 MiB = 2**20
 GRAN = 49152  # intel-2s occupancy granularity

@@ -17,12 +17,10 @@ from typing import Any
 
 import pytest
 
-from ceilometer_cmt.simulator import FSTYPE, Simulator, fuse_missing_reason, mount, mount_fstype
+from ceilometer_cmt.simulator import FSTYPE, Simulator, mount, mount_fstype
+from tests.support.fuse import needs_fuse_root
 
-_reason = fuse_missing_reason()
-if _reason is None and os.geteuid() != 0:
-    _reason = "mounting the simulator with allow_other needs root"
-pytestmark = pytest.mark.skipif(_reason is not None, reason=f"no FUSE here: {_reason}")
+pytestmark = needs_fuse_root
 
 
 def cat(path: str) -> str:
