@@ -1,6 +1,8 @@
-"""Cache bit masks (CBMs) for the guard: the cap mask, the schemata lines
-that set it, reading a group's ``schemata`` back, and the share of the
-ways a mask gives.
+"""Cache bit masks (CBMs) for the guard: the cap mask and the schemata lines
+that set it.  Reading a group's ``schemata`` back and the share of the ways
+a mask gives are the backend's (:mod:`ceilometer_cmt.backends.resctrl.schemata`,
+which the agent's ``cache.allocation.percent`` uses too); they are imported
+here under their old names.
 
 Kernel facts (doc/kernel-facts-cat.md, from fs/resctrl/ctrlmondata.c and
 rdtgroup.c):
@@ -30,44 +32,21 @@ shareable.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from ceilometer_cmt.backends.resctrl.schemata import (  # the one parser, below the guard
+    L3,
+    L3_CDP,
+    CacheInfo,
+    CbmError,
+    Schemata,
+    group_share,
+    parse_schemata,
+    popcount,
+    share_percent,
+)
 
-#: resource name -> domain id -> mask, e.g. {"L3": {0: 0xff, 1: 0xff}}
-Schemata = dict[str, dict[int, int]]
-#: the L3 schemata names: without CDP, and with it (``-o cdp``)
-L3 = "L3"
-L3_CDP = ("L3CODE", "L3DATA")
-
-
-class CbmError(ValueError):
-    """No valid mask: the message says why (in an operator's words)."""
-
-
-@dataclass(frozen=True)
-class CacheInfo:
-    """``info/L3`` (or ``info/L3DATA`` on a CDP host)."""
-
-    cbm_mask: int
-    min_cbm_bits: int = 1
-    sparse_masks: bool = False
-    shareable_bits: int = 0
-
-    def __post_init__(self) -> None:
-        if self.cbm_mask <= 0 or self.cbm_mask & (self.cbm_mask + 1):
-            raise CbmError(f"cbm_mask {self.cbm_mask:x} is not a run of ones from bit 0")
-        if not 0 <= self.min_cbm_bits <= self.cbm_len:
-            raise CbmError(f"min_cbm_bits {self.min_cbm_bits} does not fit cbm_mask "
-                           f"{self.cbm_mask:x}")
-
-    @property
-    def cbm_len(self) -> int:
-        """How many ways the cache has (bits of the CBM)."""
-        return self.cbm_mask.bit_length()
-
-
-def popcount(mask: int) -> int:
-    return bin(mask).count("1")
+__all__ = ["L3", "L3_CDP", "CacheInfo", "CbmError", "Schemata", "cap_mask", "cap_schemata",
+           "cap_ways", "first_run", "format_schemata", "group_share", "is_contiguous",
+           "parse_schemata", "popcount", "share_percent", "validate"]
 
 
 def first_run(mask: int) -> int:
@@ -156,47 +135,3 @@ def format_schemata(schemata: Schemata) -> str:
         body = ";".join(f"{dom}={mask:x}" for dom, mask in sorted(doms.items()))
         lines.append(f"{name}:{body}\n")
     return "".join(lines)
-
-
-def parse_schemata(text: str) -> Schemata:
-    """The cache lines (``L2``/``L3`` names, CDP ones too) of a group's
-    ``schemata`` as the kernel prints it: names may be padded with spaces,
-    masks zero-padded or ``0x``-prefixed.  Other resources (``MB``,
-    ``SMBA``) and pseudo-locksetup's ``uninitialized`` lines are skipped.
-    A malformed cache line raises :class:`CbmError`."""
-    out: Schemata = {}
-    for line in text.splitlines():
-        name, sep, rest = line.partition(":")
-        name = name.strip()
-        if not sep or not name.startswith(("L2", "L3")) or rest.strip() == "uninitialized":
-            continue
-        doms: dict[int, int] = {}
-        for item in rest.split(";"):
-            if not item.strip():
-                continue
-            dom, eq, value = item.partition("=")
-            try:
-                if not eq:
-                    raise ValueError(item)
-                doms[int(dom.strip(), 10)] = int(value.strip(), 16)
-            except ValueError:
-                raise CbmError(f"bad schemata item {item!r} in {line!r}") from None
-        out[name] = doms
-    return out
-
-
-def share_percent(info: CacheInfo, mask: int) -> float:
-    """Percent of the ways ``mask`` lets a group fill (the gauge
-    ``cache.allocation.percent``)."""
-    return 100.0 * popcount(mask & info.cbm_mask) / info.cbm_len
-
-
-def group_share(info: CacheInfo, schemata: Mapping[str, Mapping[int, int]],
-                domain: int) -> float | None:
-    """The share of ways a group may fill with data in ``domain``
-    (``L3``, or ``L3DATA`` with CDP); None when its schemata does not
-    name the domain."""
-    for name in (L3, "L3DATA"):
-        if name in schemata and domain in schemata[name]:
-            return share_percent(info, schemata[name][domain])
-    return None

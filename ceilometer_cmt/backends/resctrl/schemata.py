@@ -1,0 +1,202 @@
+"""Control groups' ``schemata`` and the share of L3 ways they let a group fill.
+
+The one parser of ``schemata`` text (the guard's :mod:`ceilometer_cmt.guard.cbm`
+imports it from here), the cache's way count, and :class:`Allocations`: the
+agent's ``cache.allocation.percent`` of each instance, from the schemata of
+the control groups its threads are in.
+
+Kernel facts (doc/kernel-facts-cat.md; Documentation/filesystems/resctrl.rst
+"Cache resource" and "Schemata files"; fs/resctrl/ctrlmondata.c):
+
+* ``info/L3/cbm_mask`` is every way set (``BIT_MASK(cbm_len) - 1``); a CDP
+  host (``-o cdp``) has ``info/L3CODE`` and ``info/L3DATA`` instead.
+* ``schemata`` lines read ``NAME:id=mask;id=mask``, the name right-aligned
+  with spaces, masks in hex (old kernels zero-pad them); CDP hosts have
+  ``L3CODE`` and ``L3DATA`` lines instead of ``L3``. A group's threads may
+  fill (allocate into) only the ways its mask sets in that domain; data
+  fills follow ``L3DATA`` on a CDP host.
+* The default group (the root) starts with every way, as does each new
+  control group (``__init_one_rdt_domain``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from ceilometer_cmt.backends.resctrl import fs
+
+#: resource name -> domain id -> mask, e.g. {"L3": {0: 0xff, 1: 0xff}}
+Schemata = dict[str, dict[int, int]]
+#: the L3 schemata names: without CDP, and with it (``-o cdp``)
+L3 = "L3"
+L3_CDP = ("L3CODE", "L3DATA")
+#: the names whose masks bound data fills, in the order looked for
+DATA_NAMES = (L3, "L3DATA")
+
+
+class CbmError(ValueError):
+    """No valid mask, or a malformed schemata: the message says why (in an
+    operator's words)."""
+
+
+@dataclass(frozen=True)
+class CacheInfo:
+    """``info/L3`` (or ``info/L3DATA`` on a CDP host)."""
+
+    cbm_mask: int
+    min_cbm_bits: int = 1
+    sparse_masks: bool = False
+    shareable_bits: int = 0
+
+    def __post_init__(self) -> None:
+        if self.cbm_mask <= 0 or self.cbm_mask & (self.cbm_mask + 1):
+            raise CbmError(f"cbm_mask {self.cbm_mask:x} is not a run of ones from bit 0")
+        if not 0 <= self.min_cbm_bits <= self.cbm_len:
+            raise CbmError(f"min_cbm_bits {self.min_cbm_bits} does not fit cbm_mask "
+                           f"{self.cbm_mask:x}")
+
+    @property
+    def cbm_len(self) -> int:
+        """How many ways the cache has (bits of the CBM)."""
+        return self.cbm_mask.bit_length()
+
+
+def popcount(mask: int) -> int:
+    return bin(mask).count("1")
+
+
+def parse_schemata(text: str) -> Schemata:
+    """The cache lines (``L2``/``L3`` names, CDP ones too) of a group's
+    ``schemata`` as the kernel prints it: names may be padded with spaces,
+    masks zero-padded or ``0x``-prefixed.  Other resources (``MB``,
+    ``SMBA``) and pseudo-locksetup's ``uninitialized`` lines are skipped.
+    A malformed cache line raises :class:`CbmError`."""
+    out: Schemata = {}
+    for line in text.splitlines():
+        name, sep, rest = line.partition(":")
+        name = name.strip()
+        if not sep or not name.startswith(("L2", "L3")) or rest.strip() == "uninitialized":
+            continue
+        doms: dict[int, int] = {}
+        for item in rest.split(";"):
+            if not item.strip():
+                continue
+            dom, eq, value = item.partition("=")
+            try:
+                if not eq:
+                    raise ValueError(item)
+                doms[int(dom.strip(), 10)] = int(value.strip(), 16)
+            except ValueError:
+                raise CbmError(f"bad schemata item {item!r} in {line!r}") from None
+        out[name] = doms
+    return out
+
+
+def share_percent(info: CacheInfo, mask: int) -> float:
+    """Percent of the ways ``mask`` lets a group fill."""
+    return 100.0 * popcount(mask & info.cbm_mask) / info.cbm_len
+
+
+def group_share(info: CacheInfo, schemata: Mapping[str, Mapping[int, int]],
+                domain: int) -> float | None:
+    """The share of ways a group may fill with data in ``domain``
+    (``L3``, or ``L3DATA`` with CDP); None when its schemata does not
+    name the domain."""
+    mask = data_mask(schemata, domain)
+    return None if mask is None else share_percent(info, mask)
+
+
+def data_mask(schemata: Mapping[str, Mapping[int, int]], domain: int) -> int | None:
+    """The mask bounding data fills in ``domain`` (``L3``, or ``L3DATA``
+    with CDP); None when the schemata does not name the domain."""
+    for name in DATA_NAMES:
+        masks = schemata.get(name)
+        if masks is not None and domain in masks:
+            return masks[domain]
+    return None
+
+
+def read_cbm_mask(root: str) -> CacheInfo | None:
+    """The L3's ``cbm_mask`` (``info/L3``, ``info/L3DATA`` on a CDP host) as
+    a :class:`CacheInfo`; None on a host without L3 CAT (or a mask that is
+    not a run of ones)."""
+    for name in DATA_NAMES:
+        text = fs.read_text(os.path.join(root, "info", name, "cbm_mask"))
+        if text is None:
+            continue
+        try:
+            return CacheInfo(int(text.strip(), 16))
+        except (ValueError, CbmError):
+            return None
+    return None
+
+
+def read_schemata(root: str, ctrl: str) -> Schemata | None:
+    """Control group ``ctrl``'s parsed ``schemata`` ("" = the default
+    group); None when it cannot be read or parsed."""
+    text = fs.read_text(os.path.join(fs.ctrl_path(root, ctrl), "schemata"))
+    if text is None:
+        return None
+    try:
+        return parse_schemata(text)
+    except CbmError:
+        return None
+
+
+class Allocations:
+    """The share of L3 ways instances may fill, for the resctrl backend.
+
+    Each control group's ``schemata`` is read at most once per cycle, and only
+    on the cycles that ask for it again (:meth:`refresh`: the group listing
+    changed, or a periodic check): one small file per control group.
+
+    An instance's share in a domain is the popcount of the union of the
+    masks of the control groups its threads are in (they may fill any of
+    those ways), over ``cbm_len``. Its value is the *smallest* share over
+    the domains it holds cache in (the most constrained place it runs),
+    over every domain its groups name when it holds none; each domain's
+    share goes into the metadata. None without CAT, never a made-up 100.
+    """
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.info = read_cbm_mask(root)
+        self._schemata: dict[str, Schemata | None] = {}
+        #: schemata files read since the start (tests, the benchmark)
+        self.reads = 0
+
+    def refresh(self) -> None:
+        """Read every control group's schemata again when next asked."""
+        self._schemata.clear()
+
+    def schemata(self, ctrl: str) -> Schemata | None:
+        if ctrl not in self._schemata:
+            self.reads += 1
+            self._schemata[ctrl] = read_schemata(self.root, ctrl)
+        return self._schemata[ctrl]
+
+    def share(self, ctrls: Iterable[str], held: Iterable[int]
+              ) -> tuple[float | None, dict[int, float] | None]:
+        """(value, share per domain) for threads in control groups ``ctrls``,
+        holding cache in domains ``held``; (None, None) without CAT or when no
+        schemata of theirs names an L3 domain."""
+        info = self.info
+        if info is None:
+            return None, None
+        masks: dict[int, int] = {}
+        for ctrl in ctrls:
+            sch = self.schemata(ctrl)
+            if sch is None:
+                continue
+            for name in DATA_NAMES:
+                for dom, mask in sch.get(name, {}).items():
+                    masks[dom] = masks.get(dom, 0) | mask
+                if name in sch:
+                    break
+        if not masks:
+            return None, None
+        shares = {dom: share_percent(info, mask) for dom, mask in sorted(masks.items())}
+        where = [shares[d] for d in held if d in shares]
+        return min(where or shares.values()), shares

@@ -1,0 +1,90 @@
+"""schemata: the parser, the way count, and the allocation share of instances,
+on fixture trees in the kernel's formats."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ceilometer_cmt.backends.resctrl import schemata
+from ceilometer_cmt.guard import cbm
+
+
+def tree(tmp_path: Path, cbm_mask: str | None = "fff", cdp: bool = False,
+         groups: dict[str, str] | None = None) -> str:
+    root = tmp_path / "resctrl"
+    root.mkdir(parents=True)
+    if cbm_mask is not None:
+        for name in (schemata.L3_CDP if cdp else ("L3",)):
+            (root / "info" / name).mkdir(parents=True)
+            (root / "info" / name / "cbm_mask").write_text(cbm_mask + "\n")
+    for ctrl, text in (groups or {}).items():
+        d = root / ctrl if ctrl else root
+        d.mkdir(exist_ok=True)
+        (d / "schemata").write_text(text)
+    return str(root)
+
+
+def test_the_guard_uses_the_same_parser() -> None:
+    assert cbm.parse_schemata is schemata.parse_schemata
+    assert cbm.CbmError is schemata.CbmError and cbm.CacheInfo is schemata.CacheInfo
+
+
+def test_parse_the_kernels_text() -> None:
+    text = "    MB:0=100;1=100\n    L3:0=00ff;1=0x0f\nL2:uninitialized\n"
+    assert schemata.parse_schemata(text) == {"L3": {0: 0xff, 1: 0xf}}  # MB skipped
+    with pytest.raises(schemata.CbmError, match="bad schemata item"):
+        schemata.parse_schemata("L3:0=zz\n")
+
+
+def test_cbm_mask_l3_cdp_and_none(tmp_path: Path) -> None:
+    assert schemata.read_cbm_mask(tree(tmp_path / "a", "7ff")) == schemata.CacheInfo(0x7ff)
+    assert schemata.read_cbm_mask(tree(tmp_path / "b", "fff", cdp=True)) == \
+        schemata.CacheInfo(0xfff)
+    assert schemata.read_cbm_mask(tree(tmp_path / "c", None)) is None
+    assert schemata.read_cbm_mask(tree(tmp_path / "d", "f0")) is None  # not from bit 0
+
+
+def test_share_of_the_default_and_a_capped_group(tmp_path: Path) -> None:
+    root = tree(tmp_path / "t", "fff", groups={
+        "": "L3:0=fff;1=fff\n", "ceilometer-cap-25": "L3:0=007;1=007\n"})
+    alloc = schemata.Allocations(root)
+    assert alloc.share([""], [0]) == (100.0, {0: 100.0, 1: 100.0})
+    assert alloc.share(["ceilometer-cap-25"], [0]) == (25.0, {0: 25.0, 1: 25.0})
+    # threads in both (a move under way): the ways of either
+    assert alloc.share(["", "ceilometer-cap-25"], [0])[0] == 100.0
+
+
+def test_smallest_share_where_it_holds_cache(tmp_path: Path) -> None:
+    root = tree(tmp_path / "t", "ff", groups={"g": "L3:0=0f;1=03\n"})
+    alloc = schemata.Allocations(root)
+    assert alloc.share(["g"], [0]) == (50.0, {0: 50.0, 1: 25.0})
+    assert alloc.share(["g"], [0, 1])[0] == 25.0
+    assert alloc.share(["g"], [])[0] == 25.0  # holds none: every domain counts
+
+
+def test_cdp_takes_the_data_mask(tmp_path: Path) -> None:
+    root = tree(tmp_path / "t", "ff", cdp=True, groups={"g": "L3CODE:0=ff\nL3DATA:0=0f\n"})
+    assert schemata.Allocations(root).share(["g"], [0]) == (50.0, {0: 50.0})
+
+
+def test_no_cat_no_value(tmp_path: Path) -> None:
+    root = tree(tmp_path / "t", None, groups={"": "MB:0=100\n"})
+    assert schemata.Allocations(root).share([""], [0]) == (None, None)
+    root = tree(tmp_path / "u", "ff", groups={"": "MB:0=100\n"})
+    assert schemata.Allocations(root).share([""], [0]) == (None, None)  # no L3 line
+
+
+def test_each_schemata_read_once_until_refreshed(tmp_path: Path) -> None:
+    root = tree(tmp_path / "t", "ff", groups={"": "L3:0=ff\n", "g": "L3:0=0f\n"})
+    alloc = schemata.Allocations(root)
+    for _ in range(3):
+        alloc.share([""], [0])
+        alloc.share(["g"], [0])
+    assert alloc.reads == 2
+    Path(root, "g", "schemata").write_text("L3:0=03\n")
+    assert alloc.share(["g"], [0])[0] == 50.0  # not read again yet
+    alloc.refresh()
+    assert alloc.share(["g"], [0])[0] == 25.0
+    assert alloc.reads == 3
