@@ -14,7 +14,9 @@ compute host and runs the real thing against it:
   climbs past 30% of an L3 domain during the run;
 * a ceilometer config with the plugin's ``[cmt]`` options pointing at all of
   that, and real polling cycles through ceilometer's polling manager, shown
-  in the ``ceilometer-cmt top`` view (or as JSON lines with ``--json``).
+  in the ``ceilometer-cmt top`` view (or as JSON lines with ``--json``);
+* with ``--guard``, the guard beside the agent, capping the noisy neighbour
+  and releasing it when it calms (:mod:`ceilometer_cmt.cmd.demo_guard`).
 
 On exit (after ``--cycles``, Ctrl-C, SIGTERM or SIGHUP, pass or fail) it
 unmounts, kills its processes and removes its files, then checks that nothing
@@ -36,6 +38,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from ceilometer_cmt.cmd.demo_guard import CALM, CLIMB_CYCLES, PEAK, climb_for, clock_step
 from ceilometer_cmt.cmd.demo_host import NOISY_FROM, NOISY_TO, DemoHost
 from ceilometer_cmt.cmd.demo_signals import (
     STOP_SIGNALS,
@@ -43,6 +46,7 @@ from ceilometer_cmt.cmd.demo_signals import (
     Stop,
     restore_signals,
     stop_on_signals,
+    uninterrupted,
 )
 
 INSTALL_HINT = (
@@ -85,11 +89,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cycles", type=int, help="stop after N cycles (default, or 0: until Ctrl-C)")
     p.add_argument("--ramp", type=float,
                    help="seconds for the noisy neighbour to climb from 12%% to 42%% of its L3 "
-                        "(default: the whole run with --cycles, else 30)")
+                        "(default: the whole run with --cycles, else 30; see --guard)")
     p.add_argument("--sort", choices=sorted(SORT_KEYS), default="occupancy-percent")
     p.add_argument("--json", action="store_true",
                    help="JSON lines: a start event, every sample of every cycle, a stop event")
     p.add_argument("--keep-log", metavar="PATH", help="copy the agent's log there at exit")
+    p.add_argument("--guard", action="store_true",
+                   help="also run the guard (ceilometer-cmt guard, applying its caps, not a "
+                        "dry run) after each cycle, with cap_after=3 and release_after=3 "
+                        f"for the demo: the noisy neighbour climbs to {PEAK:.0f}%% of its L3, "
+                        f"stays, falls to {CALM:.0f}%%; it is capped to 25%% of the ways and "
+                        "released when calm. The scenario's clock then moves one --interval "
+                        "a cycle; --ramp is the climb (default: the story fits --cycles, "
+                        f"else {CLIMB_CYCLES} cycles, repeated). Shows cap and release in "
+                        "about 25 cycles. --json adds {\"event\": \"guard\", ...} lines")
     return p
 
 
@@ -119,12 +132,16 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     ramp = args.ramp
-    if ramp is None:
+    step = clock_step(args.interval)
+    if ramp is None and args.guard:
+        ramp = climb_for(args.cycles, step)
+    elif ramp is None:
         # with --cycles the last cycle is at least (cycles - 1) * interval after the
         # simulator started: the noisy neighbour is past 30% by then, whatever the speed
         ramp = (args.cycles - 1) * args.interval if args.cycles else 30.0
     out: Any = SignalSafeOut(sys.stdout) if args.json else sys.stdout
-    host = DemoHost(args.topology, args.instances, args.stopped, ramp)
+    host = DemoHost(args.topology, args.instances, args.stopped, ramp, guard=args.guard,
+                    step=step)
     rc = 1
     with stop_on_signals():
         try:
@@ -150,7 +167,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.json:
                 with contextlib.suppress(OSError, ValueError):
                     _emit(out, {"event": "stop", "clean": not leftovers,
-                                "leftovers": leftovers, "cycles": cycles_done})
+                                "leftovers": leftovers, "cycles": cycles_done,
+                                # cap groups the exit removed (a run stopped mid-cap)
+                                **({"guard_caps_undone": host.demo_guard.removed}
+                                   if host.demo_guard else {})})
     restore_signals()
     return rc
 
@@ -169,14 +189,29 @@ def _run(host: DemoHost, args: argparse.Namespace, out: TextIO) -> int:
     assert noisy is not None
     climb = (f"{NOISY_FROM:.0f}% -> {NOISY_TO:.0f}% of an L3 over {host.ramp:g} s"
              if host.ramp > 0 else f"{NOISY_TO:.0f}% of an L3")
+    guard = host.demo_guard
+    if guard is not None:
+        g = guard.describe()
+        climb = (f"{NOISY_FROM:.0f}% -> {PEAK:.0f}% of an L3 over {host.ramp:.3g} s, held, "
+                 f"then {CALM:.0f}%; the guard caps it above {g['cap_above']:g}% for "
+                 f"{g['cap_after']} cycles to {g['cap_share']}% of the ways, releases it below "
+                 f"{g['release_below']:g}% for {g['release_after']} cycles")
     footer = (f"{noisy.display_name} is a noisy neighbour: {climb} (red: >= 30%).  "
               + ("Ctrl-C to stop." if args.cycles is None else f"{args.cycles} cycles."))
 
     def count(_view: top.HostView) -> None:
         host.cycles_done += 1
+        if guard is not None:
+            with uninterrupted():  # an action done is always reported
+                for event in guard.after_cycle(host.cycles_done):
+                    if args.json:
+                        _emit(out, event)
+
+    def footer_now() -> str:
+        return footer if guard is None or not guard.events else f"{footer}\n{guard.footer()}"
 
     with poll.polling_agent([host.conf]) as agent:
         mode = "jsonl" if args.json else ("live" if out.isatty() else "print")
         top.watch(agent, interval=args.interval, cycles=args.cycles, sort=args.sort, out=out,
-                  mode=mode, title="ceilometer-cmt demo", footer=footer, on_cycle=count)
+                  mode=mode, title="ceilometer-cmt demo", footer=footer_now, on_cycle=count)
     return 0

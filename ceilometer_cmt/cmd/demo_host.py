@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ceilometer_cmt.cmd.demo_guard import DemoGuard, guard_conf, noisy_shape
 from ceilometer_cmt.cmd.demo_signals import uninterrupted
 from ceilometer_cmt.linux import procfs
 from ceilometer_cmt.testing.fakehost import (
@@ -37,13 +38,17 @@ HOST_NAME = "demo-compute"
 def scenario_for(instances: Sequence[FakeInstance], noisy: FakeInstance,
                  domains: Sequence[int], ramp: float,
                  pids: Mapping[str, int] | None = None,
-                 hot: Sequence[int] | None = None) -> dict[str, Any]:
+                 hot: Sequence[int] | None = None,
+                 shape: Sequence[tuple[float, float]] | None = None) -> dict[str, Any]:
     """The simulator scenario: modest steady load everywhere, one noisy neighbour.
 
     Instance ``i`` lives mostly on domain ``domains[i % len(domains)]``; the
     noisy one on ``hot`` (default ``domains[0]``; with SNC every node of one L3,
     so that it fills that L3 as the plugin sees it), its occupancy ramping from
-    ``NOISY_FROM`` to ``NOISY_TO`` percent of that domain over ``ramp`` seconds.
+    ``NOISY_FROM`` to ``NOISY_TO`` percent of that domain over ``ramp`` seconds,
+    or (``shape``) through the given (time, percent) points, repeated (the
+    ``--guard`` story, :func:`ceilometer_cmt.cmd.demo_guard.noisy_shape`).
+    Its bandwidth follows its occupancy.
     An instance's qemu is matched by its pid when ``pids`` (domain name -> pid)
     has it, else by ``guest=<domain name>,`` in its cmdline.
     """
@@ -73,13 +78,20 @@ def scenario_for(instances: Sequence[FakeInstance], noisy: FakeInstance,
     def each(value: Any) -> dict[int, Any]:
         return {d: value for d in hot}
 
-    start = {"t": 0, "occupancy": each(f"{NOISY_FROM}%"),
-             "mbm_total": each(3 * 1024 * mib), "mbm_local": each(2800 * mib)}
-    end = {**start, "t": ramp, "occupancy": each(f"{NOISY_TO}%"),
-           "mbm_total": each(6 * 1024 * mib), "mbm_local": each(5600 * mib)}
-    processes.append({"name": noisy.display_name + " (noisy neighbour)",
-                      "match": match(noisy),
-                      "timeline": [start, end] if ramp > 0 else [end | {"t": 0}]})
+    def loud_at(t: float, percent: float) -> dict[str, Any]:
+        # 3 GiB/s at NOISY_FROM, 6 GiB/s at NOISY_TO; local 2800/3072 of it
+        total = max(3 + 3 * (percent - NOISY_FROM) / (NOISY_TO - NOISY_FROM), 0.5) * 1024 * mib
+        return {"t": t, "occupancy": each(f"{percent}%"),
+                "mbm_total": each(round(total)), "mbm_local": each(round(total * 2800 / 3072))}
+
+    loud: dict[str, Any] = {"name": noisy.display_name + " (noisy neighbour)",
+                            "match": match(noisy)}
+    if shape:
+        loud |= {"timeline": [loud_at(t, pct) for t, pct in shape], "repeat": True}
+    else:
+        loud["timeline"] = ([loud_at(0, NOISY_FROM), loud_at(ramp, NOISY_TO)] if ramp > 0
+                            else [loud_at(0, NOISY_TO)])
+    processes.append(loud)
     return {
         "limbo_seconds": 1.0,
         "background": {"occupancy": {"*": 2 * mib}, "mbm_total": {"*": 50 * mib}},
@@ -88,8 +100,9 @@ def scenario_for(instances: Sequence[FakeInstance], noisy: FakeInstance,
 
 
 def ceilometer_conf(*, node_xml: str, resctrl: str, sysfs: str, pid_dir: str,
-                    log_config: str) -> str:
-    """The agent's config: ceilometer's [DEFAULT] plus the plugin's [cmt]."""
+                    log_config: str, extra: str = "") -> str:
+    """The agent's config: ceilometer's [DEFAULT] plus the plugin's [cmt]
+    (and ``extra`` sections: the guard's, with ``--guard``)."""
     return (
         "[DEFAULT]\n"
         f"host = {HOST_NAME}\n"
@@ -106,6 +119,7 @@ def ceilometer_conf(*, node_xml: str, resctrl: str, sysfs: str, pid_dir: str,
         "resctrl_verify_mount = true\n"
         # the demo runs as whoever mounted the simulator: no privilege separation
         "privsep = never\n"
+        + extra
     )
 
 
@@ -117,6 +131,10 @@ class DemoHost:
     running: int = 4
     stopped: int = 1
     ramp: float = 30.0
+    #: run the guard beside the agent (``--guard``): ``ramp`` is then the
+    #: noisy neighbour's climb, and the scenario's clock moves ``step`` seconds a cycle
+    guard: bool = False
+    step: float = 1.0
     tmp_parent: str | None = None
     tmp: str | None = None
     instances: list[FakeInstance] = field(default_factory=list)
@@ -127,6 +145,7 @@ class DemoHost:
     log_file: str = ""
     mountpoint: str = ""
     cycles_done: int = 0
+    demo_guard: DemoGuard | None = None
     _pids: list[int] = field(default_factory=list)
 
     def path(self, *parts: str) -> str:
@@ -160,10 +179,13 @@ class DemoHost:
                     self._pids.append(q.pid)
         pids = {q.domain_name: q.pid for q in self.qemus}
         scenario = self.path("scenario.json")
+        doc = scenario_for(self.instances, self.noisy, [d.id for d in topo.mon_domains],
+                           self.ramp, pids, [d.id for d in topo.domains_of(topo.l3[0].id)],
+                           noisy_shape(self.ramp, NOISY_FROM) if self.guard else None)
+        if self.guard:
+            doc["clock"] = "manual"  # moved a step after each cycle (demo_guard)
         with open(scenario, "w", encoding="utf-8") as f:
-            json.dump(scenario_for(self.instances, self.noisy, [d.id for d in topo.mon_domains],
-                                   self.ramp, pids,
-                                   [d.id for d in topo.domains_of(topo.l3[0].id)]), f, indent=2)
+            json.dump(doc, f, indent=2)
         self.mountpoint = self.path("resctrl")
         os.mkdir(self.mountpoint)
         with uninterrupted():
@@ -180,7 +202,14 @@ class DemoHost:
         self.conf = self.path("ceilometer.conf")
         with open(self.conf, "w", encoding="utf-8") as f:
             f.write(ceilometer_conf(node_xml=node, resctrl=self.mountpoint, sysfs=sysfs,
-                                    pid_dir=pid_dir, log_config=log_config))
+                                    pid_dir=pid_dir, log_config=log_config,
+                                    extra=guard_conf(self.path("guard.lock"))
+                                    if self.guard else ""))
+        if self.guard:
+            self.demo_guard = DemoGuard(
+                self.conf, {i.uuid: i.display_name for i in self.instances}, self.step,
+                self.simulator)
+            self.demo_guard.start()
         return self
 
     def describe(self) -> dict[str, Any]:
@@ -191,6 +220,7 @@ class DemoHost:
             "qemu_pids": [q.pid for q in self.qemus if q.proc is not None],
             "noisy_neighbour": self.noisy.uuid if self.noisy else None,
             "ramp_seconds": self.ramp,
+            **({"guard": self.demo_guard.describe()} if self.demo_guard else {}),
             "instances": [{"uuid": i.uuid, "name": i.display_name,
                            "domain_name": i.domain_name, "running": i.running,
                            "noisy": i == self.noisy} for i in self.instances],
@@ -199,6 +229,11 @@ class DemoHost:
     def stop(self, keep_log: str | None = None) -> list[str]:
         """Kill, unmount, remove; returns what is still there (empty: all gone)."""
         errors: list[str] = []
+        if self.demo_guard is not None:  # undo the caps while the host is up
+            try:
+                errors.extend(self.demo_guard.stop())
+            except Exception as e:
+                errors.append(f"guard: {e}")
         for q in self.qemus:
             try:
                 q.stop()

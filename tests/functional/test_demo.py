@@ -8,13 +8,15 @@ go there).
 from __future__ import annotations
 
 import ctypes
+import itertools
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -308,3 +310,177 @@ def test_intel_aet_topology_gives_energy_and_ipc(run_env) -> None:  # type: igno
     energy = [per_instance("energy.core", c) for c in (1, 2, 3)]
     assert all(energy[0][u] <= energy[1][u] <= energy[2][u] for u in running)
     assert_nothing_left(start, tmpdir)
+
+
+# --- demo --guard: the guard beside the agent caps the noisy neighbour and releases it
+
+GUARD_CYCLES = 24
+
+
+@dataclass
+class GuardRun:
+    """One ``demo --guard --json`` run to its end, shared by the tests below."""
+
+    proc: subprocess.CompletedProcess[str]
+    tmpdir: str
+    log: str
+    start: dict[str, Any]
+    samples: list[dict[str, Any]]
+    events: list[dict[str, Any]]
+    stop: dict[str, Any] | None
+
+    def percent(self, cycle: int, uuid: str) -> float:
+        found = [s["volume"] for s in self.samples
+                 if (s["cycle"], s["name"], s["resource_id"])
+                 == (cycle, "cache.occupancy.percent", uuid)]
+        assert len(found) == 1, (cycle, uuid, found)
+        return float(found[0])
+
+
+@pytest.fixture(scope="module")
+def guard_run(tmp_path_factory) -> Iterator[GuardRun]:  # type: ignore[no-untyped-def]
+    base = tmp_path_factory.mktemp("guard-run")
+    tmpdir, log = str(base / "tmp"), str(base / "agent.log")
+    os.mkdir(tmpdir)
+    env = dict(os.environ, TMPDIR=tmpdir, COLUMNS="200")
+    set_subreaper(True)  # what the demo leaves running is re-parented here: see orphans()
+    try:
+        proc = subprocess.run(demo_argv("--guard", "--json", "--cycles", str(GUARD_CYCLES),
+                                        "--interval", "0.2", "--keep-log", log),
+                              env=env, capture_output=True, text=True, timeout=300)
+        start, samples, stop = parse(proc.stdout)
+        events = [json.loads(ln) for ln in proc.stdout.splitlines()
+                  if '"event": "guard"' in ln]
+        yield GuardRun(proc, tmpdir, log, start, samples, events, stop)
+    finally:
+        set_subreaper(False)
+        for pid in {*processes_mentioning(tmpdir), *orphans()}:
+            os.kill(pid, signal.SIGKILL)
+        for mnt in sim_mounts_under(tmpdir):
+            subprocess.run(["umount", "-l", mnt], check=False)
+
+
+def test_demo_guard_caps_the_noisy_neighbour_and_releases_it(guard_run: GuardRun) -> None:
+    run = guard_run
+    assert run.proc.returncode == 0, run.proc.stderr[-3000:]
+    start, noisy = run.start, run.start["noisy_neighbour"]
+    g = start["guard"]
+    assert (g["cap_above"], g["cap_after"], g["cap_share"], g["release_after"]) == (
+        50.0, 3, 25, 3)
+    # one cap, then one release, of the noisy neighbour only, each after a polling
+    # cycle, as the guard's own --json lines say them (not a dry run)
+    assert [(e["action"], e["uuid"], e["share"], e["dry_run"]) for e in run.events] == [
+        ("cap", noisy, 25, False), ("release", noisy, 25, False)]
+    cap, release = run.events
+    assert set(cap) == {"event", "action", "uuid", "share", "reason", "dry_run", "cycle"}
+    # capped within cap_after cycles of crossing cap_above: the guard reads the
+    # agent's monitor groups at the same scenario time as the agent's cycle
+    hot = [c for c in range(1, GUARD_CYCLES + 1) if run.percent(c, noisy) > g["cap_above"]]
+    assert hot and cap["cycle"] == hot[0] + g["cap_after"] - 1
+    assert f"above {g['cap_above']:g}% for {g['cap_after']} cycles" in cap["reason"]
+    # then it holds about the cap share: intel-2s has 20 ways, 25% is 5 of them,
+    # and the simulator bounds a control group to its CBM's bytes exactly; the
+    # read is rounded to the occupancy granularity (48 KiB of a 30 MiB L3) and
+    # the cap group holds only the noisy neighbour: 1 point is room enough
+    # the next cycle already (not at the agent's next re-listing of threads), and
+    # as long as its workload stays high; never above the share while capped
+    capped = [run.percent(c, noisy) for c in range(cap["cycle"] + 1, release["cycle"] + 1)]
+    held = list(itertools.takewhile(lambda p: p > g["cap_share"] - 1.0, capped))
+    assert len(held) >= 2 and held == pytest.approx([g["cap_share"]] * len(held), abs=1.0)
+    assert max(capped) <= g["cap_share"] + 1.0
+    # released after release_after calm cycles, once its workload fell
+    calm = [c for c in range(cap["cycle"] + 1, GUARD_CYCLES + 1)
+            if run.percent(c, noisy) < g["release_below"]]
+    assert calm and release["cycle"] == calm[0] + g["release_after"] - 1
+    assert f"for {g['release_after']} cycles" in release["reason"]
+    # uncapped and calm to the end; the neighbours were never touched
+    for c in range(release["cycle"] + 1, GUARD_CYCLES + 1):
+        assert run.percent(c, noisy) == pytest.approx(g["calm"], abs=1.0), c
+    quiet = [i["uuid"] for i in start["instances"] if i["running"] and i["uuid"] != noisy]
+    for uuid in quiet:
+        assert {round(run.percent(c, uuid), 1) for c in range(1, GUARD_CYCLES + 1)} == {
+            round(run.percent(1, uuid), 1)}
+    # the cap group went with its last member: nothing for the exit to undo
+    assert run.stop == {"event": "stop", "clean": True, "leftovers": [],
+                        "cycles": GUARD_CYCLES, "guard_caps_undone": []}
+    assert_nothing_left(start, run.tmpdir)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "the agent's backend counts the guard's removal of the cap group (with the "
+    "agent-named monitor group under it) on release as 'removed by another resctrl "
+    "user': an agent-side change (backends/resctrl/backend.py)"))
+def test_demo_guard_release_is_no_removal_by_others(guard_run: GuardRun) -> None:
+    assert guard_run.proc.returncode == 0, guard_run.proc.stderr[-3000:]
+    with open(guard_run.log, encoding="utf-8") as f:
+        log = f.read()
+    assert "guard: release" in log
+    assert "removed by another resctrl user" not in log
+    assert "removed by someone else" not in log
+
+
+def read_until(proc: subprocess.Popen[str], done: Callable[[dict[str, Any]], bool]
+               ) -> list[str]:
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if done(json.loads(line)):
+            return lines
+    raise AssertionError(f"the demo ended first: {''.join(lines)[-2000:]}")
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_demo_guard_interrupted_while_capped_leaves_nothing(
+        run_env, tmp_path, how: str) -> None:  # type: ignore[no-untyped-def]
+    env, tmpdir = run_env
+    with open(tmp_path / "stderr", "w+") as err_file:
+        proc = subprocess.Popen(demo_argv("--guard", "--cycles", "0", "--interval", "0.2",
+                                          "--json"),
+                                env=env, stdout=subprocess.PIPE, stderr=err_file, text=True,
+                                start_new_session=True)
+        try:
+            lines = read_until(proc, lambda d: d.get("event") == "guard")
+            if how == "ctrl-c":
+                os.killpg(proc.pid, signal.SIGINT)
+            else:
+                proc.send_signal(signal.SIGTERM)
+            assert proc.stdout is not None
+            out = proc.stdout.read()
+            proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+        err_file.seek(0)
+        err = err_file.read()
+    assert proc.returncode == (0 if how == "ctrl-c" else 128 + signal.SIGTERM), err[-3000:]
+    start, _samples, stop = parse("".join(lines) + out)
+    cap = json.loads(lines[-1])
+    assert (cap["action"], cap["uuid"]) == ("cap", start["noisy_neighbour"])
+    # stopped while capped: the exit undid the cap (cleanup --guard) before
+    # unmounting; Ctrl-C reaches the simulator too (the terminal's process
+    # group), whose cap group may go with its mount before the demo lists it
+    assert stop is not None and stop["clean"] is True, err[-3000:]
+    assert stop["guard_caps_undone"] == ["ceilometer-cap-25"] or (
+        how == "ctrl-c" and stop["guard_caps_undone"] == [])
+    assert_nothing_left(start, tmpdir)
+
+
+def test_live_view_shows_the_guard_actions(run_env) -> None:  # type: ignore[no-untyped-def]
+    env, tmpdir = run_env
+    proc = subprocess.run(demo_argv("--guard", "--cycles", str(GUARD_CYCLES), "--interval",
+                                    "0.1"), env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    tables = proc.stdout.split("ceilometer-cmt demo  host demo-compute")
+    assert len(tables) == GUARD_CYCLES + 1
+    capped = [n for n, t in enumerate(tables) if "capped vm-2 to 25% of the L3 ways" in t]
+    released = [n for n, t in enumerate(tables) if "released vm-2" in t]
+    # shown under every table after the action
+    assert capped and capped == list(range(capped[0], GUARD_CYCLES + 1))
+    assert released and released == list(range(released[0], GUARD_CYCLES + 1))
+    assert capped[0] < released[0]
+    assert os.listdir(tmpdir) == []

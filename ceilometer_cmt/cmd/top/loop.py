@@ -53,14 +53,16 @@ class Poller:
 def watch(agent: Any, *, interval: float, cycles: int | None = None,
           sort: str = "occupancy-percent", out: TextIO | None = None,
           mode: str = "live", title: str = "ceilometer-cmt top",
-          footer: str | None = None, on_cycle: Callable[[HostView], None] | None = None
+          footer: str | Callable[[], str] | None = None,
+          on_cycle: Callable[[HostView], None] | None = None
           ) -> HostView | None:
     """Poll ``cycles`` times (None: until interrupted), ``interval`` s apart.
 
     ``mode``: ``live`` (a refreshing rich view), ``print`` (one table per
     cycle, for a pipe), ``jsonl`` (every sample as one JSON line with its
     cycle number), ``views`` (each cycle's :func:`view_json` as one line),
-    ``quiet``. Returns the last view.
+    ``quiet``. ``footer`` may be a callable, asked at each render (the demo
+    shows the guard's last actions there). Returns the last view.
     """
     out = out or sys.stdout
     poller = Poller(agent)
@@ -82,7 +84,8 @@ def watch(agent: Any, *, interval: float, cycles: int | None = None,
                 out.write(json.dumps(view_json(last), sort_keys=True) + "\n")
                 out.flush()
             elif mode != "quiet":
-                show(render(last, title=title, footer=footer, width=width()))
+                show(render(last, title=title, width=width(),
+                            footer=footer() if callable(footer) else footer))
             if on_cycle is not None:
                 on_cycle(last)
     return last
