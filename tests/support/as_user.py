@@ -258,6 +258,26 @@ os.execvp("setpriv", ["setpriv", "--reuid=" + uid, "--regid=" + gid, "--clear-gr
 """
 
 
+def _as_user_argv(user: User, argv: list[str], cwd: str, env: dict[str, str] | None,
+                  reach: Iterable[str], stage: str) -> list[str]:
+    """The root command that runs ``argv`` as ``user`` (see :func:`run_as`)."""
+    plan = cover_plan(_needed_trees(reach))
+    full_env: dict[str, str] = {"PATH": f"{VENV_BIN}:/usr/local/bin:/usr/bin:/bin",
+                                "HOME": cwd, "TMPDIR": user.tmp, "LANG": "C.UTF-8",
+                                "PYTHONWARNINGS": "ignore", **(env or {})}
+    assignments = [f"{k}={v}" for k, v in full_env.items()]
+    return ["unshare", "--mount", "--propagation", "private", "--", sys.executable, "-c",
+            _SETUP, json.dumps(plan), stage, str(user.uid), str(user.gid), *assignments,
+            *argv]
+
+
+def _stage() -> str:
+    base = public_base()
+    if base is None:
+        pytest.skip("no public directory to stage mounts in")
+    return tempfile.mkdtemp(prefix="cmt-as-user-", dir=base)
+
+
 def run_as(user: User, argv: list[str], cwd: str, *, env: dict[str, str] | None = None,
            timeout: float = 180, reach: Iterable[str] = ()
            ) -> subprocess.CompletedProcess[str]:
@@ -268,24 +288,38 @@ def run_as(user: User, argv: list[str], cwd: str, *, env: dict[str, str] | None 
     reachable even below private directories (see the module's docstring).
     The user's processes may outlive the command: :func:`throwaway_user`
     kills them."""
-    base = public_base()
-    if base is None:
-        pytest.skip("no public directory to stage mounts in")
-    plan = cover_plan(_needed_trees(reach))
-    full_env: dict[str, str] = {"PATH": f"{VENV_BIN}:/usr/local/bin:/usr/bin:/bin",
-                                "HOME": cwd, "TMPDIR": user.tmp, "LANG": "C.UTF-8",
-                                "PYTHONWARNINGS": "ignore", **(env or {})}
-    assignments = [f"{k}={v}" for k, v in full_env.items()]
-    stage = tempfile.mkdtemp(prefix="cmt-as-user-", dir=base)
+    stage = _stage()
     try:
-        return subprocess.run(
-            ["unshare", "--mount", "--propagation", "private", "--", sys.executable, "-c",
-             _SETUP, json.dumps(plan), stage, str(user.uid), str(user.gid), *assignments,
-             *argv],
-            env=_root_env(), cwd=cwd, capture_output=True, text=True, timeout=timeout,
-            check=False)
+        return subprocess.run(_as_user_argv(user, argv, cwd, env, reach, stage),
+                              env=_root_env(), cwd=cwd, capture_output=True, text=True,
+                              timeout=timeout, check=False)
     finally:
         os.rmdir(stage)  # not a mount point outside the command's namespace
+
+
+@contextlib.contextmanager
+def popen_as(user: User, argv: list[str], cwd: str, *, env: dict[str, str] | None = None,
+             reach: Iterable[str] = ()) -> Iterator[subprocess.Popen[str]]:
+    """:func:`run_as` for a command that runs in the background: yields its
+    :class:`subprocess.Popen` (text stdout and stderr pipes); on exit, pass
+    or fail, it is killed if still running and reaped."""
+    stage = _stage()
+    try:
+        proc = subprocess.Popen(_as_user_argv(user, argv, cwd, env, reach, stage),
+                                env=_root_env(), cwd=cwd, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                kill_user_processes(user.name)
+                proc.kill()
+            proc.wait()
+            for pipe in (proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
+    finally:
+        os.rmdir(stage)
 
 
 def _root_env() -> Mapping[str, str]:
