@@ -125,6 +125,16 @@ def libvirt_instances(uri: str) -> Callable[[], list[GuardInstance]]:
     return listed
 
 
+def domain_names(uri: str) -> dict[str, str]:
+    """uuid -> libvirt domain name of the running guests; empty when libvirt
+    cannot be asked (the privileged daemon needs the name to check a move)."""
+    try:
+        return {i.uuid: i.domain_name for i in libvirt_instances(uri)()}
+    except Exception as e:  # libvirt missing or not running
+        LOG.warning("cannot list libvirt's domains (%s): %s", uri, e)
+        return {}
+
+
 class Notifications:
     """``cmt.guard.cap`` / ``cmt.guard.release`` through the config's
     notification transport (``[oslo_messaging_notifications]``)."""
@@ -186,11 +196,15 @@ def run(args: argparse.Namespace) -> int:
 def cleanup(config_files: Sequence[str], dry_run: bool = False) -> int:
     """Every thread of our cap groups back to the default group (and into
     the agent's monitor group there), then the cap groups removed; nothing
-    else is touched, and never a group without our prefix."""
+    else is touched, and never a group without our prefix. The writes go
+    where the guard's go (:func:`cat_ops`: through the privileged daemon
+    unless root with ``[cmt] privsep`` ``auto`` or ``never``), each move with
+    the guest's libvirt domain name, which the daemon checks."""
     conf = load_conf(config_files)
     opts = guard_options(conf)
     root, pol = opts.resctrl_root, opts.policy
-    ops = DirectCatOps(root, pol.prefix)
+    ops = cat_ops(conf, opts)
+    names = {} if dry_run else domain_names(libvirt_uri(conf))
     status = 0
     with fs.RootLock(root):
         groups = fs.list_groups(root)
@@ -208,8 +222,14 @@ def cleanup(config_files: Sequence[str], dry_run: bool = False) -> int:
                       and fs.UUID_RE.fullmatch(name[len(pol.prefix):])}
             for name, members in by_mon.items():
                 uuid = name[len(pol.prefix):]
+                domain = names.get(uuid)
+                if domain is None and not isinstance(ops, DirectCatOps):
+                    # the daemon moves only threads of a named guest's qemu
+                    print(f"  {uuid} is not a running libvirt domain: its threads go "
+                          "back with the rmdir, without their monitor group", file=sys.stderr)
+                    continue
                 try:
-                    failed = ops.move_threads("", uuid, "", sorted(members))
+                    failed = ops.move_threads("", uuid, domain or "", sorted(members))
                 except OSError as e:
                     print(f"  cannot move {name}'s threads back: {e.strerror}", file=sys.stderr)
                     failed = []
