@@ -54,7 +54,9 @@ class InstanceRow:
         if self.occupancy is None and self.mbm_total_bytes is None \
                 and self.mbm_local_bytes is None:
             return "monitored, no data"
-        return "monitored"
+        # a reason with samples: monitored in part (an MBM event without a
+        # counter in resctrl's mbm_event mode)
+        return f"monitored in part: {self.reason}" if self.reason else "monitored"
 
 
 @dataclass(frozen=True)
@@ -138,7 +140,7 @@ def build_view(samples: Iterable[Mapping[str, Any]],
                              if meta(s).get("cache_domains") is not None), None) or {}
         rows.append(InstanceRow(
             uuid=uuid, name=any_meta.get("display_name") or names.get(uuid),
-            domain_name=any_meta.get("name"), monitored=uuid not in unmonitored,
+            domain_name=any_meta.get("name"), monitored=True,  # it has samples
             reason=unmonitored.get(uuid),
             domains={int(k): int(v) for k, v in domains_meta.items() if v is not None},
             **row_values(vol)))

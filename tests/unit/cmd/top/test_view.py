@@ -81,6 +81,18 @@ def test_status_of_a_row() -> None:
     assert v.InstanceRow(U1).status == "monitored, no data"
     assert v.InstanceRow(U1, mbm_local_bytes=0).status == "monitored"
     assert v.InstanceRow(U1, monitored=False).status == "not monitored"
+    # samples and a reason: an MBM event without a counter (mbm_event mode)
+    assert v.InstanceRow(U1, occupancy=5, reason="no MBM counter: mbm_local_bytes: x").status \
+        == "monitored in part: no MBM counter: mbm_local_bytes: x"
+
+
+def test_an_instance_with_samples_and_a_reason_is_monitored_in_part() -> None:
+    samples = [*host_samples({U1: "no MBM counter: mbm_local_bytes: no free MBM counter"}),
+               sample("cache.occupancy", U1, 4 * MiB)]
+    view = v.build_view(samples)
+    [row] = view.rows
+    assert (row.monitored, row.occupancy) == (True, 4 * MiB)
+    assert row.status == "monitored in part: no MBM counter: mbm_local_bytes: no free MBM counter"
 
 
 def test_domain_percent_host_wide_is_of_the_whole_cache() -> None:
