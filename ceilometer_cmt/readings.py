@@ -101,6 +101,14 @@ class InstanceReading:
     mbm_local: dict[str, int | None]
 
 
+class Allocation(NamedTuple):
+    """The share of L3 ways an instance may fill (Intel CAT / AMD L3 QoS), from
+    the schemata of the control groups its threads are in."""
+
+    percent: float  # the smallest share over the domains it holds cache in
+    domains: dict[int, float]  # L3 domain id -> percent of its ways
+
+
 @dataclass
 class BackendCycle:
     """Everything one backend read produced."""
@@ -121,6 +129,11 @@ class BackendCycle:
     #: our monitor groups removed by someone else since the backend started
     #: (``pqos -r`` removes every monitor group); None: the backend cannot tell
     removed_by_others: int | None = None
+    #: uuid -> its L3 allocation; only on hosts with CAT (resctrl ``info/L3``)
+    allocation: dict[str, Allocation] = field(default_factory=dict)
+    #: instances in the guard's cap groups (``<prefix>cap-<share>``); None:
+    #: the backend cannot tell
+    capped: int | None = None
 
 
 @dataclass(frozen=True)

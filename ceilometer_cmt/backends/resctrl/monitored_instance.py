@@ -35,6 +35,10 @@ class MonitoredInstance:
     #: control group name -> times our monitor group there was recreated; its
     #: counters get new keys then, the instance's other groups keep theirs
     generations: dict[str, int] = field(default_factory=dict)
+    #: control groups whose monitor group of ours held none of its threads at
+    #: the last read of its tasks (they moved to another control group): its
+    #: occupancy is stale lines, left out; its MBM counters are still read
+    idle: set[str] = field(default_factory=set)
 
     #: mbm_event mode: the L3 domains its threads may run in (None: unknown, all)
     mbm_domains: frozenset[int] | None = None

@@ -115,6 +115,8 @@ class CyclePlacement:
                                 t.uuid, tid, path, os.strerror(err),
                                 fs.last_cmd_status(self.root))
             t.assigned.update(tid for tid in mine if tid not in failed)
+            if len(failed) < len(mine):
+                t.idle.discard(ctrl)
         if not t.groups:
             raise NotMonitored("no thread could be placed in a monitor group")
 

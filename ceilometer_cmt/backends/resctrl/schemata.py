@@ -22,10 +22,12 @@ Kernel facts (doc/kernel-facts-cat.md; Documentation/filesystems/resctrl.rst
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from ceilometer_cmt.backends.resctrl import fs
+from ceilometer_cmt.readings import Allocation
 
 #: resource name -> domain id -> mask, e.g. {"L3": {0: 0xff, 1: 0xff}}
 Schemata = dict[str, dict[int, int]]
@@ -145,12 +147,20 @@ def read_schemata(root: str, ctrl: str) -> Schemata | None:
         return None
 
 
+def cap_share(prefix: str, ctrl: str) -> int | None:
+    """The share a control group of the guard caps to (``<prefix>cap-<share>``,
+    as :meth:`ceilometer_cmt.guard.policy.Options.share_of_group` names them);
+    None for any other group."""
+    m = re.fullmatch(re.escape(prefix) + r"cap-([1-9][0-9]?|100)", ctrl)
+    return int(m.group(1)) if m else None
+
+
 class Allocations:
     """The share of L3 ways instances may fill, for the resctrl backend.
 
-    Each control group's ``schemata`` is read at most once per cycle, and only
-    on the cycles that ask for it again (:meth:`refresh`: the group listing
-    changed, or a periodic check): one small file per control group.
+    Each control group's ``schemata`` is read at most once between two
+    :meth:`refresh` calls (the backend refreshes when the group listing
+    changed, and every few cycles): one small file per control group.
 
     An instance's share in a domain is the popcount of the union of the
     masks of the control groups its threads are in (they may fill any of
@@ -164,12 +174,14 @@ class Allocations:
         self.root = root
         self.info = read_cbm_mask(root)
         self._schemata: dict[str, Schemata | None] = {}
+        self._shares: dict[tuple[str, ...], dict[int, float] | None] = {}
         #: schemata files read since the start (tests, the benchmark)
         self.reads = 0
 
     def refresh(self) -> None:
         """Read every control group's schemata again when next asked."""
         self._schemata.clear()
+        self._shares.clear()
 
     def schemata(self, ctrl: str) -> Schemata | None:
         if ctrl not in self._schemata:
@@ -177,26 +189,30 @@ class Allocations:
             self._schemata[ctrl] = read_schemata(self.root, ctrl)
         return self._schemata[ctrl]
 
-    def share(self, ctrls: Iterable[str], held: Iterable[int]
-              ) -> tuple[float | None, dict[int, float] | None]:
-        """(value, share per domain) for threads in control groups ``ctrls``,
-        holding cache in domains ``held``; (None, None) without CAT or when no
-        schemata of theirs names an L3 domain."""
-        info = self.info
-        if info is None:
-            return None, None
-        masks: dict[int, int] = {}
-        for ctrl in ctrls:
-            sch = self.schemata(ctrl)
-            if sch is None:
-                continue
-            for name in DATA_NAMES:
-                for dom, mask in sch.get(name, {}).items():
+    def shares(self, ctrls: tuple[str, ...]) -> dict[int, float] | None:
+        """Domain -> percent of the ways threads in control groups ``ctrls``
+        may fill; None without CAT or when none of their schemata names an
+        L3 domain."""
+        if ctrls in self._shares:
+            return self._shares[ctrls]
+        out = None
+        if self.info is not None:
+            masks: dict[int, int] = {}
+            for ctrl in ctrls:
+                sch = self.schemata(ctrl) or {}
+                name = next((n for n in DATA_NAMES if n in sch), None)
+                for dom, mask in sch.get(name or "", {}).items():
                     masks[dom] = masks.get(dom, 0) | mask
-                if name in sch:
-                    break
-        if not masks:
-            return None, None
-        shares = {dom: share_percent(info, mask) for dom, mask in sorted(masks.items())}
+            info = self.info
+            out = {d: share_percent(info, m) for d, m in sorted(masks.items())} or None
+        self._shares[ctrls] = out
+        return out
+
+    def share(self, ctrls: Iterable[str], held: Iterable[int]) -> Allocation | None:
+        """The allocation of threads in control groups ``ctrls`` that hold
+        cache in domains ``held`` (see the class doc)."""
+        shares = self.shares(tuple(sorted(ctrls)))
+        if shares is None:
+            return None
         where = [shares[d] for d in held if d in shares]
-        return min(where or shares.values()), shares
+        return Allocation(min(where or shares.values()), shares)

@@ -9,6 +9,7 @@ import pytest
 
 from ceilometer_cmt.backends.resctrl import schemata
 from ceilometer_cmt.guard import cbm
+from ceilometer_cmt.readings import Allocation
 
 
 def tree(tmp_path: Path, cbm_mask: str | None = "fff", cdp: bool = False,
@@ -50,30 +51,38 @@ def test_share_of_the_default_and_a_capped_group(tmp_path: Path) -> None:
     root = tree(tmp_path / "t", "fff", groups={
         "": "L3:0=fff;1=fff\n", "ceilometer-cap-25": "L3:0=007;1=007\n"})
     alloc = schemata.Allocations(root)
-    assert alloc.share([""], [0]) == (100.0, {0: 100.0, 1: 100.0})
-    assert alloc.share(["ceilometer-cap-25"], [0]) == (25.0, {0: 25.0, 1: 25.0})
+    assert alloc.share([""], [0]) == Allocation(100.0, {0: 100.0, 1: 100.0})
+    assert alloc.share(["ceilometer-cap-25"], [0]) == Allocation(25.0, {0: 25.0, 1: 25.0})
     # threads in both (a move under way): the ways of either
-    assert alloc.share(["", "ceilometer-cap-25"], [0])[0] == 100.0
+    assert alloc.share(["ceilometer-cap-25", ""], [0]) == Allocation(100.0, {0: 100.0, 1: 100.0})
 
 
 def test_smallest_share_where_it_holds_cache(tmp_path: Path) -> None:
     root = tree(tmp_path / "t", "ff", groups={"g": "L3:0=0f;1=03\n"})
     alloc = schemata.Allocations(root)
-    assert alloc.share(["g"], [0]) == (50.0, {0: 50.0, 1: 25.0})
+    assert alloc.share(["g"], [0]) == Allocation(50.0, {0: 50.0, 1: 25.0})
     assert alloc.share(["g"], [0, 1])[0] == 25.0
     assert alloc.share(["g"], [])[0] == 25.0  # holds none: every domain counts
 
 
 def test_cdp_takes_the_data_mask(tmp_path: Path) -> None:
     root = tree(tmp_path / "t", "ff", cdp=True, groups={"g": "L3CODE:0=ff\nL3DATA:0=0f\n"})
-    assert schemata.Allocations(root).share(["g"], [0]) == (50.0, {0: 50.0})
+    assert schemata.Allocations(root).share(["g"], [0]) == Allocation(50.0, {0: 50.0})
+
+
+def test_cap_groups_by_name() -> None:
+    assert schemata.cap_share("ceilometer-", "ceilometer-cap-25") == 25
+    assert schemata.cap_share("ceilometer-", "ceilometer-cap-100") == 100
+    for name in ("ceilometer-cap-0", "ceilometer-cap-101", "other-cap-25", "ceilometer-x",
+                 "ceilometer-cap-25x", ""):
+        assert schemata.cap_share("ceilometer-", name) is None
 
 
 def test_no_cat_no_value(tmp_path: Path) -> None:
     root = tree(tmp_path / "t", None, groups={"": "MB:0=100\n"})
-    assert schemata.Allocations(root).share([""], [0]) == (None, None)
+    assert schemata.Allocations(root).share([""], [0]) is None
     root = tree(tmp_path / "u", "ff", groups={"": "MB:0=100\n"})
-    assert schemata.Allocations(root).share([""], [0]) == (None, None)  # no L3 line
+    assert schemata.Allocations(root).share([""], [0]) is None  # no L3 line
 
 
 def test_each_schemata_read_once_until_refreshed(tmp_path: Path) -> None:
