@@ -210,13 +210,13 @@ class ResctrlBackend:
             used = len(groups) + sum(map(len, groups.values()))
             present = set(fs.mon_group_paths(self.root, groups, self.prefix, True))
         placement = CyclePlacement(self.root, self.prefix, self.ops, self._warn)
-        cycle_removed: list[str] = []  # our groups found removed by someone else
+        removed_before = self.removed_by_others
         self._cycle_no += 1
         self._exited = self._watch.exited()
         try:
             cycle.mbm_config = start_cycle(self.mbm, self.mbm_config, self._cycle_no,
                                            self._tracked.values(), self._values, self._forget)
-            ready = self._place(wanted, present, placement, cycle, cycle_removed)
+            ready = self._place(wanted, present, placement, cycle)
             if self.mbm is not None and self.mbm.assigning:
                 self.mbm.cycle(ready, self._cycle_no, self._forget, cycle)
             for tracked in ready:
@@ -229,7 +229,7 @@ class ResctrlBackend:
                         # the monitor carries the offset).
                         LOG.info("instance %s: %s; recreating it", uuid, e)
                         removed = [c for c, p in tracked.groups.items() if p == e.path]
-                        self._removed(removed, cycle_removed)
+                        self.removed_by_others += len(removed)
                         self._drop_groups(tracked, removed)
                         self._ensure(tracked, placement)
                         cycle.readings[uuid] = self._read(tracked, cycle)
@@ -243,21 +243,16 @@ class ResctrlBackend:
             self.mkdirs += placement.mkdirs
             self.writes += placement.writes
         cycle.monitors_used = None if used is None else used + placement.mkdirs
-        if cycle_removed:
+        if self.removed_by_others > removed_before:
             LOG.warning("%d of our resctrl monitor groups were removed by another resctrl "
                         "user (pqos -r, or a tool that resets resctrl?); recreated them, "
                         "%d since the start; cumulative meters continue with an offset",
-                        len(cycle_removed), self.removed_by_others)
+                        self.removed_by_others - removed_before, self.removed_by_others)
         cycle.removed_by_others = self.removed_by_others
         return cycle
 
-    def _removed(self, ctrls: list[str], cycle_removed: list[str]) -> None:
-        self.removed_by_others += len(ctrls)
-        cycle_removed.extend(ctrls)
-
     def _place(self, wanted: dict[str, InstanceRef], present: set[str] | None,
-               placement: CyclePlacement, cycle: BackendCycle,
-               cycle_removed: list[str]) -> list[MonitoredInstance]:
+               placement: CyclePlacement, cycle: BackendCycle) -> list[MonitoredInstance]:
         """Track, check and place every wanted instance; the ones to read."""
         ready = []
         for uuid, ref in wanted.items():
@@ -282,7 +277,7 @@ class ResctrlBackend:
                 # recreate; counters restart, the monitor carries the offset.
                 LOG.info("instance %s: monitor group removed by someone else; "
                          "recreating it", uuid)
-                self._removed(gone, cycle_removed)
+                self.removed_by_others += len(gone)
                 self._drop_groups(tracked, gone)
             try:
                 if not self._steady(tracked):
