@@ -57,7 +57,7 @@ def story(cycles: int, step: float) -> list[tuple[int, str]]:
     return done
 
 
-@pytest.mark.parametrize("cycles", [20, 24, 30])
+@pytest.mark.parametrize("cycles", [20, 24, 28, 30])
 @pytest.mark.parametrize("step", [0.1, 2.0])
 def test_a_run_of_20_to_30_cycles_shows_a_cap_then_a_release(cycles: int, step: float) -> None:
     done = story(cycles, step)
