@@ -24,9 +24,16 @@ Plain Python: no OpenStack import, so every layer may use it.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
+
+from ceilometer_cmt.readings import (
+    CORE_ENERGY,
+    STALLS_LLC_MISS,
+    UNHALTED_CORE_CYCLES,
+    UOPS_RETIRED,
+)
 
 #: ceilometer's sample types (``ceilometer.sample.TYPE_GAUGE``, ``TYPE_CUMULATIVE``)
 GAUGE: Literal["gauge"] = "gauge"
@@ -43,6 +50,13 @@ HOST: Per = "host"
 #: besides ``mean`` (defined in :data:`ceilometer_cmt.cmd.gnocchi_resources.OUR_ARCHIVE_POLICIES`).
 RATE_POLICY = "ceilometer-low-rate"
 PEAK_POLICY = "ceilometer-cmt-low"
+
+#: resctrl ``L3_MON`` events (``info/L3_MON/mon_features``, value files
+#: ``mon_data/mon_L3_XX/<event>``); the Intel AET ``PERF_PKG`` ones are in
+#: :mod:`ceilometer_cmt.readings`
+LLC_OCCUPANCY = "llc_occupancy"
+MBM_TOTAL_BYTES = "mbm_total_bytes"
+MBM_LOCAL_BYTES = "mbm_local_bytes"
 
 
 @dataclass(frozen=True)
@@ -62,6 +76,11 @@ class Meter:
     archive_policy: str | None  # None: the file's archive_policy_default
     summary: str  # one line (etc/polling.yaml's comment)
     needs_backend: bool = True  # False: reported also without a monitoring backend
+    # The backend events (resctrl value files) the value is computed from; only
+    # these are read when only this meter is polled: each read of a resctrl L3
+    # value makes the kernel run code on a CPU of that domain. () = none (host
+    # meters read info files only); None = not stated (a test refuses it).
+    events: tuple[str, ...] | None = None
 
     @property
     def field(self) -> str:
@@ -83,98 +102,116 @@ CACHE_OCCUPANCY = Meter(
     name="cache.occupancy", type=GAUGE, unit="B", per=INSTANCE,
     source="InstanceMeters.occupancy", pollster="CacheOccupancyPollster",
     resource_type="instance", archive_policy=PEAK_POLICY,
-    summary="LLC bytes summed over L3 domains")
+    summary="LLC bytes summed over L3 domains",
+    events=(LLC_OCCUPANCY,))
 CACHE_OCCUPANCY_PERCENT = Meter(
     name="cache.occupancy.percent", type=GAUGE, unit="%", per=INSTANCE,
     source="InstanceMeters.occupancy_percent", pollster="CacheOccupancyPercentPollster",
     resource_type="instance", archive_policy=PEAK_POLICY,
-    summary="max over domains of occupancy/size (alarm on this)")
+    summary="max over domains of occupancy/size (alarm on this)",
+    events=(LLC_OCCUPANCY,))
 CPU_L3_CACHE = Meter(
     name="cpu_l3_cache", type=GAUGE, unit="B", per=INSTANCE,
     source="InstanceMeters.occupancy", pollster="CPUL3CachePollster",
     resource_type="instance", archive_policy=PEAK_POLICY,
-    summary="same as cache.occupancy, ceilometer <= 23 name")
+    summary="same as cache.occupancy, ceilometer <= 23 name",
+    events=(LLC_OCCUPANCY,))
 MEMORY_BANDWIDTH_TOTAL_BYTES = Meter(
     name="memory.bandwidth.total.bytes", type=CUMULATIVE, unit="B", per=INSTANCE,
     source="InstanceMeters.mbm_total_bytes", pollster="MemoryBandwidthTotalBytesPollster",
     resource_type="instance", archive_policy=RATE_POLICY,
-    summary="MBM total bytes (Gnocchi rate:mean)")
+    summary="MBM total bytes (Gnocchi rate:mean)",
+    events=(MBM_TOTAL_BYTES,))
 MEMORY_BANDWIDTH_LOCAL_BYTES = Meter(
     name="memory.bandwidth.local.bytes", type=CUMULATIVE, unit="B", per=INSTANCE,
     source="InstanceMeters.mbm_local_bytes", pollster="MemoryBandwidthLocalBytesPollster",
     resource_type="instance", archive_policy=RATE_POLICY,
-    summary="MBM local bytes (Gnocchi rate:mean)")
+    summary="MBM local bytes (Gnocchi rate:mean)",
+    events=(MBM_LOCAL_BYTES,))
 MEMORY_BANDWIDTH_TOTAL = Meter(
     name="memory.bandwidth.total", type=GAUGE, unit="B/s", per=INSTANCE,
     source="InstanceMeters.mbm_total_rate", pollster="MemoryBandwidthTotalPollster",
     resource_type="instance", archive_policy=PEAK_POLICY,
-    summary="rate between two cycles (none on the first)")
+    summary="rate between two cycles (none on the first)",
+    events=(MBM_TOTAL_BYTES,))
 MEMORY_BANDWIDTH_LOCAL = Meter(
     name="memory.bandwidth.local", type=GAUGE, unit="B/s", per=INSTANCE,
     source="InstanceMeters.mbm_local_rate", pollster="MemoryBandwidthLocalPollster",
     resource_type="instance", archive_policy=PEAK_POLICY,
-    summary="rate between two cycles (none on the first)")
+    summary="rate between two cycles (none on the first)",
+    events=(MBM_LOCAL_BYTES,))
 
 # Intel AET telemetry (resctrl PERF_PKG, Linux 7.0): only where the host has the event
 ENERGY_CORE = Meter(
     name="energy.core", type=CUMULATIVE, unit="J", per=INSTANCE,
     source="InstanceMeters.energy_core", pollster="EnergyCorePollster",
     resource_type="instance", archive_policy=RATE_POLICY,
-    summary="AET core_energy over packages (Gnocchi rate:mean)")
+    summary="AET core_energy over packages (Gnocchi rate:mean)",
+    events=(CORE_ENERGY,))
 POWER_CORE = Meter(
     name="power.core", type=GAUGE, unit="W", per=INSTANCE,
     source="InstanceMeters.power_core", pollster="PowerCorePollster",
     resource_type="instance", archive_policy=PEAK_POLICY,
-    summary="core power between two cycles (none on the first)")
+    summary="core power between two cycles (none on the first)",
+    events=(CORE_ENERGY,))
 CPU_IPC = Meter(
     name="cpu.ipc", type=GAUGE, unit="uop/cycle", per=INSTANCE,
     source="InstanceMeters.cpu_ipc", pollster="CPUIPCPollster",
     resource_type="instance", archive_policy=PEAK_POLICY,
-    summary="uops retired per core cycle between two cycles")
+    summary="uops retired per core cycle between two cycles",
+    events=(UOPS_RETIRED, UNHALTED_CORE_CYCLES))
 CACHE_LLC_MISS_STALL_RATIO = Meter(
     name="cache.llc.miss.stall.ratio", type=GAUGE, unit="ratio", per=INSTANCE,
     source="InstanceMeters.llc_miss_stall_ratio", pollster="CacheLLCMissStallRatioPollster",
     resource_type="instance", archive_policy=PEAK_POLICY,
-    summary="LLC-miss stall cycles per core cycle between two cycles")
+    summary="LLC-miss stall cycles per core cycle between two cycles",
+    events=(STALLS_LLC_MISS, UNHALTED_CORE_CYCLES))
 
 # ---------------------------------------------------------------- per host
 CACHE_SIZE = Meter(
     name="cache.size", type=GAUGE, unit="B", per=HOST,
     source="HostCache.size", pollster="CacheSizePollster",
     resource_type="host", archive_policy=None,
-    summary="sum of the L3 domain sizes", needs_backend=False)
+    summary="sum of the L3 domain sizes", needs_backend=False,
+    events=())
 CACHE_MONITORS_TOTAL = Meter(
     name="cache.monitors.total", type=GAUGE, unit="monitor", per=HOST,
     source="HostCache.monitors_total", pollster="CacheMonitorsTotalPollster",
     resource_type="host", archive_policy=None,
-    summary="monitoring ids (RMIDs) per domain (AET: the smaller num_rmids)")
+    summary="monitoring ids (RMIDs) per domain (AET: the smaller num_rmids)",
+    events=())
 CACHE_MONITORS_USED = Meter(
     name="cache.monitors.used", type=GAUGE, unit="monitor", per=HOST,
     source="CycleResult.monitors_used", pollster="CacheMonitorsUsedPollster",
     resource_type="host", archive_policy=None,
-    summary="monitor groups that exist now, anyone's")
+    summary="monitor groups that exist now, anyone's",
+    events=())
 CACHE_INSTANCES_UNMONITORED = Meter(
     name="cache.instances.unmonitored", type=GAUGE, unit="instance", per=HOST,
     source="CycleResult.unmonitored", pollster="CacheInstancesUnmonitoredPollster",
     resource_type="host", archive_policy=None,
-    summary="running instances without a monitor")
+    summary="running instances without a monitor",
+    events=())
 CACHE_MONITORS_REMOVED_BY_OTHERS = Meter(
     name="cache.monitors.removed_by_others", type=CUMULATIVE, unit="monitor", per=HOST,
     source="CycleResult.removed_by_others", pollster="CacheMonitorsRemovedByOthersPollster",
     resource_type="host", archive_policy=None,
-    summary="our monitor groups another tool removed (pqos -r)")
+    summary="our monitor groups another tool removed (pqos -r)",
+    events=())
 # MBM counter assignment (resctrl mbm_event mode, AMD ABMC, Linux 6.18): only in that mode
 MEMORY_BANDWIDTH_COUNTERS_TOTAL = Meter(
     name="memory.bandwidth.counters.total", type=GAUGE, unit="counter", per=HOST,
     source="CycleResult.mbm_counters", pollster="MemoryBandwidthCountersTotalPollster",
     resource_type="host", archive_policy=None,
-    summary="assignable MBM counters, all L3 domains")
+    summary="assignable MBM counters, all L3 domains",
+    events=())
 MEMORY_BANDWIDTH_COUNTERS_AVAILABLE = Meter(
     name="memory.bandwidth.counters.available", type=GAUGE, unit="counter", per=HOST,
     source="CycleResult.mbm_counters_available",
     pollster="MemoryBandwidthCountersAvailablePollster",
     resource_type="host", archive_policy=None,
-    summary="free MBM counters, all L3 domains")
+    summary="free MBM counters, all L3 domains",
+    events=())
 
 #: every meter, in the order of setup.cfg, polling.yaml and gnocchi_resources.yaml
 TABLE: tuple[Meter, ...] = (
@@ -195,6 +232,11 @@ def of(per: Per) -> tuple[Meter, ...]:
 
 def names(per: Per | None = None) -> tuple[str, ...]:
     return tuple(m.name for m in (TABLE if per is None else of(per)))
+
+
+def events_of(meters: Iterable[Meter]) -> frozenset[str]:
+    """The backend events that ``meters`` need, all together."""
+    return frozenset(e for m in meters for e in (m.events or ()))
 
 
 # ------------------------------------------------------------ polling.yaml

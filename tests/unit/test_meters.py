@@ -333,3 +333,41 @@ def test_main_prints_etc_polling_yaml(capsys: pytest.CaptureFixture[str]) -> Non
     assert meters.main(["--write"]) == 2
     out, err = capsys.readouterr()
     assert out == "" and "usage:" in err
+
+
+# ------------------------------------------------- the events each meter needs
+
+#: the reading field -> the backend events its value is computed from
+FIELD_EVENTS = {
+    "occupancy": {"llc_occupancy"}, "occupancy_percent": {"llc_occupancy"},
+    "mbm_total_bytes": {"mbm_total_bytes"}, "mbm_total_rate": {"mbm_total_bytes"},
+    "mbm_local_bytes": {"mbm_local_bytes"}, "mbm_local_rate": {"mbm_local_bytes"},
+    "energy_core": {"core_energy"}, "power_core": {"core_energy"},
+    "cpu_ipc": {"uops_retired", "unhalted_core_cycles"},
+    "llc_miss_stall_ratio": {"stalls_llc_miss", "unhalted_core_cycles"},
+}
+
+
+def test_every_meter_names_the_events_it_needs() -> None:
+    from ceilometer_cmt.backends.resctrl import fs
+    from ceilometer_cmt.readings import TELEMETRY_EVENTS
+
+    assert (meters.LLC_OCCUPANCY, meters.MBM_TOTAL_BYTES, meters.MBM_LOCAL_BYTES) == fs.EVENTS
+    known = set(fs.EVENTS) | set(TELEMETRY_EVENTS)
+    for m in meters.TABLE:
+        assert m.events is not None, f"{m.name}: the row does not say which events it needs"
+        assert set(m.events) <= known, m.name
+        # the others (host meters, CAT allocation) read info files, schemata
+        # and the cycle's bookkeeping only: no value file
+        assert set(m.events) == FIELD_EVENTS.get(m.field, set()), m.name
+
+
+def test_events_of_is_the_union() -> None:
+    assert meters.events_of([]) == frozenset()
+    assert meters.events_of([meters.CACHE_OCCUPANCY, meters.CPU_L3_CACHE]) == {"llc_occupancy"}
+    assert meters.events_of([meters.CPU_IPC, meters.CACHE_LLC_MISS_STALL_RATIO,
+                             meters.CACHE_SIZE]) == {
+        "uops_retired", "unhalted_core_cycles", "stalls_llc_miss"}
+    assert meters.events_of(meters.TABLE) == {
+        "llc_occupancy", "mbm_total_bytes", "mbm_local_bytes", "core_energy",
+        "uops_retired", "unhalted_core_cycles", "stalls_llc_miss"}
