@@ -245,12 +245,18 @@ def test_without_fuse_says_what_to_install(run_env) -> None:  # type: ignore[no-
     assert proc.stdout == "" and os.listdir(tmpdir) == []
 
 
-def test_stopped_while_setting_up_leaves_nothing(run_env) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("guard", [[], ["--guard"]], ids=["", "guard"])
+def test_stopped_while_setting_up_leaves_nothing(run_env, guard: list[str]
+                                                 ) -> None:  # type: ignore[no-untyped-def]
     env, tmpdir = run_env
-    proc = subprocess.Popen(demo_argv("--cycles", "5", "--json"), env=env,
+    proc = subprocess.Popen(demo_argv("--cycles", "5", "--json", *guard), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # with --guard: just as the guard has taken its lock, its last set-up step
+    made = "guard.lock" if guard else ""
     try:
-        while not any(n.startswith("cmt-demo-") for n in os.listdir(tmpdir)):
+        while not any(n.startswith("cmt-demo-") and (
+                not made or os.path.exists(os.path.join(tmpdir, n, made)))
+                for n in os.listdir(tmpdir)):
             assert proc.poll() is None, "the demo ended before making its host"
         proc.send_signal(signal.SIGTERM)  # somewhere in the middle of the set-up
         assert proc.wait(timeout=120) == 128 + signal.SIGTERM
