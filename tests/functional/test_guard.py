@@ -24,6 +24,7 @@ from ceilometer_cmt.guard import policy
 from ceilometer_cmt.guard.direct_ops import DirectCatOps
 from ceilometer_cmt.guard.observe import GuardInstance
 from ceilometer_cmt.guard.service import CycleResult, Guard, GuardBusy, GuardOptions
+from ceilometer_cmt.monitor import CacheMonitor
 from ceilometer_cmt.simulator import Simulator, fuse_missing_reason, mount_fstype
 from ceilometer_cmt.simulator.topology import get_topology
 from ceilometer_cmt.testing.fakehost import StandInQemu, make_instances, write_node_xml
@@ -310,23 +311,49 @@ def test_cleanup_guard_removes_our_groups_and_nothing_else(make_host: Any) -> No
 
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the agent's backend adopts a monitor group the guard made under a cap group "
-    "only at its next thread re-listing (RELIST cycles) and counts the group's "
-    "removal on release as 'removed by others': an agent-side change (backends/)"))
-def test_the_agent_follows_a_cap_and_a_release_at_once(make_host: Any) -> None:
+def test_the_agent_follows_a_cap_and_a_release_at_once(make_host: Any,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """The agent's next cycle after a cap reads the capped instance in its
+    new group (no 0, no wait for a re-listing) and reports its allocation;
+    after a release it lets the cap group's monitor group go without calling
+    it removed by others, and the bandwidth meters stay monotonic."""
     h = make_host()
     h.tune()
     refs = [i.ref for i in (NOISY, NEIGHBOUR, TUNED)]
     assert h.backend is not None
+    monitor = CacheMonitor(h.backend)
+    first = monitor.poll(refs)
+    assert first.capped == 0
+    assert {u: m.allocation_percent for u, m in first.instances.items()} == {
+        NOISY.uuid: 100.0, NEIGHBOUR.uuid: 100.0, TUNED.uuid: 100.0}
+    totals = [first.instances[NOISY.uuid].mbm_total_bytes]
     with h.guard(policy={"cap_after": 1, "release_after": 1}) as guard:
-        h.backend.sync(refs)
         assert guard.cycle().capped == 1
         h.sim.advance(60)
-        reading = h.backend.sync(refs).readings[NOISY.uuid]
-        assert 100.0 * (reading.occupancy[0] or 0) / L3 == pytest.approx(25.0, abs=1.0)
+        capped = monitor.poll(refs)
+        noisy = capped.instances[NOISY.uuid]
+        assert noisy.occupancy_domains is not None
+        assert 100.0 * noisy.occupancy_domains[0] / L3 == pytest.approx(25.0, abs=1.0)
+        assert capped.capped == 1
+        assert {u: m.allocation_percent for u, m in capped.instances.items()} == {
+            NOISY.uuid: 25.0, NEIGHBOUR.uuid: 100.0, TUNED.uuid: 100.0}
+        assert noisy.allocation_domains == {0: 25.0, 1: 25.0}
+        assert noisy.mbm_total_rate is None  # the move: the rate skips once
+        totals.append(noisy.mbm_total_bytes)
         while h.sim.state()["time"] < 660:
             h.sim.advance(60)
-        h.backend.sync(refs)
+            totals.append(monitor.poll(refs).instances[NOISY.uuid].mbm_total_bytes)
         assert [a.kind for a in guard.cycle().actions] == ["release"]
-        assert h.backend.sync(refs).removed_by_others == 0
+        caplog.clear()
+        h.sim.advance(60)
+        released = monitor.poll(refs)
+        assert released.removed_by_others == 0 and released.capped == 0
+        assert released.instances[NOISY.uuid].allocation_percent == 100.0
+        assert released.instances[NOISY.uuid].occupancy is not None
+        totals.append(released.instances[NOISY.uuid].mbm_total_bytes)
+        assert not [r for r in caplog.records if r.levelname == "WARNING"]
+        h.sim.advance(60)
+        after = monitor.poll(refs).instances[NOISY.uuid]
+        assert after.mbm_total_rate is not None
+        totals.append(after.mbm_total_bytes)
+    assert None not in totals and totals == sorted(totals), totals

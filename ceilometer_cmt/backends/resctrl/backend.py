@@ -14,6 +14,14 @@ by :mod:`mbm_counters`, which also watches the counter configuration. Our
 groups removed by another resctrl user are counted (``removed_by_others``),
 with one WARNING per cycle that finds some.
 
+The guard's caps and releases are followed at once, from the cycle's listing
+(:mod:`following`): a group of ours it made under a cap group is adopted, one
+that went with a cap group is let go (not "removed by others"); a group that
+holds none of the instance's threads gives no occupancy. :mod:`schemata`
+gives ``cache.allocation.percent`` from the schemata of the control groups
+holding the threads, read again when the listing changed and every
+RELIST-th cycle.
+
 Steady state (no instance or thread appeared or left) costs the value reads
 (``pread`` of files kept open), one ``poll()`` over the pidfds of all qemu
 processes (process_watch) and one listing of the groups: no mkdir, no write,
@@ -30,7 +38,7 @@ import resource
 import zlib
 from collections.abc import Callable, Sequence
 
-from ceilometer_cmt.backends.resctrl import assign_files, fs, telemetry
+from ceilometer_cmt.backends.resctrl import assign_files, following, fs, schemata, telemetry
 from ceilometer_cmt.backends.resctrl.mbm_counters import ConfigWatch, MbmCounters, start_cycle
 from ceilometer_cmt.backends.resctrl.monitored_instance import MonitoredInstance
 from ceilometer_cmt.backends.resctrl.placement import CyclePlacement
@@ -118,6 +126,8 @@ class ResctrlBackend:
                                    RELIST)
         self.mbm_config = ConfigWatch(resctrl_root, RELIST)
         self._adopted = False
+        self.allocations = schemata.Allocations(resctrl_root)
+        self._last_groups: fs.Groups | None = None
         #: counters for tests and the benchmark
         self.mkdirs = 0
         self.rmdirs = 0
@@ -216,7 +226,11 @@ class ResctrlBackend:
         try:
             cycle.mbm_config = start_cycle(self.mbm, self.mbm_config, self._cycle_no,
                                            self._tracked.values(), self._values, self._forget)
-            ready = self._place(wanted, present, placement, cycle)
+            if groups is not None and (groups != self._last_groups
+                                       or self._cycle_no % RELIST == 0):
+                self.allocations.refresh()
+            self._last_groups = groups
+            ready = self._place(wanted, groups, present, placement, cycle)
             if self.mbm is not None and self.mbm.assigning:
                 self.mbm.cycle(ready, self._cycle_no, self._forget, cycle)
             for tracked in ready:
@@ -225,14 +239,22 @@ class ResctrlBackend:
                     try:
                         cycle.readings[uuid] = self._read(tracked, cycle)
                     except GroupVanished as e:
-                        # Removed behind our back: recreate it (counters restart,
-                        # the monitor carries the offset).
-                        LOG.info("instance %s: %s; recreating it", uuid, e)
                         removed = [c for c, p in tracked.groups.items() if p == e.path]
-                        self.removed_by_others += len(removed)
-                        self._drop_groups(tracked, removed)
-                        self._ensure(tracked, placement)
+                        left = following.left_with_cap_group(self.prefix, removed, None,
+                                                             self.root)
+                        if left:  # released by the guard since the listing
+                            LOG.info("instance %s: %s with its cap group", uuid, e)
+                            following.let_go(tracked, left, self._forget)
+                            following.members(tracked)
+                        if len(left) < len(removed):
+                            # Removed behind our back: recreate it (counters
+                            # restart, the monitor carries the offset).
+                            LOG.info("instance %s: %s; recreating it", uuid, e)
+                            self.removed_by_others += len(removed) - len(left)
+                            self._drop_groups(tracked, [c for c in removed if c not in left])
+                            self._ensure(tracked, placement)
                         cycle.readings[uuid] = self._read(tracked, cycle)
+                    following.allocation(tracked, self.allocations, self.prefix, cycle)
                 except (InstanceGone, NotMonitored, GroupVanished) as e:
                     cycle.unmonitored[uuid] = str(e)
                 except OSError as e:
@@ -251,10 +273,13 @@ class ResctrlBackend:
         cycle.removed_by_others = self.removed_by_others
         return cycle
 
-    def _place(self, wanted: dict[str, InstanceRef], present: set[str] | None,
-               placement: CyclePlacement, cycle: BackendCycle) -> list[MonitoredInstance]:
+    def _place(self, wanted: dict[str, InstanceRef], groups: fs.Groups | None,
+               present: set[str] | None, placement: CyclePlacement,
+               cycle: BackendCycle) -> list[MonitoredInstance]:
         """Track, check and place every wanted instance; the ones to read."""
         ready = []
+        cycle.capped = 0
+        elsewhere = following.elsewhere(groups or {}, self.prefix)
         for uuid, ref in wanted.items():
             tracked = self._tracked.get(uuid)
             if tracked is None or tracked.domain_name != ref.domain_name:
@@ -272,6 +297,12 @@ class ResctrlBackend:
             tracked.priority = ref.mbm_priority
             gone = [] if present is None else [
                 c for c, p in tracked.groups.items() if p not in present]
+            if groups is not None and present is not None:
+                new, left, gone = following.follow(tracked, gone, groups, present, elsewhere,
+                                                   self.root, self.prefix, self._forget)
+                if new or left:
+                    LOG.info("instance %s: its threads moved: monitor group(s) adopted in "
+                             "%s, let go with the cap group in %s", uuid, new, left)
             if gone:
                 # Removed behind our back (open files may still answer):
                 # recreate; counters restart, the monitor carries the offset.
@@ -324,7 +355,7 @@ class ResctrlBackend:
                     ctrl = "" if os.path.samefile(ctrl_dir, self.root) else \
                         os.path.basename(ctrl_dir)
                     tracked.groups[ctrl] = path
-                    tracked.assigned |= fs.read_tasks(path)
+                following.members(tracked)
                 self._tracked[key] = tracked
             else:
                 orphans.extend(paths)
@@ -378,7 +409,7 @@ class ResctrlBackend:
         if periodic and t.groups:
             # A periodic check: trust the kernel's lists, not our memory, so a
             # thread another tool moved out is written back.
-            t.assigned = set().union(*(fs.read_tasks(p) for p in t.groups.values()))
+            following.members(t)
         live = set(tids)
         t.assigned &= live
         t.foreign &= live
@@ -400,11 +431,17 @@ class ResctrlBackend:
     def _read(self, t: MonitoredInstance, cycle: BackendCycle) -> InstanceReading:
         reading = InstanceReading({}, {}, {})
         groups = sorted(t.groups.items())
-        if self.mbm is not None and self.mbm.assigning:
-            self.mbm.read(self._values, t, reading, groups, self._forget, cycle.unmonitored)
-        else:
-            for ctrl, path in groups:
-                self._values.read(reading, path, ctrl, t.key_suffix(ctrl))
+        # an idle group's occupancy goes to a scratch dict (see the module doc)
+        parts = [(reading, [g for g in groups if g[0] not in t.idle])]
+        if t.idle:
+            parts.append((InstanceReading({}, reading.mbm_total, reading.mbm_local),
+                          [g for g in groups if g[0] in t.idle]))
+        for into, some in parts:
+            if self.mbm is not None and self.mbm.assigning:
+                self.mbm.read(self._values, t, into, some, self._forget, cycle.unmonitored)
+            else:
+                for ctrl, path in some:
+                    self._values.read(into, path, ctrl, t.key_suffix(ctrl))
         if self._telemetry is not None:
             # after every L3 read: a vanished group raised there already
             tele: dict[str, dict[str, int | None]] = {}
