@@ -46,6 +46,10 @@ class InstanceMeters:
     power_core: float | None = None  # W between two reads
     cpu_ipc: float | None = None  # uops retired per unhalted core cycle
     llc_miss_stall_ratio: float | None = None  # LLC-miss stall cycles per cycle
+    # L3 allocation (CAT): percent of the ways it may fill, the smallest over
+    # the domains it holds cache in; per domain (None: no CAT on the host)
+    allocation_percent: float | None = None
+    allocation_domains: dict[int, float] | None = None
 
 
 @dataclass
@@ -61,6 +65,8 @@ class CycleResult:
     mbm_counters_available: dict[int, int] | None = None
     removed_by_others: int | None = None
     mbm_config: dict[str, str] | None = None
+    #: instances in the guard's cap groups (None: the backend cannot tell)
+    capped: int | None = None
 
 
 class RateLimitedLog:
@@ -139,11 +145,16 @@ class CacheMonitor:
                                  mbm_counters=cycle.mbm_counters,
                                  mbm_counters_available=cycle.mbm_counters_available,
                                  removed_by_others=cycle.removed_by_others,
-                                 mbm_config=cycle.mbm_config)
+                                 mbm_config=cycle.mbm_config, capped=cycle.capped)
             for uuid, reason in cycle.unmonitored.items():
                 self.nodata(uuid, f"not monitored: {reason}")
             for uuid, reading in cycle.readings.items():
                 result.instances[uuid] = self._meters(uuid, reading, now)
+            for uuid, alloc in cycle.allocation.items():
+                meters = result.instances.get(uuid)
+                if meters is not None:
+                    meters.allocation_percent = alloc.percent
+                    meters.allocation_domains = alloc.domains
             stale = self._counters.keys() - cycle.readings.keys() - cycle.unmonitored.keys()
             for uuid in stale:
                 del self._counters[uuid]
