@@ -33,6 +33,7 @@ from ceilometer_cmt.testing.fakehost import (
 
 REPO = Path(__file__).resolve().parents[2]
 HIGH, LOW = 45, 5  # percent of L3 domain 0 the simulated instance occupies
+NEIGHBOUR_LOAD = 10  # percent of L3 domain 0 each neighbour occupies
 SWITCH_AT = 100_000  # simulated second where the instance drops from HIGH to LOW
 
 
@@ -45,7 +46,9 @@ class HostSpec:
     the instance's first point (e.g. ``cpu`` busy CPUs for the PERF_PKG
     telemetry). ``clock`` "manual" ticks one simulated second per second
     until a test jumps it (:meth:`FakeCompute.drop_occupancy`); "wall" is
-    real time, for rates the agent divides by its own clock.
+    real time, for rates the agent divides by its own clock. ``neighbours``
+    more instances share L3 domain 0, each at :data:`NEIGHBOUR_LOAD` percent
+    (the guard caps only an instance with a neighbour).
     """
 
     topology: str
@@ -53,6 +56,7 @@ class HostSpec:
     number: int
     clock: str = "manual"
     load: Mapping[str, Mapping[int, Any]] = field(default_factory=dict)
+    neighbours: int = 0
 
 
 INTEL_2S = HostSpec("intel-2s", "cmt-e2e-compute", 7)
@@ -68,6 +72,11 @@ class FakeCompute:
     topology: Any
     resctrl: Path
     l3_bytes: int
+    #: the neighbours' instances and stand-in qemus (``spec.neighbours``)
+    neighbours: list[tuple[FakeInstance, StandInQemu]] = field(default_factory=list)
+    #: the libvirt test-driver node listing every instance
+    node: str = ""
+    base: Path | None = None
 
     def drop_occupancy(self) -> None:
         """Jump the simulated clock past SWITCH_AT: the instance falls to LOW percent."""
@@ -102,19 +111,26 @@ def fake_compute(spec: HostSpec = INTEL_2S) -> Iterator[FakeCompute]:
     stop = threading.Event()
     with contextlib.ExitStack() as stack:
         base = Path(stack.enter_context(services.public_workdir(f"cmt-e2e-{spec.topology}-")))
-        (instance,) = make_instances(1, start=spec.number)
-        node = write_node_xml(str(base / "node.xml"), [instance])
+        instance, *others = make_instances(1 + spec.neighbours, start=spec.number)
+        node = write_node_xml(str(base / "node.xml"), [instance, *others])
         topology = get_topology(spec.topology)
         topology.write_sysfs(str(base / "sys"))
         qemu = StandInQemu(instance.domain_name, str(base / "run"), extra_threads=1).start()
         stack.callback(qemu.stop)
+        neighbours = []
+        for other in others:
+            neighbours.append((other, StandInQemu(other.domain_name, str(base / "run"),
+                                                  extra_threads=1).start()))
+            stack.callback(neighbours[-1][1].stop)
         scenario = {"clock": spec.clock, "processes": [{
             "name": "vm", "match": {"cmdline": f"guest={instance.domain_name}"},
             "interpolate": "step", "timeline": [
                 {"t": 0, "occupancy": {0: f"{HIGH}%"}, "mbm_total": {0: "1GiB"},
                  "mbm_local": {0: "768MiB"}, **spec.load},
                 {"t": SWITCH_AT, "occupancy": {0: f"{LOW}%"}},
-            ]}]}
+            ]}] + [{"name": f"neighbour-{n}", "match": {"cmdline": f"guest={o.domain_name}"},
+                    "timeline": [{"t": 0, "occupancy": {0: f"{NEIGHBOUR_LOAD}%"}}]}
+                   for n, o in enumerate(others)]}
         resctrl = base / "resctrl"
         simulator = Simulator(str(resctrl), spec.topology, scenario).start()
         stack.callback(simulator.stop)
@@ -132,7 +148,8 @@ def fake_compute(spec: HostSpec = INTEL_2S) -> Iterator[FakeCompute]:
         l3_bytes = sum(d.size for d in read_cache_domains(str(base / "sys")))
         yield FakeCompute(
             spec=spec, instance=instance, qemu=qemu, simulator=simulator, topology=topology,
-            resctrl=resctrl, l3_bytes=l3_bytes, agent_options={
+            resctrl=resctrl, l3_bytes=l3_bytes, neighbours=neighbours, node=node, base=base,
+            agent_options={
                 "DEFAULT": {"host": spec.host, "libvirt_uri": f"test://{node}"},
                 "cmt": {"resctrl_root": resctrl, "sysfs_root": base / "sys",
                         "libvirt_pid_dir": base / "run", "privsep": "never"},
