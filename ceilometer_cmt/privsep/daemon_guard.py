@@ -165,6 +165,9 @@ class GuardedOps(DaemonGuard):
     def write_assignments(self, group_path: str, lines: list[str]) -> list[tuple[str, int]]:
         return self._call(lambda: self.ops.write_assignments(group_path, lines))
 
+    def kept_free(self) -> dict[int, int]:
+        return self._call(self.ops.kept_free)
+
 
 class GuardedCatOps:
     """The guard's :class:`~ceilometer_cmt.guard.ops.CatOps` in the daemon

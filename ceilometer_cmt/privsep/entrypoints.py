@@ -111,6 +111,16 @@ def write_group_assignments(ctrl: str, uuid: str, lines: list[str]) -> list[tupl
     return daemon_resctrl().write_assignments(ctrl, uuid, lines)
 
 
+@cmt_pctxt.entrypoint
+def mbm_counters_kept_free() -> list[tuple[int, int]]:
+    """(L3 domain, MBM counters) this daemon keeps free for other tools
+    (``[cmt_privsep] mbm_counter_reserve``), so that the agent plans within
+    them instead of being refused; empty outside ``mbm_event`` mode. Pairs,
+    not a dict: privsep's msgpack channel takes string map keys only."""
+    available, kept = daemon_resctrl().counters()
+    return sorted(kept.items()) if available is not None else []
+
+
 class PrivsepOps:
     """:class:`ceilometer_cmt.backends.resctrl.fs.ResctrlOps` through the privsep daemon: the
     paths the backend uses become names; the daemon finds them beneath its own root."""
@@ -148,6 +158,9 @@ class PrivsepOps:
         ctrl, name = self._names(group_path)
         return [(str(line), int(e)) for line, e in write_group_assignments(
             ctrl, self._uuid(name), [str(line) for line in lines])]
+
+    def kept_free(self) -> dict[int, int]:
+        return {int(d): int(n) for d, n in mbm_counters_kept_free()}
 
 
 # ---------------------------------------------------------------- perf counters

@@ -202,6 +202,11 @@ class KernelOps:
         self.fail_mkdir: int | None = None  # errno to raise, e.g. ENOSPC
         self.status_on_fail = "Out of RMIDs"
         self.calls: list[tuple[str, str]] = []
+        #: MBM counters per domain the writer keeps free (the daemon's reserve)
+        self.kept: dict[int, int] = {}
+
+    def kept_free(self) -> dict[int, int]:
+        return dict(self.kept)
 
     def _status(self, text: str) -> None:
         _write(os.path.join(self.root, "info", "last_cmd_status"), text + "\n")

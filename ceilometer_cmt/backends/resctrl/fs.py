@@ -318,6 +318,12 @@ class ResctrlOps(Protocol):
         ``info/last_cmd_status`` says which)."""
         ...
 
+    def kept_free(self) -> dict[int, int]:
+        """MBM counters per L3 domain that writes through these operations
+        leave free for other resctrl users (the privsep daemon's
+        ``[cmt_privsep] mbm_counter_reserve``); empty when none are kept."""
+        ...
+
 
 class DirectOps:
     """Privileged operations done by this process (it must be allowed to)."""
@@ -334,6 +340,9 @@ class DirectOps:
 
     def write_assignments(self, group_path: str, lines: list[str]) -> list[tuple[str, int]]:
         return write_assignments(os.path.join(group_path, ASSIGNMENTS_FILE), lines)
+
+    def kept_free(self) -> dict[int, int]:
+        return {}
 
 
 def write_tasks(tasks_path: str, tids: Iterable[int]) -> list[tuple[int, int]]:

@@ -41,6 +41,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from ceilometer_cmt.backends.resctrl import assign, assign_files, fs
 from ceilometer_cmt.backends.resctrl.monitored_instance import MonitoredInstance
 from ceilometer_cmt.backends.resctrl.values import ValueReader
+from ceilometer_cmt.errors import NotMonitored
 from ceilometer_cmt.linux.sysfs_cache import parse_cpu_list
 from ceilometer_cmt.readings import BackendCycle, HostCache, InstanceReading
 
@@ -142,6 +143,10 @@ class MbmCounters:
         #: uuid -> why (part of) its MBM events have no counter
         self.missing: dict[str, str] = {}
         self._seen: tuple[object, ...] | None = None  # what the last plan saw
+        #: counters per domain the writer keeps free for other tools (the
+        #: privsep daemon's reserve), asked once per num_mbm_cntrs seen
+        self._kept: dict[int, int] | None = None
+        self._kept_for: dict[int, int] | None = None
         #: group path -> the MBM keys its value files were found with
         self._keys: dict[str, dict[str, dict[int, str]]] = {}
         #: for tests and the benchmark: assignment files read, lines written,
@@ -150,6 +155,21 @@ class MbmCounters:
         self.lines_written = 0
         self.resets = 0
         self.plans = 0
+
+    def kept_free(self) -> dict[int, int]:
+        """The counters per domain that writes leave free for other resctrl
+        users: the plan counts them as taken, so it never asks for a counter
+        the privsep daemon would refuse (a refusal costs the group's other
+        lines of that write too)."""
+        if self._kept is None or self._kept_for != self.num_cntrs:
+            try:
+                self._kept = self.ops.kept_free()
+            except (OSError, NotMonitored) as e:  # NotMonitored: the daemon did not start
+                LOG.warning("cannot ask which MBM counters are kept free for other "
+                            "tools: %s; planning with all free counters", e)
+                self._kept = {}
+            self._kept_for = self.num_cntrs
+        return self._kept
 
     def read_budget(self) -> bool:
         """Read ``num_mbm_cntrs`` and ``available_mbm_cntrs``; False when
@@ -260,7 +280,8 @@ class MbmCounters:
         groups = {path: (t, ctrl) for t in tracked for ctrl, path in t.groups.items()}
         self._keys = {p: k for p, k in self._keys.items() if p in groups}
         every = frozenset(self.cpu_map.values()) or frozenset(self.available or ())
-        free = dict(self.available or {})
+        kept = self.kept_free()
+        free = {d: max(0, n - kept.get(d, 0)) for d, n in (self.available or {}).items()}
         auto: dict[str, dict[str, frozenset[int]]] = {}
         for path in fresh & groups.keys():
             t, ctrl = groups[path]

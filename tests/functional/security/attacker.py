@@ -50,6 +50,7 @@ attempt("ok_mkdir_ctrl", P.mkdir_group, "qemu-9-vcpus", U1)
 attempt("ok_assign_release", P.write_group_assignments, "", U1, ["mbm_local_bytes:*=_\n"])
 attempt("ok_assign", P.write_group_assignments, "", U1,
         ["mbm_total_bytes:0=e;1=e\n", "mbm_local_bytes:0=e\n"])
+attempt("ok_kept_free", P.mbm_counters_kept_free)
 attempt("ok_assign_file", lambda: open(os.path.join(root, "mon_groups", "ceilometer-" + U1,
                                                     "mbm_L3_assignments")).read())
 

@@ -52,6 +52,8 @@ def test_the_daemon_still_does_its_job(attack: dict[str, Any], stand: Stand) -> 
     assert r["perf_ok"] == 3, r["perf_ok"]
     # an MBM counter assignment on the amd-abmc simulator, read back from its file
     assert (r["ok_assign_release"], r["ok_assign"]) == ([], []), r
+    # the agent learns the reserve it must plan within, through the real channel
+    assert r["ok_kept_free"] == [[0, 2], [1, 2]], r
     assert r["ok_assign_file"] == "mbm_total_bytes:0=e;1=e\nmbm_local_bytes:0=e;1=_\n", r
     assert "Running privsep helper: ['sudo', " in attack["stderr"]
 

@@ -122,3 +122,19 @@ def test_guarded_cat_ops_errors_are_oserrors_with_text(
     with pytest.raises(kind) as e:
         g.make_ctrl_group("ceilometer-cap-25")
     assert e.value.errno == err and text in str(e.value.strerror)
+
+
+def test_the_counters_kept_free_come_from_the_daemon(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent plans within the daemon's counter reserve: it asks the
+    daemon, which answers (domain, counters) pairs (msgpack gives lists)."""
+    monkeypatch.setattr(entrypoints, "mbm_counters_kept_free", lambda: [[0, 4], [1, 2]])
+    ops = entrypoints.PrivsepOps(ROOT, "ceilometer-")
+    assert ops.kept_free() == {0: 4, 1: 2}
+    monkeypatch.setattr(guard, "helper_argv", lambda: ["sudo", "helper"])
+
+    def broken() -> None:
+        raise OSError(2, "no such file")
+
+    with pytest.raises(NotMonitored, match="privsep daemon did not start"):
+        guard.GuardedOps(ops, start=broken).kept_free()
+    assert guard.GuardedOps(ops, start=lambda: None).kept_free() == {0: 4, 1: 2}

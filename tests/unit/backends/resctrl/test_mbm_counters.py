@@ -323,3 +323,29 @@ def test_a_counter_released_behind_our_back_is_reported_and_taken_back(
     assert cycle.unmonitored == {}
     assert cycle.readings[A].mbm_local == {"/1~1": 0}
     assert abmc.held_by(h.group(A))["mbm_local_bytes"] == {1}
+
+
+def test_the_plan_leaves_the_counters_the_writer_keeps_free(tmp_path: Any) -> None:
+    """Through the privsep daemon, ``[cmt_privsep] mbm_counter_reserve``
+    counters per domain stay free for other tools: the plan counts them as
+    taken, so it asks for none of them (no refusal, nothing retried)."""
+    tmp = str(tmp_path)
+    h = AbmcHost(tmp, num_cntrs=6)  # the root holds 2 per domain: 4 free
+    h.root = abmc.build_abmc_resctrl(os.path.join(tmp, "resctrl"), h.topo, num_cntrs=6,
+                                     on_mkdir=False)
+    h.ops.kept = {0: 2, 1: 2}
+    for n, name in enumerate(("instance-a", "instance-b")):
+        h.qemu(name, 100 + n, "8-9")  # domain 1 only
+    b = h.backend()
+    refs = [InstanceRef(A, "instance-a"), InstanceRef(B, "instance-b")]
+    for _ in range(2 * RELIST):
+        cycle = b.sync(refs)
+        assert assign_files.read_available_mbm_cntrs(h.root) == {0: 4, 1: 2}
+    # 2 usable counters in domain 1: both go to total (total before local)
+    held = {u: assign_files.read_assignments(h.group(u)) for u in (A, B)}
+    assert sorted(sum(d[1] for d in g.values()) for g in held.values()) == [1, 1]
+    assert all(g["mbm_total_bytes"][1] for g in held.values())
+    assert not any(c[0] == "assign-line" and c[1].endswith("=e\n") and
+                   c[1].startswith("mbm_local") for c in h.ops.calls)
+    assert all("MBM counter" in cycle.unmonitored.get(u, "") or u in cycle.readings
+               for u in (A, B))
