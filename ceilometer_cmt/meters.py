@@ -140,6 +140,12 @@ MEMORY_BANDWIDTH_LOCAL = Meter(
     resource_type="instance", archive_policy=PEAK_POLICY,
     summary="rate between two cycles (none on the first)",
     events=(MBM_LOCAL_BYTES,))
+CACHE_ALLOCATION_PERCENT = Meter(
+    name="cache.allocation.percent", type=GAUGE, unit="%", per=INSTANCE,
+    source="InstanceMeters.allocation_percent", pollster="CacheAllocationPercentPollster",
+    resource_type="instance", archive_policy=PEAK_POLICY,
+    summary="share of L3 ways it may fill (CAT; 100 uncapped)",
+    events=())
 
 # Intel AET telemetry (resctrl PERF_PKG, Linux 7.0): only where the host has the event
 ENERGY_CORE = Meter(
@@ -198,6 +204,12 @@ CACHE_MONITORS_REMOVED_BY_OTHERS = Meter(
     resource_type="host", archive_policy=None,
     summary="our monitor groups another tool removed (pqos -r)",
     events=())
+CACHE_GUARD_CAPPED = Meter(
+    name="cache.guard.capped", type=GAUGE, unit="instance", per=HOST,
+    source="CycleResult.capped", pollster="CacheGuardCappedPollster",
+    resource_type="host", archive_policy=None,
+    summary="instances in the guard's cap groups",
+    events=())
 # MBM counter assignment (resctrl mbm_event mode, AMD ABMC, Linux 6.18): only in that mode
 MEMORY_BANDWIDTH_COUNTERS_TOTAL = Meter(
     name="memory.bandwidth.counters.total", type=GAUGE, unit="counter", per=HOST,
@@ -217,10 +229,10 @@ MEMORY_BANDWIDTH_COUNTERS_AVAILABLE = Meter(
 TABLE: tuple[Meter, ...] = (
     CACHE_OCCUPANCY, CACHE_OCCUPANCY_PERCENT, CPU_L3_CACHE,
     MEMORY_BANDWIDTH_TOTAL_BYTES, MEMORY_BANDWIDTH_LOCAL_BYTES,
-    MEMORY_BANDWIDTH_TOTAL, MEMORY_BANDWIDTH_LOCAL,
+    MEMORY_BANDWIDTH_TOTAL, MEMORY_BANDWIDTH_LOCAL, CACHE_ALLOCATION_PERCENT,
     ENERGY_CORE, POWER_CORE, CPU_IPC, CACHE_LLC_MISS_STALL_RATIO,
     CACHE_SIZE, CACHE_MONITORS_TOTAL, CACHE_MONITORS_USED, CACHE_INSTANCES_UNMONITORED,
-    CACHE_MONITORS_REMOVED_BY_OTHERS,
+    CACHE_MONITORS_REMOVED_BY_OTHERS, CACHE_GUARD_CAPPED,
     MEMORY_BANDWIDTH_COUNTERS_TOTAL, MEMORY_BANDWIDTH_COUNTERS_AVAILABLE,
 )
 

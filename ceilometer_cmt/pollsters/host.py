@@ -1,4 +1,5 @@
-"""Host meters: the L3 cache itself, its monitors, instances left unmonitored.
+"""Host meters: the L3 cache itself, its monitors, instances left unmonitored
+or capped by the guard.
 
 One pollster class per meter of :mod:`ceilometer_cmt.meters` with
 ``per="host"``, made from its row. :data:`MEASURE` says, for each reading
@@ -109,6 +110,11 @@ def _removed_by_others(p: _HostPollster, manager: Any, cache: dict[str, Any]) ->
     return result.removed_by_others, {"cmt_backend": result.backend}
 
 
+def _capped(p: _HostPollster, manager: Any, cache: dict[str, Any]) -> Measured:
+    result = p.cycle(manager, cache)
+    return result.capped, {"cmt_backend": result.backend}
+
+
 def _per_domain(values: dict[int, int] | None, backend: str) -> Measured:
     """The sum over L3 domains, and each domain's value in the metadata."""
     if values is None:
@@ -134,6 +140,7 @@ MEASURE: dict[str, Callable[[_HostPollster, Any, dict[str, Any]], Measured]] = {
     "CycleResult.monitors_used": _monitors_used,
     "CycleResult.unmonitored": _unmonitored,
     "CycleResult.removed_by_others": _removed_by_others,
+    "CycleResult.capped": _capped,
     "CycleResult.mbm_counters": _mbm_counters,
     "CycleResult.mbm_counters_available": _mbm_counters_available,
 }

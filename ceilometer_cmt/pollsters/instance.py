@@ -1,4 +1,4 @@
-"""Per-instance meters: cache occupancy and memory bandwidth.
+"""Per-instance meters: cache occupancy and allocation, memory bandwidth.
 
 One pollster class per meter of :mod:`ceilometer_cmt.meters` with
 ``per="instance"``, made from its row: the class name setup.cfg names, the
@@ -30,6 +30,7 @@ class _InstancePollster(plugin_base.PollsterBase):
     unit: str
     value: Callable[[InstanceMeters], float | int | None]
     mbm = False  # an MBM meter: its samples carry the counter configuration
+    allocation = False  # the L3 allocation: its samples carry each domain's share
 
     def setup_environment(self) -> None:
         self.rt = runtime.get_runtime(self.conf)
@@ -60,6 +61,9 @@ class _InstancePollster(plugin_base.PollsterBase):
                 if self.mbm and result.mbm_config is not None:
                     # what the counters count: compare like with like
                     metadata["mbm_config"] = dict(result.mbm_config)
+                if self.allocation and meters.allocation_domains is not None:
+                    metadata["allocation_domains"] = {
+                        str(k): v for k, v in sorted(meters.allocation_domains.items())}
                 if meters.occupancy_domains is not None:
                     metadata["cache_domains"] = {str(k): v for k, v in
                                                  sorted(meters.occupancy_domains.items())}
@@ -81,6 +85,7 @@ def _pollster(m: table.Meter) -> type[_InstancePollster]:
         "meter": m.name, "sample_type": m.type, "unit": m.unit,
         "value": staticmethod(attrgetter(field)),
         "mbm": field.startswith("mbm_"),
+        "allocation": field.startswith("allocation_"),
     })
 
 

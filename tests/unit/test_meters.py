@@ -196,7 +196,7 @@ def test_host_pollsters_measure_their_field_with_its_metadata() -> None:
     result = CycleResult(backend="resctrl", timestamp=0.0, host=hc,
                          unmonitored={"u2": "no free RMID", "u1": "gone"}, monitors_used=7,
                          mbm_counters={0: 32, 1: 32}, mbm_counters_available={1: 3, 0: 0},
-                         removed_by_others=4)
+                         removed_by_others=4, capped=2)
     monitor = SimpleNamespace(host=hc, backend=SimpleNamespace(name="resctrl"))
     cache = {runtime.CACHE_KEY: result}
     got = {}
@@ -213,6 +213,7 @@ def test_host_pollsters_measure_their_field_with_its_metadata() -> None:
         "cache.instances.unmonitored": (2, {"cmt_backend": "resctrl", "unmonitored": {
             "u1": "gone", "u2": "no free RMID"}}),
         "cache.monitors.removed_by_others": (4, {"cmt_backend": "resctrl"}),
+        "cache.guard.capped": (2, {"cmt_backend": "resctrl"}),
         "memory.bandwidth.counters.total": (64, {"cmt_backend": "resctrl",
                                                  "counter_domains": {"0": 32, "1": 32}}),
         "memory.bandwidth.counters.available": (3, {"cmt_backend": "resctrl",
@@ -245,6 +246,7 @@ def test_host_pollsters_partly_monitored_and_not_in_mbm_event_mode() -> None:
     assert measure(meters.MEMORY_BANDWIDTH_COUNTERS_TOTAL)[0] is None
     assert measure(meters.MEMORY_BANDWIDTH_COUNTERS_AVAILABLE)[0] is None
     assert measure(meters.CACHE_MONITORS_REMOVED_BY_OTHERS)[0] is None
+    assert measure(meters.CACHE_GUARD_CAPPED)[0] is None  # not resctrl: cannot tell
 
 
 # ------------------------------------------------------------- the others

@@ -18,6 +18,7 @@ from typing import Any, TextIO
 from ceilometer_cmt.cmd.top.view import (
     HostView,
     domain_breakdown,
+    has_allocation,
     has_telemetry,
     human_bytes,
     number,
@@ -46,6 +47,7 @@ def render(view: HostView, *, title: str = "ceilometer-cmt top", alert_percent: 
         f"monitors {view.monitors_used if view.monitors_used is not None else '-'}"
         f"/{view.monitors_total if view.monitors_total is not None else '-'}  ",
         f"unmonitored {view.unmonitored if view.unmonitored is not None else '-'}",
+        f"  capped {view.capped}" if view.capped is not None else "",
         f"  cycle {view.cycle}" if view.cycle is not None else "",
         f"  {view.timestamp}" if view.timestamp else "")
     from rich import box
@@ -57,6 +59,9 @@ def render(view: HostView, *, title: str = "ceilometer-cmt top", alert_percent: 
     table.add_column("%L3" if narrow else "% busiest L3", justify="right", no_wrap=True)
     table.add_column("MBM total", justify="right", no_wrap=True)
     table.add_column("MBM local", justify="right", no_wrap=True)
+    allocation = has_allocation(view)  # hosts with CAT
+    if allocation:
+        table.add_column("ways" if narrow else "L3 ways", justify="right", no_wrap=True)
     telemetry = has_telemetry(view)  # Intel AET hosts
     if telemetry:
         table.add_column("power", justify="right", no_wrap=True)
@@ -73,6 +78,9 @@ def render(view: HostView, *, title: str = "ceilometer-cmt top", alert_percent: 
             human_bytes(r.occupancy),
             Text(pct(r.occupancy_percent), style="bold red" if hot else ""),
             human_bytes(r.mbm_total_rate, "/s"), human_bytes(r.mbm_local_rate, "/s")]
+        if allocation:  # a capped instance stands out
+            cells.append(Text(pct(r.allocation_percent) + (" capped" if r.capped else ""),
+                              style="bold yellow" if r.capped else ""))
         if telemetry:
             cells += [number(r.power_core, ".1f", " W"), number(r.cpu_ipc),
                       pct(None if r.llc_miss_stall_ratio is None

@@ -46,6 +46,14 @@ class InstanceRow:
     power_core: float | None = None  # W
     cpu_ipc: float | None = None  # uops per cycle
     llc_miss_stall_ratio: float | None = None  # LLC-miss stall cycles per cycle
+    # L3 allocation (CAT): percent of the ways it may fill, 100 when uncapped
+    allocation_percent: float | None = None
+
+    @property
+    def capped(self) -> bool:
+        """Its threads may fill fewer than all ways (the guard capped it, or
+        a libvirt ``<cachetune>``)."""
+        return self.allocation_percent is not None and self.allocation_percent < 100.0
 
     @property
     def status(self) -> str:
@@ -71,6 +79,7 @@ class HostView:
     rows: tuple[InstanceRow, ...]
     timestamp: str | None = None
     cycle: int | None = None
+    capped: int | None = None  # instances in the guard's cap groups
 
     def domain_percent(self, domain: int, value: int) -> float | None:
         size = self.cache_size if domain == ALL_DOMAINS else self.domain_sizes.get(domain)
@@ -160,7 +169,9 @@ def build_view(samples: Iterable[Mapping[str, Any]],
         monitors_used=_int(host_samples[meters.CACHE_MONITORS_USED.name]["counter_volume"])
         if meters.CACHE_MONITORS_USED.name in host_samples else None,
         unmonitored=_int(un_s["counter_volume"]) if un_s else None,
-        rows=sort_rows(rows), timestamp=max(stamps) if stamps else None)
+        rows=sort_rows(rows), timestamp=max(stamps) if stamps else None,
+        capped=_int(host_samples[meters.CACHE_GUARD_CAPPED.name]["counter_volume"])
+        if meters.CACHE_GUARD_CAPPED.name in host_samples else None)
 
 
 #: --sort keys: the value and whether larger comes first
@@ -171,6 +182,7 @@ SORT_KEYS: dict[str, tuple[Callable[[InstanceRow], Any], bool]] = {
     "mbm-local": (lambda r: r.mbm_local_rate, True),
     "power": (lambda r: r.power_core, True),
     "ipc": (lambda r: r.cpu_ipc, True),
+    "allocation": (lambda r: r.allocation_percent, False),  # the most capped first
     "name": (lambda r: r.name or "", False),
     "uuid": (lambda r: r.uuid, False),
 }
@@ -208,6 +220,12 @@ def number(v: float | None, fmt: str = ".2f", suffix: str = "") -> str:
     return "-" if v is None else f"{v:{fmt}}{suffix}"
 
 
+def has_allocation(view: HostView) -> bool:
+    """Whether any row has an L3 allocation (a host with CAT: ``top`` shows
+    the column then)."""
+    return any(r.allocation_percent is not None for r in view.rows)
+
+
 def has_telemetry(view: HostView) -> bool:
     """Whether any row has an Intel AET value (``top`` shows their columns then)."""
     return any(r.energy_core is not None or r.power_core is not None
@@ -236,7 +254,7 @@ def view_json(view: HostView) -> dict[str, Any]:
         "cache": {"size": view.cache_size,
                   "domains": [{"id": k, "size": v} for k, v in sorted(view.domain_sizes.items())]},
         "monitors": {"total": view.monitors_total, "used": view.monitors_used},
-        "unmonitored": view.unmonitored,
+        "unmonitored": view.unmonitored, "capped": view.capped,
         "instances": [{
             "uuid": r.uuid, "name": r.name, "domain_name": r.domain_name,
             "monitored": r.monitored, "reason": r.reason, "status": r.status,
@@ -248,6 +266,7 @@ def view_json(view: HostView) -> dict[str, Any]:
             "mbm_total_bytes": r.mbm_total_bytes, "mbm_local_bytes": r.mbm_local_bytes,
             "energy_core_joules": r.energy_core, "power_core_watts": r.power_core,
             "cpu_ipc": r.cpu_ipc, "llc_miss_stall_ratio": r.llc_miss_stall_ratio,
+            "allocation_percent": r.allocation_percent, "capped": r.capped,
         } for r in view.rows],
     }
 

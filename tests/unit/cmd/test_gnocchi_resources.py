@@ -22,12 +22,13 @@ from ceilometer_cmt.cmd import gnocchi_resources as gr
 INSTANCE_METERS = [
     "cache.occupancy", "cache.occupancy.percent", "cpu_l3_cache",
     "memory.bandwidth.total.bytes", "memory.bandwidth.local.bytes",
-    "memory.bandwidth.total", "memory.bandwidth.local",
+    "memory.bandwidth.total", "memory.bandwidth.local", "cache.allocation.percent",
     "energy.core", "power.core", "cpu.ipc", "cache.llc.miss.stall.ratio",
 ]
 HOST_METERS = ["cache.size", "cache.monitors.total", "cache.monitors.used",
                "cache.instances.unmonitored", "cache.monitors.removed_by_others",
-               "memory.bandwidth.counters.total", "memory.bandwidth.counters.available"]
+               "cache.guard.capped", "memory.bandwidth.counters.total",
+               "memory.bandwidth.counters.available"]
 
 
 def _entries(defs: dict[str, Any], resource_type: str) -> list[dict[str, Any]]:
@@ -76,7 +77,8 @@ def test_merge_places_meters_on_instance_and_host(default_defs: dict[str, Any]) 
     for meter in ("memory.bandwidth.total.bytes", "memory.bandwidth.local.bytes"):
         assert instance["metrics"][meter] == {"archive_policy_name": "ceilometer-low-rate"}
     for meter in ("cache.occupancy", "cache.occupancy.percent", "cpu_l3_cache",
-                  "memory.bandwidth.total", "memory.bandwidth.local"):
+                  "memory.bandwidth.total", "memory.bandwidth.local",
+                  "cache.allocation.percent"):
         assert instance["metrics"][meter] == {"archive_policy_name": "ceilometer-cmt-low"}
     policies = {p["name"]: p for p in merged["archive_policies"]}
     assert policies["ceilometer-cmt-low"]["aggregation_methods"] == ["mean", "max"]

@@ -46,3 +46,18 @@ def test_mbm_samples_carry_the_counter_configuration(
     assert sample["additional_metadata"] == {"cmt_backend": "resctrl"}
     # no value: no sample, never 0
     assert _samples(meters.MEMORY_BANDWIDTH_LOCAL_BYTES, result, monkeypatch) == []
+
+
+def test_allocation_samples_carry_each_domains_share(monkeypatch: pytest.MonkeyPatch) -> None:
+    result = CycleResult("resctrl", 0.0, HostCache(()), instances={U: InstanceMeters(
+        occupancy=5, allocation_percent=25.0, allocation_domains={1: 50.0, 0: 25.0})})
+    [sample] = _samples(meters.CACHE_ALLOCATION_PERCENT, result, monkeypatch)
+    assert (sample["name"], sample["unit"], sample["volume"]) == (
+        "cache.allocation.percent", "%", 25.0)
+    assert sample["additional_metadata"] == {
+        "cmt_backend": "resctrl", "allocation_domains": {"0": 25.0, "1": 50.0}}
+    [sample] = _samples(meters.CACHE_OCCUPANCY, result, monkeypatch)
+    assert "allocation_domains" not in sample["additional_metadata"]
+    # a host without CAT: no sample, never a made-up 100
+    result.instances[U] = InstanceMeters(occupancy=5)
+    assert _samples(meters.CACHE_ALLOCATION_PERCENT, result, monkeypatch) == []

@@ -206,3 +206,42 @@ def test_aet_telemetry_fills_rows_json_and_columns() -> None:
     out = io.StringIO()
     Console(file=out, width=200).print(render(plain))
     assert "IPC" not in out.getvalue()
+
+
+def test_capped_instances_stand_out() -> None:
+    import io
+
+    from rich.console import Console
+
+    from ceilometer_cmt.cmd.top.render import render
+
+    samples = [
+        *host_samples(), sample("cache.guard.capped", "compute-1", 1),
+        sample("cache.occupancy", U1, 4 * MiB, display_name="noisy"),
+        sample("cache.allocation.percent", U1, 25.0, allocation_domains={"0": 25.0}),
+        sample("cache.occupancy", U2, 8 * MiB, display_name="quiet"),
+        sample("cache.allocation.percent", U2, 100.0),
+        sample("cache.occupancy", U3, 1 * MiB, display_name="no-cat"),
+    ]
+    view = v.build_view(samples)
+    rows = {r.uuid: r for r in view.rows}
+    assert view.capped == 1
+    assert [(rows[u].allocation_percent, rows[u].capped) for u in (U1, U2, U3)] == [
+        (25.0, True), (100.0, False), (None, False)]
+    assert v.has_allocation(view)
+    assert [r.uuid for r in v.sort_rows(view.rows, "allocation")] == [U1, U2, U3]
+    doc = v.view_json(view)
+    assert doc["capped"] == 1
+    assert {d["uuid"]: (d["allocation_percent"], d["capped"]) for d in doc["instances"]} == {
+        U1: (25.0, True), U2: (100.0, False), U3: (None, False)}
+    out = io.StringIO()
+    Console(file=out, width=200).print(render(view))
+    text = out.getvalue()
+    assert "L3 ways" in text and "25.0% capped" in text and "capped 1" in text
+    assert "100.0% capped" not in text
+    # a host without CAT: no such column, no capped count
+    plain = v.build_view([*host_samples(), sample("cache.occupancy", U1, 4 * MiB)])
+    assert not v.has_allocation(plain) and plain.capped is None
+    out = io.StringIO()
+    Console(file=out, width=200).print(render(plain))
+    assert "L3 ways" not in out.getvalue() and "capped" not in out.getvalue()
