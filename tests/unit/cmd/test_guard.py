@@ -102,3 +102,14 @@ def test_writes_direct_or_through_the_daemon(tmp_path: Any) -> None:
     assert isinstance(cmd.cat_ops(conf, cmd.guard_options(conf)), DirectCatOps)
     conf = cmd.load_conf([conf_file(tmp_path, "[cmt]\nprivsep = always\n")])
     assert isinstance(cmd.cat_ops(conf, cmd.guard_options(conf)), GuardedCatOps)
+
+
+def test_domain_names_for_cleanup(tmp_path: Any) -> None:
+    """cleanup --guard names each guest to the daemon, which checks the move
+    against that guest's qemu; without libvirt it gets no names."""
+    from ceilometer_cmt.testing.fakehost import make_instances, write_node_xml
+
+    instances = make_instances(2)
+    node = write_node_xml(str(tmp_path / "node.xml"), instances)
+    assert cmd.domain_names(f"test://{node}") == {i.uuid: i.domain_name for i in instances}
+    assert cmd.domain_names(f"test://{tmp_path}/missing.xml") == {}
