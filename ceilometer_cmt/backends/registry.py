@@ -37,6 +37,9 @@ class Settings:
     resctrl_group_prefix: str = "ceilometer-"
     resctrl_verify_mount: bool = True
     libvirt_uri: str = "qemu:///system"
+    #: the backend events the polled meters need (``meters.Meter.events``);
+    #: None: all the host offers. The resctrl and perf backends read no other.
+    events: frozenset[str] | None = None
 
 
 class Candidate(Backend, Protocol):
@@ -68,15 +71,16 @@ def _resctrl(s: Settings, ops: resctrl.ResctrlOps | None,
 
     return ResctrlBackend(s.resctrl_root, sysfs_root=s.sysfs_root, proc_root=s.proc_root,
                           pid_dir=s.libvirt_pid_dir, prefix=s.resctrl_group_prefix,
-                          verify_mount=s.resctrl_verify_mount, ops=ops)
+                          verify_mount=s.resctrl_verify_mount, ops=ops, events=s.events)
 
 
 def _perf(s: Settings, ops: resctrl.ResctrlOps | None,
           counters: CounterProvider | None = None) -> Candidate:
-    from ceilometer_cmt.backends.perf.backend import PerfBackend
+    from ceilometer_cmt.backends.perf.backend import PerfBackend, perf_events
 
     return PerfBackend(sysfs_root=s.sysfs_root, proc_root=s.proc_root,
-                       libvirt_pid_dir=s.libvirt_pid_dir, counters=counters)
+                       libvirt_pid_dir=s.libvirt_pid_dir, counters=counters,
+                       events=perf_events(s.events))
 
 
 def _libvirt(s: Settings, ops: resctrl.ResctrlOps | None,

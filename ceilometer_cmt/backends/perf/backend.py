@@ -33,7 +33,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from ceilometer_cmt.backends.perf import pmu as perf_pmu
 from ceilometer_cmt.backends.perf.abi import EventSpec
@@ -69,6 +69,23 @@ DEFAULT_EVENTS: Mapping[str, str] = {
     MBM_TOTAL: perf_pmu.MBM_TOTAL_EVENT,
     MBM_LOCAL: perf_pmu.MBM_LOCAL_EVENT,
 }
+
+#: role -> the resctrl event of the same value (the names the meter table uses)
+RESCTRL_EVENTS: Mapping[str, str] = {
+    OCCUPANCY: "llc_occupancy", MBM_TOTAL: "mbm_total_bytes", MBM_LOCAL: "mbm_local_bytes"}
+
+
+def perf_events(needed: Collection[str] | None) -> Mapping[str, str] | None:
+    """The ``events`` argument that counts only what ``needed`` (resctrl event
+    names, as :attr:`ceilometer_cmt.meters.Meter.events` gives them) asks
+    for: one counter per thread per event, so fewer events, fewer fds and
+    reads. None: every event. When the meters need none (host meters
+    only), occupancy alone: the backend needs one event to open."""
+    if needed is None:
+        return None
+    roles = {r: ev for r, ev in DEFAULT_EVENTS.items() if RESCTRL_EVENTS[r] in needed}
+    return roles or {OCCUPANCY: DEFAULT_EVENTS[OCCUPANCY]}
+
 
 #: how many times the thread list is re-read while opening one instance
 MAX_OPEN_ROUNDS = 5
@@ -333,4 +350,4 @@ class PerfBackend:
         return plan.careful(data)
 
 
-__all__ = ["PerfBackend", "DEFAULT_EVENTS"]
+__all__ = ["PerfBackend", "DEFAULT_EVENTS", "perf_events"]

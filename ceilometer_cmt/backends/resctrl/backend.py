@@ -36,7 +36,7 @@ import logging
 import os
 import resource
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 from ceilometer_cmt.backends.resctrl import assign_files, following, fs, schemata, telemetry
 from ceilometer_cmt.backends.resctrl.mbm_counters import ConfigWatch, MbmCounters, start_cycle
@@ -83,6 +83,7 @@ class ResctrlBackend:
         ops: fs.ResctrlOps | None = None,
         warn: Callable[[str], None] | None = None,
         fd_budget: int | None = None,
+        events: Collection[str] | None = None,
     ) -> None:
         if not fs.PREFIX_RE.fullmatch(prefix):
             raise BackendUnavailable(f"bad resctrl_group_prefix {prefix!r}")
@@ -100,7 +101,9 @@ class ResctrlBackend:
             raise BackendUnavailable(
                 f"{resctrl_root}/info/L3_MON/mon_features lacks llc_occupancy "
                 "(no cache monitoring on this CPU, or resctrl not mounted)")
-        self.events = self.info.mon_features
+        #: the L3 events read: those the polled meters need (``events``, see
+        #: meters.Meter.events; None: all) that the host has
+        self.events = tuple(e for e in self.info.mon_features if events is None or e in events)
         self._domains: list[tuple[int, str]] = fs.list_domains(resctrl_root)
         if fd_budget is None:
             # Value files kept open: half of what the process may open.
@@ -115,13 +118,14 @@ class ResctrlBackend:
         #: its events when the host has one the meters need
         self.perf_pkg = telemetry.read_info(resctrl_root)
         self._telemetry: telemetry.TelemetryReader | None = None
-        if self.perf_pkg is not None and self.perf_pkg.events and self.perf_pkg.packages:
-            self._telemetry = telemetry.TelemetryReader(self.perf_pkg, self._values)
+        if (self.perf_pkg is not None and self.perf_pkg.packages
+                and telemetry.wanted_events(self.perf_pkg, events)):
+            self._telemetry = telemetry.TelemetryReader(self.perf_pkg, self._values, events)
         #: MBM counter assignment (AMD ABMC hardware; the mode is checked
         #: each cycle: ``available_mbm_cntrs`` reads only in ``mbm_event``)
         self.mbm: MbmCounters | None = None
         if (assign_files.read_num_mbm_cntrs(resctrl_root) is not None
-                and any(e in self.events for e in fs.MBM_EVENTS)):
+                and any(e in self.info.mon_features for e in fs.MBM_EVENTS)):
             self.mbm = MbmCounters(resctrl_root, self.ops, self.host_cache(), self.events,
                                    RELIST)
         self.mbm_config = ConfigWatch(resctrl_root, RELIST)

@@ -31,6 +31,7 @@ import errno
 import logging
 import os
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -136,6 +137,12 @@ def read_info(root: str) -> PerfPkgInfo | None:
                        packages=tuple(list_packages(root)))
 
 
+def wanted_events(info: PerfPkgInfo, events: Collection[str] | None) -> tuple[str, ...]:
+    """The host's telemetry events the plugin reads, less those not in
+    ``events`` (None: all of them)."""
+    return tuple(e for e in info.events if events is None or e in events)
+
+
 def group_limit(l3_rmids: int | None, perf_pkg: PerfPkgInfo | None) -> int | None:
     """How many monitoring ids groups can use: the smaller of L3_MON's and
     PERF_PKG_MON's ``num_rmids`` (either alone when the other is unknown)."""
@@ -164,11 +171,18 @@ class FdBudget(Protocol):
 
 
 class TelemetryReader:
-    """Reads the ``mon_PERF_PKG_XX`` values of monitor groups through kept fds."""
+    """Reads the ``mon_PERF_PKG_XX`` values of monitor groups through kept fds.
 
-    def __init__(self, info: PerfPkgInfo, budget: FdBudget) -> None:
+    ``events``: the events to read (those the polled meters need, see
+    :attr:`ceilometer_cmt.meters.Meter.events`); None: every one the plugin
+    reads that the host has. The others are never opened: their meters get
+    no sample. (AET events are read without a cross-CPU call, ``any_cpu``,
+    but each read still sums MMIO counters of every aggregator.)"""
+
+    def __init__(self, info: PerfPkgInfo, budget: FdBudget,
+                 events: Collection[str] | None = None) -> None:
         self.packages = list(info.packages)
-        self.events = info.events
+        self.events = wanted_events(info, events)
         self.budget = budget
         self._groups: dict[str, list[_File]] = {}
 

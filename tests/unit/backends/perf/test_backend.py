@@ -175,6 +175,26 @@ def test_event_table_override(pid_dir: str, spawn: Spawn) -> None:
         PerfBackend(SOFTWARE, "/proc", pid_dir, events={"occupancy": "no_such_event"})
 
 
+@pytest.mark.parametrize("needed,roles", [
+    ({"llc_occupancy"}, ["occupancy"]),
+    ({"mbm_total_bytes", "mbm_local_bytes", "core_energy"}, ["mbm_total", "mbm_local"]),
+    (None, ["occupancy", "mbm_total", "mbm_local"]),
+    (frozenset(), ["occupancy"]),  # host meters only: the one event the backend needs
+])
+def test_only_the_needed_events_are_counted(pid_dir: str, spawn: Spawn,
+                                            needed: frozenset[str] | None,
+                                            roles: list[str]) -> None:
+    """One counter per thread per event: the meters polled decide the events."""
+    from ceilometer_cmt.backends.perf.backend import perf_events
+
+    spawn("instance-occ")
+    ref = InstanceRef(UUID_A, "instance-occ")
+    with PerfBackend(SOFTWARE, "/proc", pid_dir, events=perf_events(needed)) as b:
+        assert list(b.events) == roles
+        b.sync([ref])
+        assert len(b.tracked_fds(UUID_A)) == len(roles) * len(b.tracked_tids(UUID_A))
+
+
 # ---------------------------------------------------------------- lifecycle
 
 def test_instance_leaving_closes_its_fds(backend: PerfBackend, spawn: Spawn) -> None:

@@ -211,3 +211,27 @@ def test_vanished_group_reads_none_and_closes(tmp_path) -> None:  # type: ignore
     reader.read(out, g, "", "")  # opened anew: ENOENT -> no data, no exception
     assert all(v is None for ev in out.values() for v in ev.values())
     assert b.open_fds == 0
+
+
+@pytest.mark.parametrize("events,expected", [
+    ({"core_energy"}, ("core_energy",)),  # energy.core / power.core alone
+    ({"uops_retired", "unhalted_core_cycles", "llc_occupancy"},
+     ("unhalted_core_cycles", "uops_retired")),  # cpu.ipc
+    (None, TELEMETRY_EVENTS),
+    (frozenset(), ()),
+])
+def test_reader_opens_and_reads_only_the_events_asked_for(tmp_path, events, expected
+                                                          ) -> None:  # type: ignore[no-untyped-def]
+    from collections import Counter
+
+    from ceilometer_cmt.testing.kernel_trees import file_calls
+
+    _root, g, info = _group(tmp_path)
+    assert telemetry.wanted_events(info, events) == tuple(
+        e for e in TELEMETRY_EVENTS if e in expected)
+    reader = telemetry.TelemetryReader(info, Budget(0), events)  # no fd kept: a read is an open
+    out: dict[str, dict[str, int | None]] = {}
+    with file_calls(os.path.join(g, "mon_data")) as calls:
+        reader.read(out, g, "", "")
+    assert Counter(os.path.basename(p) for p in calls.opens) == dict.fromkeys(expected, 2)
+    assert sorted(out) == sorted(expected)

@@ -290,3 +290,47 @@ def test_a_value_file_that_cannot_be_opened_leaks_no_fd(tmp_path):  # type: igno
     reader.close()
     assert reader.open_fds == 0
     assert _open_under(str(tmp_path)) == 0
+
+
+# ------------------------------------ only the events the polled meters need
+
+U1 = "11111111-1111-4111-8111-111111111111"
+
+
+@pytest.mark.parametrize("events,expected", [
+    ({"llc_occupancy"}, {"llc_occupancy"}),  # cache.occupancy alone
+    ({"llc_occupancy", "mbm_total_bytes"}, {"llc_occupancy", "mbm_total_bytes"}),
+    (set(fs.EVENTS), set(fs.EVENTS)),
+    (None, set(fs.EVENTS)),  # not told: all the host offers
+    (frozenset(), set()),  # host meters only: no value read at all
+    ({"mbm_local_bytes", "core_energy"}, {"mbm_local_bytes"}),  # no PERF_PKG here
+])
+def test_the_backend_reads_only_the_events_asked_for(host, events, expected
+                                                     ):  # type: ignore[no-untyped-def]
+    """With no fd kept (budget 0) each value read is one open: the audit hook
+    counts exactly the reads, one per event and L3 domain (intel-2s: 2), and
+    the meters of an event not read have no value (None, never 0)."""
+    from collections import Counter
+
+    from ceilometer_cmt.monitor import CacheMonitor
+    from ceilometer_cmt.readings import InstanceRef
+
+    host.start_qemu("instance-00000001")
+    b = host.backend(fd_budget=0, events=events)
+    monitor = CacheMonitor(b)
+    refs = [InstanceRef(U1, "instance-00000001")]
+    monitor.poll(refs)
+    g = os.path.join(host.resctrl, "mon_groups", "ceilometer-" + U1)
+    for ev in fs.EVENTS:
+        for l3 in INTEL_2S.l3_ids:
+            set_value(g, l3, ev, 4096 * (l3 + 1))
+    with file_calls(os.path.join(g, "mon_data")) as calls:
+        meters = monitor.poll(refs).instances[U1]
+    assert Counter(os.path.basename(p) for p in calls.opens) == {
+        ev: len(INTEL_2S.l3_ids) for ev in expected}
+    assert (meters.occupancy is not None) == ("llc_occupancy" in expected)
+    assert (meters.mbm_total_bytes is not None) == ("mbm_total_bytes" in expected)
+    assert (meters.mbm_local_bytes is not None) == ("mbm_local_bytes" in expected)
+    if "llc_occupancy" in expected:
+        assert meters.occupancy == 4096 + 8192
+    b.close()
