@@ -53,3 +53,28 @@ def test_the_check_finds_an_orphan(tmp_path: Path) -> None:
         (unit / "linux" / name).write_text("")
     assert orphans(unit, package) == [
         "linux/test_gone.py mirrors no module (pkg/linux/gone.py does not exist)"]
+
+
+def layout_names(readme: str) -> set[str]:
+    """The names in backticks in the README's "Layout" section."""
+    import re
+
+    section = readme[readme.index("\n## Layout\n"):]
+    nxt = section.find("\n## ", 1)
+    return set(re.findall(r"`([^`\s]+)`", section if nxt < 0 else section[:nxt]))
+
+
+def test_the_readme_layout_names_every_module() -> None:
+    """A newcomer reads the layout in the README: every module has its line,
+    named from its layer's directory (``resctrl/fs.py`` under ``backends/``,
+    ``top/view.py`` under ``cmd/``, ``errors.py`` at the top)."""
+    names = layout_names((PACKAGE.parent / "README.md").read_text(encoding="utf-8"))
+    missing = []
+    for module in sorted(PACKAGE.rglob("*.py")):
+        rel = module.relative_to(PACKAGE)
+        if module.name in ("__init__.py", "__main__.py") or "__pycache__" in rel.parts:
+            continue
+        name = "/".join(rel.parts[1:]) if len(rel.parts) > 1 else rel.name
+        if name not in names:
+            missing.append(rel.as_posix())
+    assert not missing, f"README.md 'Layout' does not name: {missing}"
