@@ -33,3 +33,87 @@ def _server(**kw: object) -> types.SimpleNamespace:
 ])
 def test_instance_ref_carries_the_mbm_priority(kw: dict[str, object], priority: int) -> None:
     assert instance_ref(_server(**kw)) == InstanceRef(U, "instance-00000001", priority)
+
+
+# ------------------------------------------- the events the polled meters need
+
+def _conf(tmp_path, sources: list[dict[str, object]]):  # type: ignore[no-untyped-def]
+    """An agent's conf whose ``[polling] cfg_file`` holds ``sources``."""
+    import yaml
+    from ceilometer.polling import manager as polling_manager
+    from oslo_config import cfg
+
+    path = tmp_path / "polling.yaml"
+    path.write_text(yaml.safe_dump({"sources": sources}))
+    conf = cfg.ConfigOpts()
+    conf.register_opts(polling_manager.POLLING_OPTS, group="polling")
+    conf(args=[])
+    conf.set_override("cfg_file", str(path), group="polling")
+    return conf
+
+
+def _source(name: str, *meter_patterns: str) -> dict[str, object]:
+    return {"name": name, "interval": 60, "meters": list(meter_patterns)}
+
+
+L3 = {"llc_occupancy", "mbm_total_bytes", "mbm_local_bytes"}
+AET = {"core_energy", "uops_retired", "unhalted_core_cycles", "stalls_llc_miss"}
+
+
+@pytest.mark.parametrize("sources,events", [
+    # one source
+    ([_source("a", "cache.occupancy")], {"llc_occupancy"}),
+    ([_source("a", "cpu_l3_cache", "cache.size")], {"llc_occupancy"}),
+    ([_source("a", "cache.size", "cache.monitors.used")], set()),
+    ([_source("a", "memory.bandwidth.*")], {"mbm_total_bytes", "mbm_local_bytes"}),
+    ([_source("a", "memory.bandwidth.total")], {"mbm_total_bytes"}),
+    ([_source("a", "*")], L3 | AET),
+    ([_source("a", "!cache.*", "!cpu_l3_cache", "!energy.*", "!power.*", "!cpu.ipc",
+              "!memory.bandwidth.local*")], {"mbm_total_bytes"}),
+    ([_source("a", "cpu.ipc")], {"uops_retired", "unhalted_core_cycles"}),
+    ([_source("a", "cpu", "disk.*", "network.*")], set()),  # none of ours
+    # two sources: the union
+    ([_source("a", "cache.occupancy"), _source("b", "memory.bandwidth.total.bytes")],
+     {"llc_occupancy", "mbm_total_bytes"}),
+    ([_source("a", "cache.*"), _source("b", "!memory.bandwidth.*", "!cache.*",
+                                       "!cpu_l3_cache", "!cpu.ipc", "!power.core")],
+     {"llc_occupancy", "core_energy", "stalls_llc_miss", "unhalted_core_cycles"}),
+    # three sources, ceilometer's own meters among them
+    ([_source("cpu", "cpu", "vcpus"), _source("cmt_cache", "cache.occupancy.percent"),
+      _source("energy", "energy.*", "power.*")], {"llc_occupancy", "core_energy"}),
+    ([_source("a", "memory.bandwidth.local"), _source("b", "cache.llc.*"),
+      _source("c", "cache.size", "cache.monitors.*")],
+     {"mbm_local_bytes", "stalls_llc_miss", "unhalted_core_cycles"}),
+])
+def test_needed_events_are_those_of_the_polled_meters(tmp_path, sources, events
+                                                      ):  # type: ignore[no-untyped-def]
+    from ceilometer_cmt.pollsters.runtime import needed_events
+
+    assert needed_events(_conf(tmp_path, sources)) == events
+
+
+def test_polled_meters_follow_ceilometers_own_matching(tmp_path):  # type: ignore[no-untyped-def]
+    from ceilometer.polling.manager import PollingSource
+
+    from ceilometer_cmt import meters
+    from ceilometer_cmt.pollsters.runtime import polled_meters
+
+    patterns = ["memory.bandwidth.*", "cache.occupancy"]
+    polled = polled_meters(_conf(tmp_path, [_source("a", *patterns)]))
+    source = PollingSource(_source("a", *patterns))
+    assert polled == tuple(m for m in meters.TABLE if source.support_meter(m.name))
+    assert [m.name for m in polled or ()] == [
+        "cache.occupancy", "memory.bandwidth.total.bytes", "memory.bandwidth.local.bytes",
+        "memory.bandwidth.total", "memory.bandwidth.local",
+        "memory.bandwidth.counters.total", "memory.bandwidth.counters.available"]
+
+
+@pytest.mark.parametrize("text", ["sources: [{name: a}]\n", "nothing: here\n", "{{{\n"])
+def test_an_unreadable_polling_file_reads_every_event(tmp_path, caplog, text
+                                                      ):  # type: ignore[no-untyped-def]
+    from ceilometer_cmt.pollsters.runtime import needed_events
+
+    conf = _conf(tmp_path, [])
+    (tmp_path / "polling.yaml").write_text(text)
+    assert needed_events(conf) is None
+    assert "reading every event the host offers" in caplog.text
