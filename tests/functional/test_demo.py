@@ -323,7 +323,8 @@ def test_intel_aet_topology_gives_energy_and_ipc(run_env) -> None:  # type: igno
 
 # --- demo --guard: the guard beside the agent caps the noisy neighbour and releases it
 
-#: the cap falls between two of the agent's thread re-listings (see the xfail below)
+#: the cap falls between two of the agent's thread re-listings (the agent follows
+#: it at once all the same: test_demo_guard_capped_holds_the_share)
 GUARD_CYCLES = 28
 
 
@@ -419,11 +420,6 @@ def test_demo_guard_caps_the_noisy_neighbour_and_releases_it(guard_run: GuardRun
     assert_nothing_left(start, run.tmpdir)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "agent follows a cap only at re-listing: its resctrl backend adopts the monitor "
-    "group the guard made under the cap group at its next thread re-listing (every "
-    "RELIST cycles, staggered per instance) and reads 0 until then; an agent-side "
-    "change (backends/resctrl/backend.py)"))
 def test_demo_guard_capped_holds_the_share(guard_run: GuardRun) -> None:
     run = guard_run
     assert run.proc.returncode == 0, run.proc.stderr[-3000:]
@@ -442,10 +438,6 @@ def test_demo_guard_capped_holds_the_share(guard_run: GuardRun) -> None:
         [g["cap_share"]] * len(held), abs=1.0)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the agent's backend counts the guard's removal of the cap group (with the "
-    "agent-named monitor group under it) on release as 'removed by another resctrl "
-    "user': an agent-side change (backends/resctrl/backend.py)"))
 def test_demo_guard_release_is_no_removal_by_others(guard_run: GuardRun) -> None:
     assert guard_run.proc.returncode == 0, guard_run.proc.stderr[-3000:]
     with open(guard_run.log, encoding="utf-8") as f:
