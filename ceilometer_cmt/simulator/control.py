@@ -22,10 +22,18 @@ or ``{"ok": false, "error": "..."}``).  Commands (``cmd``):
 ``l3_online``
     ``{"l3": ID, "online": false|true}``: every CPU of L3 domain ID goes
     offline (its ``mon_L3_XX`` leaves every group) or comes back.
+``reads``
+    ``{"match": "<fnmatch pattern>", "reset": false|true}``: the reads of each
+    value file (``mon_data/.../<event>``, path under the mount) whose path
+    matches (default ``*``) since the start or the last reset; ``reset``
+    clears every count after the answer. On real resctrl each such read of
+    an L3 event is one ``mon_event_read()`` (``fs/resctrl/ctrlmondata.c``):
+    a call on a CPU of that domain.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import socket
@@ -77,6 +85,9 @@ def handle(model: Model, request: dict[str, Any]) -> Any:
     if cmd == "l3_online":
         model.set_l3_online(int(request["l3"]), bool(request["online"]))
         return None
+    if cmd == "reads":
+        return value_reads(model, str(request.get("match", "*")),
+                           bool(request.get("reset", False)))
     if cmd == "advance":
         if not isinstance(model.clock, ManualClock):
             raise ValueError("advance needs a simulator started with clock: manual")
@@ -84,6 +95,15 @@ def handle(model: Model, request: dict[str, Any]) -> Any:
         model.advance()
         return model.now()
     raise ValueError(f"unknown command {cmd!r}")
+
+
+def value_reads(model: Model, match: str = "*", reset: bool = False) -> dict[str, int]:
+    """Reads per value file whose path matches ``match``; ``reset`` clears all."""
+    with model.locked():
+        out = {p: n for p, n in sorted(model.value_reads.items()) if fnmatch.fnmatch(p, match)}
+        if reset:
+            model.value_reads.clear()
+    return out
 
 
 class ControlServer:

@@ -33,7 +33,7 @@ from ceilometer_cmt.simulator.assign import CounterAssign
 from ceilometer_cmt.simulator.bmec import Bmec
 from ceilometer_cmt.simulator.errors import SimError
 from ceilometer_cmt.simulator.groups import Caller, Group, TaskEntry, rename_target
-from ceilometer_cmt.simulator.layout import ROOT_NAMES, lookup
+from ceilometer_cmt.simulator.layout import ROOT_NAMES, l3_name, lookup, pkg_name, sub_name
 from ceilometer_cmt.simulator.rmids import IdPool
 from ceilometer_cmt.simulator.scenario import Action, Fault, Scenario
 from ceilometer_cmt.simulator.tasks import Membership
@@ -85,6 +85,7 @@ class Model:
         self.assign = CounterAssign(topology, Bmec(topology), self._puts)
         self.assign.assign_on_mkdir(self.root)  # rdt_get_tree(), status cleared after
         self.status = ""
+        self.value_reads: dict[str, int] = {}  # value file -> reads (mon_event_read()s)
 
     # ----------------------------------------------------------- plumbing
     def now(self) -> float:
@@ -336,6 +337,7 @@ class Model:
         with self._mutex:
             if l3_id in self.offline_l3:
                 raise SimError(errno.ENODEV)
+            self._count_read(group, l3_name(l3_id), sub_id, event)
             self.advance()
             t = self.now()
             return self.meter.event_text(self.topology, self.faults, t, group, l3_id,
@@ -344,8 +346,13 @@ class Model:
     def read_pkg_event(self, group: Group, pkg: int, event: str) -> str:
         """``mon_data/mon_PERF_PKG_XX/<event>``."""
         with self._mutex:
+            self._count_read(group, pkg_name(pkg), None, event)
             self.advance()
             return self.packages.text(self.faults, self.now(), group, pkg, event)
+
+    def _count_read(self, group: Group, dom: str, sub_id: int | None, event: str) -> None:
+        p = f"{group.path}/mon_data/{dom}/{'' if sub_id is None else sub_name(sub_id) + '/'}{event}"
+        self.value_reads[p.lstrip("/")] = self.value_reads.get(p.lstrip("/"), 0) + 1
 
     # ------------------------------------------------------ fault control
     def add_fault(self, fault: Fault) -> None:
