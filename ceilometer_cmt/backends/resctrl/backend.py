@@ -132,6 +132,7 @@ class ResctrlBackend:
         self._adopted = False
         self.allocations = schemata.Allocations(resctrl_root)
         self._last_groups: fs.Groups | None = None
+        self._caps: frozenset[str] = frozenset()  # the guard's cap groups listed
         #: counters for tests and the benchmark
         self.mkdirs = 0
         self.rmdirs = 0
@@ -233,6 +234,8 @@ class ResctrlBackend:
             if groups is not None and (groups != self._last_groups
                                        or self._cycle_no % RELIST == 0):
                 self.allocations.refresh()
+                self._caps = frozenset(c for c in groups
+                                       if c and schemata.cap_share(self.prefix, c) is not None)
             self._last_groups = groups
             ready = self._place(wanted, groups, present, placement, cycle)
             if self.mbm is not None and self.mbm.assigning:
@@ -258,7 +261,7 @@ class ResctrlBackend:
                             self._drop_groups(tracked, [c for c in removed if c not in left])
                             self._ensure(tracked, placement)
                         cycle.readings[uuid] = self._read(tracked, cycle)
-                    following.allocation(tracked, self.allocations, self.prefix, cycle)
+                    following.allocation(tracked, self.allocations, self._caps, cycle)
                 except (InstanceGone, NotMonitored, GroupVanished) as e:
                     cycle.unmonitored[uuid] = str(e)
                 except OSError as e:
@@ -301,7 +304,8 @@ class ResctrlBackend:
             tracked.priority = ref.mbm_priority
             gone = [] if present is None else [
                 c for c, p in tracked.groups.items() if p not in present]
-            if groups is not None and present is not None:
+            if groups is not None and present is not None and (
+                    gone or "" not in tracked.groups or self.prefix + uuid in elsewhere):
                 new, left, gone = following.follow(tracked, gone, groups, present, elsewhere,
                                                    self.root, self.prefix, self._forget)
                 if new or left:

@@ -97,16 +97,17 @@ def follow(t: MonitoredInstance, gone: list[str], groups: fs.Groups, present: se
     return new, left, [c for c in gone if c not in left]
 
 
-def allocation(t: MonitoredInstance, allocations: Allocations, prefix: str,
+def allocation(t: MonitoredInstance, allocations: Allocations, caps: frozenset[str],
                cycle: BackendCycle) -> None:
     """``t``'s L3 allocation from the control groups holding its threads (all
     of its groups when none does) into ``cycle``, and count it in
-    ``cycle.capped`` when one of them is a cap group. Needs its reading."""
-    ctrls = [c for c in t.groups if c not in t.idle] or list(t.groups)
-    if any(cap_share(prefix, c) is not None for c in ctrls if c):
+    ``cycle.capped`` when one of them is a cap group (``caps``: those of this
+    cycle's listing). Needs its reading."""
+    ctrls = [c for c in t.groups if c not in t.idle] if t.idle else None
+    ctrls = ctrls or list(t.groups)
+    if caps and not caps.isdisjoint(ctrls):
         cycle.capped = (cycle.capped or 0) + 1
     if allocations.info is not None:
-        occ = cycle.readings[t.uuid].occupancy
-        alloc = allocations.share(ctrls, [d for d, v in occ.items() if v])
+        alloc = allocations.share(ctrls, cycle.readings[t.uuid].occupancy)
         if alloc is not None:
             cycle.allocation[t.uuid] = alloc

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ceilometer_cmt.backends.resctrl import fs
@@ -174,7 +174,11 @@ class Allocations:
         self.root = root
         self.info = read_cbm_mask(root)
         self._schemata: dict[str, Schemata | None] = {}
-        self._shares: dict[tuple[str, ...], dict[int, float] | None] = {}
+        #: control groups (sorted) -> (shares per domain, the allocation when
+        #: every domain has the same share: then where it holds cache does not
+        #: matter, and every instance there shares one object)
+        self._shares: dict[tuple[str, ...],
+                           tuple[dict[int, float], Allocation | None] | None] = {}
         #: schemata files read since the start (tests, the benchmark)
         self.reads = 0
 
@@ -191,8 +195,13 @@ class Allocations:
 
     def shares(self, ctrls: tuple[str, ...]) -> dict[int, float] | None:
         """Domain -> percent of the ways threads in control groups ``ctrls``
-        may fill; None without CAT or when none of their schemata names an
-        L3 domain."""
+        (sorted) may fill; None without CAT or when none of their schemata
+        names an L3 domain."""
+        found = self._lookup(ctrls)
+        return None if found is None else found[0]
+
+    def _lookup(self, ctrls: tuple[str, ...]
+                ) -> tuple[dict[int, float], Allocation | None] | None:
         if ctrls in self._shares:
             return self._shares[ctrls]
         out = None
@@ -204,15 +213,24 @@ class Allocations:
                 for dom, mask in sch.get(name or "", {}).items():
                     masks[dom] = masks.get(dom, 0) | mask
             info = self.info
-            out = {d: share_percent(info, m) for d, m in sorted(masks.items())} or None
+            shares = {d: share_percent(info, m) for d, m in sorted(masks.items())}
+            if shares:
+                values = set(shares.values())
+                out = shares, (Allocation(values.pop(), shares) if len(values) == 1 else None)
         self._shares[ctrls] = out
         return out
 
-    def share(self, ctrls: Iterable[str], held: Iterable[int]) -> Allocation | None:
+    def share(self, ctrls: Sequence[str],
+              held: Mapping[int, int | None] | Iterable[int]) -> Allocation | None:
         """The allocation of threads in control groups ``ctrls`` that hold
-        cache in domains ``held`` (see the class doc)."""
-        shares = self.shares(tuple(sorted(ctrls)))
-        if shares is None:
+        cache in domains ``held`` (ids, or a reading's occupancy: the domains
+        with bytes); see the class doc. Not to be changed: instances share it."""
+        found = self._lookup(tuple(ctrls) if len(ctrls) < 2 else tuple(sorted(ctrls)))
+        if found is None:
             return None
-        where = [shares[d] for d in held if d in shares]
+        shares, whole = found
+        if whole is not None:
+            return whole
+        ids = [d for d, v in held.items() if v] if isinstance(held, Mapping) else held
+        where = [shares[d] for d in ids if d in shares]
         return Allocation(min(where or shares.values()), shares)
