@@ -107,11 +107,11 @@ class Host:
     def root(self) -> str:
         return self.sim.mountpoint
 
-    def config(self) -> str:
+    def config(self, privsep: str = "always") -> str:
         """The guard's ceilometer.conf: not a dry run, every write through
-        the daemon; its own CLOSID reserve off, so the daemon's is the one
-        that refuses."""
-        path = os.path.join(self.work, "ceilometer.conf")
+        the daemon (``privsep``); its own CLOSID reserve off, so the daemon's
+        is the one that refuses."""
+        path = os.path.join(self.work, f"ceilometer-{privsep}.conf")
         with open(path, "w", encoding="utf-8") as f:
             f.write(textwrap.dedent(f"""\
                 [DEFAULT]
@@ -124,7 +124,7 @@ class Host:
                 resctrl_root = {self.root}
                 sysfs_root = {self.work}/sys
                 libvirt_pid_dir = {self.work}/run
-                privsep = always
+                privsep = {privsep}
                 [cmt_privsep]
                 helper_command = {helper_command(self.daemon_conf)}
                 [cmt_guard]
@@ -193,7 +193,7 @@ def host() -> Iterator[Host]:
             assert not mounted, "simulator still mounted"
 
 
-def _guard_once(h: Host, conf: str) -> subprocess.CompletedProcess[str]:
+def _guard_once(h: Host, conf: str, daemon: bool = True) -> subprocess.CompletedProcess[str]:
     try:
         run = run_as(h.user, [CLI, "guard", "--config-file", conf, "--once", "--json"], h.work)
         left = wait_no_daemons(h.user.tmp)
@@ -202,7 +202,7 @@ def _guard_once(h: Host, conf: str) -> subprocess.CompletedProcess[str]:
     assert run.returncode == 0, run.stderr[-4000:]
     assert not left, f"privsep daemon(s) outlived the guard: {left}"
     assert "Traceback" not in run.stderr, run.stderr[-4000:]
-    assert "Running privsep helper: ['sudo', " in run.stderr, run.stderr[-4000:]
+    assert ("Running privsep helper: ['sudo', " in run.stderr) is daemon, run.stderr[-4000:]
     return run
 
 
@@ -281,6 +281,11 @@ def test_cleanup_guard_as_an_unprivileged_user_goes_through_the_daemon(host: Hos
     h = host
     conf = h.config()
     noisy = set(h.qemus[0].tids)
+    # without the daemon, the user's own writes are refused: nothing is made
+    run = _guard_once(h, h.config(privsep="never"), daemon=False)
+    assert run.stdout == ""
+    assert f"cannot make control group {CAP}: Permission denied" in run.stderr, run.stderr
+    assert fs.list_ctrl_groups(h.root) == [""]
     run = _guard_once(h, conf)
     assert json.loads(run.stdout)["action"] == "cap"
     assert noisy <= h.tasks(CAP)
