@@ -512,3 +512,42 @@ def test_live_view_shows_the_guard_actions(run_env) -> None:  # type: ignore[no-
     assert released and released == list(range(released[0], GUARD_CYCLES + 1))
     assert capped[0] < released[0]
     assert os.listdir(tmpdir) == []
+
+
+def test_amd_abmc_topology_more_instances_than_counters(run_env) -> None:  # type: ignore[no-untyped-def]
+    """amd-abmc: 8 MBM counters per L3 domain, 2 held by the default group.
+    With 8 instances, 6 get a counter for total bandwidth (total before local)
+    in every domain they may run in, whatever CPUs this machine has; the other
+    2 are listed with the reason and still give occupancy. Never a 0 for a
+    counter that is not there."""
+    env, tmpdir = run_env
+    proc = subprocess.run(demo_argv("--topology", "amd-abmc", "--instances", "8", "--cycles", "3",
+                                    "--interval", "0.2", "--json"), env=env,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    start, samples, stop = parse(proc.stdout)
+    assert stop is not None and stop["clean"] is True
+    running = {i["uuid"] for i in start["instances"] if i["running"]}
+    assert len(running) == 8
+    last = [s for s in samples if s["cycle"] == 3]
+
+    def of(name: str) -> dict[str, Any]:
+        return {s["resource_id"]: s for s in last if s["name"] == name}
+
+    assert set(of("cache.occupancy")) == running
+    counted = set(of("memory.bandwidth.total.bytes"))
+    assert len(counted) == 6 and counted <= running
+    assert of("memory.bandwidth.local.bytes") == {}  # total before local: none left
+    assert all(s["volume"] > 0 for s in of("memory.bandwidth.total.bytes").values())
+    (unmonitored,) = of("cache.instances.unmonitored").values()
+    reasons = unmonitored["resource_metadata"]["unmonitored"]
+    assert set(reasons) == running  # every one lacks local; 2 lack total too
+    assert sum("mbm_total_bytes" in r for r in reasons.values()) == 2
+    assert all("no MBM counter" in r for r in reasons.values())
+    assert unmonitored["volume"] == 0  # monitored in part is not unmonitored
+    (total,) = of("memory.bandwidth.counters.total").values()
+    assert total["volume"] == 16 and total["resource_metadata"]["counter_domains"] == {
+        "0": 8, "1": 8}
+    (available,) = of("memory.bandwidth.counters.available").values()
+    assert 0 <= available["volume"] <= 12
+    assert_nothing_left(start, tmpdir)
