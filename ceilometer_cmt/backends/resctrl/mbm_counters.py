@@ -206,6 +206,7 @@ class MbmCounters:
         new assignment (its count restarted). True when anything changed."""
         self.file_reads += 1
         found = assign_files.read_assignments(path) or {}
+        self._release_unread(path, found)
         now = {ev: frozenset(d for d, on in found.get(ev, {}).items() if on)
                for ev in self.events}
         now = {ev: d for ev, d in now.items() if d}
@@ -218,6 +219,20 @@ class MbmCounters:
             forget(path)
             return True
         return False
+
+    def _release_unread(self, path: str, found: Mapping[str, Mapping[int, bool]]) -> None:
+        """Give back our group's counters of an MBM event no polled meter needs
+        (the kernel assigns every event at mkdir when ``mbm_assign_on_mkdir``
+        is 1): nothing reads them, another group may."""
+        lines = [assign_files.format_assignment(ev, {d: False for d, on in doms.items() if on})
+                 for ev, doms in found.items()
+                 if ev in fs.MBM_EVENTS and ev not in self.events and any(doms.values())]
+        if lines:
+            self.lines_written += len(lines)
+            try:
+                self.ops.write_assignments(path, lines)
+            except OSError as e:  # they stay held, unread
+                LOG.debug("%s: cannot release unread MBM counters: %s", path, e)
 
     def _bump(self, t: MonitoredInstance, ctrl: str, event: str, doms: frozenset[int]) -> None:
         for d in doms:

@@ -349,3 +349,32 @@ def test_the_plan_leaves_the_counters_the_writer_keeps_free(tmp_path: Any) -> No
                    c[1].startswith("mbm_local") for c in h.ops.calls)
     assert all("MBM counter" in cycle.unmonitored.get(u, "") or u in cycle.readings
                for u in (A, B))
+
+
+@pytest.mark.parametrize("events,held", [
+    ({"llc_occupancy"}, {"mbm_total_bytes": {0: False, 1: False},
+                         "mbm_local_bytes": {0: False, 1: False}}),
+    ({"llc_occupancy", "mbm_total_bytes"}, {"mbm_total_bytes": {0: False, 1: True},
+                                            "mbm_local_bytes": {0: False, 1: False}}),
+    (None, {"mbm_total_bytes": {0: False, 1: True}, "mbm_local_bytes": {0: False, 1: True}}),
+])
+def test_counters_of_events_no_polled_meter_needs_go_back(
+        abmc_host: AbmcHost, events: set[str] | None,
+        held: dict[str, dict[int, bool]]) -> None:
+    """mkdir assigns every MBM event (mbm_assign_on_mkdir); the counters of
+    the events the polled meters do not need are released at once, and
+    their files are not read."""
+    h = abmc_host
+    h.qemu("instance-a", 100, "8-9")  # domain 1 only
+    b = ResctrlBackend(h.root, sysfs_root=h.sysfs, proc_root=h.proc, pid_dir=h.pid_dir,
+                       verify_mount=False, ops=h.ops, events=events)
+    refs = [InstanceRef(A, "instance-a")]
+    b.sync(refs)
+    cycle = b.sync(refs)
+    assert assign_files.read_assignments(h.group(A)) == held
+    free = {d: 2 - sum(doms[d] for doms in held.values()) for d in (0, 1)}
+    assert assign_files.read_available_mbm_cntrs(h.root) == free
+    assert cycle.unmonitored == {}
+    reading = cycle.readings[A]
+    assert bool(reading.mbm_total) == held["mbm_total_bytes"][1]
+    assert bool(reading.mbm_local) == held["mbm_local_bytes"][1]
