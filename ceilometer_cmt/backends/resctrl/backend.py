@@ -44,8 +44,7 @@ from ceilometer_cmt.backends.resctrl.monitored_instance import MonitoredInstance
 from ceilometer_cmt.backends.resctrl.placement import CyclePlacement
 from ceilometer_cmt.backends.resctrl.values import GroupVanished, ValueReader
 from ceilometer_cmt.errors import BackendUnavailable, InstanceGone, NotMonitored
-from ceilometer_cmt.linux import procfs
-from ceilometer_cmt.linux.process_watch import PidfdWatch, start_time
+from ceilometer_cmt.linux.process_watch import PidfdWatch
 from ceilometer_cmt.linux.sysfs_cache import read_host_cache
 from ceilometer_cmt.readings import (
     BackendCycle,
@@ -381,39 +380,11 @@ class ResctrlBackend:
                     and t.pidfd not in self._exited
                     and (self._cycle_no + t.stagger) % RELIST)
 
-    def _resolve(self, t: MonitoredInstance) -> list[int]:
-        """Current TIDs of the instance's qemu, re-resolved when the process changed."""
-        if t.pid is not None:
-            if t.pidfd is not None:
-                if t.pidfd not in self._exited:
-                    try:
-                        return list(procfs.list_tids(self.proc_root, t.pid))
-                    except InstanceGone:
-                        pass
-            else:
-                try:
-                    st = os.stat(os.path.join(self.pid_dir, t.domain_name + ".pid"))
-                    if ((st.st_ino, st.st_mtime_ns) == t.pidfile_sig
-                            and start_time(self.proc_root, t.pid) == t.start_time):
-                        return list(procfs.list_tids(self.proc_root, t.pid))
-                except (FileNotFoundError, InstanceGone):
-                    pass
-        self._watch.unwatch(t.pidfd)
-        t.pid = t.pidfd = None
-        t.settled = False
-        proc = procfs.find_qemu_process(self.pid_dir, self.proc_root, t.domain_name)
-        st = os.stat(os.path.join(self.pid_dir, t.domain_name + ".pid"))
-        t.pidfile_sig = (st.st_ino, st.st_mtime_ns)
-        t.start_time = start_time(self.proc_root, proc.pid)
-        t.pidfd = self._watch.watch(proc.pid)
-        t.pid = proc.pid
-        return list(proc.tids)
-
     def _ensure(self, t: MonitoredInstance, placement: CyclePlacement) -> None:
         # the re-listing cycle of a settled instance (without a pidfd, _ensure
         # runs every cycle: the tasks files are still read only then)
         periodic = t.settled and (self._cycle_no + t.stagger) % RELIST == 0
-        tids = self._resolve(t)
+        tids = t.resolve(self.proc_root, self.pid_dir, self._watch, self._exited)
         if periodic and t.groups:
             # A periodic check: trust the kernel's lists, not our memory, so a
             # thread another tool moved out is written back.

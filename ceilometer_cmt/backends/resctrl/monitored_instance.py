@@ -1,7 +1,8 @@
 """What the resctrl backend remembers of one monitored instance between cycles.
 
 The identity of its qemu process (pid, pidfd, start time, the pidfile's
-signature), the threads it placed and those it left in other tools' monitor
+signature; :meth:`MonitoredInstance.resolve` checks it and lists its
+threads), the threads it placed and those it left in other tools' monitor
 groups, and its own monitor groups by control group with the generation of
 each: a group made again after it vanished gets new counter keys (``#<n>``),
 the instance's other groups keep theirs, so no counter is counted twice.
@@ -15,7 +16,12 @@ key (``~<n>``) as a recreated group's do.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+
+from ceilometer_cmt.errors import InstanceGone
+from ceilometer_cmt.linux import procfs
+from ceilometer_cmt.linux.process_watch import PidfdWatch, start_time
 
 
 @dataclass
@@ -67,3 +73,33 @@ class MonitoredInstance:
         """The counter key suffix of our group in control group ``ctrl``."""
         n = self.generations.get(ctrl, 0)
         return f"#{n}" if n else ""
+
+    def resolve(self, proc_root: str, pid_dir: str, watch: PidfdWatch,
+                exited: set[int]) -> list[int]:
+        """Current TIDs of the instance's qemu, re-resolved when the process
+        changed (``exited``: the pidfds ``watch`` found exited this cycle)."""
+        if self.pid is not None:
+            if self.pidfd is not None:
+                if self.pidfd not in exited:
+                    try:
+                        return list(procfs.list_tids(proc_root, self.pid))
+                    except InstanceGone:
+                        pass
+            else:
+                try:
+                    st = os.stat(os.path.join(pid_dir, self.domain_name + ".pid"))
+                    if ((st.st_ino, st.st_mtime_ns) == self.pidfile_sig
+                            and start_time(proc_root, self.pid) == self.start_time):
+                        return list(procfs.list_tids(proc_root, self.pid))
+                except (FileNotFoundError, InstanceGone):
+                    pass
+        watch.unwatch(self.pidfd)
+        self.pid = self.pidfd = None
+        self.settled = False
+        proc = procfs.find_qemu_process(pid_dir, proc_root, self.domain_name)
+        st = os.stat(os.path.join(pid_dir, self.domain_name + ".pid"))
+        self.pidfile_sig = (st.st_ino, st.st_mtime_ns)
+        self.start_time = start_time(proc_root, proc.pid)
+        self.pidfd = watch.watch(proc.pid)
+        self.pid = proc.pid
+        return list(proc.tids)
