@@ -12,13 +12,16 @@ seen again and the monitor keeps their counts (monotonic, the rate skipped
 once); a later cap makes a group with new keys.
 
 Idle groups.  An RMID without tasks keeps reporting the lines still tagged
-with it until they are evicted (Documentation/filesystems/resctrl.rst: a
-freed RMID is not reused while its ``llc_occupancy`` is above
-``max_threshold_occupancy``): stale lines of threads that now fill under
-another RMID. Counting them would count the move twice, and hide the cap's
-effect. So the instance's occupancy is the sum over its groups that hold its
-threads (:attr:`MonitoredInstance.idle` names the others, as of the last read
-of their tasks); none holding any gives no occupancy (no data, never 0). An
+with it until they are evicted (the kernel's limbo list holds "unused but
+(potentially) dirty RMIDs" whose occupancy is above
+``max_threshold_occupancy``, fs/resctrl/monitor.c; moving tasks to another
+group "resets monitoring event counters and cache usage information",
+commit 8da2b938eb7e "x86/resctrl: Implement rename op for mon groups"):
+stale lines of threads that now fill under another RMID. Counting them
+would count the move twice, and hide the cap's effect. So the instance's
+occupancy is the sum over its groups that hold its threads
+(:attr:`MonitoredInstance.idle` names the others, as of the last read of
+their tasks); none holding any gives no occupancy (no data, never 0). An
 idle group's MBM counters are still read: they stand still, and a key that
 went and came back would be counted twice.
 """
