@@ -11,8 +11,10 @@ with a cap group is let go: not "removed by others"; its MBM keys are not
 seen again and the monitor keeps their counts (monotonic, the rate skipped
 once); a later cap makes a group with new keys.
 
-Idle groups.  An RMID without tasks keeps reporting the lines still tagged
-with it until they are evicted (the kernel's limbo list holds "unused but
+Idle groups.  Moving a task evicts none of its lines, it "only affects *new*
+cache allocations" (resctrl.rst "Notes on cache occupancy";
+doc/kernel-facts-cat.md), so an RMID without tasks keeps reporting the lines
+still tagged with it until they are evicted (the kernel's limbo list holds "unused but
 (potentially) dirty RMIDs" whose occupancy is above
 ``max_threshold_occupancy``, fs/resctrl/monitor.c; moving tasks to another
 group "resets monitoring event counters and cache usage information",
