@@ -59,9 +59,10 @@ def render(view: HostView, *, title: str = "ceilometer-cmt top", alert_percent: 
     table.add_column("%L3" if narrow else "% busiest L3", justify="right", no_wrap=True)
     table.add_column("MBM total", justify="right", no_wrap=True)
     table.add_column("MBM local", justify="right", no_wrap=True)
-    allocation = has_allocation(view)  # hosts with CAT
+    # hosts with CAT; a narrow terminal says "capped" in the status instead
+    allocation = has_allocation(view) and not narrow
     if allocation:
-        table.add_column("ways" if narrow else "L3 ways", justify="right", no_wrap=True)
+        table.add_column("L3 ways", justify="right", no_wrap=True)
     telemetry = has_telemetry(view)  # Intel AET hosts
     if telemetry:
         table.add_column("power", justify="right", no_wrap=True)
@@ -91,6 +92,8 @@ def render(view: HostView, *, title: str = "ceilometer-cmt top", alert_percent: 
         if narrow:
             status = {"monitored": "ok", "monitored, no data": "no data"}.get(
                 status, status.replace("not monitored", "off"))
+            if r.capped:
+                status = f"capped {pct(r.allocation_percent)}"
         cells.append(Text(status, style="green" if r.status == "monitored" else "yellow"))
         table.add_row(*cells)
     if not view.rows:

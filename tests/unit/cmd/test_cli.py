@@ -198,7 +198,8 @@ def test_poll_json_prints_samples(host, tmp_path, capsys, monkeypatch
     assert {r["resource_id"] for r in occ} == {inst[0].uuid}
     assert {r["name"] for r in rows if r["resource_id"] == "cmp"} == {
         "cache.size", "cache.monitors.total", "cache.monitors.used",
-        "cache.instances.unmonitored", "cache.monitors.removed_by_others"}
+        "cache.instances.unmonitored", "cache.monitors.removed_by_others",
+        "cache.guard.capped"}
 
 
 def test_poll_without_any_sample_says_so(host, tmp_path, capsys):  # type: ignore[no-untyped-def]

@@ -239,6 +239,9 @@ def test_capped_instances_stand_out() -> None:
     text = out.getvalue()
     assert "L3 ways" in text and "25.0% capped" in text and "capped 1" in text
     assert "100.0% capped" not in text
+    out = io.StringIO()
+    Console(file=out, width=100).print(render(view, width=100))  # narrow: in the status
+    assert "L3 ways" not in out.getvalue() and "capped 25.0%" in out.getvalue()
     # a host without CAT: no such column, no capped count
     plain = v.build_view([*host_samples(), sample("cache.occupancy", U1, 4 * MiB)])
     assert not v.has_allocation(plain) and plain.capped is None
