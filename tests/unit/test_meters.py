@@ -373,3 +373,24 @@ def test_events_of_is_the_union() -> None:
     assert meters.events_of(meters.TABLE) == {
         "llc_occupancy", "mbm_total_bytes", "mbm_local_bytes", "core_energy",
         "uops_retired", "unhalted_core_cycles", "stalls_llc_miss"}
+
+
+def readme_meter_rows() -> dict[str, tuple[str, str, str]]:
+    """The README's meter tables: name -> (per, type, unit), per from the
+    table's place (the first table is per instance, the second per host)."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("\n## Meters\n"):]
+    section = section[:section.index("\n## ", 1)]
+    per_instance, _, per_host = section.partition("\nPer host")
+    rows = {}
+    for per, part in ((meters.INSTANCE, per_instance), (meters.HOST, per_host)):
+        for line in part.splitlines():
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if len(cells) >= 4 and cells[0].startswith("`") and cells[0].endswith("`"):
+                rows[cells[0].strip("`")] = (per, cells[1], cells[2])
+    return rows
+
+
+def test_the_readme_describes_every_meter_as_the_table_has_it() -> None:
+    rows = readme_meter_rows()
+    assert rows == {m.name: (m.per, m.type, m.unit) for m in meters.TABLE}
