@@ -103,8 +103,12 @@ def test_two_cycles_publish_every_meter_right(cloud, monkeypatch):  # type: igno
                 "memory.bandwidth.total.bytes", "memory.bandwidth.local.bytes",
                 "memory.bandwidth.total", "memory.bandwidth.local", "cache.size",
                 "cache.monitors.total", "cache.monitors.used", "cache.instances.unmonitored",
-                "cache.monitors.removed_by_others"}
+                "cache.monitors.removed_by_others", "cache.allocation.percent",
+                "cache.guard.capped"}
     assert {k[0] for k in second} == expected
+    # the fixture host has CAT: every way in the default group, nobody capped
+    assert second[("cache.allocation.percent", a.uuid)]["counter_volume"] == 100.0
+    assert second[("cache.guard.capped", "compute-1")]["counter_volume"] == 0
 
 
 def test_unmonitored_instance_is_counted_with_reason(cloud, monkeypatch
