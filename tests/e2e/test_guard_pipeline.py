@@ -15,7 +15,7 @@ beside the agent with ``cap_above = 40``, ``cap_after = 1``:
   ceilometer's notification agent listens) receives it;
 - the agent's ``cache.occupancy.percent`` of the noisy instance falls to
   about the cap share (25%), and the alarm goes back to ``ok`` (its
-  5-minute mean falls below the threshold), calling the webhook each time;
+  5-minute mean falls below the threshold);
 - ``cache.allocation.percent`` (when meters.py has it) reaches Gnocchi with
   25 for the capped instance.
 
@@ -120,12 +120,15 @@ def guard_config(compute: FakeCompute, rabbit_url: str) -> Path:
     return services.write_ini(compute.base / "guard.conf", sections)
 
 
-def shipped_alarm(vm: str, hook: str) -> dict[str, Any]:
-    """etc/aodh/instance-cache-occupancy.json, its threshold the guard's cap_above."""
+def shipped_alarm(vm: str) -> dict[str, Any]:
+    """etc/aodh/instance-cache-occupancy.json, its threshold the guard's
+    cap_above; no actions (the stack's webhook is test_pipeline.py's: its
+    calls are checked there), the transitions are in the alarm's history."""
     text = (REPO / "etc" / "aodh" / "instance-cache-occupancy.json").read_text()
     body: dict[str, Any] = json.loads(string.Template(text).substitute(
-        INSTANCE_ID=vm, WEBHOOK_URL=hook))
+        INSTANCE_ID=vm, WEBHOOK_URL="http://127.0.0.1:9/unused"))
     body["gnocchi_resources_threshold_rule"]["threshold"] = CAP_ABOVE
+    body["alarm_actions"] = body["ok_actions"] = []
     return body
 
 
@@ -152,7 +155,7 @@ def scene(stack: Stack) -> Iterator[Scene]:
     with fake_compute(GUARDED) as compute, st.diagnostics(), \
             guard_notifications(st.rabbit.url) as notes:
         vm = compute.instance.uuid
-        alarm = st.aodh.create_alarm(shipped_alarm(vm, st.webhook.url("/guard")))
+        alarm = st.aodh.create_alarm(shipped_alarm(vm))
         with services.ceilometer_polling(st.rabbit, shipped_polling_yaml(
                 CACHE_INTERVAL, HOST_INTERVAL), compute.agent_options) as agent:
             conf = guard_config(compute, st.rabbit.url)
@@ -225,9 +228,6 @@ def test_alarm_goes_back_to_ok_after_the_cap(scene: Scene) -> None:
                    for h in reversed(st.aodh.history(scene.alarm_id))
                    if h["type"] == "state transition"]
     assert transitions == ["alarm", "ok"]
-    st.webhook.wait(lambda calls: [b.get("current") for _, b in calls
-                                   if b.get("alarm_id") == scene.alarm_id] == ["alarm", "ok"],
-                    30)
 
 
 def _seconds(sample: dict[str, Any]) -> float:
