@@ -99,6 +99,31 @@ def test_a_cap_is_followed_at_once_and_a_release_is_no_removal(
         f"{CAP}/0#1", f"{CAP}/1#1"}
 
 
+def test_a_release_between_the_listing_and_the_read_is_no_removal(
+        two, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    """The guard releases after the agent listed the groups: the cap group's
+    files are gone when read (no kept fds here: opened by path)."""
+    host, tids = two
+    b = host.backend(fd_budget=0)
+    b.sync(REFS)
+    cap(host, tids)
+    b.sync(REFS)
+    assert CAP in b._tracked[U1].groups
+    stale = fs.list_groups(host.resctrl)
+    release(host, tids)
+    set_value(mon(host, U1), 0, "llc_occupancy", 3_000_000)
+    monkeypatch.setattr(fs, "list_groups", lambda root: {k: list(v) for k, v in stale.items()})
+    with caplog.at_level(logging.INFO):
+        cycle = b.sync(REFS)
+    assert "vanished with its cap group" in caplog.text  # found at the read
+    assert not [x for x in caplog.records if x.levelno >= logging.WARNING]
+    assert cycle.removed_by_others == 0 and cycle.capped == 0
+    assert CAP not in b._tracked[U1].groups
+    assert cycle.readings[U1].occupancy == {0: 3_000_000, 1: 0}
+    assert cycle.allocation[U1].percent == 100.0
+
+
 def test_a_group_removed_with_another_tools_control_group_is_counted(two) -> None:  # type: ignore[no-untyped-def]
     host, tids = two
     b = host.backend()
