@@ -28,9 +28,11 @@ from services import PollingAgent, Stack, wait_for
 from simulated_host import FakeCompute, HostSpec, fake_compute, shipped_polling_yaml
 
 CACHE_INTERVAL, HOST_INTERVAL = 5, 10  # s, the two sources of etc/polling.yaml
-# busy CPUs per package (= L3 domain on intel-aet); the 1 GiB/s of domain 0
-# lowers package 0's IPC, so the instance's IPC is a mix of two packages
-INTEL_AET = HostSpec("intel-aet", "cmt-e2e-aet", 8, clock="wall", load={"cpu": {0: 2, 1: 1}})
+# busy CPUs per package (= L3 domain on intel-aet): one each; the 1 GiB/s of
+# domain 0 lowers package 0's IPC to 1.2 against package 1's 2.4, so the
+# instance's IPC (1.8) is a mix of two packages that either package alone
+# misses by a third, and its power (3 W) half of it
+INTEL_AET = HostSpec("intel-aet", "cmt-e2e-aet", 8, clock="wall", load={"cpu": {0: 1, 1: 1}})
 AMD_ABMC = HostSpec("amd-abmc", "cmt-e2e-abmc", 9, clock="wall")
 COUNTER_METERS = ("memory.bandwidth.counters.total", "memory.bandwidth.counters.available")
 
@@ -121,17 +123,18 @@ def test_intel_aet_energy_power_and_ipc_reach_gnocchi(stack: Stack) -> None:
             compute.instance.display_name, host)
 
         # the values, as the simulator counts them, within the jitter of reading
-        # on a wall clock: each file is read at a slightly different instant
-        # (tens of ms apart on a loaded machine: ~1 % of a 5 s interval), and
-        # the agent divides energy by its own cycle time. Summing one package
-        # only would be 14 % off the IPC, 33 % off the power.
+        # on a wall clock: each file is read at a slightly different instant,
+        # and the agent divides energy by its own cycle time. On a loaded
+        # two-core machine the reads of one cycle spread over up to ~0.5 s of
+        # a 5 s interval (an IPC 9 % off was seen), so 15 %; summing one
+        # package only would be 33 % off the IPC, 50 % off the power.
         point = wait_for("Gnocchi's cpu.ipc to be the published mean",
                          lambda: gnocchi_agrees(st, "instance", vm, "cpu.ipc"), 60, interval=1)
-        assert point[2] == pytest.approx(ipc, rel=0.05)
+        assert point[2] == pytest.approx(ipc, rel=0.15)
         point = wait_for("Gnocchi's power.core to be the published mean",
                          lambda: gnocchi_agrees(st, "instance", vm, "power.core"), 60,
                          interval=1)
-        assert point[2] == pytest.approx(watts, rel=0.1)
+        assert point[2] == pytest.approx(watts, rel=0.15)
 
         # energy, cumulative in joules: never decreasing, growing at the power
         # the simulator gives; Gnocchi's rate of it is positive
