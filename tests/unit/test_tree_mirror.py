@@ -78,3 +78,13 @@ def test_the_readme_layout_names_every_module() -> None:
         if name not in names:
             missing.append(rel.as_posix())
     assert not missing, f"README.md 'Layout' does not name: {missing}"
+
+
+#: "no module over about 400 lines" (issue 13): a module past this is split
+MAX_LINES = 420
+
+
+def test_no_module_is_a_big_room() -> None:
+    sizes = {p.relative_to(PACKAGE).as_posix(): len(p.read_text(encoding="utf-8").splitlines())
+             for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts}
+    assert {n: s for n, s in sizes.items() if s > MAX_LINES} == {}

@@ -33,12 +33,18 @@ change and every RELIST-th cycle.
 from __future__ import annotations
 
 import logging
-import os
 import resource
 import zlib
 from collections.abc import Callable, Collection, Sequence
 
-from ceilometer_cmt.backends.resctrl import assign_files, following, fs, schemata, telemetry
+from ceilometer_cmt.backends.resctrl import (
+    assign_files,
+    following,
+    fs,
+    our_groups,
+    schemata,
+    telemetry,
+)
 from ceilometer_cmt.backends.resctrl.mbm_counters import ConfigWatch, MbmCounters, start_cycle
 from ceilometer_cmt.backends.resctrl.monitored_instance import MonitoredInstance
 from ceilometer_cmt.backends.resctrl.placement import CyclePlacement
@@ -60,11 +66,6 @@ LOG = logging.getLogger(__name__)
 #: qemu forks later join the group by themselves; this catches threads
 #: another tool moved away).
 RELIST = 10
-
-
-def valid_uuid(value: str) -> str | None:
-    v = value.strip().lower()
-    return v if fs.UUID_RE.fullmatch(v) else None
 
 
 class ResctrlBackend:
@@ -150,40 +151,14 @@ class ResctrlBackend:
                                telemetry.group_limit(self.info.num_rmids, self.perf_pkg))
 
     def owned_groups(self, groups: fs.Groups | None = None) -> dict[str, list[str]]:
-        """uuid (or raw name when not a uuid) -> paths of groups with our prefix,
-        in ``groups`` (a :func:`fs.list_groups` listing; listed now if None)."""
-        if groups is None:
-            groups = fs.list_groups(self.root)
-        out: dict[str, list[str]] = {}
-        for path in sorted(fs.mon_group_paths(self.root, groups, self.prefix, True)):
-            name = os.path.basename(path)
-            key = valid_uuid(name[len(self.prefix):]) or name
-            out.setdefault(key, []).append(path)
-        return out
-
-    def _unlist(self, groups: fs.Groups, tried: list[str]) -> None:
-        """Take the monitor groups we tried to remove and that are gone (by us
-        or by someone else just before) out of this cycle's listing."""
-        gone = {p for p in tried if not os.path.lexists(p)}
-        for ctrl, names in groups.items():
-            base = fs.mon_groups_path(self.root, ctrl) + "/"
-            names[:] = [n for n in names if base + n not in gone]
+        """uuid (or raw name) -> paths of our groups, in ``groups`` (listed now if None)."""
+        return our_groups.owned(self.root, self.prefix,
+                                fs.list_groups(self.root) if groups is None else groups)
 
     def remove_groups(self, paths: Sequence[str]) -> list[str]:
         """rmdir our groups (under the root lock); returns the ones removed."""
-        removed = []
-        with fs.RootLock(self.root):
-            for path in paths:
-                if not os.path.basename(path).startswith(self.prefix):
-                    continue  # never anybody else's
-                try:
-                    self.ops.rmdir(path)
-                    self.rmdirs += 1
-                    removed.append(path)
-                except FileNotFoundError:
-                    pass
-                except OSError as e:
-                    self._warn(f"cannot remove resctrl group {path}: {e.strerror}")
+        removed = our_groups.remove(self.root, self.prefix, self.ops, paths, self._warn)
+        self.rmdirs += len(removed)
         return removed
 
     # ----------------------------------------------------------- the cycle
@@ -193,7 +168,7 @@ class ResctrlBackend:
         for ref in instances:
             uuid = self._uuids.get(ref.uuid, "")
             if uuid == "":
-                uuid = self._uuids[ref.uuid] = valid_uuid(ref.uuid)
+                uuid = self._uuids[ref.uuid] = our_groups.valid_uuid(ref.uuid)
                 if len(self._uuids) > 4 * len(instances) + 1024:
                     self._uuids.clear()  # bounded: ids of long-gone instances
             if uuid is None:
@@ -207,7 +182,7 @@ class ResctrlBackend:
         if not self._adopted:
             swept = self._adopt(wanted, groups)
             if groups is not None:
-                self._unlist(groups, swept)
+                our_groups.unlist(self.root, groups, swept)
         gone = [u for u in self._tracked if u not in wanted]
         for u in gone:
             self._watch.unwatch(self._tracked[u].pidfd)
@@ -217,7 +192,7 @@ class ResctrlBackend:
                 self._forget(p)
             self.remove_groups(paths)
             if groups is not None:
-                self._unlist(groups, paths)
+                our_groups.unlist(self.root, groups, paths)
         if groups is None:
             used, present = None, None
         else:
@@ -353,19 +328,10 @@ class ResctrlBackend:
                groups: fs.Groups | None) -> list[str]:
         """First cycle: take over our groups of local instances, sweep the rest
         (returns the groups it tried to remove). ``groups``: this cycle's listing."""
-        orphans = []
-        for key, paths in self.owned_groups(groups).items():
-            if key in wanted:
-                tracked = MonitoredInstance(key, wanted[key].domain_name)
-                for path in paths:
-                    ctrl_dir = os.path.dirname(os.path.dirname(path))
-                    ctrl = "" if os.path.samefile(ctrl_dir, self.root) else \
-                        os.path.basename(ctrl_dir)
-                    tracked.groups[ctrl] = path
-                following.members(tracked)
-                self._tracked[key] = tracked
-            else:
-                orphans.extend(paths)
+        tracked, orphans = our_groups.adopt(
+            self.root, self.prefix, self.owned_groups(groups),
+            {u: ref.domain_name for u, ref in wanted.items()})
+        self._tracked.update(tracked)
         if orphans:
             removed = self.remove_groups(orphans)
             LOG.info("removed %d stale resctrl groups with prefix %r", len(removed),
