@@ -1,6 +1,6 @@
-"""MBM counters in mbm_event mode: affinity -> L3 domains, and the backend's
-cycle on fixture trees of a 6.18 AMD host (the kernel's side of mkdir, rmdir
-and assignment writes done by AssignKernelOps)."""
+"""MBM counters in mbm_event mode: the backend's cycle on fixture trees of a
+6.18 AMD host (the kernel's side of mkdir, rmdir and assignment writes
+done by AssignKernelOps)."""
 
 from __future__ import annotations
 
@@ -12,12 +12,7 @@ import pytest
 
 from ceilometer_cmt.backends.resctrl import assign_files
 from ceilometer_cmt.backends.resctrl.backend import RELIST, ResctrlBackend
-from ceilometer_cmt.backends.resctrl.mbm_counters import (
-    affinity_domains,
-    cpu_domains,
-    thread_cpus,
-)
-from ceilometer_cmt.readings import CacheDomain, HostCache, InstanceRef
+from ceilometer_cmt.readings import InstanceRef
 from ceilometer_cmt.simulator.topology import get_topology
 from ceilometer_cmt.testing import mbm_assign_tree as abmc
 from ceilometer_cmt.testing.kernel_trees import build_proc, build_sysfs, qemu_cmdline, set_value
@@ -25,27 +20,6 @@ from ceilometer_cmt.testing.kernel_trees import build_proc, build_sysfs, qemu_cm
 A = "aaaaaaaa-1111-4111-8111-111111111111"
 B = "bbbbbbbb-2222-4222-8222-222222222222"
 C = "cccccccc-3333-4333-8333-333333333333"
-HOST = HostCache((CacheDomain(0, 3, 32 << 20, cpus="0-7"), CacheDomain(1, 3, 32 << 20,
-                                                                       cpus="8-15")))
-
-
-def test_cpu_domains_and_thread_affinity(tmp_path: Any) -> None:
-    cpu_map = cpu_domains(HOST)
-    assert cpu_map == {**dict.fromkeys(range(8), 0), **dict.fromkeys(range(8, 16), 1)}
-    proc = str(tmp_path)
-    abmc.set_affinity(proc, 10, 10, "8-9")
-    abmc.set_affinity(proc, 10, 11, "3,12")
-    abmc.set_affinity(proc, 20, 20, "64-65")  # CPUs of no known L3
-    assert thread_cpus(proc, 10, 10) == [8, 9]
-    assert thread_cpus(proc, 10, 99) is None  # no such thread
-    assert affinity_domains(proc, 10, [10], cpu_map) == {1}
-    assert affinity_domains(proc, 10, [10, 11], cpu_map) == {0, 1}
-    assert affinity_domains(proc, 10, [99], cpu_map) is None
-    assert affinity_domains(proc, 20, [20], cpu_map) is None
-    os.makedirs(os.path.join(proc, "30", "task", "30"))
-    with open(os.path.join(proc, "30", "task", "30", "status"), "w") as f:
-        f.write("Name:\tx\nCpus_allowed_list:\tgarbage\n")
-    assert thread_cpus(proc, 30, 30) is None
 
 
 class AbmcHost:
