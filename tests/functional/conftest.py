@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import pytest
 
 from ceilometer_cmt.simulator import Simulator, mount_fstype
+from ceilometer_cmt.simulator.topology import get_topology
+from ceilometer_cmt.testing.fakehost import StandInQemu
 
 
 @pytest.fixture
@@ -38,6 +41,39 @@ def sim(tmp_path: Any) -> Iterator[Callable[..., Simulator]]:
         return s.start()
 
     yield _sim
+    for s in sims:
+        s.stop()
+        assert mount_fstype(s.mountpoint) is None
+
+
+@pytest.fixture
+def simulated_host(tmp_path: Any) -> Iterator[Callable[..., tuple[Simulator, str, str]]]:
+    """Make a simulated compute host: the simulator of ``preset`` on a manual
+    clock with no RMID limbo, its sysfs cache tree, and one stand-in qemu per
+    domain name in a libvirt pid directory; (simulator, sysfs root, pid dir).
+    Everything is stopped and unmounted after the test."""
+    sims: list[Simulator] = []
+    qemus: list[StandInQemu] = []
+
+    def make(preset: str, scenario: dict[str, Any], domain_names: Iterable[str], *,
+             extra_threads: int = 1,
+             cpus: set[int] | None = None) -> tuple[Simulator, str, str]:
+        sysfs = str(tmp_path / "sys")
+        get_topology(preset).write_sysfs(sysfs)
+        pid_dir = str(tmp_path / "run")
+        os.makedirs(pid_dir)
+        sim = Simulator(str(tmp_path / "resctrl"), preset,
+                        {"clock": "manual", "limbo_seconds": 0, **scenario})
+        sims.append(sim)
+        sim.start()
+        for name in domain_names:
+            qemus.append(StandInQemu(name, pid_dir, extra_threads=extra_threads,
+                                     cpus=cpus).start())
+        return sim, sysfs, pid_dir
+
+    yield make
+    for q in qemus:
+        q.stop()
     for s in sims:
         s.stop()
         assert mount_fstype(s.mountpoint) is None

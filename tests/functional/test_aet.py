@@ -7,8 +7,7 @@ Needs /dev/fuse, fusermount3 and libfuse3 (Debian fuse3, libfuse3-3) and root.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -17,9 +16,7 @@ from ceilometer_cmt import meters
 from ceilometer_cmt.backends.resctrl.backend import ResctrlBackend
 from ceilometer_cmt.monitor import CacheMonitor, InstanceMeters
 from ceilometer_cmt.readings import InstanceRef
-from ceilometer_cmt.simulator import Simulator, mount_fstype
-from ceilometer_cmt.simulator.topology import get_topology
-from ceilometer_cmt.testing.fakehost import StandInQemu
+from ceilometer_cmt.simulator import Simulator
 from tests.support.fuse import needs_fuse_root
 
 pytestmark = needs_fuse_root
@@ -38,30 +35,11 @@ def values(m: InstanceMeters) -> dict[str, Any]:
 
 
 @pytest.fixture
-def aet_host(tmp_path: Any) -> Iterator[Callable[[dict[str, Any]], tuple[Simulator, str, str]]]:
+def aet_host(simulated_host: Any) -> Callable[[dict[str, Any]], tuple[Simulator, str, str]]:
     """(simulator of preset intel-aet, sysfs root, libvirt pid dir) for a scenario."""
-    sims: list[Simulator] = []
-    qemus: list[StandInQemu] = []
-
     def make(scenario: dict[str, Any]) -> tuple[Simulator, str, str]:
-        sysfs = str(tmp_path / "sys")
-        get_topology("intel-aet").write_sysfs(sysfs)
-        pid_dir = str(tmp_path / "run")
-        os.makedirs(pid_dir)
-        sim = Simulator(str(tmp_path / "resctrl"), "intel-aet",
-                        {"clock": "manual", "limbo_seconds": 0, **scenario})
-        sims.append(sim)
-        sim.start()
-        for name in NAMES.values():
-            qemus.append(StandInQemu(name, pid_dir, extra_threads=2).start())
-        return sim, sysfs, pid_dir
-
-    yield make
-    for q in qemus:
-        q.stop()
-    for s in sims:
-        s.stop()
-        assert mount_fstype(s.mountpoint) is None
+        return simulated_host("intel-aet", scenario, NAMES.values(), extra_threads=2)
+    return make
 
 
 def test_telemetry_meters_over_polling_cycles(aet_host: Any) -> None:

@@ -14,7 +14,7 @@ Needs /dev/fuse, fusermount3 and libfuse3 (Debian fuse3, libfuse3-3) and root.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -23,10 +23,8 @@ from ceilometer_cmt.backends.resctrl import assign_files
 from ceilometer_cmt.backends.resctrl.backend import ResctrlBackend
 from ceilometer_cmt.monitor import CacheMonitor, CycleResult
 from ceilometer_cmt.readings import InstanceRef
-from ceilometer_cmt.simulator import Simulator, mount_fstype
-from ceilometer_cmt.simulator.topology import get_topology
+from ceilometer_cmt.simulator import Simulator
 from ceilometer_cmt.testing import mbm_assign_tree as abmc
-from ceilometer_cmt.testing.fakehost import StandInQemu
 from tests.support.fuse import needs_fuse_root
 
 pytestmark = needs_fuse_root
@@ -39,35 +37,16 @@ TOTAL, LOCAL = 100 * MIB, 60 * MIB  # bytes/s each instance moves in domain 0
 
 
 @pytest.fixture
-def abmc_host(tmp_path: Any) -> Iterator[Callable[[dict[str, Any]], tuple[Simulator, str, str]]]:
+def abmc_host(simulated_host: Any) -> Callable[[dict[str, Any]], tuple[Simulator, str, str]]:
     """(simulator of preset amd-abmc, sysfs root, libvirt pid dir), one stand-in
-    qemu per instance, each loading domain 0."""
-    sims: list[Simulator] = []
-    qemus: list[StandInQemu] = []
-
+    qemu per instance pinned to CPU 0, each loading domain 0."""
     def make(scenario: dict[str, Any]) -> tuple[Simulator, str, str]:
-        sysfs = str(tmp_path / "sys")
-        get_topology("amd-abmc").write_sysfs(sysfs)
-        pid_dir = str(tmp_path / "run")
-        os.makedirs(pid_dir)
-        sim = Simulator(str(tmp_path / "resctrl"), "amd-abmc", {
-            "clock": "manual", "limbo_seconds": 0,
-            "processes": [{"match": {"cmdline": f"guest={n},"}, "timeline": [
-                {"t": 0, "occupancy": {0: "4MiB"}, "mbm_total": {0: TOTAL},
-                 "mbm_local": {0: LOCAL}}]} for n in NAMES.values()],
-            **scenario})
-        sims.append(sim)
-        sim.start()
-        for name in NAMES.values():
-            qemus.append(StandInQemu(name, pid_dir, extra_threads=1, cpus={0}).start())
-        return sim, sysfs, pid_dir
-
-    yield make
-    for q in qemus:
-        q.stop()
-    for s in sims:
-        s.stop()
-        assert mount_fstype(s.mountpoint) is None
+        load = [{"match": {"cmdline": f"guest={n},"}, "timeline": [
+            {"t": 0, "occupancy": {0: "4MiB"}, "mbm_total": {0: TOTAL},
+             "mbm_local": {0: LOCAL}}]} for n in NAMES.values()]
+        return simulated_host("amd-abmc", {"processes": load, **scenario}, NAMES.values(),
+                              cpus={0})
+    return make
 
 
 def _with_counters(result: CycleResult) -> set[str]:
