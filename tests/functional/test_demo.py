@@ -172,29 +172,31 @@ def test_demo_cycles_json(run_env, tmp_path) -> None:  # type: ignore[no-untyped
     assert_nothing_left(start, tmpdir)
 
 
-def read_until_cycle(proc: subprocess.Popen[str], cycle: int) -> list[str]:
+def read_until(proc: subprocess.Popen[str], done: Callable[[dict[str, Any]], bool]
+               ) -> list[str]:
     assert proc.stdout is not None
     lines = []
     for line in proc.stdout:
         lines.append(line)
-        if json.loads(line).get("cycle") == cycle:
+        if done(json.loads(line)):
             return lines
-    raise AssertionError(f"demo ended before cycle {cycle}: {''.join(lines)[-2000:]}")
+    raise AssertionError(f"the demo ended first: {''.join(lines)[-2000:]}")
 
 
-@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
-def test_demo_interrupted_leaves_nothing(run_env, tmp_path, how: str
-                                         ) -> None:  # type: ignore[no-untyped-def]
-    env, tmpdir = run_env
+def interrupted(env: dict[str, str], tmp_path: Any, argv: list[str], how: str,
+                done: Callable[[dict[str, Any]], bool]) -> tuple[list[str], str, str]:
+    """Run the demo until a JSON line satisfies ``done``, then stop it as a
+    terminal's Ctrl-C (SIGINT to the whole foreground group) or a service
+    manager (SIGTERM to the demo only) does; (lines until then, the rest of
+    stdout, stderr). Checks the exit status of each."""
     with open(tmp_path / "stderr", "w+") as err_file:
-        proc = subprocess.Popen(demo_argv("--cycles", "100000", "--interval", "0.2", "--json"),
-                                env=env, stdout=subprocess.PIPE, stderr=err_file, text=True,
-                                start_new_session=True)
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=err_file,
+                                text=True, start_new_session=True)
         try:
-            lines = read_until_cycle(proc, 2)
-            if how == "ctrl-c":  # a terminal sends SIGINT to the whole foreground group
+            lines = read_until(proc, done)
+            if how == "ctrl-c":
                 os.killpg(proc.pid, signal.SIGINT)
-            else:  # a service manager stops the demo process only
+            else:
                 proc.send_signal(signal.SIGTERM)
             assert proc.stdout is not None
             out = proc.stdout.read()  # the same buffered reader: no line lost
@@ -208,6 +210,16 @@ def test_demo_interrupted_leaves_nothing(run_env, tmp_path, how: str
         err_file.seek(0)
         err = err_file.read()
     assert proc.returncode == (0 if how == "ctrl-c" else 128 + signal.SIGTERM), err[-3000:]
+    return lines, out, err
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_demo_interrupted_leaves_nothing(run_env, tmp_path, how: str
+                                         ) -> None:  # type: ignore[no-untyped-def]
+    env, tmpdir = run_env
+    lines, out, err = interrupted(
+        env, tmp_path, demo_argv("--cycles", "100000", "--interval", "0.2", "--json"), how,
+        lambda d: d.get("cycle") == 2)
     start, _samples, stop = parse("".join(lines) + out)  # every line is whole JSON
     assert stop is not None and stop["clean"] is True and stop["cycles"] >= 1, err[-3000:]
     assert_nothing_left(start, tmpdir)
@@ -447,44 +459,13 @@ def test_demo_guard_release_is_no_removal_by_others(guard_run: GuardRun) -> None
     assert "removed by someone else" not in log
 
 
-def read_until(proc: subprocess.Popen[str], done: Callable[[dict[str, Any]], bool]
-               ) -> list[str]:
-    assert proc.stdout is not None
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if done(json.loads(line)):
-            return lines
-    raise AssertionError(f"the demo ended first: {''.join(lines)[-2000:]}")
-
-
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
 def test_demo_guard_interrupted_while_capped_leaves_nothing(
         run_env, tmp_path, how: str) -> None:  # type: ignore[no-untyped-def]
     env, tmpdir = run_env
-    with open(tmp_path / "stderr", "w+") as err_file:
-        proc = subprocess.Popen(demo_argv("--guard", "--cycles", "0", "--interval", "0.2",
-                                          "--json"),
-                                env=env, stdout=subprocess.PIPE, stderr=err_file, text=True,
-                                start_new_session=True)
-        try:
-            lines = read_until(proc, lambda d: d.get("event") == "guard")
-            if how == "ctrl-c":
-                os.killpg(proc.pid, signal.SIGINT)
-            else:
-                proc.send_signal(signal.SIGTERM)
-            assert proc.stdout is not None
-            out = proc.stdout.read()
-            proc.wait(timeout=120)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
-        err_file.seek(0)
-        err = err_file.read()
-    assert proc.returncode == (0 if how == "ctrl-c" else 128 + signal.SIGTERM), err[-3000:]
+    lines, out, err = interrupted(
+        env, tmp_path, demo_argv("--guard", "--cycles", "0", "--interval", "0.2", "--json"),
+        how, lambda d: d.get("event") == "guard")
     start, _samples, stop = parse("".join(lines) + out)
     cap = json.loads(lines[-1])
     assert (cap["action"], cap["uuid"]) == ("cap", start["noisy_neighbour"])
