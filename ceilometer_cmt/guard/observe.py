@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ceilometer_cmt.backends.resctrl import fs
+from ceilometer_cmt.backends.resctrl.schemata import read_cache_info
 from ceilometer_cmt.errors import CmtError
 from ceilometer_cmt.guard import cbm
 from ceilometer_cmt.guard.policy import DEFAULT_GROUP, Closids, Instance
@@ -67,24 +68,6 @@ class Seen:
         return next((i for i in self.instances if i.uuid == uuid), None)
 
 
-def read_cache_info(root: str) -> cbm.CacheInfo | None:
-    """``info/L3`` (``info/L3DATA`` on a CDP host); None without CAT."""
-    for name in ("L3", "L3DATA"):
-        base = os.path.join(root, "info", name)
-        mask = fs.read_text(os.path.join(base, "cbm_mask"))
-        if mask is None:
-            continue
-        try:
-            return cbm.CacheInfo(
-                int(mask.strip(), 16),
-                int((fs.read_text(os.path.join(base, "min_cbm_bits")) or "1").strip()),
-                (fs.read_text(os.path.join(base, "sparse_masks")) or "0").strip() == "1",
-                int((fs.read_text(os.path.join(base, "shareable_bits")) or "0").strip(), 16))
-        except ValueError:
-            return None
-    return None
-
-
 def read_closids(root: str, groups: fs.Groups) -> Closids:
     """The smallest ``num_closids`` of the schemata resources (the kernel's
     ``closid_init()``), and the control groups made besides the default one."""
@@ -99,16 +82,6 @@ def read_closids(root: str, groups: fs.Groups) -> Closids:
         if text and text.strip().isdigit():
             counts.append(int(text.strip()))
     return Closids(min(counts) if counts else 1, len([g for g in groups if g]))
-
-
-def read_schemata(root: str, ctrl: str) -> cbm.Schemata | None:
-    text = fs.read_text(os.path.join(fs.ctrl_path(root, ctrl), "schemata"))
-    if text is None:
-        return None
-    try:
-        return cbm.parse_schemata(text)
-    except cbm.CbmError:
-        return None
 
 
 def _members(root: str, groups: fs.Groups) -> dict[int, str]:

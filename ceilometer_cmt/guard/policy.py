@@ -40,9 +40,10 @@ Rules (issue 15):
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+
+from ceilometer_cmt.backends.resctrl.schemata import cap_share
 
 #: the default control group, as :attr:`Instance.groups` names it
 DEFAULT_GROUP = ""
@@ -77,9 +78,10 @@ class Options:
         return f"{self.prefix}cap-{share}"
 
     def share_of_group(self, name: str) -> int | None:
-        """The share a group of ours caps to; None if ``name`` is not ours."""
-        m = re.fullmatch(re.escape(self.prefix) + r"cap-([1-9][0-9]?|100)", name)
-        return int(m.group(1)) if m else None
+        """The share a group of ours caps to; None if ``name`` is not ours
+        (the backend's :func:`~ceilometer_cmt.backends.resctrl.schemata.cap_share`,
+        which the agent reads the same names with)."""
+        return cap_share(self.prefix, name)
 
     def ours(self, control_groups: Iterable[str]) -> frozenset[str]:
         """The control groups (root directory names) that are the guard's:

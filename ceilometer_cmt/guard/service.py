@@ -43,6 +43,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ceilometer_cmt.backends.resctrl import fs
+from ceilometer_cmt.backends.resctrl.schemata import read_schemata
 from ceilometer_cmt.errors import CmtError
 from ceilometer_cmt.guard import cbm, observe, policy
 from ceilometer_cmt.guard.ops import CatOps
@@ -212,7 +213,7 @@ class _Apply:
     def _mkdir(self, a: policy.Action) -> None:
         if self.dry:
             return
-        info, default = self.seen.info, observe.read_schemata(self.g.options.resctrl_root, "")
+        info, default = self.seen.info, read_schemata(self.g.options.resctrl_root, "")
         try:
             if info is None or default is None:
                 raise cbm.CbmError("no L3 allocation (info/L3/cbm_mask or the default "
@@ -327,7 +328,7 @@ class _Apply:
         """Percent of the ways group ``ctrl`` may fill: its largest share over
         the domains (100 for an untouched default group)."""
         info = self.seen.info
-        schemata = observe.read_schemata(self.g.options.resctrl_root, ctrl)
+        schemata = read_schemata(self.g.options.resctrl_root, ctrl)
         if info is None or schemata is None:
             return None
         doms = {d for masks in schemata.values() for d in masks}

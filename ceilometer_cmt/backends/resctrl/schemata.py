@@ -1,7 +1,8 @@
 """Control groups' ``schemata`` and the share of L3 ways they let a group fill.
 
-The one parser of ``schemata`` text (the guard's :mod:`ceilometer_cmt.guard.cbm`
-imports it from here), the cache's way count, and :class:`Allocations`: the
+The one parser of ``schemata`` text and reader of ``info/L3`` (the guard's
+:mod:`ceilometer_cmt.guard.cbm` and :mod:`~ceilometer_cmt.guard.observe` use
+them from here), the cache's way count, and :class:`Allocations`: the
 agent's ``cache.allocation.percent`` of each instance, from the schemata of
 the control groups its threads are in.
 
@@ -120,19 +121,49 @@ def data_mask(schemata: Mapping[str, Mapping[int, int]], domain: int) -> int | N
     return None
 
 
+def _l3_info(root: str) -> tuple[str, str] | None:
+    """``info/L3`` (``info/L3DATA`` on a CDP host) and the text of its
+    ``cbm_mask``; None on a host without L3 CAT."""
+    for name in DATA_NAMES:
+        base = os.path.join(root, "info", name)
+        text = fs.read_text(os.path.join(base, "cbm_mask"))
+        if text is not None:
+            return base, text
+    return None
+
+
 def read_cbm_mask(root: str) -> CacheInfo | None:
     """The L3's ``cbm_mask`` (``info/L3``, ``info/L3DATA`` on a CDP host) as
     a :class:`CacheInfo`; None on a host without L3 CAT (or a mask that is
     not a run of ones)."""
-    for name in DATA_NAMES:
-        text = fs.read_text(os.path.join(root, "info", name, "cbm_mask"))
-        if text is None:
-            continue
-        try:
-            return CacheInfo(int(text.strip(), 16))
-        except (ValueError, CbmError):
-            return None
-    return None
+    found = _l3_info(root)
+    if found is None:
+        return None
+    try:
+        return CacheInfo(int(found[1].strip(), 16))
+    except ValueError:  # CbmError too
+        return None
+
+
+def read_cache_info(root: str) -> CacheInfo | None:
+    """:func:`read_cbm_mask` with what ``cbm_validate()`` checks besides:
+    ``min_cbm_bits``, ``sparse_masks`` and ``shareable_bits`` (the guard's
+    cap mask needs them; a file missing keeps its default).  None on a host
+    without L3 CAT or when a file there is malformed."""
+    found = _l3_info(root)
+    if found is None:
+        return None
+    base, mask = found
+
+    def extra(name: str, default: str) -> str:
+        return (fs.read_text(os.path.join(base, name)) or default).strip()
+
+    try:
+        return CacheInfo(int(mask.strip(), 16), int(extra("min_cbm_bits", "1")),
+                         extra("sparse_masks", "0") == "1",
+                         int(extra("shareable_bits", "0"), 16))
+    except ValueError:  # CbmError too
+        return None
 
 
 def read_schemata(root: str, ctrl: str) -> Schemata | None:
@@ -149,7 +180,7 @@ def read_schemata(root: str, ctrl: str) -> Schemata | None:
 
 def cap_share(prefix: str, ctrl: str) -> int | None:
     """The share a control group of the guard caps to (``<prefix>cap-<share>``,
-    as :meth:`ceilometer_cmt.guard.policy.Options.share_of_group` names them);
+    as :meth:`ceilometer_cmt.guard.policy.Options.group_name` names them);
     None for any other group."""
     m = re.fullmatch(re.escape(prefix) + r"cap-([1-9][0-9]?|100)", ctrl)
     return int(m.group(1)) if m else None

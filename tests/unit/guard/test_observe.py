@@ -1,19 +1,16 @@
 """What a guard cycle reads, on kernel-format fixture trees: the agent's
 monitor groups summed per domain (no data stays None, never 0), neighbours,
-control groups of threads, CLOSIDs (the smallest of the resources), the
-allocation info of a CDP host."""
+control groups of threads, CLOSIDs (the smallest of the resources).  The
+allocation info is read by the backend's schemata module (its tests)."""
 
 from __future__ import annotations
 
 import os
 from typing import Any
 
-from ceilometer_cmt.backends.resctrl import fs
-from ceilometer_cmt.guard import cbm
 from ceilometer_cmt.guard.observe import (
     GuardInstance,
     observe,
-    read_cache_info,
     read_closids,
 )
 from ceilometer_cmt.testing.kernel_trees import set_value
@@ -70,15 +67,3 @@ def test_closids_are_the_smallest_of_the_resources(tmp_path: Any) -> None:
     write(f"{root}/info/L3_MON/num_rmids", "176\n")
     assert read_closids(root, {"": [], "a": [], "b": []}).num_closids == 4
     assert read_closids(root, {"": [], "a": [], "b": []}).in_use == 2
-
-
-def test_a_cdp_host_has_its_mask_in_l3data(tmp_path: Any) -> None:
-    root = str(tmp_path)
-    assert read_cache_info(root) is None  # no CAT
-    write(f"{root}/info/L3DATA/cbm_mask", "7ff\n")
-    write(f"{root}/info/L3DATA/min_cbm_bits", "2\n")
-    write(f"{root}/info/L3DATA/shareable_bits", "600\n")
-    write(f"{root}/info/L3DATA/sparse_masks", "0\n")
-    info = read_cache_info(root)
-    assert info == cbm.CacheInfo(0x7FF, 2, False, 0x600)
-    assert fs.list_ctrl_groups(root) == [""]

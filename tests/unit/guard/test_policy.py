@@ -243,9 +243,6 @@ def test_options_are_checked() -> None:
                 {"prefix": "a/b"}, {"prefix": ""}):
         with pytest.raises(ValueError):
             Options(**bad)  # type: ignore[arg-type]
-    assert OPTS.share_of_group("ceilometer-cap-25") == 25
-    assert OPTS.share_of_group("ceilometer-cap-0") is None
-    assert OPTS.share_of_group("other-cap-25") is None
     assert OPTS.ours(["ceilometer-cap-25", "qemu-1-vm-vcpus_0-3", "ceilometer-cap-x",
                       "ceilometer-cap-100"]) == {"ceilometer-cap-25", "ceilometer-cap-100"}
     assert OPTS.calm_below(None) == 30.0

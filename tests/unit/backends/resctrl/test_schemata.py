@@ -47,6 +47,25 @@ def test_cbm_mask_l3_cdp_and_none(tmp_path: Path) -> None:
     assert schemata.read_cbm_mask(tree(tmp_path / "d", "f0")) is None  # not from bit 0
 
 
+def test_cache_info_of_a_cdp_host_is_in_l3data(tmp_path: Path) -> None:
+    root = tree(tmp_path / "t", None)
+    assert schemata.read_cache_info(root) is None  # no CAT
+    base = Path(root) / "info" / "L3DATA"
+    base.mkdir(parents=True)
+    (base / "cbm_mask").write_text("7ff\n")
+    # a file missing keeps its default
+    assert schemata.read_cache_info(root) == schemata.CacheInfo(0x7ff)
+    (base / "min_cbm_bits").write_text("2\n")
+    (base / "shareable_bits").write_text("600\n")
+    (base / "sparse_masks").write_text("0\n")
+    assert schemata.read_cache_info(root) == schemata.CacheInfo(0x7ff, 2, False, 0x600)
+    assert schemata.read_cbm_mask(root) == schemata.CacheInfo(0x7ff)  # the mask only
+    (base / "min_cbm_bits").write_text("12\n")  # more than the 11 ways
+    assert schemata.read_cache_info(root) is None
+    (base / "min_cbm_bits").write_text("x\n")
+    assert schemata.read_cache_info(root) is None
+
+
 def test_share_of_the_default_and_a_capped_group(tmp_path: Path) -> None:
     root = tree(tmp_path / "t", "fff", groups={
         "": "L3:0=fff;1=fff\n", "ceilometer-cap-25": "L3:0=007;1=007\n"})
