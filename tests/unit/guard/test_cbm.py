@@ -1,6 +1,7 @@
 """The guard's cache bit masks: cap masks for odd cbm_masks and
-min_cbm_bits, schemata lines (CDP too), reading schemata back as the kernel
-prints it (doc/kernel-facts-cat.md), and the share a mask gives."""
+min_cbm_bits, schemata lines (CDP too) that read back as written.  Parsing
+the kernel's schemata and the share a mask gives are schemata.py's
+(tests/unit/backends/resctrl/test_schemata.py)."""
 
 from __future__ import annotations
 
@@ -16,10 +17,8 @@ from ceilometer_cmt.guard.cbm import (
     cap_ways,
     first_run,
     format_schemata,
-    group_share,
     is_contiguous,
     parse_schemata,
-    share_percent,
     validate,
 )
 
@@ -57,15 +56,6 @@ def test_cap_mask_when_the_default_group_is_small() -> None:
         cap_mask(CacheInfo(0xFFFFF, min_cbm_bits=2), 25, default_mask=0x1)
 
 
-def test_cache_info_rejects_a_mask_that_is_not_all_ways() -> None:
-    for bad in (0, 0xF0, 0x5):
-        with pytest.raises(CbmError):
-            CacheInfo(bad)
-    with pytest.raises(CbmError):
-        CacheInfo(0xF, min_cbm_bits=5)
-    assert CacheInfo(0x7FF).cbm_len == 11
-
-
 def test_validate_speaks_as_cbm_validate() -> None:
     info = CacheInfo(0xFFFFF, min_cbm_bits=2)
     assert validate(info, 0x3) is None
@@ -91,31 +81,6 @@ def test_schemata_lines_and_cdp() -> None:
     with pytest.raises(CbmError):
         cap_schemata(info, 25, {"MB": {0: 100}})
     assert format_schemata({"L3": {}}) == ""
-
-
-def test_parse_schemata_as_kernels_print_it() -> None:
-    # fs/resctrl: "%d=%x", names right-aligned to the widest (CDP-capable)
-    assert parse_schemata("    L3:0=7ff;1=7ff\n    MB:0=100;1=100\n") == {
-        "L3": {0: 0x7FF, 1: 0x7FF}}
-    # old x86: "%d=%0*x" zero-padded; trailing ';' and 0x tolerated
-    assert parse_schemata("L3:0=00003;1=fffff;\n") == {"L3": {0: 3, 1: 0xFFFFF}}
-    assert parse_schemata("L3:0=0x3\n") == {"L3": {0: 3}}
-    # CDP, in either order; SMBA and pseudo-locksetup lines skipped
-    text = "L3DATA:0=fffff;1=fffff\nL3CODE:0=3;1=3\n  SMBA:0=2048\nL2:uninitialized\n"
-    assert parse_schemata(text) == {"L3DATA": {0: 0xFFFFF, 1: 0xFFFFF}, "L3CODE": {0: 3, 1: 3}}
-    for bad in ("L3:0=xyz\n", "L3:0\n", "L3:a=f\n"):
-        with pytest.raises(CbmError):
-            parse_schemata(bad)
-
-
-def test_share_of_ways() -> None:
-    info = CacheInfo(0x7FF)
-    assert share_percent(info, 0x7) == pytest.approx(300 / 11)
-    assert share_percent(info, 0x7FF) == 100.0
-    assert group_share(info, {"L3": {0: 0x7FF, 1: 0x7}}, 1) == pytest.approx(300 / 11)
-    assert group_share(info, {"L3CODE": {0: 0x7FF}, "L3DATA": {0: 0x3}}, 0) == (
-        pytest.approx(200 / 11))
-    assert group_share(info, {"L3": {0: 0x7FF}}, 5) is None
 
 
 def test_run_helpers() -> None:

@@ -32,11 +32,39 @@ def test_the_guard_uses_the_same_parser() -> None:
     assert cbm.CbmError is schemata.CbmError and cbm.CacheInfo is schemata.CacheInfo
 
 
-def test_parse_the_kernels_text() -> None:
-    text = "    MB:0=100;1=100\n    L3:0=00ff;1=0x0f\nL2:uninitialized\n"
-    assert schemata.parse_schemata(text) == {"L3": {0: 0xff, 1: 0xf}}  # MB skipped
-    with pytest.raises(schemata.CbmError, match="bad schemata item"):
-        schemata.parse_schemata("L3:0=zz\n")
+def test_parse_schemata_as_kernels_print_it() -> None:
+    # fs/resctrl: "%d=%x", names right-aligned to the widest (CDP-capable)
+    assert schemata.parse_schemata("    L3:0=7ff;1=7ff\n    MB:0=100;1=100\n") == {
+        "L3": {0: 0x7FF, 1: 0x7FF}}
+    # old x86: "%d=%0*x" zero-padded; trailing ';' and 0x tolerated
+    assert schemata.parse_schemata("L3:0=00003;1=fffff;\n") == {"L3": {0: 3, 1: 0xFFFFF}}
+    assert schemata.parse_schemata("L3:0=0x3\n") == {"L3": {0: 3}}
+    # CDP, in either order; SMBA, MB and pseudo-locksetup lines skipped
+    text = "L3DATA:0=fffff;1=fffff\nL3CODE:0=3;1=3\n  SMBA:0=2048\nL2:uninitialized\n"
+    assert schemata.parse_schemata(text) == {
+        "L3DATA": {0: 0xFFFFF, 1: 0xFFFFF}, "L3CODE": {0: 3, 1: 3}}
+    for bad in ("L3:0=xyz\n", "L3:0\n", "L3:a=f\n"):
+        with pytest.raises(schemata.CbmError, match="bad schemata item"):
+            schemata.parse_schemata(bad)
+
+
+def test_cache_info_rejects_a_mask_that_is_not_all_ways() -> None:
+    for bad in (0, 0xF0, 0x5):
+        with pytest.raises(schemata.CbmError):
+            schemata.CacheInfo(bad)
+    with pytest.raises(schemata.CbmError):
+        schemata.CacheInfo(0xF, min_cbm_bits=5)
+    assert schemata.CacheInfo(0x7FF).cbm_len == 11
+
+
+def test_share_of_ways() -> None:
+    info = schemata.CacheInfo(0x7FF)
+    assert schemata.share_percent(info, 0x7) == pytest.approx(300 / 11)
+    assert schemata.share_percent(info, 0x7FF) == 100.0
+    assert schemata.group_share(info, {"L3": {0: 0x7FF, 1: 0x7}}, 1) == pytest.approx(300 / 11)
+    assert schemata.group_share(info, {"L3CODE": {0: 0x7FF}, "L3DATA": {0: 0x3}}, 0) == (
+        pytest.approx(200 / 11))
+    assert schemata.group_share(info, {"L3": {0: 0x7FF}}, 5) is None
 
 
 def test_cbm_mask_l3_cdp_and_none(tmp_path: Path) -> None:
