@@ -36,6 +36,19 @@ The rules, in the order they apply:
    that event in all its domains (rule 2).
 6. **A reason for each instance left out** (for the
    ``cache.instances.unmonitored`` metadata): which event, which domains.
+7. **Idle groups are spare.** A group holding none of the instance's
+   threads (``idle``: the guard moved them to a cap group,
+   :mod:`following`) counts nothing: it is never given a counter, needs no
+   reason, and what it holds (all its domains of an event, else released
+   by rule 2) is taken, before any other holder and whatever the
+   priorities, by whoever lacks a counter and finds no free one; first by
+   a group of the same ``owner`` (the group now holding the threads: the
+   counters follow them), which others leave it while it lacks that
+   event's counters. Kept
+   while nobody needs it: a group whose threads come back finds its
+   counters still assigned (no reset, no churn when the guard caps and
+   releases); one whose counters were taken gets new ones like any other,
+   a new assignment and so a new count (its values get a new key).
 
 Apply a :class:`Plan` by writing every release first (they free the
 counters), then every assignment: :meth:`Plan.release_lines` and
@@ -86,6 +99,10 @@ class Instance:
     priority: int = 0
     #: when it started (or was first seen): the smaller, the older
     since: float = 0.0
+    #: holds none of the instance's threads (rule 7): wants no counter
+    idle: bool = False
+    #: the instance whose group this is (rule 7; "": ``uuid``)
+    owner: str = ""
 
 
 @dataclass(frozen=True)
@@ -195,6 +212,8 @@ def _round(available: Mapping[int, int], insts: list[Instance], state: Held,
     for inst in insts:
         for event, doms in state[inst.uuid].items():
             useful = doms & inst.domains if event in rank else frozenset()
+            if inst.idle and useful != inst.domains:
+                useful = frozenset()  # rule 7: a partial spare counts nothing
             for d in doms - useful:
                 if d in free:
                     free[d] += 1
@@ -210,6 +229,8 @@ def _round(available: Mapping[int, int], insts: list[Instance], state: Held,
 
     for event in wanted:
         for inst in insts:
+            if inst.idle:
+                continue  # rule 7: never served
             unit = (inst.uuid, event)
             have = keep.get(unit, set())
             need = sorted(inst.domains - have)
@@ -231,8 +252,10 @@ def _round(available: Mapping[int, int], insts: list[Instance], state: Held,
                 continue
             for v in victims or []:
                 drop(v)
-                missing.setdefault(v[0], {})[v[1]] = (
-                    f"{v[1]}: its counters went to instance {inst.uuid} of higher priority")
+                if not by_uuid[v[0]].idle:
+                    missing.setdefault(v[0], {})[v[1]] = (
+                        f"{v[1]}: its counters went to instance {inst.uuid} of higher "
+                        "priority")
             for d in need:
                 free[d] -= 1
             keep[unit] = set(inst.domains)
@@ -250,17 +273,30 @@ def _victims(inst: Instance, event: str, short: list[int],
              keep: dict[tuple[str, str], set[int]], done: set[tuple[str, str]],
              by_uuid: dict[str, Instance], rank: dict[str, int],
              free: dict[int, int]) -> list[tuple[str, str]] | None:
-    """The lower-priority holdings whose release gives ``inst`` a counter in
-    each domain of ``short``, or None. Only holdings of strictly lower
-    priority, of ``event`` or a later one, not yet confirmed this round; the
-    lowest priority, then the youngest, then a later event first."""
+    """The holdings whose release gives ``inst`` a counter in each domain of
+    ``short``, or None: those of idle groups (rule 7) first (its owner's,
+    then of ``event``), then holdings
+    of strictly lower priority, of ``event`` or a later one, not yet
+    confirmed this round; the lowest priority, then the youngest, then a
+    later event first."""
     if not short:
         return []
+    def owner(i: Instance) -> str:
+        return i.owner or i.uuid
+
+    def spare(u: tuple[str, str]) -> bool:  # rule 7: an idle holding another may take
+        mine = owner(by_uuid[u[0]])
+        return mine == owner(inst) or not any(
+            owner(s) == mine and not s.idle and not s.domains <= keep.get((s.uuid, u[1]), set())
+            for s in by_uuid.values())
+
     pool = sorted(
-        (u for u in keep if u not in done and rank[u[1]] >= rank[event]
-         and by_uuid[u[0]].priority < inst.priority),
-        key=lambda u: (by_uuid[u[0]].priority, -by_uuid[u[0]].since,
-                       -rank[u[1]], u[0]))
+        (u for u in keep if (by_uuid[u[0]].idle and spare(u)) or (
+            not by_uuid[u[0]].idle and u not in done and rank[u[1]] >= rank[event]
+            and by_uuid[u[0]].priority < inst.priority)),
+        key=lambda u: (not by_uuid[u[0]].idle, owner(by_uuid[u[0]]) != owner(inst),
+                       by_uuid[u[0]].idle and u[1] != event,  # an idle's same event
+                       by_uuid[u[0]].priority, -by_uuid[u[0]].since, -rank[u[1]], u[0]))
     chosen: list[tuple[str, str]] = []
     got = {d: free.get(d, 0) for d in short}
     for d in short:

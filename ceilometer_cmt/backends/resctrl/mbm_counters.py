@@ -30,6 +30,13 @@ release first, then every assignment, one line per ``write()``.
 - **Left out.** An instance's event without counters reads nothing (its
   bandwidth is None, never 0); the reason goes to the cycle's
   ``unmonitored`` while its occupancy is still read.
+- **Idle groups.** A group holding none of the instance's threads
+  (:attr:`MonitoredInstance.idle`) counts nothing: the plan gives it no
+  counter and lets whoever waits take its counters, its instance's group
+  now holding the threads first (:mod:`assign`, rule 7). Without counters
+  it adds nothing (no None); with them its values still stand, under
+  their keys. Taken and given again later, a counter restarts and gets a
+  new key, so nothing is counted twice.
 """
 
 from __future__ import annotations
@@ -228,8 +235,8 @@ class MbmCounters:
         if new:
             # a mkdir since the budget was read may have taken counters
             self.available = assign_files.read_available_mbm_cntrs(self.root)
-        groups = tuple((p, t.mbm_domains, t.priority) for t in tracked
-                       for p in sorted(t.groups.values()))
+        groups = tuple((p, t.mbm_domains, t.priority, c in t.idle) for t in tracked
+                       for c, p in sorted(t.groups.items()))
         seen = (tuple(sorted(self.available.items())) if self.available else (), groups)
         if not changed and seen == self._seen:
             return
@@ -264,7 +271,7 @@ class MbmCounters:
         plan = assign.plan(free, [
             assign.Instance(path, t.mbm_domains or every,
                             {} if path in auto else t.mbm_held.get(ctrl, {}),
-                            t.priority, float(t.since))
+                            t.priority, float(t.since), ctrl in t.idle, t.uuid)
             for path, (t, ctrl) in groups.items()], self.events)
         releases, assigns = plan.release_lines(), plan.assign_lines()
         for path, had in auto.items():  # the plan saw them without counters
@@ -326,7 +333,8 @@ class MbmCounters:
         data, never 0, nor a partial sum that would understate it). A value
         reading ``Unassigned`` where we hold a counter (another tool released
         it): the group's file is read again now, the event reads None with
-        the reason, and the next cycle plans again (taking it back if free)."""
+        the reason, and the next cycle plans again (taking it back if free).
+        An idle group's events without counters add nothing."""
         slots = {"mbm_total_bytes": reading.mbm_total, "mbm_local_bytes": reading.mbm_local}
         want = t.mbm_domains or frozenset(self.cpu_map.values())
         for ctrl, path in groups:
@@ -343,21 +351,24 @@ class MbmCounters:
                 self.learn(t, ctrl, path, forget)
                 lost = [ev for ev in self.events if before.get(ev, frozenset())
                         - t.mbm_held[ctrl].get(ev, frozenset())]
+                idle = ctrl in t.idle  # wants no counter: nothing is missing
                 if lost:
-                    LOG.info("instance %s: MBM counters of %s released by another resctrl "
-                             "user", t.uuid, ", ".join(lost))
                     self._seen = None  # plan again next cycle
                     for ev in lost:
                         slot = slots[ev]
                         for key in [k for k in slot if k.startswith(f"{ctrl}/")]:
                             del slot[key]
-                        slot[f"{ctrl}/unassigned{t.key_suffix(ctrl)}"] = None
+                        if not idle:
+                            slot[f"{ctrl}/unassigned{t.key_suffix(ctrl)}"] = None
+                if lost and not idle:
+                    LOG.info("instance %s: MBM counters of %s released by another resctrl "
+                             "user", t.uuid, ", ".join(lost))
                     reason = (f"no MBM counter: {', '.join(lost)}: released by another "
                               "resctrl user (assigned again when free)")
                     prev = unmonitored.get(t.uuid)
                     unmonitored[t.uuid] = f"{prev}; {reason}" if prev else reason
             for event in self.events:
-                if not keys.get(event):
+                if not keys.get(event) and ctrl not in t.idle:
                     slots[event][f"{ctrl}/unassigned{t.key_suffix(ctrl)}"] = None
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -18,9 +19,11 @@ TOTAL, LOCAL = "mbm_total_bytes", "mbm_local_bytes"
 
 
 def inst(uuid: str, domains: Iterable[int], held: dict[str, Iterable[int]] | None = None,
-         priority: int = 0, since: float = 0.0) -> Instance:
+         priority: int = 0, since: float = 0.0, idle: bool = False,
+         owner: str = "") -> Instance:
     return Instance(uuid, frozenset(domains),
-                    {e: frozenset(d) for e, d in (held or {}).items()}, priority, since)
+                    {e: frozenset(d) for e, d in (held or {}).items()}, priority, since,
+                    idle, owner)
 
 
 def apply(available: dict[int, int], insts: list[Instance], p: Plan
@@ -37,8 +40,8 @@ def apply(available: dict[int, int], insts: list[Instance], p: Plan
         assert free[c.domain] >= 1, ("over budget", c)
         held[c.uuid].setdefault(c.event, set()).add(c.domain)
         free[c.domain] -= 1
-    out = [Instance(i.uuid, i.domains, {e: frozenset(d) for e, d in held[i.uuid].items() if d},
-                    i.priority, i.since) for i in insts]
+    out = [replace(i, held={e: frozenset(d) for e, d in held[i.uuid].items() if d})
+           for i in insts]
     return free, out
 
 
@@ -130,6 +133,75 @@ def test_unknown_domains_and_no_affinity_have_reasons() -> None:
     assert p.assign == ()
 
 
+BOTH = {TOTAL: [0, 1], LOCAL: [0, 1]}
+
+
+def test_an_idle_group_keeps_its_counters_while_nobody_lacks_one() -> None:
+    """The guard capped instance a: its default group holds no thread now.
+    Free counters serve the cap group; the idle one keeps its own (no
+    reset when the threads come back), and is never given any."""
+    idle = inst("a/", [0, 1], BOTH, idle=True, owner="a")
+    capg = inst("a/cap", [0, 1], owner="a")
+    p = plan({0: 2, 1: 2}, [idle, capg])
+    assert p.release == () and {c.uuid for c in p.assign} == {"a/cap"}
+    assert p.missing == {}
+    p = plan({0: 0, 1: 0}, [inst("a/", [0, 1], {TOTAL: [0, 1]}, idle=True, owner="a")])
+    assert p.assign == () and p.release == () and p.missing == {}
+
+
+def test_the_threads_group_takes_its_idle_groups_counters_first() -> None:
+    """No free counter: the counters follow the threads into the cap group,
+    ahead of an older waiting instance of the same priority, which gets
+    none and keeps its reason."""
+    idle = inst("a/", [0, 1], BOTH, since=5.0, idle=True, owner="a")
+    capg = inst("a/cap", [0, 1], since=5.0, owner="a")
+    older = inst("b/", [0, 1], since=1.0, owner="b")
+    p = plan({0: 0, 1: 0}, [idle, capg, older])
+    assert set(p.release) == {Change("a/", e, d) for e in (TOTAL, LOCAL) for d in (0, 1)}
+    assert set(p.assign) == {Change("a/cap", e, d) for e in (TOTAL, LOCAL) for d in (0, 1)}
+    assert p.held["a/"] == {} and p.held["a/cap"] == {e: frozenset({0, 1})
+                                                       for e in (TOTAL, LOCAL)}
+    assert "a/" not in p.missing and "a/cap" not in p.missing
+    assert set(p.missing["b/"]) == {TOTAL, LOCAL}
+
+
+def test_anyone_waiting_takes_an_idle_groups_spare_counters() -> None:
+    """The threads' group holds its own: the idle one's counters go to any
+    instance waiting, even of lower priority; the idle group gets no
+    reason. A partial idle holding counts nothing and is released."""
+    idle = inst("a/", [0, 1], BOTH, priority=9, idle=True, owner="a")
+    capg = inst("a/cap", [0, 1], BOTH, priority=9, owner="a")
+    low = inst("c/", [1], priority=-5, since=9.0, owner="c")
+    p = plan({0: 0, 1: 0}, [idle, capg, low])
+    assert set(p.assign) == {Change("c/", TOTAL, 1), Change("c/", LOCAL, 1)}
+    # taking domain 1 leaves a partial holding: domain 0 goes back too (rule 2)
+    assert set(p.release) == {Change("a/", e, d) for e in (TOTAL, LOCAL) for d in (0, 1)}
+    assert p.held["a/"] == {} and p.missing == {}
+    again = plan({0: 0, 1: 2}, [inst("a/", [0, 1], {TOTAL: [0]}, idle=True, owner="a")])
+    assert again.release == (Change("a/", TOTAL, 0),) and again.missing == {}
+
+
+def test_cap_and_release_back_and_forth_churns_nothing_with_spare_counters() -> None:
+    """The guard caps and releases every round: with a free counter for the
+    cap group, the default group keeps its counters throughout."""
+    free = {0: 2, 1: 2}
+    default = inst("a/", [0, 1], BOTH, owner="a")
+    for rnd in range(10):
+        capped = rnd % 2 == 0
+        groups = [replace(default, idle=capped)]
+        if capped:
+            groups.append(inst("a/cap", [0, 1], owner="a"))
+        p = plan(free, groups)
+        assert all(c.uuid == "a/cap" for c in p.assign + p.release), (rnd, p)
+        free, after = apply(free, groups, p)
+        default = after[0]
+        assert default.held == {e: frozenset({0, 1}) for e in (TOTAL, LOCAL)}
+        if capped:  # the guard's rmdir of the cap group frees its counters
+            for doms in after[1].held.values():
+                for d in doms:
+                    free[d] += 1
+
+
 # ------------------------------------------------------------------ properties
 DOMS = (0, 1, 2, 3)
 
@@ -152,9 +224,14 @@ def worlds(draw: st.DrawFn) -> tuple[dict[int, int], list[Instance]]:
             if got:
                 held[ev] = got
         insts.append(Instance(f"i{k}", domains, held, draw(st.integers(-2, 2)),
-                              draw(st.integers(0, 5))))
+                              draw(st.integers(0, 5)), draw(st.booleans()),
+                              f"o{draw(st.integers(0, 3))}"))
     available = {d: cap - used[d] for d in doms}
     return available, insts
+
+
+def by_uuid(insts: list[Instance]) -> dict[str, Instance]:
+    return {i.uuid: i for i in insts}
 
 
 @given(worlds(), st.sampled_from([(TOTAL, LOCAL), (TOTAL,), (LOCAL,)]))
@@ -168,6 +245,8 @@ def test_never_over_budget_and_idempotent(world: tuple[dict[int, int], list[Inst
     for i in after:  # all domains or none, only where it may run
         for ev, doms in i.held.items():
             assert doms == i.domains and ev in events, (i, p)
+    assert not [c for c in p.assign if by_uuid(insts)[c.uuid].idle], p  # rule 7
+    assert not [u for u in p.missing if by_uuid(insts)[u].idle], p
     again = plan(free, after, events)
     assert again.assign == () and again.release == (), again
 
@@ -182,6 +261,8 @@ def test_no_counter_taken_from_an_equal_or_higher_priority_holder(
     by = {i.uuid: i for i in insts}
     for c in p.release:
         holder = by[c.uuid]
+        if holder.idle:
+            continue  # rule 7: spare for anyone
         whole = holder.held.get(c.event, frozenset()) == holder.domains
         if not whole:
             continue  # rule 1/2: useless where it is, released for anyone
@@ -233,7 +314,7 @@ def test_module_documents_its_rules() -> None:
     doc = assign.__doc__ or ""
     for words in ("Only where the instance may run", "mbm_total_bytes before mbm_local_bytes",
                   "Holders keep their counters", "Higher priority first, then the oldest",
-                  "A reason for each instance left out"):
+                  "A reason for each instance left out", "Idle groups are spare"):
         assert words in doc
 
 

@@ -352,3 +352,157 @@ def test_counters_of_events_no_polled_meter_needs_go_back(
     reading = cycle.readings[A]
     assert bool(reading.mbm_total) == held["mbm_total_bytes"][1]
     assert bool(reading.mbm_local) == held["mbm_local_bytes"][1]
+
+
+# ------------------------------------------------- the guard's caps: idle groups
+CAP = "ceilometer-cap-25"
+
+
+def _tasks(group: str, tids: set[int]) -> None:
+    with open(os.path.join(group, "tasks"), "w") as f:
+        f.write("".join(f"{t}\n" for t in sorted(tids)))
+
+
+def cap(h: AbmcHost, uuid: str, pid: int) -> str:
+    """What the guard does: a cap control group, our monitor group made in
+    it (the kernel assigns what is free on mkdir), the threads moved there.
+    Returns the new monitor group."""
+    from ceilometer_cmt.testing.kernel_trees import EVENTS, _group_files
+
+    ctrl = os.path.join(h.root, CAP)
+    _group_files(h.topo, ctrl, True, EVENTS)
+    abmc.set_assignments(ctrl, h.topo, {})
+    abmc.recount(h.root, h.topo, h.ops.num_cntrs)
+    mon = os.path.join(ctrl, "mon_groups", "ceilometer-" + uuid)
+    h.ops.mkdir(mon)
+    _tasks(h.group(uuid), set())
+    _tasks(ctrl, {pid})
+    _tasks(mon, {pid})
+    return mon
+
+
+def release(h: AbmcHost, uuid: str, pid: int) -> None:
+    """The guard's release: the threads back, the cap group removed (its
+    groups' counters freed)."""
+    import shutil
+
+    _tasks(h.group(uuid), {pid})
+    shutil.rmtree(os.path.join(h.root, CAP))
+    abmc.recount(h.root, h.topo, h.ops.num_cntrs)
+
+
+def test_an_idle_groups_counters_follow_the_threads_and_meters_stay_monotonic(
+        abmc_host: AbmcHost) -> None:
+    """No free counter in domain 1: capped, the default group (idle now)
+    gives its counters to our group in the cap group; released, the default
+    group gets them again, newly assigned: new keys, the cumulative meter
+    goes on without counting anything twice; then nothing churns."""
+    from ceilometer_cmt.counters import ByteCounter
+
+    h = abmc_host
+    h.qemu("instance-a", 100, "8-9")  # domain 1 only
+    b = h.backend()
+    refs = [InstanceRef(A, "instance-a")]
+    meter = ByteCounter()
+    b.sync(refs)
+    set_value(h.group(A), 1, "mbm_total_bytes", 5000)
+    first = b.sync(refs).readings[A]
+    assert first.mbm_total == {"/1": 5000}
+    assert meter.update(first.mbm_total, 1.0).cumulative == 5000
+    assert assign_files.read_available_mbm_cntrs(h.root) == {0: 2, 1: 0}
+
+    mon = cap(h, A, 100)
+    set_value(mon, 1, "mbm_total_bytes", 300)  # counted since its assignment
+    set_value(mon, 1, "llc_occupancy", 7000)
+    set_value(h.group(A), 1, "llc_occupancy", 9_000_000)  # stale lines
+    calls = len(h.ops.calls)
+    cycle = b.sync(refs)
+    assert cycle.unmonitored == {}
+    assert abmc.held_by(h.group(A)) == {"mbm_total_bytes": set(), "mbm_local_bytes": set()}
+    assert abmc.held_by(mon) == {"mbm_total_bytes": {1}, "mbm_local_bytes": {1}}
+    # the idle group's releases were written before the cap group's assignments
+    writes = [c for c in h.ops.calls[calls:] if c[0] == "assign"]
+    assert writes.index(("assign", h.group(A))) < len(writes) - 1
+    assert writes[-1] == ("assign", mon)
+    r = cycle.readings[A]
+    assert r.mbm_total == {f"{CAP}/1~1": 300}  # no None for the idle group
+    assert set(r.mbm_local) == {f"{CAP}/1~1"}
+    assert r.occupancy[1] == 7000
+    assert meter.update(r.mbm_total, 2.0).cumulative == 5300
+
+    release(h, A, 100)
+    set_value(h.group(A), 1, "mbm_total_bytes", 40)  # a new assignment restarted it
+    cycle = b.sync(refs)
+    assert cycle.unmonitored == {}
+    assert abmc.held_by(h.group(A)) == {"mbm_total_bytes": {1}, "mbm_local_bytes": {1}}
+    r = cycle.readings[A]
+    assert r.mbm_total == {"/1~1": 40}  # never "/1" again: not counted twice
+    assert meter.update(r.mbm_total, 3.0).cumulative == 5340
+    calls, resets = len(h.ops.calls), b.mbm.resets  # type: ignore[union-attr]
+    for _ in range(3 * RELIST):
+        assert b.sync(refs).unmonitored == {}
+    assert h.ops.calls[calls:] == [] and b.mbm.resets == resets  # type: ignore[union-attr]
+
+
+def test_a_waiting_instance_takes_an_idle_groups_counters(tmp_path: Any) -> None:
+    """A capped with a free counter for its cap group: its idle default group
+    keeps its own while nobody lacks one; B arrives and finds none free in
+    domain 1: it takes the idle group's (A's bandwidth is still whole)."""
+    h = AbmcHost(str(tmp_path), num_cntrs=6)  # the root holds 2 per domain: 4 free
+    h.qemu("instance-a", 100, "8-9")
+    h.qemu("instance-b", 200, "8-9")
+    b = h.backend()
+    b.sync([InstanceRef(A, "instance-a")])
+    mon = cap(h, A, 100)
+    refs = [InstanceRef(A, "instance-a")]
+    cycle = b.sync(refs)
+    assert cycle.unmonitored == {}
+    assert abmc.held_by(h.group(A))["mbm_total_bytes"] == {1}  # kept: nobody lacks one
+    assert abmc.held_by(mon)["mbm_total_bytes"] == {1}
+    assert set(cycle.readings[A].mbm_total) == {"/1", f"{CAP}/1"}
+    assert assign_files.read_available_mbm_cntrs(h.root) == {0: 4, 1: 0}
+    refs.append(InstanceRef(B, "instance-b"))
+    cycle = b.sync(refs)
+    assert cycle.unmonitored == {}
+    assert abmc.held_by(h.group(A)) == {"mbm_total_bytes": set(), "mbm_local_bytes": set()}
+    assert abmc.held_by(h.group(B))["mbm_total_bytes"] == {1}
+    assert set(cycle.readings[A].mbm_total) == {f"{CAP}/1"}
+    assert None not in cycle.readings[A].mbm_total.values()
+    assert set(cycle.readings[B].mbm_total) == {"/1~1"}
+
+
+def test_cap_and_release_back_and_forth_keeps_the_default_groups_counters(
+        tmp_path: Any) -> None:
+    """Counters to spare: each cap and release writes only to the cap
+    group; the default group keeps its counters and keys throughout, and
+    the cumulative meter never goes back."""
+    from ceilometer_cmt.counters import ByteCounter
+
+    h = AbmcHost(str(tmp_path), num_cntrs=8)
+    h.qemu("instance-a", 100, "8-9")
+    b = h.backend()
+    refs = [InstanceRef(A, "instance-a")]
+    b.sync(refs)
+    meter, last, value = ByteCounter(), 0, 0
+    for rnd in range(6):
+        capped = rnd % 2 == 0
+        mon = cap(h, A, 100) if capped else None
+        if not capped:
+            release(h, A, 100)
+        calls = len(h.ops.calls)
+        value += 1000
+        set_value(h.group(A), 1, "mbm_total_bytes", value)
+        for _ in range(2):
+            cycle = b.sync(refs)
+            assert cycle.unmonitored == {}
+            total = cycle.readings[A].mbm_total
+            assert total["/1"] == value, (rnd, total)
+            got = meter.update(total, float(rnd * 2 + _)).cumulative
+            assert got is not None and got >= last
+            last = got
+        assert ("assign", h.group(A)) not in h.ops.calls[calls:]
+        assert abmc.held_by(h.group(A)) == {"mbm_total_bytes": {1}, "mbm_local_bytes": {1}}
+        if mon is not None:
+            assert {k for k in total if k.startswith(CAP)} == {f"{CAP}/1" + (
+                f"#{rnd // 2}" if rnd else "")}
+    assert b.mbm is not None and b.mbm.resets == 0
