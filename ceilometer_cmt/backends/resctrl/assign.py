@@ -48,7 +48,8 @@ The rules, in the order they apply:
    while nobody needs it: a group whose threads come back finds its
    counters still assigned (no reset, no churn when the guard caps and
    releases); one whose counters were taken gets new ones like any other,
-   a new assignment and so a new count (its values get a new key).
+   a new assignment and so a new count (doc/kernel-facts-mbm-assign-and-aet.md
+   1.8: ``rdtgroup_assign_cntr()`` resets it; its values get a new key).
 
 Apply a :class:`Plan` by writing every release first (they free the
 counters), then every assignment: :meth:`Plan.release_lines` and
