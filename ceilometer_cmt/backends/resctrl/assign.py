@@ -197,6 +197,10 @@ def plan(available: Mapping[int, int], instances: Iterable[Instance],
     return Plan(tuple(assign), tuple(release), state, missing)
 
 
+def _owner(inst: Instance) -> str:
+    return inst.owner or inst.uuid
+
+
 def _event_order(event: str) -> tuple[int, str]:
     return (MBM_EVENTS.index(event) if event in MBM_EVENTS else len(MBM_EVENTS), event)
 
@@ -210,6 +214,10 @@ def _round(available: Mapping[int, int], insts: list[Instance], state: Held,
     # what each (instance, event) holds where it is wanted; the rest goes now (rule 1)
     keep: dict[tuple[str, str], set[int]] = {}
     by_uuid = {i.uuid: i for i in insts}
+    busy: dict[str, list[Instance]] = {}  # owner -> its groups holding threads
+    for i in insts:
+        if not i.idle:
+            busy.setdefault(_owner(i), []).append(i)
     for inst in insts:
         for event, doms in state[inst.uuid].items():
             useful = doms & inst.domains if event in rank else frozenset()
@@ -238,7 +246,7 @@ def _round(available: Mapping[int, int], insts: list[Instance], state: Held,
             short = [d for d in need if free.get(d, 0) < 1]
             unknown = [d for d in short if d not in free]
             victims = [] if unknown else _victims(inst, event, short, keep, done, by_uuid,
-                                                  rank, free)
+                                                  rank, free, busy)
             if not inst.domains or (short and (unknown or victims is None)):
                 if not inst.domains:
                     why = "no L3 domain known for its CPUs"
@@ -273,23 +281,23 @@ def _round(available: Mapping[int, int], insts: list[Instance], state: Held,
 def _victims(inst: Instance, event: str, short: list[int],
              keep: dict[tuple[str, str], set[int]], done: set[tuple[str, str]],
              by_uuid: dict[str, Instance], rank: dict[str, int],
-             free: dict[int, int]) -> list[tuple[str, str]] | None:
+             free: dict[int, int], busy: dict[str, list[Instance]]
+             ) -> list[tuple[str, str]] | None:
     """The holdings whose release gives ``inst`` a counter in each domain of
     ``short``, or None: those of idle groups (rule 7) first (its owner's,
-    then of ``event``), then holdings
+    then of ``event``; ``busy``: owner -> its groups holding threads), then holdings
     of strictly lower priority, of ``event`` or a later one, not yet
     confirmed this round; the lowest priority, then the youngest, then a
     later event first."""
     if not short:
         return []
-    def owner(i: Instance) -> str:
-        return i.owner or i.uuid
+    owner = _owner
 
-    def spare(u: tuple[str, str]) -> bool:  # rule 7: an idle holding another may take
+    def spare(u: tuple[str, str]) -> bool:  # rule 7: an idle holding ``inst`` may take
         mine = owner(by_uuid[u[0]])
-        return mine == owner(inst) or not any(
-            owner(s) == mine and not s.idle and not s.domains <= keep.get((s.uuid, u[1]), set())
-            for s in by_uuid.values())
+        # not while a group of its owner holding threads lacks that event's counters
+        return mine == owner(inst) or all(
+            s.domains <= keep.get((s.uuid, u[1]), set()) for s in busy.get(mine, ()))
 
     pool = sorted(
         (u for u in keep if (by_uuid[u[0]].idle and spare(u)) or (
