@@ -506,3 +506,31 @@ def test_cap_and_release_back_and_forth_keeps_the_default_groups_counters(
             assert {k for k in total if k.startswith(CAP)} == {f"{CAP}/1" + (
                 f"#{rnd // 2}" if rnd else "")}
     assert b.mbm is not None and b.mbm.resets == 0
+
+
+def test_threads_moved_back_into_a_kept_cap_group_take_their_counters_back(
+        abmc_host: AbmcHost) -> None:
+    """Threads moved back without the cap group's removal: seen on the
+    instance's re-listing, where the cap group turns idle and the default
+    group takes its counters (once: a new key, then no churn)."""
+    h = abmc_host
+    h.qemu("instance-a", 100, "8-9")
+    b = h.backend()
+    refs = [InstanceRef(A, "instance-a")]
+    b.sync(refs)
+    mon = cap(h, A, 100)
+    b.sync(refs)
+    assert abmc.held_by(mon)["mbm_total_bytes"] == {1}
+    _tasks(mon, set())
+    _tasks(os.path.join(h.root, CAP), set())
+    _tasks(h.group(A), {100})
+    for _ in range(RELIST):
+        cycle = b.sync(refs)
+    assert cycle.unmonitored == {}
+    assert abmc.held_by(mon) == {"mbm_total_bytes": set(), "mbm_local_bytes": set()}
+    assert abmc.held_by(h.group(A)) == {"mbm_total_bytes": {1}, "mbm_local_bytes": {1}}
+    assert set(cycle.readings[A].mbm_total) == {"/1~1"}
+    calls = len(h.ops.calls)
+    for _ in range(2 * RELIST):
+        assert b.sync(refs).unmonitored == {}
+    assert h.ops.calls[calls:] == []
