@@ -24,8 +24,10 @@ would count the move twice, and hide the cap's effect. So the instance's
 occupancy is the sum over its groups that hold its threads
 (:attr:`MonitoredInstance.idle` names the others, as of the last read of
 their tasks); none holding any gives no occupancy (no data, never 0). An
-idle group's MBM counters are still read: they stand still, and a key that
-went and came back would be counted twice.
+idle group's MBM values are read while it holds counters (they stand still,
+and a key that went and came back would be counted twice); in ``mbm_event``
+mode the plan gives its counters to a group that waits for one, first the
+group now holding the instance's threads (:mod:`assign`, rule 7).
 """
 
 from __future__ import annotations

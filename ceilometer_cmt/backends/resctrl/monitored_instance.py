@@ -43,7 +43,8 @@ class MonitoredInstance:
     generations: dict[str, int] = field(default_factory=dict)
     #: control groups whose monitor group of ours held none of its threads at
     #: the last read of its tasks (they moved to another control group): its
-    #: occupancy is stale lines, left out; its MBM counters are still read
+    #: occupancy is stale lines, left out; its MBM values are read while it
+    #: holds counters, which go to a waiting group in mbm_event mode
     idle: set[str] = field(default_factory=set)
 
     #: mbm_event mode: the L3 domains its threads may run in (None: unknown, all)
