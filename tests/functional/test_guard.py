@@ -357,3 +357,32 @@ def test_the_agent_follows_a_cap_and_a_release_at_once(make_host: Any,
         assert after.mbm_total_rate is not None
         totals.append(after.mbm_total_bytes)
     assert None not in totals and totals == sorted(totals), totals
+
+
+def test_an_agent_restarted_while_capped_adopts_the_cap_groups_member(make_host: Any) -> None:
+    """The agent dies (its state gone, as after kill -9) while the noisy
+    instance is capped: the new agent adopts our monitor group under the cap
+    group, sweeps nothing of the guard's, and reads the capped share at once."""
+    h = make_host()
+    h.tune()
+    with h.guard(policy={"cap_after": 1, "release_after": 100}) as guard:
+        h.agent()
+        assert guard.cycle().capped == 1
+        h.sim.advance(60)
+        h.agent()
+        assert h.backend is not None
+        h.backend.close()  # the agent's memory is gone; its groups stay
+        h.backend = ResctrlBackend(h.root, sysfs_root=h.sysfs, pid_dir=h.pid_dir, prefix=PREFIX)
+        monitor = CacheMonitor(h.backend)
+        refs = [i.ref for i in (NOISY, NEIGHBOUR, TUNED)]
+        h.sim.advance(60)
+        result = monitor.poll(refs)
+        assert h.backend.rmdirs == 0 and h.backend.mkdirs == 0
+        assert result.capped == 1 and result.removed_by_others == 0
+        noisy = result.instances[NOISY.uuid]
+        assert noisy.allocation_percent == 25.0
+        assert noisy.occupancy_domains is not None
+        assert 100.0 * noisy.occupancy_domains[0] / L3 == pytest.approx(25.0, abs=1.0)
+        cap = policy.Options().group_name(25)
+        assert NOISY.uuid in {n.removeprefix(PREFIX) for n in fs.list_groups(h.root)[cap]}
+        assert guard.cycle().actions == ()  # the guard sees nothing to change
