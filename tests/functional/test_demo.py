@@ -49,12 +49,13 @@ def set_subreaper(on: bool) -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
 
 
-def orphans() -> list[int]:
-    """Live processes whose parent is this test process.
+#: children this test process had before a demo ran (other fixtures of the
+#: session, e.g. the e2e stack's services): never the demo's, never killed
+_BEFORE: set[int] = set()
 
-    With this process a child subreaper, anything the demo started and left
-    running when it exited (stand-in qemus, the simulator) is re-parented here.
-    """
+
+def children() -> list[int]:
+    """Live processes whose parent is this test process."""
     me = os.getpid()
     found = []
     for entry in os.listdir("/proc"):
@@ -70,11 +71,26 @@ def orphans() -> list[int]:
     return found
 
 
+def orphans() -> list[int]:
+    """Children of this test process that were not there before the demo ran.
+
+    With this process a child subreaper, anything the demo started and left
+    running when it exited (stand-in qemus, the simulator) is re-parented here.
+    """
+    return [pid for pid in children() if pid not in _BEFORE]
+
+
+def note_children_before() -> None:
+    _BEFORE.clear()
+    _BEFORE.update(children())
+
+
 @pytest.fixture
 def run_env(tmp_path) -> Iterator[tuple[dict[str, str], str]]:  # type: ignore[no-untyped-def]
     tmpdir = str(tmp_path / "tmp")
     os.mkdir(tmpdir)
     env = dict(os.environ, TMPDIR=tmpdir, COLUMNS="200")
+    note_children_before()
     set_subreaper(True)
     try:
         yield env, tmpdir
@@ -374,6 +390,7 @@ def guard_run(tmp_path_factory) -> Iterator[GuardRun]:  # type: ignore[no-untype
     tmpdir, log = str(base / "tmp"), str(base / "agent.log")
     os.mkdir(tmpdir)
     env = dict(os.environ, TMPDIR=tmpdir, COLUMNS="200")
+    note_children_before()
     set_subreaper(True)  # what the demo leaves running is re-parented here: see orphans()
     try:
         proc = subprocess.run(demo_argv("--guard", "--json", "--cycles", str(GUARD_CYCLES),
