@@ -17,7 +17,11 @@ beside the agent with ``cap_above = 40``, ``cap_after = 1``:
   about the cap share (25%), and the alarm goes back to ``ok`` (its
   5-minute mean falls below the threshold);
 - ``cache.allocation.percent`` (when meters.py has it) reaches Gnocchi with
-  25 for the capped instance.
+  25 for the capped instance;
+- once the noisy instance calms (the simulated clock jumps to its 5%), the
+  guard releases it: ``cmt.guard.release`` reaches the bus, the agent
+  publishes ``cache.allocation.percent`` 100 again and ``cache.guard.capped``
+  goes from 1 to 0.
 
 Everything is undone at the end, pass or fail: the guard stopped, its cap
 undone by ``ceilometer-cmt cleanup --guard``, the alarm deleted, the
@@ -114,7 +118,7 @@ def guard_config(compute: FakeCompute, rabbit_url: str) -> Path:
         "oslo_messaging_rabbit": {"heartbeat_timeout_threshold": 0},
         "cmt": dict(compute.agent_options["cmt"]),
         "cmt_guard": {"dry_run": False, "cap_above": CAP_ABOVE, "cap_share": CAP_SHARE,
-                      "cap_after": 1, "interval": 2,
+                      "cap_after": 1, "release_after": 2, "interval": 2,
                       "lock_file": compute.base / "guard.lock"},
     }
     return services.write_ini(compute.base / "guard.conf", sections)
@@ -273,3 +277,30 @@ def test_allocation_percent_reaches_gnocchi_with_the_cap_share(scene: Scene) -> 
     point = wait_for(f"{ALLOCATION} with {CAP_SHARE} in Gnocchi", gnocchi_has_the_cap, 90,
                      interval=1)
     assert point[2] < 100
+
+
+@pytest.mark.skipif(_allocation_missing() is not None, reason=str(_allocation_missing()))
+def test_release_reaches_the_bus_and_the_meters(scene: Scene) -> None:
+    """Runs last: it calms the noisy instance."""
+    st, vm = scene.st, scene.noisy
+    wait_for("a cmt.guard.cap notification", lambda: scene.notes, 60, interval=0.5)
+    wait_for("cache.guard.capped of 1", lambda: any(
+        s["volume"] == 1 for s in st.ceilometer.published("cache.guard.capped", GUARDED.host)),
+        90, interval=1)
+    scene.compute.drop_occupancy()  # the noisy instance falls to 5% of L3 0
+
+    def released() -> tuple[str, str, dict[str, Any]] | None:
+        return next((n for n in scene.notes if n[1] == "cmt.guard.release"), None)
+
+    publisher, _, payload = wait_for("a cmt.guard.release notification on RabbitMQ",
+                                     released, 90, interval=0.5)
+    assert publisher == f"ceilometer-cmt-guard.{GUARDED.host}"
+    assert (payload["instance_id"], payload["dry_run"]) == (vm, False)
+    assert [(x["action"], x["uuid"]) for x in scene.lines][:2] == [
+        ("cap", vm), ("release", vm)]
+    assert not (scene.compute.resctrl / CAP_GROUP).exists()  # removed when empty
+    wait_for(f"a published {ALLOCATION} of 100 after the release", lambda: (
+        st.ceilometer.published(ALLOCATION, vm)[-1]["volume"] == 100), 90, interval=1)
+    wait_for("cache.guard.capped back to 0", lambda: (
+        st.ceilometer.published("cache.guard.capped", GUARDED.host)[-1]["volume"] == 0),
+        90, interval=1)
