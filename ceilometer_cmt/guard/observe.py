@@ -94,13 +94,17 @@ def _members(root: str, groups: fs.Groups) -> dict[int, str]:
     return out
 
 
-def _occupancy(root: str, groups: fs.Groups, name: str,
+def _occupancy(root: str, groups: fs.Groups, name: str, ctrls: frozenset[str],
                domains: list[tuple[int, str]]) -> dict[int, int | None]:
-    """Bytes per domain summed over the monitor groups called ``name``; a
-    domain where one of them gives no number is None (never a partial sum);
+    """Bytes per domain summed over the monitor groups called ``name`` in the
+    control groups ``ctrls`` that hold the instance's threads: a group whose
+    threads all moved away (the guard's cap, or its release) still reports
+    the lines its RMID filled until they are evicted, and those are not the
+    instance's now (the agent leaves them out too: backends/resctrl/following.py).
+    A domain where one of them gives no number is None (never a partial sum);
     {} when there is no such group."""
     paths = [os.path.join(fs.mon_groups_path(root, c), name)
-             for c, mons in groups.items() if name in mons]
+             for c, mons in groups.items() if name in mons and c in ctrls]
     out: dict[int, int | None] = {}
     for path in paths:
         for dom, ddir in domains:
@@ -142,7 +146,8 @@ def observe(root: str, proc_root: str, sysfs_root: str, pid_dir: str, prefix: st
         seen.domain_names[gi.uuid] = gi.domain_name
         placed[gi.uuid] = frozenset(members.get(t, DEFAULT_GROUP) for t in tids) or \
             frozenset({DEFAULT_GROUP})
-        raw[gi.uuid] = _occupancy(root, seen.groups, prefix + gi.uuid, domains)
+        raw[gi.uuid] = _occupancy(root, seen.groups, prefix + gi.uuid, placed[gi.uuid],
+                                  domains)
     holders: dict[int, set[str]] = {}
     for uuid, occ in raw.items():
         for dom, value in occ.items():

@@ -59,6 +59,28 @@ def test_occupancy_neighbours_and_groups(host: Any) -> None:
     assert seen.closids.in_use == 1
 
 
+def test_a_group_its_threads_left_is_not_the_instances_occupancy(host: Any) -> None:
+    """Capped: the instance's threads are all in the cap group. Its old
+    monitor group in the default group still reports the lines its RMID
+    filled (until evicted): those are not counted, as the agent does not."""
+    size = host.topo.l3[0].size
+    q1 = host.start_qemu("instance-1", extra_threads=1)
+    cap = os.path.join(host.resctrl, PREFIX + "cap-25")
+    os.makedirs(os.path.join(cap, "mon_groups"))
+    write(os.path.join(cap, "tasks"), "".join(f"{t}\n" for t in q1.tids))
+    stale = os.path.join(host.resctrl, "mon_groups", PREFIX + U1)
+    capped = os.path.join(cap, "mon_groups", PREFIX + U1)
+    for group, value in ((stale, size // 2), (capped, size // 4)):
+        os.makedirs(group)
+        set_value(group, 0, "llc_occupancy", value)
+        set_value(group, 1, "llc_occupancy", 0)
+    seen = observe(host.resctrl, "/proc", host.sysfs, host.pid_dir, PREFIX,
+                   [GuardInstance(U1, "instance-1")])
+    (inst,) = seen.instances
+    assert inst.groups == frozenset({PREFIX + "cap-25"})
+    assert inst.occupancy == {0: 25.0, 1: 0.0}
+
+
 def test_closids_are_the_smallest_of_the_resources(tmp_path: Any) -> None:
     root = str(tmp_path)
     write(f"{root}/info/L3CODE/num_closids", "8\n")
