@@ -2,7 +2,11 @@
 
 :class:`CacheMonitor` owns a backend, the per-instance MBM and telemetry
 counters and the rate-limited "no data" log. Pollsters call :meth:`CacheMonitor.poll` once per
-polling cycle and share the :class:`CycleResult`.
+polling cycle and share the :class:`CycleResult`. The counters advance only
+with the reads of the cycles that publish per-instance meters
+(:meth:`CacheMonitor.count`): a source of host meters alone, polled at its
+own interval, would otherwise cut the next rate's interval to the few
+milliseconds since its read.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from ceilometer_cmt.readings import (
     UNHALTED_CORE_CYCLES,
     UOPS_RETIRED,
     Backend,
+    BackendCycle,
     HostCache,
     InstanceReading,
     InstanceRef,
@@ -67,6 +72,8 @@ class CycleResult:
     mbm_config: dict[str, str] | None = None
     #: instances in the guard's cap groups (None: the backend cannot tell)
     capped: int | None = None
+    #: the read, until :meth:`CacheMonitor.count` adds its counters
+    uncounted: BackendCycle | None = field(default=None, repr=False, compare=False)
 
 
 class RateLimitedLog:
@@ -133,12 +140,20 @@ class CacheMonitor:
         self._counters: dict[str, tuple[ByteCounter, ByteCounter]] = {}
         #: uuid -> telemetry event -> counter (Intel AET hosts only)
         self._telemetry: dict[str, dict[str, ByteCounter]] = {}
+        #: the time of the newest read counted: an older one never is
+        self._counted_at = float("-inf")
         self.lock = threading.RLock()
 
-    def poll(self, instances: Sequence[InstanceRef]) -> CycleResult:
+    def poll(self, instances: Sequence[InstanceRef], *, counting: bool = True) -> CycleResult:
+        """One backend read: occupancy and allocation of each instance, the
+        host's figures, and unless ``counting`` is False (a cycle for host
+        meters alone) the counters' bytes, energy and rates (:meth:`count`)."""
         with self.lock:
-            now = self.clock()
             cycle = self.backend.sync(instances)
+            # The counters were read at the end of sync, after any placement
+            # (a first cycle may wait seconds for the privsep daemon to start):
+            # a rate is over the time between two reads, not two cycle starts.
+            now = self.clock()
             result = CycleResult(self.backend.name, now, self.host,
                                  unmonitored=dict(cycle.unmonitored),
                                  monitors_used=cycle.monitors_used,
@@ -149,19 +164,34 @@ class CacheMonitor:
             for uuid, reason in cycle.unmonitored.items():
                 self.nodata(uuid, f"not monitored: {reason}")
             for uuid, reading in cycle.readings.items():
-                result.instances[uuid] = self._meters(uuid, reading, now)
+                result.instances[uuid] = self._occupancy(uuid, reading)
             for uuid, alloc in cycle.allocation.items():
                 meters = result.instances.get(uuid)
                 if meters is not None:
                     meters.allocation_percent = alloc.percent
                     meters.allocation_domains = alloc.domains
+            result.uncounted = cycle
+            if counting:
+                self.count(result)
+            return result
+
+    def count(self, result: CycleResult) -> None:
+        """Advance the MBM and AET counters with ``result``'s read and add
+        bytes, energy and rates to its instances: once per result, and never
+        for a read older than one already counted (it adds nothing then)."""
+        with self.lock:
+            cycle, result.uncounted = result.uncounted, None
+            if cycle is None or result.timestamp < self._counted_at:
+                return
+            now = self._counted_at = result.timestamp
+            for uuid, reading in cycle.readings.items():
+                self._count_bytes(uuid, reading, now, result.instances[uuid])
             stale = self._counters.keys() - cycle.readings.keys() - cycle.unmonitored.keys()
             for uuid in stale:
                 del self._counters[uuid]
             if cycle.telemetry or self._telemetry:
                 self._telemetry_meters(cycle.telemetry, cycle.unmonitored.keys(),
                                        result, now)
-            return result
 
     def _telemetry_meters(self, telemetry: dict[str, TelemetryReading],
                           keep: Iterable[str], result: CycleResult, now: float) -> None:
@@ -204,10 +234,14 @@ class CacheMonitor:
         for uuid in stale:
             del states[uuid]
 
-    def _meters(self, uuid: str, reading: InstanceReading, now: float) -> InstanceMeters:
+    def _occupancy(self, uuid: str, reading: InstanceReading) -> InstanceMeters:
         total, domains, percent = occupancy_meters(reading, self.host)
         if total is None and reading.occupancy:
             self.nodata(uuid, "llc_occupancy gave no value (Unavailable/Error)")
+        return InstanceMeters(total, domains, percent)
+
+    def _count_bytes(self, uuid: str, reading: InstanceReading, now: float,
+                     meters: InstanceMeters) -> None:
         counters = self._counters.get(uuid)
         if counters is None:
             counters = self._counters[uuid] = (ByteCounter(), ByteCounter())
@@ -217,8 +251,8 @@ class CacheMonitor:
             self.nodata(uuid, "mbm_total_bytes gave no value (Unavailable/Error/Unassigned)")
         if mbm_l.cumulative is None and reading.mbm_local:
             self.nodata(uuid, "mbm_local_bytes gave no value (Unavailable/Error/Unassigned)")
-        return InstanceMeters(total, domains, percent, mbm_t.cumulative, mbm_l.cumulative,
-                              mbm_t.rate, mbm_l.rate)
+        meters.mbm_total_bytes, meters.mbm_local_bytes = mbm_t.cumulative, mbm_l.cumulative
+        meters.mbm_total_rate, meters.mbm_local_rate = mbm_t.rate, mbm_l.rate
 
     def close(self) -> None:
         with self.lock:

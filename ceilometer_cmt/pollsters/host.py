@@ -54,7 +54,7 @@ class _HostPollster(plugin_base.PollsterBase):
         """This cycle's read; run discovery ourselves when no per-instance pollster did."""
         if runtime.CACHE_KEY not in cache:
             instances = manager.discover(["local_instances"])
-            return runtime.cycle(self.rt, cache, instances)
+            return runtime.cycle(self.rt, cache, instances, counting=False)
         return cache[runtime.CACHE_KEY]  # type: ignore[no-any-return]
 
     def measure(self, manager: Any, cache: dict[str, Any]) -> Measured:

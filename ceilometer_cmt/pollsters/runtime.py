@@ -226,13 +226,18 @@ def mbm_priority(resource: Any) -> int:
     return priority_of(specs) if isinstance(specs, dict) else 0
 
 
-def cycle(rt: Runtime, cache: dict[str, Any], instances: list[Any]) -> CycleResult:
-    """The cycle's one backend read, shared through ``cache``."""
+def cycle(rt: Runtime, cache: dict[str, Any], instances: list[Any], *,
+          counting: bool = True) -> CycleResult:
+    """The cycle's one backend read, shared through ``cache`` (one per source
+    and cycle). Its counters are counted when a per-instance pollster asks
+    (``counting``), also after a host pollster of the same source read first;
+    a source of host meters alone leaves them to the per-instance source."""
     assert rt.monitor is not None
     with rt.monitor.lock:
-        result = cache.get(CACHE_KEY)
+        result: CycleResult | None = cache.get(CACHE_KEY)
         if result is None:
             refs = [r for r in (instance_ref(i) for i in instances) if r is not None]
-            result = rt.monitor.poll(refs)
-            cache[CACHE_KEY] = result
-    return result  # type: ignore[no-any-return]
+            result = cache[CACHE_KEY] = rt.monitor.poll(refs, counting=False)
+        if counting:
+            rt.monitor.count(result)
+    return result

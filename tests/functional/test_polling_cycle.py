@@ -13,7 +13,9 @@ import shutil
 import textwrap
 
 import pytest
+from oslo_messaging.notify import _impl_test
 
+from ceilometer_cmt import meters
 from ceilometer_cmt.cmd import poll
 from ceilometer_cmt.pollsters import runtime
 from ceilometer_cmt.simulator.topology import format_cpu_list, get_topology
@@ -109,6 +111,42 @@ def test_two_cycles_publish_every_meter_right(cloud, monkeypatch):  # type: igno
     # the fixture host has CAT: every way in the default group, nobody capped
     assert second[("cache.allocation.percent", a.uuid)]["counter_volume"] == 100.0
     assert second[("cache.guard.capped", "compute-1")]["counter_volume"] == 0
+
+
+def test_host_source_between_cycles_leaves_the_rates_alone(
+        cloud, monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The shipped polling.yaml: per-instance meters in one source, host
+    meters in another at their own interval. The host source reads too;
+    the next per-instance rate is still over the per-instance interval."""
+    host, running, _stopped, conf = cloud
+    monkeypatch.setattr(runtime, "resctrl_ops", lambda conf, settings: host.ops)
+    polling_file = tmp_path / "polling.yaml"
+    polling_file.write_text(meters.polling_yaml())  # cmt_cache 60 s, cmt_host 600 s
+    ga = os.path.join(host.resctrl, "mon_groups", "ceilometer-" + running[0].uuid)
+    now = [0.0]
+
+    def poll_source(tasks, interval):  # type: ignore[no-untyped-def]
+        _impl_test.reset()
+        tasks[interval].poll_and_notify()
+        return by_name(s for n in _impl_test.NOTIFICATIONS for s in n[1]["payload"]["samples"])
+
+    with poll.polling_agent([conf], str(polling_file)) as agent:
+        runtime.get_runtime(agent.conf).monitor.clock = lambda: now[0]
+        tasks = agent.setup_polling_tasks()
+        assert sorted(tasks) == [60, 600]
+        poll_source(tasks, 60)  # t=0: the groups are made, their counters start at 0
+        set_value(ga, 0, "mbm_total_bytes", 9_000_000)
+        now[0] = 1.0
+        hosts = poll_source(tasks, 600)  # t=1: the host source reads 9 MB
+        assert {k[1] for k in hosts} == {"compute-1"}  # host meters only
+        assert hosts[("cache.monitors.used", "compute-1")]["counter_volume"] == 3
+        set_value(ga, 0, "mbm_total_bytes", 10_000_000)
+        now[0] = 10.0
+        second = poll_source(tasks, 60)  # t=10: 10 MB in 10 s, not 1 MB in 9 s
+    assert second[("memory.bandwidth.total.bytes", running[0].uuid)]["counter_volume"] == (
+        10_000_000)
+    rate = second[("memory.bandwidth.total", running[0].uuid)]["counter_volume"]
+    assert rate == pytest.approx(1_000_000)
 
 
 def test_unmonitored_instance_is_counted_with_reason(cloud, monkeypatch

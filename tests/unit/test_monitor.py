@@ -362,6 +362,77 @@ def test_telemetry_meters_over_cycles(caplog) -> None:  # type: ignore[no-untype
     assert any("core_energy gave no value" in x for x in _records(caplog))
 
 
+class SlowPlacingBackend(ScriptedBackend):
+    """Placement before the reads takes ``delays[i]`` seconds of ``clock``
+    in cycle ``i`` (a first cycle waits for the privsep daemon to start)."""
+
+    def __init__(self, clock: Clock, delays: list[float], cycles: list[BackendCycle]) -> None:
+        super().__init__(TWO_SOCKETS, cycles)
+        self.clock, self.delays = clock, list(delays)
+
+    def sync(self, instances: Sequence[InstanceRef]) -> BackendCycle:
+        self.clock.t += self.delays.pop(0)
+        return super().sync(instances)
+
+
+def test_rates_are_over_the_time_between_reads_not_cycle_starts() -> None:
+    # cycles start at 0 s and 5 s; the first read waits 3 s for placement:
+    # 2 J and 2 GB moved between the reads at 3 s and 5 s are 1 W and 1 GB/s
+    # (not 0.4 W and 0.4 GB/s over the 5 s between the starts)
+    clock = Clock(0.0)
+    first, second = aet_cycle(aet({"/0": 10 * GJ})), aet_cycle(aet({"/0": 12 * GJ}))
+    first.readings[U1] = reading({0: 1}, {"/0": 10**9})
+    second.readings[U1] = reading({0: 1}, {"/0": 3 * 10**9})
+    m = CacheMonitor(SlowPlacingBackend(clock, [3.0, 0.0], [first, second]), clock=clock)
+    assert m.poll([]).timestamp == 3.0
+    clock.t = 5.0
+    r = m.poll([])
+    assert r.instances[U1].power_core == pytest.approx(1.0)
+    assert r.instances[U1].mbm_total_rate == pytest.approx(1e9)
+
+
+def test_a_cycle_for_host_meters_leaves_the_counters_alone() -> None:
+    # counting reads at 0 s and 10 s, a host-meters read at 9.99 s between:
+    # the rate is over the 10 s of the counting source (10 GB in 10 s, 3 J),
+    # not the 10 ms since the host read (which saw 9 GB, 2 J)
+    clock = Clock(0.0)
+    reads = []
+    for t, gb, joules in ((0.0, 0, 0), (9.99, 9, 2), (10.0, 10, 3)):
+        c = aet_cycle(aet({"/0": joules * GJ}))
+        c.readings[U1] = reading({0: 1}, {"/0": gb * 10**9})
+        reads.append((t, c))
+    m = CacheMonitor(ScriptedBackend(TWO_SOCKETS, [c for _, c in reads]), clock=clock)
+    m.poll([])
+    clock.t = 9.99
+    host = m.poll([], counting=False)
+    assert host.instances[U1].occupancy == 1  # its instances are there ...
+    assert host.instances[U1].mbm_total_bytes is None  # ... not their counters
+    assert telemetry_of(host.instances[U1]) == (None, None, None, None)
+    clock.t = 10.0
+    meters = m.poll([]).instances[U1]
+    assert (meters.mbm_total_bytes, meters.mbm_total_rate) == (10 * 10**9, pytest.approx(1e9))
+    assert telemetry_of(meters)[:2] == (3.0, pytest.approx(0.3))
+
+
+def test_a_read_is_counted_once_and_never_after_a_newer_one() -> None:
+    clock = Clock(0.0)
+    cycles = [cycle({U1: reading({0: 1}, {"/0": n})}) for n in (100, 300, 200)]
+    m = CacheMonitor(ScriptedBackend(TWO_SOCKETS, cycles), clock=clock)
+    first = m.poll([], counting=False)
+    assert first.instances[U1].mbm_total_bytes is None
+    m.count(first)  # a per-instance pollster of the same source, after a host one
+    assert first.instances[U1].mbm_total_bytes == 100
+    clock.t = 1.0
+    newer = m.poll([], counting=False)
+    clock.t = 2.0
+    newest = m.poll([])
+    m.count(newer)  # read before the newest: counting it would look like a reset
+    m.count(newest)  # counted already: nothing twice
+    assert newer.instances[U1].mbm_total_bytes is None
+    assert (newest.instances[U1].mbm_total_bytes, newest.instances[U1].mbm_total_rate) == (
+        200, 50.0)
+
+
 def test_telemetry_meters_only_for_the_events_the_host_has() -> None:
     clock = Clock(0.0)
     b = ScriptedBackend(TWO_SOCKETS, [

@@ -26,7 +26,8 @@ def _samples(meter: meters.Meter, result: CycleResult,
                         lambda conf, inst, **kw: made.append(kw) or kw)
     cls = getattr(instance_pollsters, meter.pollster)
     pollster = cls.__new__(cls)  # no agent: get_samples reads rt and the cache
-    pollster.rt = SimpleNamespace(monitor=SimpleNamespace(lock=threading.RLock()))
+    pollster.rt = SimpleNamespace(monitor=SimpleNamespace(lock=threading.RLock(),
+                                                          count=lambda result: None))
     pollster.conf = None
     list(pollster.get_samples(None, {runtime.CACHE_KEY: result}, [SimpleNamespace(id=U)]))
     return made

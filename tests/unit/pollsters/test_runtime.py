@@ -117,3 +117,38 @@ def test_an_unreadable_polling_file_reads_every_event(tmp_path, caplog, text
     (tmp_path / "polling.yaml").write_text(text)
     assert needed_events(conf) is None
     assert "reading every event the host offers" in caplog.text
+
+
+def test_one_read_per_source_and_cycle_counted_when_an_instance_pollster_asks() -> None:
+    """A source with host and per-instance meters (the all-in-one file of
+    ``ceilometer-cmt poll``): whichever pollster reads first, one backend read
+    serves the cycle and its counters are counted once."""
+    from ceilometer_cmt.monitor import CacheMonitor
+    from ceilometer_cmt.pollsters import runtime
+    from ceilometer_cmt.readings import BackendCycle, HostCache, InstanceReading
+
+    class Backend:
+        name, syncs = "scripted", 0
+
+        def host_cache(self) -> HostCache:
+            return HostCache(())
+
+        def sync(self, instances: object) -> BackendCycle:
+            self.syncs += 1
+            return BackendCycle({U: InstanceReading({0: 1}, {"/0": 100 * self.syncs}, {})})
+
+        def close(self) -> None:
+            pass
+
+    backend = Backend()
+    rt = runtime.Runtime(None, CacheMonitor(backend))  # type: ignore[arg-type]
+    servers = [_server()]
+    cache: dict[str, object] = {}
+    host_first = runtime.cycle(rt, cache, servers, counting=False)  # a host pollster
+    assert host_first.instances[U].mbm_total_bytes is None
+    for _ in range(3):  # then the per-instance pollsters of the same source
+        assert runtime.cycle(rt, cache, servers) is host_first
+    assert (backend.syncs, host_first.instances[U].mbm_total_bytes) == (1, 100)
+    other_source = runtime.cycle(rt, {}, servers, counting=False)  # host meters alone
+    assert (backend.syncs, other_source.instances[U].mbm_total_bytes) == (2, None)
+    assert runtime.cycle(rt, {}, servers).instances[U].mbm_total_bytes == 300
