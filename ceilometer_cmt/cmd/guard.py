@@ -31,7 +31,7 @@ from ceilometer_cmt.guard import policy
 from ceilometer_cmt.guard.direct_ops import DirectCatOps
 from ceilometer_cmt.guard.observe import GuardInstance
 from ceilometer_cmt.guard.ops import CatOps
-from ceilometer_cmt.guard.service import CycleResult, Guard, GuardOptions
+from ceilometer_cmt.guard.service import Guard, GuardOptions, GuardReport
 
 LOG = logging.getLogger(__name__)
 NOVA_NS = "http://openstack.org/xmlns/libvirt/nova/1.1"
@@ -147,17 +147,17 @@ class Notifications:
         self.notifier = oslo_messaging.Notifier(
             transport, publisher_id=f"ceilometer-cmt-guard.{conf.host}")
 
-    def emit(self, result: CycleResult) -> None:
+    def emit(self, result: GuardReport) -> None:
         for a in result.actions:
             self.notifier.info({}, f"cmt.guard.{a.kind}", payload(a, self.host, result))
 
 
-def payload(a: Any, host: str, result: CycleResult) -> dict[str, Any]:
+def payload(a: Any, host: str, result: GuardReport) -> dict[str, Any]:
     return {"instance_id": a.uuid, "share": a.share, "reason": a.reason, "host": host,
             "domains": list(a.domains), "dry_run": not a.done}
 
 
-def json_lines(result: CycleResult) -> list[str]:
+def json_lines(result: GuardReport) -> list[str]:
     return [json.dumps({"event": "guard", "action": a.kind, "uuid": a.uuid, "share": a.share,
                         "reason": a.reason, "dry_run": not a.done}, sort_keys=True)
             for a in result.actions]

@@ -19,7 +19,7 @@ monitoring must follow the threads.
 
 Percent of a domain: bytes over the L3's size from sysfs
 (``cpu*/cache/index3``, matched by cache id as ``mon_L3_<id>`` is).
-"Another instance shares the domain" (:attr:`policy.Instance.neighbours`):
+"Another instance shares the domain" (:attr:`policy.SeenInstance.neighbours`):
 another running instance holds cache there now (a value above 0).
 """
 
@@ -33,7 +33,7 @@ from ceilometer_cmt.backends.resctrl import fs
 from ceilometer_cmt.backends.resctrl.schemata import read_cache_info
 from ceilometer_cmt.errors import CmtError
 from ceilometer_cmt.guard import cbm
-from ceilometer_cmt.guard.policy import DEFAULT_GROUP, Closids, Instance
+from ceilometer_cmt.guard.policy import DEFAULT_GROUP, Closids, SeenInstance
 from ceilometer_cmt.linux import procfs
 from ceilometer_cmt.linux.sysfs_cache import read_cache_domains
 
@@ -52,7 +52,7 @@ class GuardInstance:
 class Seen:
     """One cycle's reading of the host."""
 
-    instances: list[Instance] = field(default_factory=list)
+    instances: list[SeenInstance] = field(default_factory=list)
     #: uuid -> its qemu's threads now
     tids: dict[str, list[int]] = field(default_factory=dict)
     #: uuid -> its libvirt domain name
@@ -64,7 +64,7 @@ class Seen:
     #: uuid -> why it could not be read (its qemu is gone, ...)
     skipped: dict[str, str] = field(default_factory=dict)
 
-    def instance(self, uuid: str) -> Instance | None:
+    def instance(self, uuid: str) -> SeenInstance | None:
         return next((i for i in self.instances if i.uuid == uuid), None)
 
 
@@ -159,5 +159,5 @@ def observe(root: str, proc_root: str, sysfs_root: str, pid_dir: str, prefix: st
         pct = {dom: None if v is None or not sizes.get(dom) else 100.0 * v / sizes[dom]
                for dom, v in raw[gi.uuid].items()}
         neighbours = frozenset(d for d, who in holders.items() if who - {gi.uuid})
-        seen.instances.append(Instance(gi.uuid, pct, neighbours, placed[gi.uuid], gi.exempt))
+        seen.instances.append(SeenInstance(gi.uuid, pct, neighbours, placed[gi.uuid], gi.exempt))
     return seen

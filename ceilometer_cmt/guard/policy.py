@@ -2,7 +2,7 @@
 CAT, which to release, which control groups to make and remove.
 
 Pure: :func:`decide` takes the last state and what this cycle saw, and
-returns the next state and a :class:`Plan`; it reads no file and writes
+returns the next state and a :class:`GuardPlan`; it reads no file and writes
 none.  The state is one small :class:`InstanceState` per instance (streak
 counters); whether an instance is capped is read every cycle from the
 control group its threads are in, so a restarted guard adopts its groups
@@ -45,7 +45,7 @@ from dataclasses import dataclass, field, replace
 
 from ceilometer_cmt.backends.resctrl.schemata import cap_share
 
-#: the default control group, as :attr:`Instance.groups` names it
+#: the default control group, as :attr:`SeenInstance.groups` names it
 DEFAULT_GROUP = ""
 
 
@@ -100,7 +100,7 @@ class Options:
 
 
 @dataclass(frozen=True)
-class Instance:
+class SeenInstance:
     """What one cycle saw of one running instance."""
 
     uuid: str
@@ -125,7 +125,7 @@ class Closids:
 
 @dataclass(frozen=True)
 class Cycle:
-    instances: tuple[Instance, ...]
+    instances: tuple[SeenInstance, ...]
     closids: Closids
     #: control groups with our prefix that exist now, members or not
     our_groups: frozenset[str] = frozenset()
@@ -141,7 +141,7 @@ class InstanceState:
 
 
 @dataclass(frozen=True)
-class Action:
+class Step:
     """``mkdir`` (make ``group`` and write its schemata for ``share``),
     ``cap`` (move ``uuid``'s threads into ``group``), ``release`` (move
     them back to the default group; ``move`` False when there is nothing to
@@ -162,14 +162,14 @@ class Refusal:
 
 
 @dataclass(frozen=True)
-class Plan:
-    actions: tuple[Action, ...] = ()
+class GuardPlan:
+    actions: tuple[Step, ...] = ()
     refusals: tuple[Refusal, ...] = ()
     #: uuid -> share, for every instance capped once the actions are done
     capped: Mapping[str, int] = field(default_factory=dict)
 
 
-def _placement(inst: Instance, options: Options) -> tuple[bool, int | None, bool]:
+def _placement(inst: SeenInstance, options: Options) -> tuple[bool, int | None, bool]:
     """(foreign, capped share, threads outside the cap group)."""
     ours = {g: options.share_of_group(g) for g in inst.groups if g != DEFAULT_GROUP}
     if any(share is None for share in ours.values()):
@@ -181,7 +181,7 @@ def _placement(inst: Instance, options: Options) -> tuple[bool, int | None, bool
     return False, share, len(inst.groups) > 1
 
 
-def _step(inst: Instance, st: InstanceState, capped: int | None,
+def _step(inst: SeenInstance, st: InstanceState, capped: int | None,
           options: Options) -> tuple[InstanceState, str]:
     """The streaks after this cycle, and the reason when one completed."""
     data = {d: v for d, v in inst.occupancy.items() if v is not None}
@@ -212,24 +212,24 @@ def _step(inst: Instance, st: InstanceState, capped: int | None,
 
 
 def decide(state: Mapping[str, InstanceState], cycle: Cycle,
-           options: Options) -> tuple[dict[str, InstanceState], Plan]:
+           options: Options) -> tuple[dict[str, InstanceState], GuardPlan]:
     """The next state and what to do now (see the module's rules)."""
     new_state: dict[str, InstanceState] = {}
     caps: list[tuple[str, str]] = []  # (uuid, reason)
-    actions: list[Action] = []
-    releases: list[Action] = []
+    actions: list[Step] = []
+    releases: list[Step] = []
     members: dict[str, set[str]] = {g: set() for g in cycle.our_groups}
     seen = {inst.uuid for inst in cycle.instances}
     for uuid, old in sorted(state.items()):
         if uuid not in seen and old.capped is not None:
-            releases.append(Action("release", options.group_name(old.capped), uuid, old.capped,
+            releases.append(Step("release", options.group_name(old.capped), uuid, old.capped,
                                    "the instance stopped or left the host", move=False))
     for inst in cycle.instances:
         st = state.get(inst.uuid, InstanceState())
         foreign, capped, stragglers = _placement(inst, options)
         if foreign:
             if st.capped is not None:
-                releases.append(Action(
+                releases.append(Step(
                     "release", options.group_name(st.capped), inst.uuid, st.capped,
                     "its threads are in another tool's control group: left alone",
                     move=False))
@@ -240,7 +240,7 @@ def decide(state: Mapping[str, InstanceState], cycle: Cycle,
             members.setdefault(group, set()).add(inst.uuid)
         if inst.exempt:
             if capped is not None:
-                releases.append(Action("release", options.group_name(capped), inst.uuid,
+                releases.append(Step("release", options.group_name(capped), inst.uuid,
                                        capped, "exempt (cmt:guard=off)"))
             new_state[inst.uuid] = InstanceState()
             continue
@@ -249,11 +249,11 @@ def decide(state: Mapping[str, InstanceState], cycle: Cycle,
         if capped is None and reason:
             caps.append((inst.uuid, reason))
         elif capped is not None and reason:
-            releases.append(Action("release", options.group_name(capped), inst.uuid,
+            releases.append(Step("release", options.group_name(capped), inst.uuid,
                                    capped, reason))
             new_state[inst.uuid] = InstanceState()
         elif capped is not None and stragglers:
-            actions.append(Action("cap", options.group_name(capped), inst.uuid, capped,
+            actions.append(Step("cap", options.group_name(capped), inst.uuid, capped,
                                   "some of its threads are outside its cap group"))
     refusals = _take_group(caps, cycle, options, members, actions)
     for uuid, _ in caps:
@@ -262,14 +262,14 @@ def decide(state: Mapping[str, InstanceState], cycle: Cycle,
     for rel in releases:
         members.get(rel.group, set()).discard(rel.uuid)
     actions.extend(releases)
-    actions.extend(Action("rmdir", g, reason="no capped instance left in it")
+    actions.extend(Step("rmdir", g, reason="no capped instance left in it")
                    for g in sorted(cycle.our_groups) if not members.get(g))
     capped_now = {u: s.capped for u, s in new_state.items() if s.capped is not None}
-    return new_state, Plan(tuple(actions), tuple(refusals), capped_now)
+    return new_state, GuardPlan(tuple(actions), tuple(refusals), capped_now)
 
 
 def _take_group(caps: list[tuple[str, str]], cycle: Cycle, options: Options,
-                members: dict[str, set[str]], actions: list[Action]) -> list[Refusal]:
+                members: dict[str, set[str]], actions: list[Step]) -> list[Refusal]:
     """Cap actions for ``caps`` into the current share's group, after its
     mkdir when it does not exist and a CLOSID may be taken; else refusals."""
     if not caps:
@@ -283,9 +283,9 @@ def _take_group(caps: list[tuple[str, str]], cycle: Cycle, options: Options,
             why = (f"no CLOSID may be taken for {group}: {c.in_use} of {c.num_closids - 1} "
                    f"control groups in use, {reserve} kept free for libvirt (closid_reserve)")
             return [Refusal(uuid, why) for uuid, _ in caps]
-        actions.append(Action("mkdir", group, share=options.cap_share,
+        actions.append(Step("mkdir", group, share=options.cap_share,
                               reason=f"a control group for {options.cap_share}% of the ways"))
     for uuid, reason in caps:
-        actions.append(Action("cap", group, uuid, options.cap_share, reason))
+        actions.append(Step("cap", group, uuid, options.cap_share, reason))
         members.setdefault(group, set()).add(uuid)
     return []

@@ -76,7 +76,7 @@ class GuardAction:
 
 
 @dataclass(frozen=True)
-class CycleResult:
+class GuardReport:
     cycle: int
     dry_run: bool
     actions: tuple[GuardAction, ...] = ()
@@ -150,7 +150,7 @@ class Guard:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def cycle(self) -> CycleResult:
+    def cycle(self) -> GuardReport:
         o = self.options
         listed = list(self._instances())
         self.cycles += 1
@@ -178,7 +178,7 @@ class _Apply:
     """One plan applied (or, dry run, only reported)."""
 
     def __init__(self, guard: Guard, seen: observe.Seen,
-                 state: dict[str, policy.InstanceState], plan: policy.Plan) -> None:
+                 state: dict[str, policy.InstanceState], plan: policy.GuardPlan) -> None:
         self.g = guard
         self.seen = seen
         self.state = state
@@ -210,7 +210,7 @@ class _Apply:
             if not members:
                 self._rmdir(group, "no instance could be moved into it")
 
-    def _mkdir(self, a: policy.Action) -> None:
+    def _mkdir(self, a: policy.Step) -> None:
         if self.dry:
             return
         info, default = self.seen.info, read_schemata(self.g.options.resctrl_root, "")
@@ -236,7 +236,7 @@ class _Apply:
             return
         self.made[a.group] = 0
 
-    def _cap(self, a: policy.Action) -> None:
+    def _cap(self, a: policy.Step) -> None:
         inst = self.seen.instance(a.uuid)
         fixup = inst is not None and a.group in inst.groups
         if a.group in self.broken:
@@ -264,7 +264,7 @@ class _Apply:
             self.actions.append(GuardAction("cap", a.uuid, a.share, a.reason,
                                             self.domains(a.uuid)))
 
-    def _release(self, a: policy.Action) -> None:
+    def _release(self, a: policy.Step) -> None:
         if self.dry:
             self.actions.append(GuardAction("release", a.uuid, a.share, a.reason,
                                             self.domains(a.uuid), done=False))
@@ -306,7 +306,7 @@ class _Apply:
         except OSError as e:
             self.errors.append(f"cannot remove control group {group}: {e.strerror}")
 
-    def result(self) -> CycleResult:
+    def result(self) -> GuardReport:
         opts = self.g.options.policy
         shares: dict[str, float | None] = {}
         allocation: dict[str, float | None] = {}
@@ -321,7 +321,7 @@ class _Apply:
             if ctrl not in shares:
                 shares[ctrl] = self._share(ctrl)
             allocation[inst.uuid] = shares[ctrl]
-        return CycleResult(self.g.cycles, self.dry, tuple(self.actions), tuple(self.refusals),
+        return GuardReport(self.g.cycles, self.dry, tuple(self.actions), tuple(self.refusals),
                            allocation, capped, tuple(self.errors))
 
     def _share(self, ctrl: str) -> float | None:

@@ -23,7 +23,7 @@ from ceilometer_cmt.cmd import cli
 from ceilometer_cmt.guard import policy
 from ceilometer_cmt.guard.direct_ops import DirectCatOps
 from ceilometer_cmt.guard.observe import GuardInstance
-from ceilometer_cmt.guard.service import CycleResult, Guard, GuardBusy, GuardOptions
+from ceilometer_cmt.guard.service import Guard, GuardBusy, GuardOptions, GuardReport
 from ceilometer_cmt.monitor import CacheMonitor
 from ceilometer_cmt.simulator import Simulator, fuse_missing_reason, mount_fstype
 from ceilometer_cmt.simulator.topology import get_topology
@@ -118,7 +118,7 @@ class Host:
         return Guard(self.options(**kw), ops or DirectCatOps(self.root, PREFIX),
                      lambda: self.instances).start()
 
-    def step(self, guard: Guard) -> CycleResult:
+    def step(self, guard: Guard) -> GuardReport:
         """One agent cycle, one guard cycle, then a minute passes."""
         self.agent()
         result = guard.cycle()

@@ -22,7 +22,7 @@ from ceilometer_cmt.cmd.demo_guard import (
 )
 from ceilometer_cmt.cmd.demo_host import NOISY_FROM, scenario_for
 from ceilometer_cmt.guard import policy
-from ceilometer_cmt.guard.service import CycleResult, GuardAction
+from ceilometer_cmt.guard.service import GuardAction, GuardReport
 from ceilometer_cmt.simulator.timeline import Point, Timeline
 from ceilometer_cmt.testing.fakehost import make_instances
 
@@ -46,7 +46,7 @@ def story(cycles: int, step: float) -> list[tuple[int, str]]:
         if share is not None:
             pct = min(pct, share)
         group = opts.group_name(share) if share is not None else policy.DEFAULT_GROUP
-        inst = policy.Instance("noisy", {0: pct}, frozenset({0}), frozenset({group}))
+        inst = policy.SeenInstance("noisy", {0: pct}, frozenset({0}), frozenset({group}))
         cycle = policy.Cycle((inst,), policy.Closids(16, 0 if share is None else 1),
                              frozenset({group}) - {policy.DEFAULT_GROUP})
         state, plan = policy.decide(state, cycle, opts)
@@ -104,7 +104,7 @@ def test_guard_conf_is_what_the_guard_command_reads(tmp_path) -> None:  # type: 
 
 
 def test_events_are_the_guard_commands_lines_with_the_cycle() -> None:
-    result = CycleResult(7, False, (GuardAction("cap", "u-1", 25, "holds 60%"),))
+    result = GuardReport(7, False, (GuardAction("cap", "u-1", 25, "holds 60%"),))
     (event,) = event_lines(result, 9)
     assert event == {"event": "guard", "action": "cap", "uuid": "u-1", "share": 25,
                      "reason": "holds 60%", "dry_run": False, "cycle": 9}

@@ -12,7 +12,7 @@ import pytest
 
 from ceilometer_cmt.cmd import cli
 from ceilometer_cmt.cmd import guard as cmd
-from ceilometer_cmt.guard.service import CycleResult, GuardAction
+from ceilometer_cmt.guard.service import GuardAction, GuardReport
 
 U1 = "11111111-1111-4111-8111-111111111111"
 
@@ -56,7 +56,7 @@ def test_exemption_from_nova_metadata(xml: str | None, exempt: bool) -> None:
     assert cmd.exempt(xml) is exempt
 
 
-RESULT = CycleResult(1, False, (GuardAction("cap", U1, 25, "holds 60%", (0,)),),
+RESULT = GuardReport(1, False, (GuardAction("cap", U1, 25, "holds 60%", (0,)),),
                      allocation={U1: 25.0}, capped=1)
 
 

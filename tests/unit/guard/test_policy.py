@@ -14,10 +14,10 @@ from ceilometer_cmt.guard.policy import (
     DEFAULT_GROUP,
     Closids,
     Cycle,
-    Instance,
+    GuardPlan,
     InstanceState,
     Options,
-    Plan,
+    SeenInstance,
     decide,
 )
 
@@ -27,8 +27,8 @@ FREE = Closids(num_closids=16, in_use=0)
 
 
 def inst(uuid: str, occ: float | None, *, neighbours: bool = True, group: str = DEFAULT_GROUP,
-         exempt: bool = False, groups: frozenset[str] | None = None) -> Instance:
-    return Instance(uuid, {0: occ}, frozenset({0}) if neighbours else frozenset(),
+         exempt: bool = False, groups: frozenset[str] | None = None) -> SeenInstance:
+    return SeenInstance(uuid, {0: occ}, frozenset({0}) if neighbours else frozenset(),
                     groups if groups is not None else frozenset({group}), exempt)
 
 
@@ -43,7 +43,7 @@ class World:
         self.ours: set[str] = set()
 
     def cycle(self, occupancy: Mapping[str, float | None], neighbours: bool = True,
-              exempt: bool = False) -> Plan:
+              exempt: bool = False) -> GuardPlan:
         instances = tuple(inst(u, v, group=self.groups.get(u, DEFAULT_GROUP),
                                neighbours=neighbours, exempt=exempt)
                           for u, v in occupancy.items())
@@ -61,7 +61,7 @@ class World:
         return plan
 
 
-def kinds(plan: Plan) -> list[tuple[str, str]]:
+def kinds(plan: GuardPlan) -> list[tuple[str, str]]:
     return [(a.kind, a.uuid or a.group) for a in plan.actions]
 
 
@@ -104,7 +104,7 @@ def test_no_neighbour_no_cap() -> None:
     # a neighbour on another domain is no neighbour
     state: dict[str, InstanceState] = {}
     for _ in range(5):
-        a = Instance("a", {0: 90.0, 1: 10.0}, frozenset({1}))
+        a = SeenInstance("a", {0: 90.0, 1: 10.0}, frozenset({1}))
         state, plan = decide(state, Cycle((a,), FREE), OPTS)
         assert plan.actions == ()
 
@@ -262,7 +262,7 @@ def test_never_a_cap_without_a_neighbour(cycles: list[tuple[float | None, float 
     with a neighbour in a domain where it is above cap_above."""
     state: dict[str, InstanceState] = {}
     for occ0, occ1, neighbour in cycles:
-        a = Instance("a", {0: occ0, 1: occ1}, frozenset({1}) if neighbour else frozenset())
+        a = SeenInstance("a", {0: occ0, 1: occ1}, frozenset({1}) if neighbour else frozenset())
         state, plan = decide(state, Cycle((a,), FREE), OPTS)
         for action in plan.actions:
             if action.kind == "cap":
