@@ -30,6 +30,9 @@ from typing import Literal
 
 from ceilometer_cmt.readings import (
     CORE_ENERGY,
+    LLC_OCCUPANCY,
+    MBM_LOCAL_BYTES,
+    MBM_TOTAL_BYTES,
     STALLS_LLC_MISS,
     UNHALTED_CORE_CYCLES,
     UOPS_RETIRED,
@@ -50,13 +53,6 @@ HOST: Per = "host"
 #: besides ``mean`` (defined in :data:`ceilometer_cmt.cmd.gnocchi_resources.OUR_ARCHIVE_POLICIES`).
 RATE_POLICY = "ceilometer-low-rate"
 PEAK_POLICY = "ceilometer-cmt-low"
-
-#: resctrl ``L3_MON`` events (``info/L3_MON/mon_features``, value files
-#: ``mon_data/mon_L3_XX/<event>``); the Intel AET ``PERF_PKG`` ones are in
-#: :mod:`ceilometer_cmt.readings`
-LLC_OCCUPANCY = "llc_occupancy"
-MBM_TOTAL_BYTES = "mbm_total_bytes"
-MBM_LOCAL_BYTES = "mbm_local_bytes"
 
 
 @dataclass(frozen=True)

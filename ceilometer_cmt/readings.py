@@ -11,6 +11,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
+#: resctrl ``L3_MON`` events (``info/L3_MON/mon_features``, value files
+#: ``mon_data/mon_L3_XX/<event>``), as the kernel names them; the only place
+#: the plugin spells them (tests/unit/test_meters.py checks). The simulator
+#: and the fake kernel trees spell their own: they play the kernel.
+LLC_OCCUPANCY = "llc_occupancy"
+MBM_TOTAL_BYTES = "mbm_total_bytes"
+MBM_LOCAL_BYTES = "mbm_local_bytes"
+L3_EVENTS = (LLC_OCCUPANCY, MBM_TOTAL_BYTES, MBM_LOCAL_BYTES)
+#: The MBM events a counter can be assigned to, in the kernel's order: the
+#: kernel's own ``rdtgroup_assign_cntrs()`` (fs/resctrl/monitor.c) assigns
+#: ``mbm_total_bytes`` before ``mbm_local_bytes``.
+MBM_EVENTS = (MBM_TOTAL_BYTES, MBM_LOCAL_BYTES)
+
 #: Intel AET (resctrl ``PERF_PKG``, Linux 7.0) events the plugin reads, as the
 #: kernel names them in ``info/PERF_PKG_MON/mon_features`` and
 #: ``mon_data/mon_PERF_PKG_XX/``. ``core_energy`` is fixed point (Joules);

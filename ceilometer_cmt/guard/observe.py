@@ -36,6 +36,7 @@ from ceilometer_cmt.guard import cbm
 from ceilometer_cmt.guard.policy import DEFAULT_GROUP, Closids, SeenInstance
 from ceilometer_cmt.linux import procfs
 from ceilometer_cmt.linux.sysfs_cache import read_cache_domains
+from ceilometer_cmt.readings import LLC_OCCUPANCY
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ def _occupancy(root: str, groups: fs.Groups, name: str, ctrls: frozenset[str],
     for path in paths:
         for dom, ddir in domains:
             try:
-                value = fs.read_group_event(path, ddir, "llc_occupancy")
+                value = fs.read_group_event(path, ddir, LLC_OCCUPANCY)
             except fs.ValueMissing:
                 out[dom] = None
                 continue

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from ceilometer_cmt.backends.resctrl.fs import NOT_GROUPS, UUID_RE
 from ceilometer_cmt.errors import InstanceGone
 from ceilometer_cmt.linux import procfs
+from ceilometer_cmt.readings import MBM_EVENTS
 
 LOG = logging.getLogger(__name__)
 
@@ -64,8 +65,9 @@ MAX_ASSIGN_LINES = 8
 #: one line ``mbm_L3_assignments_write()`` takes: an MBM event, then ``*=e``
 #: or ``*=_`` alone (the kernel ignores what follows ``*``), or
 #: ``<id>=<e|_>`` joined by ``;``; ASCII digits only; fullmatch
+_MBM_EVENT_RE = "|".join(map(re.escape, MBM_EVENTS))  # mbm_total_bytes|mbm_local_bytes
 _ASSIGN_LINE_RE = re.compile(
-    r"(?:mbm_total_bytes|mbm_local_bytes):(?:\*=[e_]|[0-9]{1,4}=[e_](?:;[0-9]{1,4}=[e_])*)",
+    rf"(?:{_MBM_EVENT_RE}):(?:\*=[e_]|[0-9]{{1,4}}=[e_](?:;[0-9]{{1,4}}=[e_])*)",
     re.ASCII)
 #: root entries of resctrl that are not control groups
 _NOT_CTRL = frozenset({".", ".."}) | NOT_GROUPS
@@ -152,7 +154,7 @@ def check_assignment_lines(lines: object) -> list[str]:
         body = line[:-1] if line.endswith("\n") else line
         if not _ASSIGN_LINE_RE.fullmatch(body):
             raise bad(f"not an MBM counter assignment line: {body[:80]!r} (wanted "
-                      "<mbm_total_bytes|mbm_local_bytes>:<domain id or *>=<e|_>[;...])")
+                      f"<{'|'.join(MBM_EVENTS)}>:<domain id or *>=<e|_>[;...])")
         out.append(body + "\n")
     return out
 

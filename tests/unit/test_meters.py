@@ -9,6 +9,7 @@ import ast
 import configparser
 import dataclasses
 import importlib
+from collections.abc import Collection
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -19,7 +20,7 @@ from ceilometer import sample as ceilometer_sample
 from ceilometer.polling import plugin_base
 from ceilometer.polling.manager import PollingSource
 
-from ceilometer_cmt import meters
+from ceilometer_cmt import meters, readings
 from ceilometer_cmt.cmd import gnocchi_resources, poll, top
 from ceilometer_cmt.monitor import CycleResult, InstanceMeters
 from ceilometer_cmt.pollsters import host as host_pollsters
@@ -306,12 +307,14 @@ def test_builtin_polling_yaml_lists_every_meter_once(tmp_path: Path) -> None:
 
 # ----------------------------------------------- no meter name elsewhere
 
-def meter_literals(path: Path, root: Path = REPO) -> list[str]:
-    """Meter names spelled as string constants in ``path`` (f-string parts included)."""
-    names = set(meters.names())
+def meter_literals(path: Path, root: Path = REPO,
+                   names: Collection[str] | None = None) -> list[str]:
+    """Meter names (or ``names``) spelled as string constants in ``path``
+    (f-string parts included)."""
+    wanted = set(meters.names() if names is None else names)
     return sorted(f"{path.relative_to(root)}:{node.lineno}: {node.value!r}"
                   for node in ast.walk(ast.parse(path.read_text(), str(path)))
-                  if isinstance(node, ast.Constant) and node.value in names)
+                  if isinstance(node, ast.Constant) and node.value in wanted)
 
 
 def test_no_other_module_spells_a_meter_name() -> None:
@@ -327,6 +330,61 @@ def test_the_literal_check_can_fail(tmp_path: Path) -> None:
     assert meter_literals(probe, tmp_path) == ["probe.py:1: 'cache.size'",
                                                "probe.py:2: 'cache.size'",
                                                "probe.py:4: 'cpu_l3_cache'"]
+
+
+# ------------------------------------- no resctrl L3 event name elsewhere
+
+#: Where the plugin may spell a resctrl L3 event name besides readings.py:
+#: modules that play the kernel spell their own (an oracle that imported the
+#: plugin's names would share its typos), and two other namespaces share words.
+EVENT_NAME_PLACES: dict[str, tuple[frozenset[str], str]] = {
+    "ceilometer_cmt/testing/mbm_assign_tree.py": (
+        frozenset(readings.L3_EVENTS), "a fake kernel tree, like the simulator"),
+    "ceilometer_cmt/backends/perf/pmu.py": (
+        frozenset({readings.LLC_OCCUPANCY}),
+        "intel_cqm's perf event name (its MBM events are total_bytes, local_bytes)"),
+    "ceilometer_cmt/cmd/top/view.py": (
+        frozenset(readings.MBM_EVENTS), "keys of the top --json document"),
+}
+
+
+def event_literals(package: Path, root: Path = REPO,
+                   allowed: dict[str, tuple[frozenset[str], str]] | None = None) -> list[str]:
+    """The resctrl L3 event names spelled under ``package`` outside readings.py,
+    the simulator and ``allowed``'s (path, names)."""
+    allowed = EVENT_NAME_PLACES if allowed is None else allowed
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        if rel == "ceilometer_cmt/readings.py" or "simulator" in path.relative_to(package).parts:
+            continue
+        names = set(readings.L3_EVENTS) - allowed.get(rel, (frozenset(), ""))[0]
+        found += meter_literals(path, root, names)
+    return found
+
+
+def test_no_other_module_spells_a_resctrl_event_name() -> None:
+    found = event_literals(PACKAGE)
+    assert found == [], "use ceilometer_cmt.readings instead:\n" + "\n".join(found)
+    for rel, (names, _) in EVENT_NAME_PLACES.items():  # no stale exception
+        assert meter_literals(REPO / rel, REPO, names), rel
+
+
+def test_the_event_literal_check_can_fail(tmp_path: Path) -> None:
+    package = tmp_path / "ceilometer_cmt"
+    (package / "simulator").mkdir(parents=True)
+    text = ('"""llc_occupancy"""\nX = "llc_occupancy"\nY = f"{X}: mbm_local_bytes"\n'
+            'Z = ("mbm_total_bytes", f"{X}" "mbm_local_bytes")\n')
+    for rel in ("readings.py", "simulator/model.py", "a.py", "b.py"):
+        (package / rel).write_text(text)
+    allowed = {"ceilometer_cmt/b.py": (frozenset({"llc_occupancy"}), "a reason")}
+    assert event_literals(package, tmp_path, allowed) == [
+        "ceilometer_cmt/a.py:1: 'llc_occupancy'",
+        "ceilometer_cmt/a.py:2: 'llc_occupancy'",
+        "ceilometer_cmt/a.py:4: 'mbm_local_bytes'",
+        "ceilometer_cmt/a.py:4: 'mbm_total_bytes'",
+        "ceilometer_cmt/b.py:4: 'mbm_local_bytes'",
+        "ceilometer_cmt/b.py:4: 'mbm_total_bytes'"]
 
 
 def test_main_prints_etc_polling_yaml(capsys: pytest.CaptureFixture[str]) -> None:
@@ -354,7 +412,7 @@ def test_every_meter_names_the_events_it_needs() -> None:
     from ceilometer_cmt.backends.resctrl import fs
     from ceilometer_cmt.readings import TELEMETRY_EVENTS
 
-    assert (meters.LLC_OCCUPANCY, meters.MBM_TOTAL_BYTES, meters.MBM_LOCAL_BYTES) == fs.EVENTS
+    assert fs.EVENTS is readings.L3_EVENTS and fs.MBM_EVENTS is readings.MBM_EVENTS
     known = set(fs.EVENTS) | set(TELEMETRY_EVENTS)
     for m in meters.TABLE:
         assert m.events is not None, f"{m.name}: the row does not say which events it needs"

@@ -54,6 +54,9 @@ from ceilometer_cmt.errors import BackendUnavailable, CmtError, InstanceGone, No
 from ceilometer_cmt.linux import procfs
 from ceilometer_cmt.linux.sysfs_cache import read_host_cache
 from ceilometer_cmt.readings import (
+    LLC_OCCUPANCY,
+    MBM_LOCAL_BYTES,
+    MBM_TOTAL_BYTES,
     BackendCycle,
     Decision,
     HostCache,
@@ -72,7 +75,7 @@ DEFAULT_EVENTS: Mapping[str, str] = {
 
 #: role -> the resctrl event of the same value (the names the meter table uses)
 RESCTRL_EVENTS: Mapping[str, str] = {
-    OCCUPANCY: "llc_occupancy", MBM_TOTAL: "mbm_total_bytes", MBM_LOCAL: "mbm_local_bytes"}
+    OCCUPANCY: LLC_OCCUPANCY, MBM_TOTAL: MBM_TOTAL_BYTES, MBM_LOCAL: MBM_LOCAL_BYTES}
 
 
 def perf_events(needed: Collection[str] | None) -> Mapping[str, str] | None:

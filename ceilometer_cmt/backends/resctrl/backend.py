@@ -53,6 +53,7 @@ from ceilometer_cmt.errors import BackendUnavailable, InstanceGone, NotMonitored
 from ceilometer_cmt.linux.process_watch import PidfdWatch
 from ceilometer_cmt.linux.sysfs_cache import read_host_cache
 from ceilometer_cmt.readings import (
+    LLC_OCCUPANCY,
     BackendCycle,
     Decision,
     HostCache,
@@ -97,9 +98,9 @@ class ResctrlBackend:
         if verify_mount:
             fs.verify_mount(resctrl_root, proc_root)
         self.info = fs.read_info(resctrl_root)
-        if "llc_occupancy" not in self.info.mon_features:
+        if LLC_OCCUPANCY not in self.info.mon_features:
             raise BackendUnavailable(
-                f"{resctrl_root}/info/L3_MON/mon_features lacks llc_occupancy "
+                f"{resctrl_root}/info/L3_MON/mon_features lacks {LLC_OCCUPANCY} "
                 "(no cache monitoring on this CPU, or resctrl not mounted)")
         #: the L3 events read: those the polled meters need (``events``, see
         #: meters.Meter.events; None: all) that the host has
@@ -143,7 +144,7 @@ class ResctrlBackend:
     def auto_decision(self) -> Decision:
         """May ``auto`` take this backend? Always once it opened: the
         constructor already refused a tree without ``llc_occupancy``."""
-        return Decision(self.name, True, f"{self.root} has llc_occupancy")
+        return Decision(self.name, True, f"{self.root} has {LLC_OCCUPANCY}")
 
     # ----------------------------------------------------------- host side
     def host_cache(self) -> HostCache:

@@ -33,7 +33,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
+from ceilometer_cmt import readings
 from ceilometer_cmt.errors import BackendUnavailable
+from ceilometer_cmt.readings import L3_EVENTS
 
 #: FUSE subtype under which ``ceilometer-cmt simulate`` mounts; mountinfo shows
 #: it as ``fuse.cmt-resctrl-sim``. Any other filesystem (tmpfs, a plain
@@ -44,11 +46,12 @@ SIMULATOR_SUBTYPE = "cmt-resctrl-sim"
 SIMULATOR_FSTYPE = f"fuse.{SIMULATOR_SUBTYPE}"
 RESCTRL_FSTYPES = ("resctrl", SIMULATOR_FSTYPE)
 
-EVENTS = ("llc_occupancy", "mbm_total_bytes", "mbm_local_bytes")
-#: The MBM events a counter can be assigned to, in the kernel's order: the
-#: kernel's own ``rdtgroup_assign_cntrs()`` (fs/resctrl/monitor.c) assigns
-#: ``mbm_total_bytes`` before ``mbm_local_bytes``.
-MBM_EVENTS = ("mbm_total_bytes", "mbm_local_bytes")
+#: The L3 events this reader knows, and the MBM ones in the kernel's
+#: assignment order: :data:`ceilometer_cmt.readings.L3_EVENTS` and
+#: :data:`~ceilometer_cmt.readings.MBM_EVENTS` under the names resctrl's
+#: modules use.
+EVENTS = L3_EVENTS
+MBM_EVENTS = readings.MBM_EVENTS
 NO_DATA_WORDS = ("Unavailable", "Error", "Unassigned")
 _DOMAIN_RE = re.compile(r"^mon_L3_(\d+)$")
 _SUB_DOMAIN_RE = re.compile(r"^mon_sub_L3_(\d+)$")

@@ -51,7 +51,13 @@ from ceilometer_cmt.backends.resctrl.affinity import affinity_domains, cpu_domai
 from ceilometer_cmt.backends.resctrl.monitored_instance import MonitoredInstance
 from ceilometer_cmt.backends.resctrl.values import ValueReader
 from ceilometer_cmt.errors import NotMonitored
-from ceilometer_cmt.readings import BackendCycle, HostCache, InstanceReading
+from ceilometer_cmt.readings import (
+    MBM_LOCAL_BYTES,
+    MBM_TOTAL_BYTES,
+    BackendCycle,
+    HostCache,
+    InstanceReading,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -335,7 +341,7 @@ class MbmCounters:
         it): the group's file is read again now, the event reads None with
         the reason, and the next cycle plans again (taking it back if free).
         An idle group's events without counters add nothing."""
-        slots = {"mbm_total_bytes": reading.mbm_total, "mbm_local_bytes": reading.mbm_local}
+        slots = {MBM_TOTAL_BYTES: reading.mbm_total, MBM_LOCAL_BYTES: reading.mbm_local}
         want = t.mbm_domains or frozenset(self.cpu_map.values())
         for ctrl, path in groups:
             if ctrl not in t.mbm_held:  # made again during this read

@@ -33,7 +33,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from ceilometer_cmt.backends.resctrl import fs
-from ceilometer_cmt.readings import InstanceReading
+from ceilometer_cmt.readings import (
+    LLC_OCCUPANCY,
+    MBM_LOCAL_BYTES,
+    MBM_TOTAL_BYTES,
+    InstanceReading,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -47,8 +52,8 @@ class Slot(enum.IntEnum):
     MBM_LOCAL = 2
 
 
-_SLOTS = {"llc_occupancy": Slot.OCCUPANCY, "mbm_total_bytes": Slot.MBM_TOTAL,
-          "mbm_local_bytes": Slot.MBM_LOCAL}
+_SLOTS = {LLC_OCCUPANCY: Slot.OCCUPANCY, MBM_TOTAL_BYTES: Slot.MBM_TOTAL,
+          MBM_LOCAL_BYTES: Slot.MBM_LOCAL}
 _GONE = (errno.ENODEV, errno.ENOENT)
 _OFFLINE = -1  # _read_again: the value's L3 domain is offline (never a count)
 
