@@ -61,7 +61,7 @@ class InstanceMeters:
 class CycleResult:
     backend: str
     timestamp: float
-    host: HostCache
+    host_cache: HostCache
     instances: dict[str, InstanceMeters] = field(default_factory=dict)
     unmonitored: dict[str, str] = field(default_factory=dict)
     monitors_used: int | None = None
@@ -134,7 +134,7 @@ class CacheMonitor:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.backend = backend
         self.clock = clock
-        self.host = backend.host_cache()
+        self.host_cache = backend.host_cache()
         self.nodata = RateLimitedLog(log_interval, clock)
         #: uuid -> (mbm_total, mbm_local) counters
         self._counters: dict[str, tuple[ByteCounter, ByteCounter]] = {}
@@ -154,7 +154,7 @@ class CacheMonitor:
             # (a first cycle may wait seconds for the privsep daemon to start):
             # a rate is over the time between two reads, not two cycle starts.
             now = self.clock()
-            result = CycleResult(self.backend.name, now, self.host,
+            result = CycleResult(self.backend.name, now, self.host_cache,
                                  unmonitored=dict(cycle.unmonitored),
                                  monitors_used=cycle.monitors_used,
                                  mbm_counters=cycle.mbm_counters,
@@ -235,7 +235,7 @@ class CacheMonitor:
             del states[uuid]
 
     def _occupancy(self, uuid: str, reading: InstanceReading) -> InstanceMeters:
-        total, domains, percent = occupancy_meters(reading, self.host)
+        total, domains, percent = occupancy_meters(reading, self.host_cache)
         if total is None and reading.occupancy:
             self.nodata(uuid, "llc_occupancy gave no value (Unavailable/Error)")
         return InstanceMeters(total, domains, percent)

@@ -47,7 +47,7 @@ class _HostPollster(plugin_base.PollsterBase):
 
     def host_cache(self) -> HostCache:
         if self.rt.monitor is not None:
-            return self.rt.monitor.host
+            return self.rt.monitor.host_cache
         return self.sysfs.get()
 
     def cycle(self, manager: Any, cache: dict[str, Any]) -> CycleResult:

@@ -63,7 +63,7 @@ def test_telemetry_meters_over_polling_cycles(aet_host: Any) -> None:
 
     try:
         # the group limit is PERF_PKG_MON's 576, not L3_MON's 1024
-        assert mon.host.monitors_total == 576
+        assert mon.host_cache.monitors_total == 576
         first = mon.poll(refs)
         assert first.unmonitored == {}
         # first cycle: the energy baseline, no rate or ratio yet

@@ -336,7 +336,7 @@ def test_cycles_become_meters_through_the_monitor(host):
         mb = second.instances[b.uuid]
         assert mb.mbm_total_bytes == 320 + 15_000
         assert mb.mbm_total_rate == pytest.approx(1_500.0)
-        assert second.host.source == "libvirt" and second.host.monitors_total == 176
+        assert second.host_cache.source == "libvirt" and second.host_cache.monitors_total == 176
     finally:
         mon.close()
 

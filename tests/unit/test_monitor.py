@@ -219,7 +219,7 @@ def test_monitor_meters_over_cycles(caplog) -> None:  # type: ignore[no-untyped-
     m = CacheMonitor(b, log_interval=600.0, clock=clock)
     with caplog.at_level(logging.INFO, logger="ceilometer_cmt.monitor"):
         r = m.poll(refs)
-        assert r.backend == "scripted" and r.host is TWO_SOCKETS and r.monitors_used == 3
+        assert r.backend == "scripted" and r.host_cache is TWO_SOCKETS and r.monitors_used == 3
         assert r.unmonitored == {U2: "no free RMID (ENOSPC)"}
         pct = r.instances[U1].occupancy_percent
         assert pct == pytest.approx(20.0)

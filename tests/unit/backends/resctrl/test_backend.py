@@ -448,7 +448,7 @@ def test_amd_many_domains_and_percent_of_busiest(tmp_path):  # type: ignore[no-u
         h.start_qemu("instance-1")
         b = h.backend()
         mon = CacheMonitor(b)
-        assert len(mon.host.domains) == 8 and mon.host.size == 8 * 32 * 1024 * 1024
+        assert len(mon.host_cache.domains) == 8 and mon.host_cache.size == 8 * 32 * 1024 * 1024
         mon.poll([InstanceRef(U1, "instance-1")])
         g = group(h, U1)
         set_value(g, 3, "llc_occupancy", 16 * 1024 * 1024)  # half of CCX 3
