@@ -51,9 +51,9 @@ The rules, in the order they apply:
    a new assignment and so a new count (doc/kernel-facts-mbm-assign-and-aet.md
    1.8: ``rdtgroup_assign_cntr()`` resets it; its values get a new key).
 
-Apply a :class:`Plan` by writing every release first (they free the
-counters), then every assignment: :meth:`Plan.release_lines` and
-:meth:`Plan.assign_lines` give the ``mbm_L3_assignments`` lines per instance
+Apply a :class:`CounterPlan` by writing every release first (they free the
+counters), then every assignment: :meth:`CounterPlan.release_lines` and
+:meth:`CounterPlan.assign_lines` give the ``mbm_L3_assignments`` lines per instance
 (:func:`~ceilometer_cmt.backends.resctrl.assign_files.format_assignment`). The
 kernel's ``available_mbm_cntrs`` already excludes every counter held, ours
 and other tools'; groups of other tools are never in the input, so never
@@ -89,8 +89,9 @@ def priority_of(metadata: Mapping[str, object] | None) -> int:
 
 
 @dataclass(frozen=True)
-class Instance:
-    """One instance as the policy sees it."""
+class CounterClaim:
+    """One monitor group's claim on MBM counters, as the policy sees it: the
+    instance it serves, where its threads run, what it holds, its rank."""
 
     uuid: str
     #: the L3 domains its threads may run in (from their CPU affinity)
@@ -114,7 +115,10 @@ class Change:
 
 
 @dataclass(frozen=True)
-class Plan:
+class CounterPlan:
+    """What :func:`plan` decides: the counters to assign and release, and
+    what each claim holds or lacks once they are applied."""
+
     assign: tuple[Change, ...]
     release: tuple[Change, ...]
     #: uuid -> event -> the domains it holds a counter in once the plan is applied
@@ -144,7 +148,7 @@ class Plan:
         return self._lines(self.assign, True)
 
 
-def _order(inst: Instance) -> tuple[int, float, str]:
+def _order(inst: CounterClaim) -> tuple[int, float, str]:
     return (-inst.priority, inst.since, inst.uuid)
 
 
@@ -156,8 +160,8 @@ Held = dict[str, dict[str, frozenset[int]]]
 MAX_ROUNDS = 8
 
 
-def plan(available: Mapping[int, int], instances: Iterable[Instance],
-         events: Iterable[str] = MBM_EVENTS) -> Plan:
+def plan(available: Mapping[int, int], instances: Iterable[CounterClaim],
+         events: Iterable[str] = MBM_EVENTS) -> CounterPlan:
     """Decide the assignments (see the module's rules). ``available``: free
     counters per domain as the kernel shows them (held ones not counted);
     ``events``: the wanted MBM events, in the order they are served.
@@ -194,10 +198,10 @@ def plan(available: Mapping[int, int], instances: Iterable[Instance],
             release.extend(Change(i.uuid, e, d) for d in sorted(before - after))
             assign.extend(Change(i.uuid, e, d) for d in sorted(after - before))
     assign.sort(key=lambda c: _event_order(c.event))  # every total before any local
-    return Plan(tuple(assign), tuple(release), state, missing)
+    return CounterPlan(tuple(assign), tuple(release), state, missing)
 
 
-def _owner(inst: Instance) -> str:
+def _owner(inst: CounterClaim) -> str:
     return inst.owner or inst.uuid
 
 
@@ -205,7 +209,7 @@ def _event_order(event: str) -> tuple[int, str]:
     return (MBM_EVENTS.index(event) if event in MBM_EVENTS else len(MBM_EVENTS), event)
 
 
-def _round(available: Mapping[int, int], insts: list[Instance], state: Held,
+def _round(available: Mapping[int, int], insts: list[CounterClaim], state: Held,
            wanted: list[str]) -> tuple[Held, dict[int, int], dict[str, dict[str, str]]]:
     """One pass of the rules over ``state`` (uuid -> event -> domains held):
     the state after it, the free counters then, and the reasons."""
@@ -214,7 +218,7 @@ def _round(available: Mapping[int, int], insts: list[Instance], state: Held,
     # what each (instance, event) holds where it is wanted; the rest goes now (rule 1)
     keep: dict[tuple[str, str], set[int]] = {}
     by_uuid = {i.uuid: i for i in insts}
-    busy: dict[str, list[Instance]] = {}  # owner -> its groups holding threads
+    busy: dict[str, list[CounterClaim]] = {}  # owner -> its groups holding threads
     for i in insts:
         if not i.idle:
             busy.setdefault(_owner(i), []).append(i)
@@ -278,10 +282,10 @@ def _round(available: Mapping[int, int], insts: list[Instance], state: Held,
     return held, free, missing
 
 
-def _victims(inst: Instance, event: str, short: list[int],
+def _victims(inst: CounterClaim, event: str, short: list[int],
              keep: dict[tuple[str, str], set[int]], done: set[tuple[str, str]],
-             by_uuid: dict[str, Instance], rank: dict[str, int],
-             free: dict[int, int], busy: dict[str, list[Instance]]
+             by_uuid: dict[str, CounterClaim], rank: dict[str, int],
+             free: dict[int, int], busy: dict[str, list[CounterClaim]]
              ) -> list[tuple[str, str]] | None:
     """The holdings whose release gives ``inst`` a counter in each domain of
     ``short``, or None: those of idle groups (rule 7) first (its owner's,

@@ -275,7 +275,7 @@ class MbmCounters:
                 for d in doms & free.keys():
                     free[d] += 1
         plan = assign.plan(free, [
-            assign.Instance(path, t.mbm_domains or every,
+            assign.CounterClaim(path, t.mbm_domains or every,
                             {} if path in auto else t.mbm_held.get(ctrl, {}),
                             t.priority, float(t.since), ctrl in t.idle, t.uuid)
             for path, (t, ctrl) in groups.items()], self.events)

@@ -153,7 +153,7 @@ def group_limit(l3_rmids: int | None, perf_pkg: PerfPkgInfo | None) -> int | Non
     return min(l3_rmids, perf_pkg.num_rmids)
 
 
-class _File:
+class _TelemetryFile:
     __slots__ = ("fd", "path", "event", "key", "fixed")
 
     def __init__(self, path: str, event: str, key: str) -> None:
@@ -184,14 +184,14 @@ class TelemetryReader:
         self.packages = list(info.packages)
         self.events = wanted_events(info, events)
         self.budget = budget
-        self._groups: dict[str, list[_File]] = {}
+        self._groups: dict[str, list[_TelemetryFile]] = {}
 
-    def _files(self, path: str, ctrl: str, gen: str) -> list[_File]:
+    def _files(self, path: str, ctrl: str, gen: str) -> list[_TelemetryFile]:
         files = []
         budget = self.budget
         for pkg_id, pkg_dir in self.packages:
             for event in self.events:
-                f = _File(os.path.join(path, "mon_data", pkg_dir, event), event,
+                f = _TelemetryFile(os.path.join(path, "mon_data", pkg_dir, event), event,
                           f"{ctrl}/{pkg_id}{gen}")
                 if budget.open_fds < budget.fd_budget:
                     try:
@@ -240,7 +240,7 @@ class TelemetryReader:
                 event = out[f.event] = {}
             event[f.key] = value
 
-    def _close(self, f: _File) -> None:
+    def _close(self, f: _TelemetryFile) -> None:
         os.close(f.fd)
         f.fd = -1
         self.budget.open_fds -= 1

@@ -66,7 +66,7 @@ class GroupVanished(Exception):
         self.path = path
 
 
-class _File:
+class _ValueFile:
     __slots__ = ("fd", "path", "slot", "key", "dom_dir", "event", "subs")
 
     def __init__(self, path: str, slot: Slot, key: Any, dom_dir: str, event: str) -> None:
@@ -91,12 +91,12 @@ class ValueReader:
         #: groups where a value read ``Unassigned`` (mbm_event mode: no
         #: counter there now); who acts on it takes the path out
         self.unassigned: set[str] = set()
-        self._groups: dict[str, list[_File]] = {}
+        self._groups: dict[str, list[_ValueFile]] = {}
         #: group path -> inode of its directory when its files were found
         self._inodes: dict[str, int | None] = {}
 
     def _files(self, path: str, ctrl: str, gen: str,
-               mbm: Mapping[str, Mapping[int, str]] | None) -> list[_File]:
+               mbm: Mapping[str, Mapping[int, str]] | None) -> list[_ValueFile]:
         files = self._groups.get(path)
         if files is None:
             files = []
@@ -114,7 +114,7 @@ class ValueReader:
                         if suffix is None:
                             continue  # no counter assigned: not read at all
                         key = f"{ctrl}/{dom_id}{gen}{suffix}{self.key_tag}"
-                    f = _File(os.path.join(path, "mon_data", dom_dir, event), slot, key,
+                    f = _ValueFile(os.path.join(path, "mon_data", dom_dir, event), slot, key,
                               dom_dir, event)
                     if self.open_fds < self.fd_budget:
                         try:
@@ -183,13 +183,13 @@ class ValueReader:
                 value = None if value is None or prev is None else prev + value
             targets[f.slot][f.key] = value
 
-    def _locate(self, f: _File) -> list[str]:
+    def _locate(self, f: _ValueFile) -> list[str]:
         """Find where ``f``'s value lies now and remember it (see module doc)."""
         files = fs.find_event_files(os.path.dirname(f.path), f.event)
         f.subs = files if files and files[0] != f.path else None
         return files
 
-    def _read_again(self, path: str, f: _File) -> int | None:
+    def _read_again(self, path: str, f: _ValueFile) -> int | None:
         """The remembered place of the value is gone (ENODEV on a kept fd,
         ENOENT on an open): the group was removed, or made again under the same
         name (GroupVanished); else its domain went offline (``_OFFLINE``) or the

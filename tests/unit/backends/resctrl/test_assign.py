@@ -12,7 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ceilometer_cmt.backends.resctrl import assign
-from ceilometer_cmt.backends.resctrl.assign import Change, Instance, Plan, plan, priority_of
+from ceilometer_cmt.backends.resctrl.assign import (
+    Change,
+    CounterClaim,
+    CounterPlan,
+    plan,
+    priority_of,
+)
 from ceilometer_cmt.backends.resctrl.assign_files import parse_assignments
 
 TOTAL, LOCAL = "mbm_total_bytes", "mbm_local_bytes"
@@ -20,14 +26,14 @@ TOTAL, LOCAL = "mbm_total_bytes", "mbm_local_bytes"
 
 def inst(uuid: str, domains: Iterable[int], held: dict[str, Iterable[int]] | None = None,
          priority: int = 0, since: float = 0.0, idle: bool = False,
-         owner: str = "") -> Instance:
-    return Instance(uuid, frozenset(domains),
+         owner: str = "") -> CounterClaim:
+    return CounterClaim(uuid, frozenset(domains),
                     {e: frozenset(d) for e, d in (held or {}).items()}, priority, since,
                     idle, owner)
 
 
-def apply(available: dict[int, int], insts: list[Instance], p: Plan
-          ) -> tuple[dict[int, int], list[Instance]]:
+def apply(available: dict[int, int], insts: list[CounterClaim], p: CounterPlan
+          ) -> tuple[dict[int, int], list[CounterClaim]]:
     """What the kernel has once the plan's lines are written: releases, then assignments."""
     free = dict(available)
     held = {i.uuid: {e: set(d) for e, d in i.held.items()} for i in insts}
@@ -207,11 +213,11 @@ DOMS = (0, 1, 2, 3)
 
 
 @st.composite
-def worlds(draw: st.DrawFn) -> tuple[dict[int, int], list[Instance]]:
+def worlds(draw: st.DrawFn) -> tuple[dict[int, int], list[CounterClaim]]:
     n_dom = draw(st.integers(1, len(DOMS)))
     doms = DOMS[:n_dom]
     cap = draw(st.integers(0, 6))
-    insts: list[Instance] = []
+    insts: list[CounterClaim] = []
     used = dict.fromkeys(doms, 0)
     for k in range(draw(st.integers(0, 8))):
         domains = draw(st.frozensets(st.sampled_from(doms + (9,)), max_size=n_dom + 1))
@@ -223,20 +229,20 @@ def worlds(draw: st.DrawFn) -> tuple[dict[int, int], list[Instance]]:
                 used[d] += 1
             if got:
                 held[ev] = got
-        insts.append(Instance(f"i{k}", domains, held, draw(st.integers(-2, 2)),
+        insts.append(CounterClaim(f"i{k}", domains, held, draw(st.integers(-2, 2)),
                               draw(st.integers(0, 5)), draw(st.booleans()),
                               f"o{draw(st.integers(0, 3))}"))
     available = {d: cap - used[d] for d in doms}
     return available, insts
 
 
-def by_uuid(insts: list[Instance]) -> dict[str, Instance]:
+def by_uuid(insts: list[CounterClaim]) -> dict[str, CounterClaim]:
     return {i.uuid: i for i in insts}
 
 
 @given(worlds(), st.sampled_from([(TOTAL, LOCAL), (TOTAL,), (LOCAL,)]))
 @settings(max_examples=300)
-def test_never_over_budget_and_idempotent(world: tuple[dict[int, int], list[Instance]],
+def test_never_over_budget_and_idempotent(world: tuple[dict[int, int], list[CounterClaim]],
                                           events: tuple[str, ...]) -> None:
     available, insts = world
     p = plan(available, insts, events)
@@ -254,7 +260,7 @@ def test_never_over_budget_and_idempotent(world: tuple[dict[int, int], list[Inst
 @given(worlds())
 @settings(max_examples=300)
 def test_no_counter_taken_from_an_equal_or_higher_priority_holder(
-        world: tuple[dict[int, int], list[Instance]]) -> None:
+        world: tuple[dict[int, int], list[CounterClaim]]) -> None:
     available, insts = world
     p = plan(available, insts)
     gainers = {c.uuid for c in p.assign}
@@ -274,7 +280,7 @@ def test_no_counter_taken_from_an_equal_or_higher_priority_holder(
 def test_no_flapping_over_100_rounds_with_churn() -> None:
     rng = random.Random(14)
     cap = {0: 6, 1: 6, 2: 6}
-    insts: list[Instance] = []
+    insts: list[CounterClaim] = []
     free = dict(cap)
     serial = 0
     complete_since: dict[tuple[str, str], int] = {}
@@ -289,7 +295,7 @@ def test_no_flapping_over_100_rounds_with_churn() -> None:
         for _ in range(rng.randint(0, 3)):
             serial += 1
             doms = frozenset(rng.sample(sorted(cap), rng.randint(1, 2)))
-            insts.append(Instance(f"vm{serial:03d}", doms, {}, 0, float(serial)))
+            insts.append(CounterClaim(f"vm{serial:03d}", doms, {}, 0, float(serial)))
         p = plan(free, insts)
         free, insts = apply(free, insts, p)
         assert sum(free.values()) + sum(len(d) for i in insts for d in i.held.values()) \
