@@ -194,11 +194,11 @@ def test_host_pollsters_measure_their_field_with_its_metadata() -> None:
     hc = HostCache(domains=(CacheDomain(id=0, level=3, size=32, cpus="0-3"),
                             CacheDomain(id=1, level=3, size=16, cpus="4-7")),
                    monitors_total=128, source="resctrl")
-    result = CycleResult(backend="resctrl", timestamp=0.0, host=hc,
+    result = CycleResult(backend="resctrl", timestamp=0.0, host_cache=hc,
                          unmonitored={"u2": "no free RMID", "u1": "gone"}, monitors_used=7,
                          mbm_counters={0: 32, 1: 32}, mbm_counters_available={1: 3, 0: 0},
                          removed_by_others=4, capped=2)
-    monitor = SimpleNamespace(host=hc, backend=SimpleNamespace(name="resctrl"))
+    monitor = SimpleNamespace(host_cache=hc, backend=SimpleNamespace(name="resctrl"))
     cache = {runtime.CACHE_KEY: result}
     got = {}
     for m in meters.of(meters.HOST):
@@ -231,11 +231,11 @@ def test_host_pollsters_partly_monitored_and_not_in_mbm_event_mode() -> None:
     from ceilometer_cmt.monitor import InstanceMeters
 
     hc = HostCache(domains=(), monitors_total=None, source="resctrl")
-    result = CycleResult(backend="resctrl", timestamp=0.0, host=hc,
+    result = CycleResult(backend="resctrl", timestamp=0.0, host_cache=hc,
                          instances={"u1": InstanceMeters(occupancy=5)},
                          unmonitored={"u1": "no MBM counter: mbm_total_bytes: ...",
                                       "u2": "gone"})
-    monitor = SimpleNamespace(host=hc, backend=SimpleNamespace(name="resctrl"))
+    monitor = SimpleNamespace(host_cache=hc, backend=SimpleNamespace(name="resctrl"))
     cache = {runtime.CACHE_KEY: result}
 
     def measure(m: meters.Meter) -> Any:
