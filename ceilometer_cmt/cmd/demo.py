@@ -67,6 +67,22 @@ def fuse_problem() -> str | None:
     return fuse_missing_reason()
 
 
+#: running instances when ``--instances`` is not given (see :func:`default_instances`)
+DEFAULT_INSTANCES = 4
+
+
+def default_instances(topology: str) -> int:
+    """Running instances by default: :data:`DEFAULT_INSTANCES`, or on a
+    topology with MBM counters to assign (``mbm_event`` mode, amd-abmc) as
+    many as an L3 domain has counters. The default group holds two of them
+    (total and local) from boot, so the instances outnumber the free
+    counters: some get no ``mbm_total_bytes`` counter and are listed in
+    ``cache.instances.unmonitored`` with the reason."""
+    from ceilometer_cmt.simulator.topology import get_topology
+
+    return max(DEFAULT_INSTANCES, get_topology(topology).num_mbm_cntrs)
+
+
 def _parser() -> argparse.ArgumentParser:
     from ceilometer_cmt.cmd.top import SORT_KEYS
 
@@ -80,9 +96,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--topology", default="intel-2s",
                    help="simulated host, one of the simulator's presets: "
                         f"{', '.join(sorted(PRESETS))} (default intel-2s; amd-abmc: "
-                        "MBM counters to assign, 8 per L3; intel-aet: per-instance "
-                        "energy and IPC)")
-    p.add_argument("--instances", type=int, default=4, help="running instances (default 4)")
+                        "MBM counters to assign, 8 per L3, 2 of them the default "
+                        "group's; intel-aet: per-instance energy and IPC)")
+    p.add_argument("--instances", type=int,
+                   help=f"running instances (default {DEFAULT_INSTANCES}; on a topology "
+                        "with MBM counters to assign, as many as an L3 has counters: 8 on "
+                        "amd-abmc, more than its free counters, so that some instances "
+                        "get none)")
     p.add_argument("--stopped", type=int, default=1, help="shut-off instances (default 1)")
     p.add_argument("--interval", type=float, default=2.0,
                    help="seconds between polling cycles (default 2)")
@@ -113,6 +133,14 @@ def _emit(out: TextIO, doc: dict[str, Any]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    from ceilometer_cmt.simulator.topology import PRESETS
+
+    if args.topology not in PRESETS:
+        print(f"ceilometer-cmt demo: unknown topology {args.topology!r} "
+              f"(choose from {', '.join(sorted(PRESETS))})", file=sys.stderr)
+        return 2
+    if args.instances is None:
+        args.instances = default_instances(args.topology)
     if args.instances < 1 or args.stopped < 0 or args.interval < 0 \
             or (args.cycles is not None and args.cycles < 0):
         print("ceilometer-cmt demo: need --instances >= 1, --stopped >= 0, --interval >= 0, "
@@ -120,12 +148,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.cycles == 0:
         args.cycles = None
-    from ceilometer_cmt.simulator.topology import PRESETS
-
-    if args.topology not in PRESETS:
-        print(f"ceilometer-cmt demo: unknown topology {args.topology!r} "
-              f"(choose from {', '.join(sorted(PRESETS))})", file=sys.stderr)
-        return 2
     problem = fuse_problem()
     if problem:
         print(f"ceilometer-cmt demo: cannot run here: {problem}.\n{INSTALL_HINT}",

@@ -25,3 +25,46 @@ def test_no_fuse_exits_2_with_the_install_hint(monkeypatch: pytest.MonkeyPatch,
     assert demo.main([]) == 2
     err = capsys.readouterr().err
     assert "cannot run here: no /dev/fuse" in err and demo.INSTALL_HINT in err
+
+
+def test_amd_abmc_runs_short_of_mbm_counters_by_default() -> None:
+    """amd-abmc's default instances outnumber an L3 domain's free MBM
+    counters (the default group holds total and local from boot), so the
+    demo shows instances without a counter; other topologies keep 4."""
+    from ceilometer_cmt.simulator.topology import PRESETS, get_topology
+
+    abmc = get_topology("amd-abmc")
+    free = abmc.num_mbm_cntrs - 2
+    assert demo.default_instances("amd-abmc") > free > 0
+    others = sorted(set(PRESETS) - {"amd-abmc"})
+    assert [demo.default_instances(name) for name in others] == [4] * len(others)
+
+
+class _Built(Exception):
+    pass
+
+
+@pytest.mark.parametrize(("argv", "instances"), [
+    (["--topology", "amd-abmc"], 8), ([], 4), (["--topology", "amd-abmc", "--instances", "3"], 3)])
+def test_the_host_gets_the_topologys_default_unless_told(
+        monkeypatch: pytest.MonkeyPatch, argv: list[str], instances: int) -> None:
+    built: list[int] = []
+
+    class Host:
+        log_file = None
+        demo_guard = None
+        cycles_done = 0
+
+        def __init__(self, _topology: str, n: int, *_a: object, **_k: object) -> None:
+            built.append(n)
+
+        def start(self) -> None:
+            raise _Built
+
+        def stop(self, keep_log: str | None = None) -> list[str]:
+            return []
+
+    monkeypatch.setattr(demo, "fuse_problem", lambda: None)
+    monkeypatch.setattr(demo, "DemoHost", Host)
+    assert demo.main([*argv, "--cycles", "1"]) == 1  # start() failed: nothing ran
+    assert built == [instances]
