@@ -1,12 +1,9 @@
 """Stand-in processes for the perf tests: a real child that burns CPU on command.
 
-The child reads one command per line on stdin and answers ``ok <data>``:
-
-* ``burn``: the main thread spins until the next command arrives.
-* ``sleep``: the main thread blocks on stdin (answers first).
-* ``spawn NAME``: start a thread that sleeps on an Event; answers its TID.
-* ``tburn NAME`` / ``tstop NAME``: that thread spins / sleeps again.
-* ``exit``.
+The child runs :mod:`ceilometer_cmt.testing.perf_child_program` (by path,
+``python -I -S``), which reads one command per line on stdin and answers
+``ok <data>``: ``burn``, ``sleep``, ``spawn NAME``, ``tburn NAME``,
+``tstop NAME``, ``exit`` (see there).
 
 With ``domain=`` its ``/proc/<pid>/cmdline`` carries ``-name
 guest=<domain>,debug-threads=on`` like a libvirt qemu, and with ``pid_dir=``
@@ -22,86 +19,14 @@ import time
 from collections.abc import Callable
 from types import TracebackType
 
-CHILD_SCRIPT = r"""
-import os, select, sys, threading
-
-threads = {}
-
-def spin(n=20000):
-    x = 0
-    for _ in range(n):
-        x += 1
-    return x
-
-class Worker:
-    def __init__(self):
-        self.go = threading.Event()
-        self.tid = None
-        self.ready = threading.Event()
-        self.t = threading.Thread(target=self.run, daemon=True)
-        self.t.start()
-        self.ready.wait()
-
-    def run(self):
-        self.tid = threading.get_native_id()
-        self.ready.set()
-        while True:
-            self.go.wait()
-            while self.go.is_set():
-                spin()
-
-def ack(text):
-    os.write(1, ("ok %s\n" % text).encode())
-
-buf = b""
-def next_line(burning):
-    global buf
-    while b"\n" not in buf:
-        if burning:
-            while not select.select([0], [], [], 0)[0]:
-                spin()
-        chunk = os.read(0, 4096)
-        if not chunk:
-            os._exit(0)
-        buf += chunk
-    line, _, buf = buf.partition(b"\n")
-    return line.decode().split()
-
-ack("ready %d" % os.getpid())
-burning = False
-while True:
-    cmd = next_line(burning)
-    if not cmd:
-        continue
-    op = cmd[0]
-    if op == "burn":
-        burning = True
-        ack("burn")
-    elif op == "sleep":
-        burning = False
-        ack("sleep")
-    elif op == "spawn":
-        w = threads[cmd[1]] = Worker()
-        ack(str(w.tid))
-    elif op == "tburn":
-        threads[cmd[1]].go.set()
-        ack("tburn")
-    elif op == "tstop":
-        threads[cmd[1]].go.clear()
-        ack("tstop")
-    elif op == "exit":
-        ack("exit")
-        os._exit(0)
-    else:
-        ack("unknown")
-"""
+from ceilometer_cmt.testing import perf_child_program
 
 
 class Child:
     """A real process to count; always ``close()`` it (or use ``with``)."""
 
     def __init__(self, domain: str | None = None, pid_dir: str | None = None) -> None:
-        argv = [sys.executable, "-c", CHILD_SCRIPT]
+        argv = [sys.executable, "-I", "-S", perf_child_program.__file__]
         if domain is not None:
             argv += ["-name", f"guest={domain},debug-threads=on"]
         self.domain = domain
