@@ -20,10 +20,11 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 from typing import Any
+
+from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from ceilometer_cmt.simulator.layout import FSTYPE, SUBTYPE
 from ceilometer_cmt.simulator.procfs import mount_fstype
@@ -51,6 +52,17 @@ def fuse_missing_reason() -> str | None:
     except OSError:
         return "libfuse3 not found: install libfuse3-3 (apt-get install libfuse3-3)"
     return None
+
+
+def _poll_until(check: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
+    """Call ``check`` every ``interval`` seconds until it returns True (True),
+    or ``timeout`` seconds have passed (False). Its exceptions end the wait at
+    once. (The simulator has its own loop: it may not import
+    ``ceilometer_cmt.testing.wait``.)"""
+    retrying = Retrying(stop=stop_after_delay(timeout), wait=wait_fixed(interval),
+                        retry=retry_if_result(lambda done: not done),
+                        retry_error_callback=lambda _state: False)
+    return bool(retrying(check))
 
 
 def _die_with_parent() -> None:
@@ -160,28 +172,35 @@ class Simulator:
             return ""
 
     def _wait_ready(self) -> None:
+        # A child that dies is seen at once (poll()); the timeout only bounds
+        # a child that lives but never mounts. It is generous: on a loaded
+        # two-core machine the child's imports alone took more than 15 s.
+        if not _poll_until(self._ready, self._timeout):
+            raise RuntimeError(f"resctrl simulator did not mount in time:\n{self._log()}")
+
+    def _ready(self) -> bool:
+        """Mounted and answering on the control socket (then held in
+        ``_client``); raises if the child exited."""
         from ceilometer_cmt.simulator.control import ControlClient
 
         assert self._proc is not None
-        # A child that dies is seen at once (poll()); the deadline only bounds
-        # a child that lives but never mounts. It is generous: on a loaded
-        # two-core machine the child's imports alone took more than 15 s.
-        deadline = time.monotonic() + self._timeout
-        while True:
-            if self._proc.poll() is not None:
-                raise RuntimeError(
-                    f"resctrl simulator exited with {self._proc.returncode}:\n{self._log()}"
-                )
-            if mount_fstype(self.mountpoint) == FSTYPE and os.path.exists(self.control_path):
-                try:
-                    self._client = ControlClient(self.control_path)
-                    self._client.call("state")
-                    return
-                except OSError:
-                    pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"resctrl simulator did not mount in time:\n{self._log()}")
-            time.sleep(0.02)
+        if self._proc.poll() is not None:
+            raise RuntimeError(
+                f"resctrl simulator exited with {self._proc.returncode}:\n{self._log()}"
+            )
+        if mount_fstype(self.mountpoint) != FSTYPE or not os.path.exists(self.control_path):
+            return False
+        try:
+            client = ControlClient(self.control_path)
+        except OSError:
+            return False
+        try:
+            client.call("state")
+        except OSError:
+            client.close()
+            return False
+        self._client = client
+        return True
 
     def stop(self) -> None:
         """Stop the child, make sure nothing stays mounted, remove temp files."""
@@ -197,9 +216,7 @@ class Simulator:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        deadline = time.monotonic() + 3
-        while mount_fstype(self.mountpoint) == FSTYPE and time.monotonic() < deadline:
-            time.sleep(0.02)
+        _poll_until(lambda: mount_fstype(self.mountpoint) != FSTYPE, 3)
         if mount_fstype(self.mountpoint) == FSTYPE:
             subprocess.run(["fusermount3", "-u", "-z", self.mountpoint], check=False,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

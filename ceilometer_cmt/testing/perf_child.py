@@ -15,11 +15,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from types import TracebackType
 
 from ceilometer_cmt.testing import perf_child_program
+from ceilometer_cmt.testing.wait import wait_until
 
 
 class Child:
@@ -71,12 +71,13 @@ class Child:
         return {int(t) for t in os.listdir(f"/proc/{self.pid}/task")}
 
     def wait_asleep(self, timeout: float = 20.0, tids: set[int] | None = None) -> None:
-        """Until no thread (of ``tids``, default all) is running, three looks in a row."""
-        deadline = time.monotonic() + timeout
-        quiet = 0
-        while quiet < 3:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"child {self.pid} does not go to sleep")
+        """Until no thread (of ``tids``, default all) is running, three looks in a row
+        (a thread between two spins may be seen asleep once). A child that exited
+        stops the wait at once."""
+        quiet = [0]
+
+        def all_asleep() -> bool:
+            looks, quiet[0] = quiet[0], 0  # a look that raises is not a quiet one
             states = []
             for tid in os.listdir(f"/proc/{self.pid}/task"):
                 if tids is not None and int(tid) not in tids:
@@ -87,8 +88,16 @@ class Child:
                 except FileNotFoundError:
                     continue
                 states.append(stat[stat.rindex(b")") + 2:][:1])
-            quiet = quiet + 1 if all(s in (b"S", b"D") for s in states) else 0
-            time.sleep(0.01)
+            quiet[0] = looks + 1 if all(s in (b"S", b"D") for s in states) else 0
+            return quiet[0] >= 3
+
+        def exited() -> None:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"child {self.pid} exited with {self.proc.returncode}")
+
+        wait_until(all_asleep, what=f"child {self.pid} to sleep", timeout=timeout,
+                   interval=0.01, fail=exited,
+                   error=lambda _: TimeoutError(f"child {self.pid} does not go to sleep"))
 
     def close(self) -> None:
         if self.proc.poll() is None:

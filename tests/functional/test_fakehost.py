@@ -4,7 +4,6 @@ discovery through a private libvirtd, real stand-in qemu processes."""
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 
@@ -12,6 +11,7 @@ from ceilometer_cmt.errors import InstanceGone
 from ceilometer_cmt.linux import procfs
 from ceilometer_cmt.testing import fakehost
 from ceilometer_cmt.testing.libvirtd import LIBVIRTD, LibvirtDaemon
+from ceilometer_cmt.testing.wait import wait_until
 from tests.support.procutil import alive
 
 libvirt = pytest.importorskip("libvirt")
@@ -115,11 +115,8 @@ def _thread_states(pid: int) -> set[str]:
 
 
 def _eventually(pred, what: str, deadline: float = 20.0) -> None:
-    end = time.monotonic() + deadline
-    while not pred():
-        if time.monotonic() > end:
-            pytest.fail(f"never happened: {what}")
-        time.sleep(0.05)
+    wait_until(pred, what=what, timeout=deadline, interval=0.05,
+               error=lambda _: pytest.fail.Exception(f"never happened: {what}", pytrace=True))
 
 
 def test_stand_in_qemu_burns_then_rests(tmp_path):

@@ -16,7 +16,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ import yaml
 
 from ceilometer_cmt.simulator.topology import get_topology
 from ceilometer_cmt.testing.fakehost import StandInQemu, make_instances, write_node_xml
+from ceilometer_cmt.testing.wait import wait_until
 
 AGENT = Path(sys.executable).parent / "ceilometer-polling"
 TOPO = get_topology("intel-2s")
@@ -80,15 +80,24 @@ def test_a_real_agent_reads_only_the_events_of_its_polled_meters(
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True)
         try:
-            # three cycles after the first read of the instance's occupancy
-            deadline = time.monotonic() + 120
             reads: dict[str, int] = {}
-            while time.monotonic() < deadline and agent.poll() is None:
+
+            def three_cycles_or_exit() -> bool:
+                """Three cycles after the first read of the instance's occupancy."""
+                nonlocal reads
+                if agent.poll() is not None:
+                    return True  # the assertion below shows the log
                 reads = simulator.control("reads", match=f"{group}/*")
-                if reads and min(reads.values()) >= 3 and len(reads) >= len(TOPO.l3_ids):
-                    break
-                time.sleep(0.5)
-            log = (tmp_path / "agent.log").read_text(errors="replace")
+                return bool(reads) and min(reads.values()) >= 3 and len(reads) >= len(
+                    TOPO.l3_ids)
+
+            def agent_log() -> str:
+                return (tmp_path / "agent.log").read_text(errors="replace")
+
+            wait_until(three_cycles_or_exit, what="three cycles that read the instance",
+                       timeout=120, interval=0.5, error=lambda m: AssertionError(
+                           f"no cycle read the instance ({m}):\n{agent_log()[-3000:]}"))
+            log = agent_log()
             assert reads and min(reads.values()) >= 3, f"no cycle read the instance:\n{log[-3000:]}"
             assert "events read: " in log
         finally:

@@ -30,6 +30,7 @@ from ceilometer_cmt.simulator import Simulator, mount_fstype
 from ceilometer_cmt.simulator.topology import get_topology
 from ceilometer_cmt.testing.fakehost import StandInQemu
 from ceilometer_cmt.testing.kernel_trees import file_calls
+from ceilometer_cmt.testing.wait import wait_until
 from tests.support import paths
 from tests.support.fuse import needs_fuse_root
 
@@ -201,17 +202,21 @@ class Agent:
             return []
 
     def wait_lines(self, n: int, timeout: float = 60.0) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        while True:
-            got = self.lines()
-            if len(got) >= n:
-                return got
+        got: list[dict[str, Any]] = []
+
+        def enough() -> list[dict[str, Any]] | None:
+            got[:] = self.lines()
+            return list(got) if len(got) >= n else None
+
+        def exited() -> None:
             if self.proc.poll() is not None and len(self.lines()) < n:
                 raise AssertionError(f"agent exited with {self.proc.returncode} after "
                                      f"{len(got)} cycles; see {self.out[:-6]}.log")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"agent made {len(got)} cycles, wanted {n}")
-            time.sleep(0.01)
+
+        return wait_until(enough, what=f"{n} agent cycles", timeout=timeout, interval=0.01,
+                          fail=exited,
+                          error=lambda _: AssertionError(
+                              f"agent made {len(got)} cycles, wanted {n}"))
 
 
 def write_refs(path: str, refs: list[tuple[str, str]]) -> None:
@@ -269,15 +274,17 @@ def test_kill9_mid_cycle_then_restart_adopts_sweeps_and_continues(
     write_refs(refs, [(ua[n], n) for n in a_names[2:]] + [(ub[n], n) for n in b_names])
     b_uuids = set(ub.values())
     polls = 0
-    deadline = time.monotonic() + 30
-    while True:
-        made = sum(1 for g in os.listdir(os.path.join(r.root, "mon_groups"))
-                   if g[len(PREFIX):] in b_uuids)
+
+    def making_groups() -> bool:
+        nonlocal polls
         polls += 1
-        if made >= 1:
-            os.kill(first.proc.pid, signal.SIGKILL)
-            break
-        assert time.monotonic() < deadline, "the agent never started making groups"
+        return any(g[len(PREFIX):] in b_uuids
+                   for g in os.listdir(os.path.join(r.root, "mon_groups")))
+
+    # interval 0: kill as soon as the first group is seen, mid-cycle
+    wait_until(making_groups, what="the agent to make a group", timeout=30, interval=0,
+               error=lambda _: AssertionError("the agent never started making groups"))
+    os.kill(first.proc.pid, signal.SIGKILL)
     first.proc.wait()
     assert first.proc.returncode == -signal.SIGKILL
     time.sleep(0.2)  # a mkdir already in the daemon completes
@@ -779,9 +786,9 @@ def test_pid_reused_between_cycles_is_not_adopted(rig: Callable[..., Rig]) -> No
         if other is None:
             pytest.skip("cannot steer pid allocation here (needs root, ns_last_pid)")
         r.others.append(other)
-        deadline = time.monotonic() + 10
-        while len(os.listdir(f"/proc/{pid}/task")) < 3 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        with contextlib.suppress(TimeoutError):  # the checks below hold for any thread count
+            wait_until(lambda: len(os.listdir(f"/proc/{pid}/task")) >= 3,
+                       what=f"the 3 threads of pid {pid}", timeout=10, interval=0.01)
         tids = {int(t) for t in os.listdir(f"/proc/{pid}/task")}
         cycle = backend.sync(refs)
         group = os.path.join(r.root, "mon_groups", PREFIX + uuid)

@@ -11,13 +11,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from ceilometer_cmt.simulator import FSTYPE, Simulator, mount, mount_fstype
+from ceilometer_cmt.testing.wait import wait_until
 from tests.support.fuse import needs_fuse_root
 
 pytestmark = needs_fuse_root
@@ -73,10 +73,8 @@ def test_killed_simulator_leaves_no_mount(sim: Callable[..., Simulator]) -> None
     s = sim()
     assert s.pid is not None
     os.kill(s.pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while mount_fstype(s.mountpoint) is not None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert mount_fstype(s.mountpoint) is None  # auto_unmount
+    wait_until(lambda: mount_fstype(s.mountpoint) is None, timeout=10, interval=0.05,
+               what="auto_unmount to remove the killed simulator's mount", error=AssertionError)
 
 
 def test_info_and_layout(sim: Callable[..., Simulator]) -> None:
@@ -272,10 +270,11 @@ def test_cli_runs_in_foreground_until_sigterm(tmp_path: Any) -> None:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 15
-        while mount_fstype(mnt) != FSTYPE and time.monotonic() < deadline:
+        def running() -> None:
             assert proc.poll() is None
-            time.sleep(0.05)
+
+        wait_until(lambda: mount_fstype(mnt) == FSTYPE, what=f"the simulator to mount {mnt}",
+                   timeout=15, interval=0.05, fail=running)
         assert cat(f"{mnt}/info/L3_MON/num_rmids") == "9\n"
         assert int(cat(f"{mnt}/mon_data/mon_L3_00/mon_sub_L3_01/llc_occupancy")) > 0
         proc.send_signal(signal.SIGTERM)

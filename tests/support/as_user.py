@@ -36,12 +36,13 @@ import stat
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from ceilometer_cmt.testing.wait import wait_until
 
 VENV_BIN = os.path.dirname(sys.executable)  # not resolved: the venv's bin, not pyenv's
 REPO = str(Path(__file__).resolve().parents[2])
@@ -148,14 +149,17 @@ def kill_user_processes(name: str) -> None:
         uid = pwd.getpwnam(name).pw_uid
     except KeyError:
         return
-    deadline = time.monotonic() + 30
-    while pids := user_processes(uid):
+    pids: list[int] = []
+
+    def none_left() -> bool:
+        pids[:] = user_processes(uid)
         for pid in pids:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
-        if time.monotonic() > deadline:
-            raise AssertionError(f"processes of {name} survive SIGKILL: {pids}")
-        time.sleep(0.05)
+        return not pids
+
+    wait_until(none_left, what=f"the processes of {name} to die", timeout=30, interval=0.05,
+               error=lambda _: AssertionError(f"processes of {name} survive SIGKILL: {pids}"))
 
 
 @contextlib.contextmanager

@@ -9,8 +9,8 @@ import os
 import shutil
 import sys
 import textwrap
-import time
 
+from ceilometer_cmt.testing.wait import wait_until
 from tests.support.paths import REPO
 
 VENV_BIN = os.path.dirname(sys.executable)
@@ -93,9 +93,14 @@ def privsep_daemons(marker: str) -> list[int]:
 def wait_no_daemons(marker: str) -> list[int]:
     """The daemon exits when its client's socket closes; wait for that, then
     kill (and report) whatever is left."""
-    deadline = time.monotonic() + 20
-    while (left := privsep_daemons(marker)) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    left: list[int] = []
+
+    def none_left() -> bool:
+        left[:] = privsep_daemons(marker)
+        return not left
+
+    with contextlib.suppress(TimeoutError):
+        wait_until(none_left, what=f"the {marker} daemons to exit", timeout=20, interval=0.1)
     for pid in left:
         with contextlib.suppress(OSError):
             os.kill(pid, 9)

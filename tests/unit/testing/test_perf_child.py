@@ -85,3 +85,22 @@ def test_end_of_stdin_ends_the_child() -> None:
     finally:
         c.close()
     assert not os.path.exists(f"/proc/{c.pid}/task")
+
+
+def test_wait_asleep_times_out_on_a_burning_thread_and_names_the_child() -> None:
+    with Child() as c:
+        tid = c.spawn("w")
+        c.cmd("tburn w")
+        with pytest.raises(TimeoutError, match=f"^child {c.pid} does not go to sleep$"):
+            c.wait_asleep(timeout=0.3, tids={tid})
+        c.wait_asleep(timeout=20, tids={c.pid})  # the others may burn
+        c.cmd("tstop w")
+        c.wait_asleep()
+
+
+def test_wait_asleep_stops_at_once_when_the_child_exited() -> None:
+    with Child() as c:
+        c.cmd("exit")
+        c.proc.wait(timeout=10)
+        with pytest.raises(RuntimeError, match=f"^child {c.pid} exited with 0$"):
+            c.wait_asleep(timeout=60)
