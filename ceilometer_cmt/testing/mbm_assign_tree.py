@@ -7,7 +7,8 @@ when counters are assignable: ``info/L3_MON/{mbm_assign_mode,num_mbm_cntrs,
 available_mbm_cntrs,mbm_assign_on_mkdir}``,
 ``info/L3_MON/event_configs/<event>/event_filter`` and each group's
 ``mbm_L3_assignments``; in ``default`` mode the BMEC
-``mbm_{total,local}_bytes_config`` files instead. A plain file cannot fail
+``mbm_{total,local}_bytes_config`` files instead, and ``mon_features`` lists
+them after their events. A plain file cannot fail
 a read with EINVAL as the kernel's files do outside ``mbm_event`` mode, so
 those files are left out then (the readers give None either way).
 
@@ -98,6 +99,10 @@ def build_abmc_resctrl(root: str, topo: Topology, *, num_cntrs: int = 32,
         for ev, mask in DEFAULT_BMEC.items():
             _write(_l3_mon(root, f"{ev}_config"),
                    _domain_list({d: mask for d in topo.l3_ids}, "0x{:02x}"))
+        # rdt_mon_features_show(): "<event>_config" after each configurable
+        # event while counters are not assigned
+        _write(_l3_mon(root, "mon_features"), "".join(
+            f"{ev}\n" + (f"{ev}_config\n" if ev in DEFAULT_BMEC else "") for ev in EVENTS))
     return root
 
 
