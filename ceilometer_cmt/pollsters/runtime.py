@@ -27,9 +27,9 @@ from typing import Any
 from ceilometer_cmt import meters, options
 from ceilometer_cmt.backends import registry
 from ceilometer_cmt.backends.perf.counter_providers import CounterProvider, DirectCounters
-from ceilometer_cmt.backends.resctrl.assign import PRIORITY_KEY, priority_of
 from ceilometer_cmt.backends.resctrl.fs import DirectOps, ResctrlOps
 from ceilometer_cmt.monitor import CacheMonitor, CycleResult
+from ceilometer_cmt.pollsters import instance_settings
 from ceilometer_cmt.readings import InstanceRef
 
 LOG = logging.getLogger(__name__)
@@ -217,13 +217,9 @@ def instance_ref(resource: Any) -> InstanceRef | None:
 def mbm_priority(resource: Any) -> int:
     """``cmt:mbm_priority`` of a discovered instance: its server metadata
     (ceilometer fetches it with ``[compute] fetch_extra_metadata``), else its
-    flavor's extra specs (in libvirt's Nova metadata from 2025.2); 0 without."""
-    metadata = getattr(resource, "metadata", None)
-    if isinstance(metadata, dict) and PRIORITY_KEY in metadata:
-        return priority_of(metadata)
-    flavor = getattr(resource, "flavor", None)
-    specs = flavor.get("extra_specs") if isinstance(flavor, dict) else None
-    return priority_of(specs) if isinstance(specs, dict) else 0
+    flavor's extra specs (in libvirt's Nova metadata from 2025.2); 0 without
+    (:mod:`instance_settings` reads it, as it reads the guard's opt-out)."""
+    return instance_settings.mbm_priority(resource)
 
 
 def cycle(rt: Runtime, cache: dict[str, Any], instances: list[Any], *,
