@@ -31,21 +31,27 @@ function setup_develop { echo "$*" >> "$DEVELOP_LOG"; }
 function echo_summary { echo "summary: $*"; }
 function get_python_exec_prefix { echo "$FAKE_BIN"; }
 function sudo { "$@"; }  # the test runs as root; the plugin's sudo calls act here
+function run_process { echo "run_process|$1|$2" >> "$PROCESS_LOG"; }
+function stop_process { echo "stop_process|$1" >> "$PROCESS_LOG"; }
 """
 
 ALL_METERS = [m for r in gnocchi_resources.OUR_RESOURCES for m in r.metrics]
 
 
-def run_plugin(tmp: Path, *phase: str, services: str) -> subprocess.CompletedProcess[str]:
+def run_plugin(tmp: Path, *phase: str, services: str,
+               **env_extra: str) -> subprocess.CompletedProcess[str]:
     script = (STUBS + f"source {REPO}/devstack/settings\n"
               + f"source {REPO}/devstack/plugin.sh {' '.join(phase)}\n")
     env = {"PATH": f"{BIN}:/usr/bin:/bin", "DEST": str(tmp / "dest"),
            "CEILOMETER_CMT_DIR": str(REPO), "CEILOMETER_CONF": str(tmp / "ceilometer.conf"),
            "CEILOMETER_CONF_DIR": str(tmp), "CEILOMETER_BIN_DIR": str(BIN),
            "FAKE_BIN": str(BIN), "PYTHON": sys.executable, "ENABLED_SERVICES": services,
-           "INISET_LOG": str(tmp / "iniset.log"), "DEVELOP_LOG": str(tmp / "develop.log"),
+           "INISET_LOG": str(tmp / "iniset.log"),
+           "PROCESS_LOG": str(tmp / "process.log"), "DATA_DIR": str(tmp / "data"),
+           "DEVELOP_LOG": str(tmp / "develop.log"),
            "STACK_USER": "stack",
            "CEILOMETER_CMT_PRIVSEP_CONF": str(tmp / "etc" / "privsep.conf")}
+    env.update(env_extra)
     proc = subprocess.run(["bash", "-euc", script], env=env, capture_output=True, text=True,
                           timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr + proc.stdout
@@ -112,3 +118,54 @@ def test_notification_post_config_merges_gnocchi_resources(tmp_path: Path) -> No
     assert resources.read_text() == first
     assert not (tmp_path / "polling.yaml").exists()
     assert not (tmp_path / "iniset.log").exists()
+
+
+def test_guard_enabled_is_configured_started_and_undone(tmp_path: Path) -> None:
+    """``enable_service ceilometer-cmt-guard``: [cmt_guard] in the agent's
+    config, ``ceilometer-cmt guard`` started by run_process (as devstack's
+    user: its writes go through the daemon, [cmt] privsep = always), and
+    unstack stops it and runs ``cleanup --guard``. ``ceilometer-cmt`` is a
+    stand-in that logs its arguments (the real one would clean this host)."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    cli_log = tmp_path / "cli.log"
+    (fake / "ceilometer-cmt").write_text(f'#!/bin/sh\necho "$*" >> {cli_log}\n')
+    (fake / "ceilometer-cmt").chmod(0o755)
+    services = "n-cpu,ceilometer-acompute,ceilometer-cmt-guard"
+    conf = tmp_path / "ceilometer.conf"
+    for phase in (("stack", "post-config"), ("stack", "extra")):
+        run_plugin(tmp_path, *phase, services=services, CEILOMETER_BIN_DIR=str(fake))
+    settings = [line.split("|", 2) for line in
+                (tmp_path / "iniset.log").read_text().splitlines()]
+    assert ["cmt", "privsep", "always"] in settings
+    assert ["cmt_guard", "dry_run", "True"] in settings  # CEILOMETER_CMT_GUARD_DRY_RUN
+    assert ["cmt_guard", "lock_file", f"{tmp_path}/data/ceilometer-cmt/guard.lock"] in settings
+    assert (tmp_path / "process.log").read_text().splitlines() == [
+        f"run_process|ceilometer-cmt-guard|{fake}/ceilometer-cmt guard --config-file {conf}"]
+    # the command run_process starts exists with these options
+    from ceilometer_cmt.cmd import guard
+
+    assert guard.build_parser().parse_args(["--config-file", str(conf)]).config_file == [
+        str(conf)]
+
+    (tmp_path / "process.log").unlink()
+    run_plugin(tmp_path, "unstack", services=services, CEILOMETER_BIN_DIR=str(fake))
+    assert (tmp_path / "process.log").read_text().splitlines() == [
+        "stop_process|ceilometer-cmt-guard"]
+    assert cli_log.read_text().splitlines() == [
+        f"cleanup --guard --config-file {conf}", f"cleanup --config-file {conf}"]
+
+
+def test_guard_not_enabled_is_neither_configured_nor_started(tmp_path: Path) -> None:
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "ceilometer-cmt").write_text(f'#!/bin/sh\necho "$*" >> {tmp_path}/cli.log\n')
+    (fake / "ceilometer-cmt").chmod(0o755)
+    for phase in (("stack", "post-config"), ("stack", "extra"), ("unstack",)):
+        run_plugin(tmp_path, *phase, services="ceilometer-acompute",
+                   CEILOMETER_BIN_DIR=str(fake))
+    assert not any(line.startswith("cmt_guard|") for line in
+                   (tmp_path / "iniset.log").read_text().splitlines())
+    assert not (tmp_path / "process.log").exists()
+    assert (tmp_path / "cli.log").read_text().split("\n")[0].split()[:2] == [
+        "cleanup", "--config-file"]

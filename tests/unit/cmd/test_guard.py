@@ -4,6 +4,7 @@ notifications (through the in-memory ``test`` driver), a one-cycle run."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 from ceilometer_cmt.cmd import cli
 from ceilometer_cmt.cmd import guard as cmd
 from ceilometer_cmt.guard.service import GuardAction, GuardReport
+from tests.support.paths import REPO
 
 U1 = "11111111-1111-4111-8111-111111111111"
 
@@ -113,3 +115,87 @@ def test_domain_names_for_cleanup(tmp_path: Any) -> None:
     node = write_node_xml(str(tmp_path / "node.xml"), instances)
     assert cmd.domain_names(f"test://{node}") == {i.uuid: i.domain_name for i in instances}
     assert cmd.domain_names(f"test://{tmp_path}/missing.xml") == {}
+
+
+# -- the shipped systemd unit ---------------------------------------------------
+
+UNIT = REPO / "etc" / "systemd" / "ceilometer-cmt-guard.service"
+
+
+def unit_problems(text: str) -> list[str]:
+    """What is wrong with a guard unit: run as root, or an ExecStart the CLI
+    does not take (a missing subcommand or option)."""
+    import configparser
+    import shlex
+
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read_string(text)
+    service = parser["Service"]
+    problems = []
+    user = service.get("User", "root").strip()
+    if user in ("", "root", "0"):
+        problems.append(f"runs as root (User={user!r}): its writes would skip the daemon")
+    if service.get("RuntimeDirectory", "").strip() != "ceilometer-cmt":
+        problems.append("no RuntimeDirectory=ceilometer-cmt for the lock file")
+    argv = shlex.split(service["ExecStart"])
+    if os.path.basename(argv[0]) != "ceilometer-cmt" or argv[1:2] != ["guard"]:
+        problems.append(f"ExecStart is not 'ceilometer-cmt guard': {argv[:2]}")
+        return problems
+    top = cli.build_parser()
+    subcommands = next(a.choices for a in top._actions  # noqa: SLF001
+                       if isinstance(a, argparse._SubParsersAction))  # noqa: SLF001
+    assert "guard" in subcommands and cli.EXTERNAL["guard"][0] == "ceilometer_cmt.cmd.guard:main"
+    try:  # what cli.main hands to guard.main
+        parsed = cmd.build_parser().parse_args(argv[2:])
+    except SystemExit:
+        problems.append(f"'ceilometer-cmt guard' does not take {argv[2:]}")
+        return problems
+    if not parsed.config_file:
+        problems.append("no --config-file")
+    return problems
+
+
+def test_the_shipped_unit_runs_the_guard_unprivileged_with_real_options() -> None:
+    assert unit_problems(UNIT.read_text()) == []
+
+
+@pytest.mark.parametrize(("old", "new", "problem"), [
+    ("User=ceilometer", "User=root", "runs as root"),
+    ("User=ceilometer", "", "runs as root"),
+    ("guard --config-file", "guard --conf-file", "does not take"),
+    ("guard --config-file", "gaurd --config-file", "is not 'ceilometer-cmt guard'"),
+    ("RuntimeDirectory=ceilometer-cmt", "", "no RuntimeDirectory"),
+])
+def test_the_unit_check_fails_on_a_bad_unit(old: str, new: str, problem: str) -> None:
+    text = UNIT.read_text()
+    assert old in text
+    found = unit_problems(text.replace(old, new, 1))
+    assert any(problem in p for p in found), found
+
+
+def test_systemd_analyze_verifies_the_unit(tmp_path: Any) -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not on PATH (Debian: systemd)")
+    exe = os.path.join(os.path.dirname(sys.executable), "ceilometer-cmt")
+    if not os.access(exe, os.X_OK):
+        pytest.skip(f"{exe} is not installed: nothing for ExecStart to point at")
+
+    def verify(text: str) -> subprocess.CompletedProcess[str]:
+        unit = tmp_path / UNIT.name
+        unit.write_text(text.replace("/usr/bin/ceilometer-cmt", exe))
+        return subprocess.run([analyze, "verify", str(unit)], capture_output=True,
+                              text=True, timeout=60, check=False)
+
+    ok = verify(UNIT.read_text())
+    assert ok.returncode == 0 and UNIT.name not in ok.stderr, ok.stderr
+    # the same check fails on an unknown key and on a missing command
+    bad = verify(UNIT.read_text().replace("User=", "Usr=", 1))
+    assert "Unknown key" in bad.stderr, bad.stderr
+    bad = verify(UNIT.read_text().replace("/usr/bin/ceilometer-cmt", "/nonexistent/cmt"))
+    assert bad.returncode != 0, bad.stderr
