@@ -19,6 +19,7 @@ import os
 import re
 import threading
 
+from ceilometer_cmt.linux.files import read_attribute
 from ceilometer_cmt.readings import CacheDomain, HostCache
 
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMG]?)\s*$", re.ASCII)
@@ -54,11 +55,6 @@ def parse_cpu_list(text: str) -> list[int]:
     return sorted(cpus)
 
 
-def _read(path: str) -> str:
-    with open(path, encoding="ascii") as f:
-        return f.read().strip()
-
-
 def read_cache_domains(sysfs_root: str, level: int = 3) -> tuple[CacheDomain, ...]:
     """Every cache of ``level`` on the host, deduplicated per (level, id).
 
@@ -80,16 +76,16 @@ def read_cache_domains(sysfs_root: str, level: int = 3) -> tuple[CacheDomain, ..
         for index in indexes:
             base = os.path.join(cache_dir, index)
             try:
-                if int(_read(os.path.join(base, "level"))) != level:
+                if int(read_attribute(os.path.join(base, "level"))) != level:
                     continue
-                ctype = _read(os.path.join(base, "type"))
+                ctype = read_attribute(os.path.join(base, "type"))
                 if ctype not in ("Unified", "Data"):
                     continue
-                size = parse_size(_read(os.path.join(base, "size")))
-                cpulist = _read(os.path.join(base, "shared_cpu_list"))
+                size = parse_size(read_attribute(os.path.join(base, "size")))
+                cpulist = read_attribute(os.path.join(base, "shared_cpu_list"))
                 parse_cpu_list(cpulist)
                 try:
-                    cache_id = int(_read(os.path.join(base, "id")))
+                    cache_id = int(read_attribute(os.path.join(base, "id")))
                 except FileNotFoundError:
                     # Old kernels have no id file: number caches by first cpu.
                     cache_id = parse_cpu_list(cpulist)[0]
@@ -107,7 +103,7 @@ def read_host_cache(sysfs_root: str, monitors_total: int | None = None) -> HostC
 def online_cpus(sysfs_root: str) -> str | None:
     """The text of ``devices/system/cpu/online`` (``"0-63"``); None when unreadable."""
     try:
-        return _read(os.path.join(sysfs_root, "devices", "system", "cpu", "online"))
+        return read_attribute(os.path.join(sysfs_root, "devices", "system", "cpu", "online"))
     except (OSError, ValueError):
         return None
 

@@ -42,6 +42,7 @@ from typing import TypeVar
 
 from ceilometer_cmt.backends.perf.abi import EventSpec
 from ceilometer_cmt.errors import BackendUnavailable
+from ceilometer_cmt.linux.files import read_attribute
 
 PMU_NAME = "intel_cqm"
 OCCUPANCY_EVENT = "llc_occupancy"
@@ -66,8 +67,6 @@ _BITS_RE = re.compile(r"^(\d+)(?:-(\d+))?$")
 #: a decimal in scientific notation; the exponent is bounded because
 #: ``Fraction("1e999999999")`` would compute 10**999999999 (minutes, gigabytes).
 _SCALE_RE = re.compile(r"^[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]{1,4})?$")
-#: sysfs attributes are at most one page; anything longer is not the kernel's.
-MAX_FILE_CHARS = 4096
 
 
 class PmuMalformed(BackendUnavailable):
@@ -220,17 +219,9 @@ def pmu_dir(sysfs_root: str, name: str = PMU_NAME) -> str:
     return os.path.join(sysfs_root, "bus", "event_source", "devices", name)
 
 
-def _read(path: str) -> str:
-    with open(path, encoding="ascii") as f:
-        text = f.read(MAX_FILE_CHARS + 1)
-    if len(text) > MAX_FILE_CHARS:  # cut, "event=0x000...01" would read as 0
-        raise ValueError(f"longer than a sysfs page ({MAX_FILE_CHARS} bytes)")
-    return text.strip()
-
-
 def _read_optional(path: str) -> str | None:
     try:
-        return _read(path)
+        return read_attribute(path)
     except FileNotFoundError:
         return None
 
@@ -245,7 +236,7 @@ def read_formats(base: str) -> dict[str, tuple[str, tuple[int, ...]]] | None:
     for name in names:
         path = os.path.join(fdir, name)
         try:
-            formats[name] = parse_format(_read(path))
+            formats[name] = parse_format(read_attribute(path))
         except (OSError, UnicodeDecodeError, ValueError) as e:
             raise PmuMalformed(f"{path}: {e}") from e
     return formats
@@ -287,7 +278,7 @@ def discover(sysfs_root: str, name: str = PMU_NAME,
             "(mount -t resctrl resctrl /sys/fs/resctrl) instead")
     type_path = os.path.join(base, "type")
     try:
-        pmu_type = parse_int(_read(type_path))
+        pmu_type = parse_int(read_attribute(type_path))
     except FileNotFoundError as e:
         raise PmuMalformed(f"{type_path} is missing") from e
     except (OSError, UnicodeDecodeError, ValueError) as e:

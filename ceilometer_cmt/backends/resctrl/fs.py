@@ -149,7 +149,12 @@ class ResctrlInfo:
 
 
 def read_text(path: str) -> str | None:
-    """A small text file, or None when it cannot be read (absent, EINVAL)."""
+    """A small text file, or None when it cannot be read (absent, EINVAL).
+
+    Not :func:`ceilometer_cmt.linux.files.read_attribute`: resctrl's files
+    are seq_files of several lines that may pass a page, a failed read is
+    an ordinary answer here (EINVAL outside the mode that serves the file),
+    so every ``OSError`` is None, and the text is kept as written."""
     try:
         with open(path, encoding="ascii", errors="replace") as f:
             return f.read()

@@ -382,6 +382,8 @@ def test_online_cpus_is_the_file_text(tmp_path) -> None:  # type: ignore[no-unty
     with open(os.path.join(root, "devices", "system", "cpu", "online"), "wb") as f:
         f.write("0-\u0663\n".encode())
     assert online_cpus(root) is None
+    _online(root, "0," * 2048 + "4096\n")  # more than the kernel prints (a page)
+    assert online_cpus(root) is None
 
 
 # ------------------------------------------------------------ this machine
