@@ -191,12 +191,14 @@ class _Apply:
         self.where: dict[str, str] = {}
         self.made: dict[str, int] = {}  # group made this cycle -> members moved in
         self.broken: dict[str, str] = {}  # group that could not be made -> why
+        self.wrong: dict[str, str] = {}  # cap group left without the cap's masks -> why
 
     def domains(self, uuid: str) -> tuple[int, ...]:
         inst = self.seen.instance(uuid)
         return tuple(sorted(d for d, v in inst.occupancy.items() if v)) if inst else ()
 
     def apply(self) -> None:
+        self._check_masks()
         for a in self.plan.actions:
             if a.kind == "mkdir":
                 self._mkdir(a)
@@ -209,6 +211,44 @@ class _Apply:
         for group, members in self.made.items():
             if not members:
                 self._rmdir(group, "no instance could be moved into it")
+
+    def _check_masks(self) -> None:
+        """Adoption checks what it adopts: each cap group of ours (but those
+        this plan removes) must hold the cap's L3 masks; a group with others
+        (a crash between mkdir and the schemata write, another tool's write)
+        gets them rewritten. One small read per group, every cycle. A group
+        that keeps the wrong masks takes no new member and its members are
+        not counted as capped (their allocation is what the group reads)."""
+        o = self.g.options
+        gone = {a.group for a in self.plan.actions if a.kind == "rmdir"}
+        info, default = self.seen.info, read_schemata(o.resctrl_root, "")
+        for group in sorted(o.policy.ours(self.seen.groups) - gone):
+            found = read_schemata(o.resctrl_root, group)
+            share = o.policy.share_of_group(group)
+            if found is None or info is None or default is None or share is None:
+                continue
+            try:
+                want = cbm.cap_schemata(info, share, default)
+            except cbm.CbmError:
+                continue
+            if all(found.get(name) == masks for name, masks in want.items()):
+                continue
+            have = cbm.format_schemata({n: found.get(n, {}) for n in want}).strip()
+            lines = cbm.format_schemata(want)
+            LOG.warning("guard: cap group %s has %r, not the %s%% cap's %r: %s", group, have,
+                        share, lines.strip(), "dry run, left as it is" if self.dry
+                        else "rewriting it")
+            if self.dry:
+                self.wrong[group] = f"cap group {group} has {have!r}, not {lines.strip()!r}"
+                continue
+            try:
+                self.g.ops.write_schemata(group, lines.splitlines())
+            except OSError as e:
+                why = (f"cap group {group} has {have!r}, not the {share}% cap's "
+                       f"{lines.strip()!r}, and its rewrite was refused: {e.strerror}")
+                self.wrong[group] = why
+                self.broken[group] = why
+                self.errors.append(why)
 
     def _mkdir(self, a: policy.Step) -> None:
         if self.dry:
@@ -240,6 +280,8 @@ class _Apply:
         inst = self.seen.instance(a.uuid)
         fixup = inst is not None and a.group in inst.groups
         if a.group in self.broken:
+            if fixup:  # a member of a group whose masks are wrong: said once, above
+                return
             self.refusals.append(policy.Refusal(a.uuid, self.broken[a.group]))
             self.state[a.uuid] = policy.InstanceState()
             return
@@ -316,7 +358,7 @@ class _Apply:
             if ctrl is None:
                 mine = sorted(g for g in inst.groups if g)
                 ctrl = mine[0] if mine else policy.DEFAULT_GROUP
-            if opts.share_of_group(ctrl) is not None:
+            if opts.share_of_group(ctrl) is not None and ctrl not in self.wrong:
                 capped += 1
             if ctrl not in shares:
                 shares[ctrl] = self._share(ctrl)

@@ -19,6 +19,7 @@ import pytest
 
 from ceilometer_cmt.backends.resctrl import fs
 from ceilometer_cmt.backends.resctrl.backend import ResctrlBackend
+from ceilometer_cmt.backends.resctrl.schemata import read_schemata
 from ceilometer_cmt.cmd import cli
 from ceilometer_cmt.guard import policy
 from ceilometer_cmt.guard.direct_ops import DirectCatOps
@@ -386,3 +387,25 @@ def test_an_agent_restarted_while_capped_adopts_the_cap_groups_member(make_host:
         cap = policy.Options().group_name(25)
         assert NOISY.uuid in {n.removeprefix(PREFIX) for n in fs.list_groups(h.root)[cap]}
         assert guard.cycle().actions == ()  # the guard sees nothing to change
+
+
+def test_an_adopted_cap_group_with_every_way_gets_the_cap_mask(make_host: Any) -> None:
+    """A guard died between its mkdir and its schemata write (or another tool
+    rewrote the mask): the cap group has every way and a member. The next
+    guard rewrites the mask; the instance stays capped, at 25% for real."""
+    h = make_host()
+    h.tune()  # the hot third instance stays in libvirt's group
+    h.agent()
+    ops = DirectCatOps(h.root, PREFIX)
+    ops.make_ctrl_group(CAP)  # a new group: every way (the kernel's default)
+    assert read_schemata(h.root, CAP) == {"L3": {0: 0xfffff, 1: 0xfffff}}
+    assert ops.move_threads(CAP, NOISY.uuid, NOISY.domain_name, h.qemus[0].tids) == []
+    with h.guard(policy={"cap_after": 1, "release_after": 3}) as guard:
+        r = h.step(guard)
+        assert r.actions == () and r.refusals == () and r.errors == ()
+        assert read_schemata(h.root, CAP) == {"L3": {0: 0x1f, 1: 0x1f}}
+        assert r.capped == 1 and r.allocation[NOISY.uuid] == 25.0
+        assert h.ctrl_groups() == ["", CAP, CACHETUNE]
+        assert set(h.qemus[0].tids) <= h.tasks(CAP)
+        h.step(guard)
+        assert h.percent(NOISY.uuid) == pytest.approx(25.0, abs=1.0)

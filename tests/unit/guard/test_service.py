@@ -221,3 +221,49 @@ def test_a_cdp_host_gets_code_and_data_lines(tree: Any) -> None:
     with open(os.path.join(tree.resctrl, CAP, "schemata")) as f:
         assert f.read() == "L3CODE:0=1f;1=1f\nL3DATA:0=1f;1=1f\n"
     assert r.allocation[U1] == 25.0
+
+
+def adopted_with_every_way(tree: Any) -> TreeCatOps:
+    """A cap group left by a guard that died between its mkdir and its
+    schemata write (a new group has every way), U1's threads in it."""
+    ops = TreeCatOps(tree.resctrl)
+    ops.make_ctrl_group(CAP)
+    ops.move_threads(CAP, U1, "instance-1", list(tree.qemu_of[U1].tids))
+    with open(os.path.join(tree.resctrl, CAP, "schemata")) as f:
+        assert f.read().strip() == "L3:0=fffff;1=fffff"
+    ops.calls.clear()
+    return ops
+
+
+def test_an_adopted_cap_group_gets_the_caps_mask_back(
+        tree: Any, caplog: pytest.LogCaptureFixture) -> None:
+    ops = adopted_with_every_way(tree)
+    g = guard(tree, ops)
+    r = g.cycle()
+    assert ops.calls == [("schemata", CAP)]
+    with open(os.path.join(tree.resctrl, CAP, "schemata")) as f:
+        assert f.read() == "L3:0=1f;1=1f\n"
+    assert f"cap group {CAP} has 'L3:0=fffff;1=fffff', not the 25% cap's " \
+           "'L3:0=1f;1=1f': rewriting it" in caplog.text
+    assert r.capped == 1 and r.allocation[U1] == 25.0 and r.errors == ()
+    assert fs.read_tasks(os.path.join(tree.resctrl, CAP)) == set(tree.qemu_of[U1].tids)
+    ops.calls.clear()
+    g.cycle()  # right now: one read, no write
+    assert ("schemata", CAP) not in ops.calls
+
+
+def test_a_refused_rewrite_does_not_count_its_members_as_capped(tree: Any) -> None:
+    ops = adopted_with_every_way(tree)
+    ops.schemata_error = "Mask out of range"
+    r = guard(tree, ops).cycle()
+    assert ops.calls == [("schemata", CAP)]
+    assert r.capped == 0 and r.allocation[U1] == 100.0  # what the group reads
+    assert r.errors == (f"cap group {CAP} has 'L3:0=fffff;1=fffff', not the 25% cap's "
+                        "'L3:0=1f;1=1f', and its rewrite was refused: Mask out of range",)
+    assert r.refusals == () and r.actions == ()
+
+
+def test_a_dry_run_says_the_mask_is_wrong_and_writes_nothing(tree: Any) -> None:
+    ops = adopted_with_every_way(tree)
+    r = guard(tree, ops, dry_run=True).cycle()
+    assert ops.calls == [] and r.capped == 0
