@@ -133,7 +133,9 @@ def verify_mount(resctrl_root: str, proc_root: str = "/proc") -> str:
     if fstype is None:
         raise BackendUnavailable(
             f"{path} is not a mount point; mount resctrl with "
-            f"'mount -t resctrl resctrl {path}' (kernel >= 4.14, CONFIG_X86_CPU_RESCTRL)")
+            f"'mount -t resctrl resctrl {path}' (the kernel needs resctrl: "
+            "CONFIG_X86_CPU_RESCTRL on x86, CONFIG_ARM64_MPAM and CONFIG_RESCTRL_FS "
+            "on arm64)")
     if fstype not in RESCTRL_FSTYPES:
         raise BackendUnavailable(f"{path} is a {fstype} mount, not resctrl")
     return fstype

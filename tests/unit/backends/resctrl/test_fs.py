@@ -194,8 +194,12 @@ def _fake_proc(root: str, mountinfo: str | bytes) -> str:
 def test_verify_mount_refuses_plain_directory(tmp_path) -> None:  # type: ignore[no-untyped-def]
     d = tmp_path / "resctrl"
     build_resctrl(str(d), INTEL_2S)  # looks like resctrl, is not a mount
-    with pytest.raises(BackendUnavailable, match="not a mount point"):
+    with pytest.raises(BackendUnavailable, match="not a mount point") as e:
         verify_mount(str(d))  # the real /proc/self/mountinfo
+    # how to get resctrl, on each architecture that has it
+    assert f"mount -t resctrl resctrl {os.path.realpath(d)}" in str(e.value)
+    for option in ("CONFIG_X86_CPU_RESCTRL", "CONFIG_ARM64_MPAM", "CONFIG_RESCTRL_FS"):
+        assert option in str(e.value)
 
 
 def test_verify_mount_refuses_missing_mountinfo(tmp_path) -> None:  # type: ignore[no-untyped-def]
