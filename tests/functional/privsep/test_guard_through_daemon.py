@@ -45,6 +45,8 @@ import pytest
 
 from ceilometer_cmt.backends.resctrl import fs
 from ceilometer_cmt.backends.resctrl.backend import ResctrlBackend
+from ceilometer_cmt.backends.resctrl.schemata import read_schemata
+from ceilometer_cmt.guard.direct_ops import DirectCatOps
 from ceilometer_cmt.simulator import Simulator, mount_fstype
 from ceilometer_cmt.simulator.topology import get_topology
 from ceilometer_cmt.testing.fakehost import StandInQemu, make_instances, write_node_xml
@@ -301,3 +303,24 @@ def test_cleanup_guard_as_an_unprivileged_user_goes_through_the_daemon(host: Hos
     assert noisy <= h.tasks("")
     # back into the agent's monitor group of the default group, through the daemon
     assert h.monitor_tasks("", NOISY.uuid) == noisy
+
+
+def test_an_adopted_cap_group_gets_its_mask_back_through_the_daemon(host: Host) -> None:
+    """A cap group with every way and a member (a guard that died between
+    its mkdir and its schemata write): the guard, as the unprivileged user,
+    has the daemon rewrite the mask, and the instance stays in the group."""
+    h = host
+    noisy = set(h.qemus[0].tids)
+    ops = DirectCatOps(h.root, PREFIX)  # as root here: what the dead guard had done
+    ops.make_ctrl_group(CAP)
+    assert ops.move_threads(CAP, NOISY.uuid, NOISY.domain_name, sorted(noisy)) == []
+    assert read_schemata(h.root, CAP) == {"L3": {0: 0xfffff, 1: 0xfffff}}
+    run = _guard_once(h, h.config())
+    assert run.stdout == ""  # adopted: no new action
+    assert f"cap group {CAP} has 'L3:0=fffff;1=fffff', not the 25% cap's 'L3:0=1f;1=1f': " \
+           "rewriting it" in run.stderr, run.stderr[-4000:]
+    assert "refused" not in run.stderr, run.stderr[-4000:]
+    assert read_schemata(h.root, CAP) == {"L3": {0: 0x1f, 1: 0x1f}}
+    assert noisy <= h.tasks(CAP) and h.monitor_tasks(CAP, NOISY.uuid) == noisy
+    h.sim.advance(60)
+    assert h.percent(NOISY.uuid) == pytest.approx(25.0, abs=1.0)
