@@ -118,13 +118,14 @@ class DemoGuard:
     def start(self) -> DemoGuard:
         from ceilometer_cmt.backends.resctrl import fs
         from ceilometer_cmt.cmd import guard as guard_cmd
+        from ceilometer_cmt.cmd import guard_instances
         from ceilometer_cmt.guard.service import Guard
 
         self._conf = guard_cmd.load_conf([self.config_file])
         opts = guard_cmd.guard_options(self._conf)
         fs.verify_mount(opts.resctrl_root, opts.proc_root)
         guard = Guard(opts, guard_cmd.cat_ops(self._conf, opts),
-                      guard_cmd.libvirt_instances(guard_cmd.libvirt_uri(self._conf)))
+                      guard_instances.lister(self._conf))
         with uninterrupted():  # the lock is recorded before a stop can end us
             self.guard = guard.start()
         return self

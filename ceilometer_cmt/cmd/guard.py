@@ -3,8 +3,9 @@
 
 The service is :mod:`ceilometer_cmt.guard.service`; this module gives it its
 options (``[cmt]`` for the roots and the group prefix, ``[cmt_guard]`` for
-the policy), its instances (libvirt's running domains; ``cmt:guard=off``
-anywhere in a domain's Nova metadata exempts it), its writes (:func:`cat_ops`:
+the policy), its instances (ceilometer's own discovery, as the agent
+lists them: :mod:`guard_instances`; ``cmt:guard=off`` in the server
+metadata or the flavor's extra specs exempts one), its writes (:func:`cat_ops`:
 direct as root, else through the privileged daemon, as ``[cmt] privsep``
 says) and its outputs: a log line per action, an oslo.messaging
 notification ``cmt.guard.cap`` / ``cmt.guard.release`` through the
@@ -19,23 +20,20 @@ import errno
 import json
 import logging
 import os
-import platform
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from ceilometer_cmt.backends.resctrl import fs
+from ceilometer_cmt.cmd import guard_instances
 from ceilometer_cmt.errors import CmtError
 from ceilometer_cmt.guard import policy
 from ceilometer_cmt.guard.direct_ops import DirectCatOps
-from ceilometer_cmt.guard.observe import GuardInstance
 from ceilometer_cmt.guard.ops import CatOps
 from ceilometer_cmt.guard.service import Guard, GuardOptions, GuardReport
 
 LOG = logging.getLogger(__name__)
-NOVA_NS = "http://openstack.org/xmlns/libvirt/nova/1.1"
-EXEMPT_KEY = "cmt:guard"
 
 
 def load_conf(config_files: Sequence[str]) -> Any:
@@ -46,9 +44,7 @@ def load_conf(config_files: Sequence[str]) -> Any:
     conf = cfg.ConfigOpts()
     options.register_opts(conf)
     options.register_guard_opts(conf)
-    conf.register_opts([cfg.StrOpt("libvirt_uri", default=""),
-                        cfg.StrOpt("libvirt_type", default="kvm"),
-                        cfg.StrOpt("host", default=platform.node())])
+    guard_instances.register_opts(conf)  # ceilometer's, for its discovery
     conf(args=[], project="ceilometer", default_config_files=list(config_files))
     return conf
 
@@ -80,58 +76,14 @@ def cat_ops(conf: Any, opts: GuardOptions) -> CatOps:
     return daemon_guard.GuardedCatOps(PrivsepCatOps())
 
 
-def libvirt_uri(conf: Any) -> str:
-    if conf.cmt.libvirt_uri:
-        return str(conf.cmt.libvirt_uri)
-    if conf.libvirt_uri:
-        return str(conf.libvirt_uri)
-    return "qemu:///system" if conf.libvirt_type in ("kvm", "qemu") else \
-        f"{conf.libvirt_type}:///system"
-
-
-def exempt(metadata_xml: str | None) -> bool:
-    """``cmt:guard=off`` in a domain's Nova metadata: any element named by a
-    ``name`` or ``key`` attribute ``cmt:guard`` whose text is ``off``
-    (flavor extra specs, server metadata)."""
-    if not metadata_xml or EXEMPT_KEY not in metadata_xml:
-        return False
-    import xml.etree.ElementTree as ET
-
+def domain_names(conf: Any) -> dict[str, str]:
+    """uuid -> libvirt domain name of the running instances; empty when
+    ceilometer's discovery fails (the privileged daemon needs the name to
+    check a move)."""
     try:
-        root = ET.fromstring(metadata_xml)
-    except ET.ParseError:
-        return False
-    return any(EXEMPT_KEY in (el.get("name"), el.get("key"))
-               and (el.text or "").strip().lower() == "off" for el in root.iter())
-
-
-def libvirt_instances(uri: str) -> Callable[[], list[GuardInstance]]:
-    def listed() -> list[GuardInstance]:
-        import libvirt
-
-        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-        conn = libvirt.openReadOnly(uri)
-        try:
-            out = []
-            for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
-                try:
-                    meta = d.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, NOVA_NS)
-                except libvirt.libvirtError:
-                    meta = None
-                out.append(GuardInstance(d.UUIDString(), d.name(), exempt(meta)))
-            return out
-        finally:
-            conn.close()
-    return listed
-
-
-def domain_names(uri: str) -> dict[str, str]:
-    """uuid -> libvirt domain name of the running guests; empty when libvirt
-    cannot be asked (the privileged daemon needs the name to check a move)."""
-    try:
-        return {i.uuid: i.domain_name for i in libvirt_instances(uri)()}
-    except Exception as e:  # libvirt missing or not running
-        LOG.warning("cannot list libvirt's domains (%s): %s", uri, e)
+        return {i.uuid: i.domain_name for i in guard_instances.lister(conf)()}
+    except guard_instances.DiscoveryFailed as e:
+        LOG.warning("%s", e)
         return {}
 
 
@@ -168,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     opts = guard_options(conf)
     fs.verify_mount(opts.resctrl_root, opts.proc_root)
     notes = Notifications(conf)
-    guard = Guard(opts, cat_ops(conf, opts), libvirt_instances(libvirt_uri(conf)))
+    guard = Guard(opts, cat_ops(conf, opts), guard_instances.lister(conf))
     guard.start()
     LOG.info("ceilometer-cmt guard started (%s), every %gs", "DRY RUN: nothing is written"
              if opts.dry_run else "caps are applied", conf.cmt_guard.interval)
@@ -204,7 +156,7 @@ def cleanup(config_files: Sequence[str], dry_run: bool = False) -> int:
     opts = guard_options(conf)
     root, pol = opts.resctrl_root, opts.policy
     ops = cat_ops(conf, opts)
-    names = {} if dry_run else domain_names(libvirt_uri(conf))
+    names = {} if dry_run else domain_names(conf)
     status = 0
     with fs.RootLock(root):
         groups = fs.list_groups(root)

@@ -1,6 +1,6 @@
-"""``ceilometer-cmt guard``: its options from a config file, the exemption
-read from Nova's metadata, the JSON lines and the oslo.messaging
-notifications (through the in-memory ``test`` driver), a one-cycle run."""
+"""``ceilometer-cmt guard``: its options from a config file, the JSON
+lines and the oslo.messaging notifications (through the in-memory
+``test`` driver), a one-cycle run."""
 
 from __future__ import annotations
 
@@ -40,22 +40,6 @@ def test_options_defaults_and_overrides(tmp_path: Any) -> None:
     o = cmd.guard_options(conf)
     assert not o.dry_run and o.policy.cap_share == 30 and o.policy.closid_reserve == 2
     assert o.policy.group_name(30) == "cc-cap-30"
-
-
-NOVA = "http://openstack.org/xmlns/libvirt/nova/1.1"
-
-
-@pytest.mark.parametrize("xml,exempt", [
-    (None, False),
-    (f'<instance xmlns="{NOVA}"><name>vm</name></instance>', False),
-    (f'<instance xmlns="{NOVA}"><flavor><extraSpecs>'
-     '<extraSpec name="cmt:guard">off</extraSpec></extraSpecs></flavor></instance>', True),
-    (f'<instance xmlns="{NOVA}"><meta key="cmt:guard"> OFF </meta></instance>', True),
-    (f'<instance xmlns="{NOVA}"><meta key="cmt:guard">on</meta></instance>', False),
-    ("<broken cmt:guard", False),
-])
-def test_exemption_from_nova_metadata(xml: str | None, exempt: bool) -> None:
-    assert cmd.exempt(xml) is exempt
 
 
 RESULT = GuardReport(1, False, (GuardAction("cap", U1, 25, "holds 60%", (0,)),),
@@ -113,8 +97,11 @@ def test_domain_names_for_cleanup(tmp_path: Any) -> None:
 
     instances = make_instances(2)
     node = write_node_xml(str(tmp_path / "node.xml"), instances)
-    assert cmd.domain_names(f"test://{node}") == {i.uuid: i.domain_name for i in instances}
-    assert cmd.domain_names(f"test://{tmp_path}/missing.xml") == {}
+    conf = cmd.load_conf([conf_file(tmp_path, "")])
+    conf.set_override("libvirt_uri", f"test://{node}")
+    assert cmd.domain_names(conf) == {i.uuid: i.domain_name for i in instances}
+    conf.set_override("libvirt_uri", f"test://{tmp_path}/missing.xml")
+    assert cmd.domain_names(conf) == {}
 
 
 # -- the shipped systemd unit ---------------------------------------------------
