@@ -80,7 +80,7 @@ def test_the_readme_layout_names_every_module() -> None:
     assert not missing, f"README.md 'Layout' does not name: {missing}"
 
 
-#: "no module over about 400 lines" (issue 13): a module past this is split
+#: "no module over about 400 lines": a module past this is split
 MAX_LINES = 420
 
 
@@ -88,3 +88,33 @@ def test_no_module_is_a_big_room() -> None:
     sizes = {p.relative_to(PACKAGE).as_posix(): len(p.read_text(encoding="utf-8").splitlines())
              for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts}
     assert {n: s for n, s in sizes.items() if s > MAX_LINES} == {}
+
+
+def class_homes(package: Path = PACKAGE) -> dict[str, list[str]]:
+    """Class name -> the modules defining a class of that name (nested
+    classes included), for the names defined more than once."""
+    import ast
+    from collections import defaultdict
+
+    homes: dict[str, list[str]] = defaultdict(list)
+    for module in sorted(package.rglob("*.py")):
+        if "__pycache__" in module.parts:
+            continue
+        tree = ast.parse(module.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef):
+                homes[node.name].append(module.relative_to(package).as_posix())
+    return {name: where for name, where in homes.items() if len(where) > 1}
+
+
+def test_no_two_classes_share_a_name() -> None:
+    """A name is one thing: two classes called ``Plan`` (or ``_File``) make a
+    reader ask which one an annotation means."""
+    assert class_homes() == {}
+
+
+def test_the_class_name_check_can_fail(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "one.py").write_text("class Plan:\n    class _Row: ...\n")
+    (tmp_path / "two.py").write_text("def f():\n    class _Row: ...\nclass Other: ...\n")
+    assert class_homes(tmp_path) == {"_Row": ["a/one.py", "two.py"]}
