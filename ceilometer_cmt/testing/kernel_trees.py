@@ -74,7 +74,11 @@ def _group_files(topo: Topology, path: str, ctrl: bool, features: tuple[str, ...
 
 def build_resctrl(root: str, topo: Topology, features: tuple[str, ...] = EVENTS) -> str:
     """The root group and ``info/`` of ``topo``; numbers as the kernel prints
-    them (``cbm_mask`` with ``%x``, the others with ``%u``/``%d``)."""
+    them (``cbm_mask`` with ``%x``, the others with ``%u``/``%d``). A host of
+    Linux 6.18 or later (``topo.assign_mode_file``) always has
+    ``info/L3_MON/mbm_assign_mode``: ``[default]`` when its counters cannot be
+    assigned; :func:`~ceilometer_cmt.testing.mbm_assign_tree.build_abmc_resctrl`
+    writes the files of a host whose counters can."""
     info = os.path.join(root, "info")
     _write(os.path.join(info, "last_cmd_status"), "ok\n")
     _write(os.path.join(info, "L3", "cbm_mask"), f"{topo.cbm_mask:x}\n")
@@ -85,6 +89,8 @@ def build_resctrl(root: str, topo: Topology, features: tuple[str, ...] = EVENTS)
     _write(os.path.join(info, "L3_MON", "mon_features"), "".join(f + "\n" for f in features))
     _write(os.path.join(info, "L3_MON", "max_threshold_occupancy"),
            f"{topo.max_threshold_occupancy}\n")
+    if topo.assign_mode_file and not topo.num_mbm_cntrs:
+        _write(os.path.join(info, "L3_MON", "mbm_assign_mode"), "[default]\n")
     _group_files(topo, root, True, features)
     return root
 

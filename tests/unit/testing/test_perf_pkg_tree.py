@@ -100,11 +100,6 @@ def test_value_texts_are_the_simulators(tmp_path: Path, event: str) -> None:
     assert h.fixture(path) == ("3.047092\n" if bits else f"{raw}\n")
 
 
-@pytest.mark.xfail(strict=True, raises=FileNotFoundError, reason=(
-    "Linux 6.18+ always shows info/L3_MON/mbm_assign_mode ([default] without "
-    "assignable counters; doc/kernel-facts-mbm-assign-and-aet.md 1.1); "
-    "kernel_trees.build_resctrl does not write it, and tests/unit/cmd/test_cli.py "
-    "expects the AET fixture host to have no mbm_assign_mode"))
 def test_a_linux_7_host_shows_mbm_assign_mode(tmp_path: Path) -> None:
     h = Host(tmp_path)
     assert h.sim("info/L3_MON/mbm_assign_mode") == "[default]\n"
