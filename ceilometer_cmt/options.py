@@ -102,7 +102,7 @@ PRIVSEP_OPTS = [
 
 GUARD_GROUP = "cmt_guard"
 
-#: ``ceilometer-cmt guard`` (issue 15): caps a noisy instance's L3 share
+#: ``ceilometer-cmt guard``: caps a noisy instance's L3 share
 #: with CAT; its cap groups are ``<[cmt] resctrl_group_prefix>cap-<share>``.
 GUARD_OPTS = [
     cfg.BoolOpt("dry_run", default=True,

@@ -9,7 +9,7 @@ control group its threads are in, so a restarted guard adopts its groups
 and their members from what it finds, and an action that failed half way
 is seen as such and completed or undone next cycle.
 
-Rules (issue 15):
+Rules:
 
 * **Cap** when an instance holds more than ``cap_above`` percent of an L3
   domain that another running instance shares, for ``cap_after``

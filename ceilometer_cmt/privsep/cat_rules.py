@@ -1,6 +1,6 @@
 """The rules the privileged daemon applies to the guard's CAT requests.
 
-The guard (``ceilometer-cmt guard``, issue 15) caps a noisy instance's
+The guard (``ceilometer-cmt guard``) caps a noisy instance's
 share of L3 with a control group of its own. The daemon makes those writes
 for it and judges each request by its own config and what it reads under
 its own resctrl root, never by the client's word:

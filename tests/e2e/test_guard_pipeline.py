@@ -241,7 +241,7 @@ def _seconds(sample: dict[str, Any]) -> float:
 def _allocation_missing() -> str | None:
     """Why the agent cannot poll :data:`ALLOCATION` here (None: it can)."""
     if ALLOCATION not in {m.name for m in meters.TABLE}:
-        return f"{ALLOCATION} is not in ceilometer_cmt/meters.py (issue 15 adds it)"
+        return f"{ALLOCATION} is not in ceilometer_cmt/meters.py"
     polled = {e.name for e in importlib.metadata.entry_points(group="ceilometer.poll.compute")}
     if ALLOCATION not in polled:
         return (f"{ALLOCATION} has no installed ceilometer.poll.compute entry point "

@@ -1,4 +1,4 @@
-"""Reliability suite, MBM counter assignment and other resctrl users (issue 14).
+"""Reliability suite, MBM counter assignment and other resctrl users.
 
 A real agent process (tests/support/reliability_agent.py) polls the FUSE
 resctrl simulator in lockstep with the test (its ``step`` file): the test

@@ -200,7 +200,7 @@ for u in made:
     P.rmdir_group("", "ceilometer-" + u)
     results["flood_removed"] += 1
 
-# --- the guard's CAT writes (issue 15): its cap groups only, lines the daemon
+# --- the guard's CAT writes: its cap groups only, lines the daemon
 # checks itself, the CLOSID reserve, qemu threads only, and never a thread out of
 # another tool's control group
 CAP, FOREIGN = "ceilometer-cap-25", facts["cachetune"]

@@ -1,5 +1,5 @@
-"""A hostile agent against the daemon's CAT writes (the guard's cap groups,
-issue 15): run as the unprivileged user in the same attacker run as
+"""A hostile agent against the daemon's CAT writes (the guard's cap
+groups): run as the unprivileged user in the same attacker run as
 test_attacks.py (tests/functional/security/stand.py).
 
 It makes, removes and writes control groups that are not the guard's (the
