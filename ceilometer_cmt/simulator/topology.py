@@ -22,8 +22,9 @@ Presets (``--topology``):
     a Linux 6.18 host with AMD ABMC and BMEC, booted in ``mbm_event`` mode
     (``[XMON] rdt_get_l3_mon_config()`` turns it on when ABMC is present):
     two CCX, a 32 MiB L3 each (ids 0, 1, 8 CPUs each), 16-bit CBM, 16
-    CLOSIDs, 256 RMIDs and 8 MBM counters per domain -- fewer than the demo's
-    root group plus 4 instances x 2 events, so the 4th group's counters run out.
+    CLOSIDs, 256 RMIDs and 8 MBM counters per domain, 2 of them the root
+    group's: the demo's default of 8 instances on this host outnumbers the 6
+    free ones, so some instances get no counter.
 ``intel-aet``
     a Linux 7.0 Clearwater-Forest-like host: two packages of 144 E-cores, one
     L3 each (ids 0, 1, 108 MiB), L3 monitoring (``mbm_assign_mode`` reads

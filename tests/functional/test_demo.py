@@ -514,12 +514,13 @@ def test_live_view_shows_the_guard_actions(run_env) -> None:  # type: ignore[no-
 
 def test_amd_abmc_topology_more_instances_than_counters(run_env) -> None:  # type: ignore[no-untyped-def]
     """amd-abmc: 8 MBM counters per L3 domain, 2 held by the default group.
-    With 8 instances, 6 get a counter for total bandwidth (total before local)
-    in every domain they may run in, whatever CPUs this machine has; the other
+    Its default of 8 instances (no --instances): 6 get a counter for total
+    bandwidth (total before local) in every domain they may run in, whatever
+    CPUs this machine has; the other
     2 are listed with the reason and still give occupancy. Never a 0 for a
     counter that is not there."""
     env, tmpdir = run_env
-    proc = subprocess.run(demo_argv("--topology", "amd-abmc", "--instances", "8", "--cycles", "3",
+    proc = subprocess.run(demo_argv("--topology", "amd-abmc", "--cycles", "3",
                                     "--interval", "0.2", "--json"), env=env,
                           capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
