@@ -34,8 +34,11 @@ from ceilometer_cmt.readings import InstanceRef
 
 LOG = logging.getLogger(__name__)
 CACHE_KEY = "ceilometer_cmt.cycle"
-#: vm_state values (ceilometer's LIBVIRT_POWER_STATE) that have a qemu process.
-RUNNING_STATES = frozenset({"running", "paused", "suspended"})
+#: vm_state values that have a qemu process: ceilometer's LIBVIRT_POWER_STATE
+#: names (``libvirt_metadata`` discovery) and Nova's vm_states (``naive``
+#: discovery reads the servers from the Nova API: a running one is "active").
+RUNNING_STATES = frozenset({"running", "paused", "suspended",
+                            "active", "rescued", "resized"})
 _LOCK = threading.Lock()
 _RUNTIMES: dict[int, Runtime] = {}
 

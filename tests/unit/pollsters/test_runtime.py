@@ -35,6 +35,20 @@ def test_instance_ref_carries_the_mbm_priority(kw: dict[str, object], priority: 
     assert instance_ref(_server(**kw)) == InstanceRef(U, "instance-00000001", priority)
 
 
+@pytest.mark.parametrize("state,polled", [
+    # libvirt_metadata discovery: ceilometer's names of libvirt's power states
+    ("running", True), ("paused", True), ("shutdown", False), ("crashed", False),
+    # naive discovery: Nova's vm_state of the server from the Nova API
+    ("active", True), ("rescued", True), ("resized", True), ("stopped", False),
+    ("shelved_offloaded", False), ("building", False),
+])
+def test_instances_of_either_discovery_method_with_a_qemu_are_polled(
+        state: str, polled: bool) -> None:
+    server = _server()
+    setattr(server, "OS-EXT-STS:vm_state", state)
+    assert (instance_ref(server) is not None) is polled
+
+
 # ------------------------------------------- the events the polled meters need
 
 def _conf(tmp_path, sources: list[dict[str, object]]):  # type: ignore[no-untyped-def]
