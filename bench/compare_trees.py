@@ -9,7 +9,7 @@ repeats, and the noise is the spread of the "before" repeats (max - min over
 median), against which a change is judged.
 
     python bench/compare_trees.py --before /path/to/old/checkout \
-        [--after .] [--repeats 3] [--markdown]
+        [--after .] [--repeats 3] [--only bench_x.py ...]
 """
 
 from __future__ import annotations
