@@ -236,30 +236,9 @@ def cover_plan(paths: Iterable[str]) -> list[tuple[str, list[str]]]:
                   key=lambda dc: (-dc[0].count(os.sep), dc[0]))
 
 
-# Runs as root in the command's new private mount namespace: covers each
-# blocked directory (deepest first) with a tmpfs built at a public staging
-# directory, then drops to the user and execs the command.
-_SETUP = """\
-import json, os, subprocess, sys
-plan, stage, uid, gid = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
-def mount(*args):
-    subprocess.run(["mount", *args], check=True)
-for blocked, entries in plan:
-    mount("-t", "tmpfs", "-o", "mode=0755,size=1m", "cmt-as-user", stage)
-    for entry in entries:
-        src, dst = os.path.join(blocked, entry), os.path.join(stage, entry)
-        if os.path.islink(src):
-            os.symlink(os.readlink(src), dst)
-        elif os.path.isdir(src):
-            os.mkdir(dst)
-            mount("--rbind", src, dst)
-        else:
-            open(dst, "x").close()
-            mount("--bind", src, dst)
-    mount("--move", stage, blocked)
-os.execvp("setpriv", ["setpriv", "--reuid=" + uid, "--regid=" + gid, "--clear-groups", "--",
-                      "env", "-i", *sys.argv[5:]])
-"""
+#: runs as root in the command's new private mount namespace: covers the
+#: blocked directories, then drops to the user and execs the command
+_SETUP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "as_user_setup.py")
 
 
 def _as_user_argv(user: User, argv: list[str], cwd: str, env: dict[str, str] | None,
@@ -270,7 +249,7 @@ def _as_user_argv(user: User, argv: list[str], cwd: str, env: dict[str, str] | N
                                 "HOME": cwd, "TMPDIR": user.tmp, "LANG": "C.UTF-8",
                                 "PYTHONWARNINGS": "ignore", **(env or {})}
     assignments = [f"{k}={v}" for k, v in full_env.items()]
-    return ["unshare", "--mount", "--propagation", "private", "--", sys.executable, "-c",
+    return ["unshare", "--mount", "--propagation", "private", "--", sys.executable, "-I", "-S",
             _SETUP, json.dumps(plan), stage, str(user.uid), str(user.gid), *assignments,
             *argv]
 
