@@ -260,3 +260,44 @@ def test_main_warns_about_misplaced_meters(tmp_path: Path,
     assert "cache.size is already mapped to resource type 'nova_compute'" in captured.err
     merged = yaml.safe_load(captured.out)
     assert _occurrences(merged, "cache.size") == 1
+
+
+def doc_table(text: str) -> set[tuple[str, str, str | None]]:
+    """(meter, resource type, archive policy or None for the file's default)
+    from the Gnocchi table of doc/telemetry-pipeline.md."""
+    import re
+
+    rows = text[text.index("| meters | Gnocchi resource type | archive policy |"):].splitlines()
+    out = set()
+    for row in rows[2:]:
+        if not row.startswith("|"):
+            break
+        meters_cell, type_cell, policy_cell = (c.strip() for c in row.strip("|").split("|"))
+        rtype = re.findall(r"`([^`]+)`", type_cell)[0]
+        policy = (None if policy_cell.startswith("the file's default")
+                  else re.findall(r"`([^`]+)`", policy_cell)[0])
+        out |= {(m, rtype, policy) for m in re.findall(r"`([^`]+)`", meters_cell)}
+    return out
+
+
+def table_of(resources: Any) -> set[tuple[str, str, str | None]]:
+    return {(name, r.resource_type, spec.get("archive_policy_name"))
+            for r in resources for name, spec in r.metrics.items()}
+
+
+def test_the_pipeline_doc_maps_each_meter_as_the_merge_does() -> None:
+    """doc/telemetry-pipeline.md tells an operator where each meter lands in
+    Gnocchi; it is written by hand, so it is held to the merge's own table."""
+    from tests.support.paths import REPO
+
+    text = (REPO / "doc" / "telemetry-pipeline.md").read_text(encoding="utf-8")
+    assert doc_table(text) == table_of(gr.OUR_RESOURCES)
+
+
+def test_the_doc_table_check_can_fail() -> None:
+    text = ("| meters | Gnocchi resource type | archive policy |\n|---|---|---|\n"
+            "| gauges: `a`, `b` | `instance` (uuid) | `low`: 5-minute points |\n"
+            "| host: `c` | `host` | the file's default (`ceilometer-low`) |\n\nafter\n")
+    assert doc_table(text) == {("a", "instance", "low"), ("b", "instance", "low"),
+                               ("c", "host", None)}
+    assert doc_table(text) != table_of(gr.OUR_RESOURCES)
