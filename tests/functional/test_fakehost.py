@@ -10,14 +10,14 @@ import pytest
 from ceilometer_cmt.errors import InstanceGone
 from ceilometer_cmt.linux import procfs
 from ceilometer_cmt.testing import fakehost
-from ceilometer_cmt.testing.libvirtd import LIBVIRTD, LibvirtDaemon
+from ceilometer_cmt.testing.libvirtd import LibvirtDaemon
 from ceilometer_cmt.testing.wait import wait_until
+from tests.support.libvirtd import needs_libvirtd
 from tests.support.procutil import alive
 
 libvirt = pytest.importorskip("libvirt")
 
-pytestmark = pytest.mark.skipif(
-    not os.access(LIBVIRTD, os.X_OK), reason="Debian's libvirt-daemon is not installed")
+pytestmark = needs_libvirtd
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ runs here); libvirtd gone, the listing raises."""
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import pytest
@@ -14,13 +13,13 @@ import pytest
 from ceilometer_cmt.cmd import guard_instances
 from ceilometer_cmt.guard.observe import GuardInstance
 from ceilometer_cmt.testing import fakehost
-from ceilometer_cmt.testing.libvirtd import LIBVIRTD, LibvirtDaemon
+from ceilometer_cmt.testing.libvirtd import LibvirtDaemon
+from tests.support.libvirtd import needs_libvirtd
 from tests.unit.cmd.test_guard_instances import OFF, guard_conf, node_with_specs
 
 pytest.importorskip("libvirt")
 
-pytestmark = pytest.mark.skipif(
-    not os.access(LIBVIRTD, os.X_OK), reason="Debian's libvirt-daemon is not installed")
+pytestmark = needs_libvirtd
 
 
 @pytest.fixture

@@ -20,13 +20,13 @@ from ceilometer_cmt.backends.libvirt.backend import LibvirtBackend
 from ceilometer_cmt.errors import BackendUnavailable
 from ceilometer_cmt.readings import InstanceRef
 from ceilometer_cmt.testing import fakehost
-from ceilometer_cmt.testing.libvirtd import LIBVIRTD, LibvirtDaemon
+from ceilometer_cmt.testing.libvirtd import LibvirtDaemon
+from tests.support.libvirtd import needs_libvirtd
 from tests.unit.backends.libvirt.test_stats import CAPS, MISSING, STATES, MiB, cache_keys, mbw_keys
 
 libvirt = pytest.importorskip("libvirt")
 
-pytestmark = pytest.mark.skipif(
-    not os.access(LIBVIRTD, os.X_OK), reason="Debian's libvirt-daemon is not installed")
+pytestmark = needs_libvirtd
 
 
 class CountingConnection:

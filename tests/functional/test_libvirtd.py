@@ -7,13 +7,13 @@ import os
 import pytest
 
 from ceilometer_cmt.testing import fakehost
-from ceilometer_cmt.testing.libvirtd import LIBVIRTD, DaemonError, LibvirtDaemon
+from ceilometer_cmt.testing.libvirtd import DaemonError, LibvirtDaemon
+from tests.support.libvirtd import needs_libvirtd
 from tests.support.procutil import alive, processes_mentioning
 
 libvirt = pytest.importorskip("libvirt")
 
-pytestmark = pytest.mark.skipif(
-    not os.access(LIBVIRTD, os.X_OK), reason="Debian's libvirt-daemon is not installed")
+pytestmark = needs_libvirtd
 
 
 @pytest.fixture
