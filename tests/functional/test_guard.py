@@ -78,14 +78,18 @@ class Host:
     def root(self) -> str:
         return self.sim.mountpoint
 
-    def start(self) -> Host:
+    def start_simulator(self, loads: list[dict[str, Any]] = LOADS) -> None:
+        """The stand-in qemus, and the simulator with their loads."""
         for inst in (NOISY, NEIGHBOUR, TUNED):
             self.qemus.append(StandInQemu(inst.domain_name, self.pid_dir, extra_threads=2).start())
         procs = [{**load, "match": {"pid": q.pid}}
-                 for load, q in zip(LOADS, self.qemus, strict=True)]
+                 for load, q in zip(loads, self.qemus, strict=True)]
         self.sim = Simulator(self.sim.mountpoint, "intel-2s",
                              {**self.scenario, "processes": procs})
         self.sim.start()
+
+    def start(self) -> Host:
+        self.start_simulator()
         self.backend = ResctrlBackend(self.root, sysfs_root=self.sysfs, pid_dir=self.pid_dir,
                                       prefix=PREFIX)
         return self

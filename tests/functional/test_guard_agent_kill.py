@@ -28,8 +28,6 @@ import pytest
 from ceilometer_cmt.backends.resctrl import fs
 from ceilometer_cmt.cmd import cli
 from ceilometer_cmt.cmd import guard as guard_cmd
-from ceilometer_cmt.simulator import Simulator
-from ceilometer_cmt.testing.fakehost import StandInQemu
 from ceilometer_cmt.testing.wait import wait_until
 from tests.functional.test_guard import (
     CACHETUNE,
@@ -64,13 +62,7 @@ class TrafficHost(Host):
 
     def start(self) -> TrafficHost:
         self.agents = []
-        for inst in (NOISY, NEIGHBOUR, TUNED):
-            self.qemus.append(StandInQemu(inst.domain_name, self.pid_dir, extra_threads=2).start())
-        procs = [{**load, "match": {"pid": q.pid}}
-                 for load, q in zip(LOADS, self.qemus, strict=True)]
-        self.sim = Simulator(self.sim.mountpoint, "intel-2s",
-                             {**self.scenario, "processes": procs})
-        self.sim.start()
+        self.start_simulator(LOADS)
         return self
 
 
