@@ -232,7 +232,8 @@ def _run(host: DemoHost, args: argparse.Namespace, out: TextIO) -> int:
     def footer_now() -> str:
         return footer if guard is None or not guard.events else f"{footer}\n{guard.footer()}"
 
-    with poll.polling_agent([host.conf]) as agent:
+    # in the host's directory, which the demo removes however it stops
+    with poll.polling_agent([host.conf], work_dir=host.tmp) as agent:
         mode = "jsonl" if args.json else ("live" if out.isatty() else "print")
         top.watch(agent, interval=args.interval, cycles=args.cycles, sort=args.sort, out=out,
                   mode=mode, title="ceilometer-cmt demo", footer=footer_now, on_cycle=count)

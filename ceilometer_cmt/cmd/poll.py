@@ -66,16 +66,23 @@ def write_default_polling_file(directory: str) -> str:
 
 @contextmanager
 def polling_agent(config_files: Sequence[str], polling_file: str | None = None,
-                  overrides: Overrides | None = None
+                  overrides: Overrides | None = None, work_dir: str | None = None
                   ) -> Iterator[Any]:
-    """A ceilometer AgentManager for the compute namespace, publishing in memory."""
+    """A ceilometer AgentManager for the compute namespace, publishing in memory.
+
+    Its scratch directory (config, polling file, heartbeat socket) is made in
+    ``work_dir``, or in the system's temporary directory. A caller that can be
+    stopped by a signal at any point passes a directory it removes itself: a
+    signal between ``mkdtemp`` and the end of ``TemporaryDirectory()`` would
+    leave the scratch directory behind.
+    """
     from ceilometer import service
     from ceilometer.polling import manager as polling_manager
     from oslo_config import cfg
 
     root_logger = logging.getLogger()
     handlers, level = list(root_logger.handlers), root_logger.level
-    with tempfile.TemporaryDirectory(prefix="cmt-poll-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="cmt-poll-", dir=work_dir) as tmp:
         # Given as a last config file, not as overrides: transport_url and the
         # notifier options are registered only when the agent opens its transport.
         extra = os.path.join(tmp, "cmt-poll.conf")

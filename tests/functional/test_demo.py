@@ -233,11 +233,26 @@ def interrupted(env: dict[str, str], tmp_path: Any, argv: list[str], how: str,
 def test_demo_interrupted_leaves_nothing(run_env, tmp_path, how: str
                                          ) -> None:  # type: ignore[no-untyped-def]
     env, tmpdir = run_env
+    running_in: list[list[str]] = []
+
+    def at_cycle_2(d: dict[str, Any]) -> bool:
+        if d.get("cycle") == 2:
+            running_in.append(os.listdir(tmpdir))
+            return True
+        return False
+
     lines, out, err = interrupted(
         env, tmp_path, demo_argv("--cycles", "100000", "--interval", "0.2", "--json"), how,
-        lambda d: d.get("cycle") == 2)
+        at_cycle_2)
     start, _samples, stop = parse("".join(lines) + out)  # every line is whole JSON
     assert stop is not None and stop["clean"] is True and stop["cycles"] >= 1, err[-3000:]
+    # while it runs, what the demo made is in its one directory, which it removes
+    # however it stops (a stop signal can come between a mkdtemp and its cleanup).
+    # The simulator's socket directory is the exception: an AF_UNIX path has at
+    # most 107 bytes, so it stays short in the temporary directory, made and
+    # recorded while stop signals are held.
+    assert [n for n in running_in[0] if not n.startswith("cmt-sim-")] == [
+        os.path.basename(start["tmpdir"])], running_in
     assert_nothing_left(start, tmpdir)
 
 
