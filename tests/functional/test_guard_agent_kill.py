@@ -39,6 +39,7 @@ from tests.functional.test_guard import (
     Host,
     pytestmark,  # noqa: F401  (the same FUSE and root skip)
 )
+from tests.support.jsonl import whole_lines
 from tests.support.paths import REPO, TESTS
 
 CAP = f"{PREFIX}cap-25"
@@ -89,11 +90,7 @@ class AgentProcess:
         self.n = 0
 
     def lines(self) -> list[dict[str, Any]]:
-        try:
-            with open(self.out, encoding="utf-8") as f:
-                return [json.loads(ln) for ln in f if ln.endswith("\n")]
-        except FileNotFoundError:
-            return []
+        return whole_lines(self.out)
 
     def cycle(self) -> dict[str, Any]:
         with open(self.step + ".tmp", "w", encoding="utf-8") as f:

@@ -33,6 +33,7 @@ from ceilometer_cmt.testing.kernel_trees import file_calls
 from ceilometer_cmt.testing.wait import wait_until
 from tests.support import paths
 from tests.support.fuse import needs_fuse_root
+from tests.support.jsonl import whole_lines
 
 pytestmark = needs_fuse_root
 
@@ -195,11 +196,7 @@ class Agent:
     out: str
 
     def lines(self) -> list[dict[str, Any]]:
-        try:
-            with open(self.out, encoding="utf-8") as f:
-                return [json.loads(ln) for ln in f if ln.endswith("\n")]
-        except FileNotFoundError:
-            return []
+        return whole_lines(self.out)
 
     def wait_lines(self, n: int, timeout: float = 60.0) -> list[dict[str, Any]]:
         got: list[dict[str, Any]] = []
