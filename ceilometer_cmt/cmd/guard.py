@@ -105,8 +105,9 @@ class Notifications:
 
 
 def payload(a: Any, host: str, result: GuardReport) -> dict[str, Any]:
-    return {"instance_id": a.uuid, "share": a.share, "reason": a.reason, "host": host,
-            "domains": list(a.domains), "dry_run": not a.done}
+    return {"instance_id": a.uuid, "project_id": a.project_id, "share": a.share,
+            "reason": a.reason, "host": host, "domains": list(a.domains),
+            "dry_run": not a.done}
 
 
 def json_lines(result: GuardReport) -> list[str]:

@@ -69,7 +69,14 @@ def lister(conf: Any) -> Callable[[], list[GuardInstance]]:
             ref = runtime.instance_ref(r)
             if ref is not None:
                 out.append(GuardInstance(ref.uuid, ref.domain_name,
-                                         instance_settings.guard_off(r)))
+                                         instance_settings.guard_off(r), _project(r)))
         return out
 
     return listed
+
+
+def _project(resource: Any) -> str | None:
+    """The owning project of a discovered instance (``tenant_id``, as
+    ceilometer's discovery names it), None when it has none."""
+    value = getattr(resource, "tenant_id", None)
+    return str(value) if value else None

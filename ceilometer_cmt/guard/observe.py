@@ -47,6 +47,9 @@ class GuardInstance:
     domain_name: str
     #: ``cmt:guard=off`` in its flavor extra specs or metadata
     exempt: bool = False
+    #: the project (tenant) that owns it, when the listing knows it; the
+    #: notifications carry it, so that the owner's event alarms see them
+    project_id: str | None = None
 
 
 @dataclass

@@ -35,6 +35,7 @@ groups and their members from what it reads (:mod:`policy`).
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fcntl
 import logging
@@ -73,6 +74,9 @@ class GuardAction:
     #: L3 domains where the instance holds cache
     domains: tuple[int, ...] = ()
     done: bool = True
+    #: the instance's project, when the listing gave it (now or in an
+    #: earlier cycle: a released instance may have left the listing)
+    project_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -133,6 +137,7 @@ class Guard:
         self.ops = ops
         self._instances = instances
         self._state: dict[str, policy.InstanceState] = {}
+        self._projects: dict[str, str] = {}  # uuid -> project, of listed instances
         self._lock = GuardLock(options.lock_file)
         self.cycles = 0
 
@@ -163,7 +168,7 @@ class Guard:
             run = _Apply(self, seen, state, plan)
             run.apply()
         self._state = state
-        result = run.result()
+        result = self._with_projects(run.result(), listed)
         for a in result.actions:
             LOG.info("guard: %s%s %s to %s%%: %s", "" if a.done else "would ", a.kind,
                      a.uuid, a.share, a.reason)
@@ -172,6 +177,17 @@ class Guard:
         for e in result.errors:
             LOG.warning("guard: %s", e)
         return result
+
+
+    def _with_projects(self, result: GuardReport,
+                       listed: Sequence[observe.GuardInstance]) -> GuardReport:
+        """Each action with its instance's project: from this cycle's listing,
+        else from the last listing that held the instance (a release of an
+        instance that left); only listed instances are remembered after."""
+        known = {**self._projects, **{i.uuid: i.project_id for i in listed if i.project_id}}
+        self._projects = {i.uuid: known[i.uuid] for i in listed if i.uuid in known}
+        return dataclasses.replace(result, actions=tuple(
+            dataclasses.replace(a, project_id=known.get(a.uuid)) for a in result.actions))
 
 
 class _Apply:

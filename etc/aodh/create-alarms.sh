@@ -2,9 +2,9 @@
 # Example Aodh alarms on the ceilometer-cmt meters, with the aodh CLI (aodhclient).
 #
 #   INSTANCE_ID=<nova uuid> PROJECT_ID=<project id> WEBHOOK_URL=<http receiver> \
-#       etc/aodh/create-alarms.sh [instance] [project] [bandwidth] [prometheus]
+#       etc/aodh/create-alarms.sh [instance] [project] [bandwidth] [prometheus] [guard]
 #
-# With no argument it creates all four. Authentication is the aodh CLI's usual
+# With no argument it creates all five. Authentication is the aodh CLI's usual
 # one (OS_* variables, or `openstack alarm create` with the same options).
 # The JSON files beside this script are the same alarms as REST bodies
 # (POST /v2/alarms); fill them with envsubst:
@@ -20,7 +20,7 @@ set -euo pipefail
 : "${WEBHOOK_URL:?set WEBHOOK_URL to the URL the alarm actions should POST to}"
 aodh=${AODH_CLI:-aodh}
 wanted=("$@")
-((${#wanted[@]})) || wanted=(instance project bandwidth prometheus)
+((${#wanted[@]})) || wanted=(instance project bandwidth prometheus guard)
 
 for alarm in "${wanted[@]}"; do
     case $alarm in
@@ -67,8 +67,21 @@ for alarm in "${wanted[@]}"; do
             --comparison-operator gt --threshold 30 \
             --severity moderate --alarm-action "$WEBHOOK_URL" --ok-action "$WEBHOOK_URL"
         ;;
+    guard)
+        # The guard capped the instance: an event alarm on ceilometer's event
+        # of the guard's cmt.guard.cap notification. Needs the definitions of
+        # etc/ceilometer/cmt_event_definitions.yaml in ceilometer's event
+        # definitions, and ceilometer's events sent to Aodh's listener
+        # (event pipeline publisher notifier://?topic=alarm.all). Aodh matches
+        # an event alarm only to events of its own project: create it in the
+        # instance's project (as admin: --project-id).
+        : "${INSTANCE_ID:?set INSTANCE_ID}"
+        "$aodh" alarm create --name "guard-cap-$INSTANCE_ID" --type event \
+            --event-type cmt.guard.cap --query "traits.instance_id=string::$INSTANCE_ID" \
+            --severity low --alarm-action "$WEBHOOK_URL"
+        ;;
     *)
-        echo "create-alarms.sh: unknown alarm '$alarm' (instance, project, bandwidth, prometheus)" >&2
+        echo "create-alarms.sh: unknown alarm '$alarm' (instance, project, bandwidth, prometheus, guard)" >&2
         exit 2
         ;;
     esac

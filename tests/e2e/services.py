@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import http.server
+import importlib.util
 import json
 import os
 import pwd
@@ -59,6 +61,11 @@ def _pg_bin() -> Path:
 PG_BIN = _pg_bin()
 RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
 CEILOMETER_BIN = Path(sys.executable).parent
+#: ceilometer's own event definitions, and ours that operators append to them
+PACKAGED_EVENT_DEFINITIONS = Path(
+    str(getattr(importlib.util.find_spec("ceilometer"), "origin", ""))).parent \
+    / "pipeline" / "data" / "event_definitions.yaml"
+EVENT_DEFINITIONS = REPO / "etc" / "ceilometer" / "cmt_event_definitions.yaml"
 PUSH_SAMPLES = Path(__file__).with_name("push_samples.py")
 
 # Seconds each start step took, filled as services come up (for reports).
@@ -79,7 +86,8 @@ def missing_requirements(venv: Path | None = None) -> list[str]:
     wanted = [PG_BIN / "initdb", PG_BIN / "pg_ctl", RABBIT_BIN / "rabbitmq-server",
               venv / "bin" / "uwsgi", venv / "bin" / "gnocchi-upgrade",
               venv / "bin" / "gnocchi-metricd", venv / "bin" / "aodh-api",
-              venv / "bin" / "aodh-evaluator", CEILOMETER_BIN / "ceilometer-agent-notification"]
+              venv / "bin" / "aodh-evaluator", venv / "bin" / "aodh-listener",
+              CEILOMETER_BIN / "ceilometer-agent-notification"]
     return [str(p) for p in wanted if not p.exists()]
 
 
@@ -509,6 +517,23 @@ class Ceilometer:
     #: (ceilometer's file publisher beside gnocchi://, same sink): the sample
     #: metadata Gnocchi does not keep
     samples_file: Path
+    #: every event it published (its event pipeline: to Aodh's ``alarm.all``
+    #: topic, and this file), one JSON object a line
+    events_file: Path
+
+    def events(self, event_type: str) -> list[dict[str, Any]]:
+        """The events of ``event_type`` published so far, oldest first."""
+        try:
+            lines = self.events_file.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        found = []
+        for line in lines:
+            with contextlib.suppress(ValueError):
+                e = json.loads(line)
+                if e.get("event_type") == event_type:
+                    found.append(e)
+        return found
 
     def published(self, meter: str, resource_id: str) -> list[dict[str, Any]]:
         """The samples of ``meter`` on ``resource_id`` published so far, oldest first."""
@@ -531,7 +556,7 @@ def ceilometer_config(base: Path, rabbit: Rabbit, gnocchi_endpoint: str,
     sections: dict[str, dict[str, object]] = {
         "DEFAULT": {"transport_url": rabbit.url, "host": "cmt-e2e-compute",
                     "pipeline_cfg_file": base / "pipeline.yaml", "use_stderr": True},
-        "notification": {"workers": 1, "pipelines": "meter"},
+        "notification": {"workers": 1, "pipelines": ["meter", "event"]},
         "polling": {"cfg_file": base / "polling.yaml"},
         "service_credentials": {"auth_type": "gnocchi-basic", "user": "admin",
                                 "endpoint": gnocchi_endpoint},
@@ -545,7 +570,10 @@ def ceilometer_config(base: Path, rabbit: Rabbit, gnocchi_endpoint: str,
 @contextlib.contextmanager
 def ceilometer_notification(rabbit: Rabbit, gnocchi_service: Gnocchi,
                             resources_yaml: str) -> Iterator[Ceilometer]:
-    """ceilometer-upgrade, then ceilometer-agent-notification publishing to gnocchi://."""
+    """ceilometer-upgrade, then ceilometer-agent-notification publishing
+    samples to gnocchi:// and events to Aodh's listener, with ceilometer's
+    packaged event definitions and this plugin's appended
+    (etc/ceilometer/cmt_event_definitions.yaml, as it tells operators)."""
     with workdir("ceilometer") as base:
         with timed("ceilometer-notification"):
             resources_file = base / "gnocchi_resources.yaml"
@@ -559,7 +587,19 @@ def ceilometer_notification(rabbit: Rabbit, gnocchi_service: Gnocchi,
                     f"&resources_definition_file={resources_file}",
                     f"file://{samples_file}?json"]}],
             }, indent=2))
-            config = ceilometer_config(base, rabbit, gnocchi_service.endpoint)
+            events_file = base / "events.jsonl"
+            (base / "event_pipeline.yaml").write_text(json.dumps({
+                "sources": [{"name": "event_source", "events": ["*"],
+                             "sinks": ["event_sink"]}],
+                "sinks": [{"name": "event_sink", "publishers": [
+                    "notifier://?topic=alarm.all", f"file://{events_file}?json"]}],
+            }, indent=2))
+            definitions = base / "event_definitions.yaml"
+            definitions.write_text(PACKAGED_EVENT_DEFINITIONS.read_text()
+                                   + EVENT_DEFINITIONS.read_text())
+            config = ceilometer_config(base, rabbit, gnocchi_service.endpoint, {
+                "DEFAULT": {"event_pipeline_cfg_file": base / "event_pipeline.yaml"},
+                "event": {"definitions_cfg_file": definitions}})
             run([str(CEILOMETER_BIN / "ceilometer-upgrade"), "--config-file", str(config),
                  "--retry", "3"], base / "upgrade.log")
             agent = Daemon("ceilometer-agent-notification",
@@ -568,11 +608,12 @@ def ceilometer_notification(rabbit: Rabbit, gnocchi_service: Gnocchi,
                            stop_signal=signal.SIGTERM)
         with running(agent):
             with timed("ceilometer-notification-consuming"):
-                wait_for("the notification agent to consume notifications.sample",
-                         lambda: rabbit.consumers("notifications.sample") > 0,
-                         60, interval=1, logs=[agent.log], daemons=[agent])
+                for queue in ("notifications.sample", "notifications.info"):
+                    wait_for(f"the notification agent to consume {queue}",
+                             functools.partial(rabbit.consumers, queue),
+                             60, interval=1, logs=[agent.log], daemons=[agent])
             yield Ceilometer(config=config, base=base, resources_file=resources_file,
-                             samples_file=samples_file)
+                             samples_file=samples_file, events_file=events_file)
 
 
 @dataclass
@@ -677,13 +718,17 @@ def aodh(pg: Postgres, rabbit: Rabbit, gnocchi_service: Gnocchi,
             pg.createdb("aodh")
             port = free_port()
             config = write_ini(base / "aodh.conf", {
-                "DEFAULT": {"transport_url": rabbit.url, "use_stderr": True},
+                # the listener reads each project's event alarms afresh for
+                # each event: no cache to outlive an alarm made just before
+                "DEFAULT": {"transport_url": rabbit.url, "use_stderr": True,
+                            "event_alarm_cache_ttl": 0},
                 "api": {"auth_mode": "noauth"},
                 # aodh picks its storage driver by the URL scheme: only plain
                 # postgresql:// works, and SQLAlchemy 2.1 maps that to psycopg 3
                 "database": {"connection": pg.url("aodh")},
                 "evaluator": {"evaluation_interval": evaluation_interval, "workers": 1},
                 "notifier": {"workers": 1},
+                "listener": {"workers": 1},
                 "service_credentials": {"auth_type": "gnocchi-basic", "user": "admin",
                                         "endpoint": gnocchi_service.endpoint},
                 "oslo_messaging_rabbit": {"heartbeat_timeout_threshold": 0},
@@ -697,13 +742,17 @@ def aodh(pg: Postgres, rabbit: Rabbit, gnocchi_service: Gnocchi,
                            config),
                 base / "api.log", env=env)))
             daemons = [api]
-            for name in ("aodh-evaluator", "aodh-notifier"):
+            for name in ("aodh-evaluator", "aodh-notifier", "aodh-listener"):
                 daemons.append(stack.enter_context(running(Daemon(
                     name, [str(venv / "bin" / name), "--config-file", str(config)],
                     base / f"{name}.log", env=env, stop_signal=signal.SIGTERM))))
             service = Aodh(port=port, config=config, base=base)
             wait_for("aodh API", lambda: service.request("GET", "/v2/alarms") is not None, 60,
                      logs=[api.log], daemons=[api])
+            # ceilometer's events reach the listener on alarm.all at "sample"
+            wait_for("aodh-listener to consume alarm.all.sample",
+                     lambda: rabbit.consumers("alarm.all.sample") > 0, 60, interval=1,
+                     logs=[daemons[-1].log], daemons=daemons)
             for d in daemons:
                 d.check_alive()
         yield service

@@ -31,6 +31,7 @@ listener stopped; the simulated host removed by its own fixture.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.metadata
 import json
 import signal
@@ -70,6 +71,9 @@ class Scene:
     guard: subprocess.Popen[str]
     guard_log: Path
     notes: list[tuple[str, str, dict[str, Any]]]
+    #: the instance owner's Aodh (its project) and its event alarm on the cap
+    owner: services.Aodh
+    event_alarm_id: str
     lines: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -136,6 +140,15 @@ def shipped_alarm(vm: str) -> dict[str, Any]:
     return body
 
 
+def shipped_event_alarm(vm: str) -> dict[str, Any]:
+    """etc/aodh/instance-guard-cap.json, with no actions (see above)."""
+    text = (REPO / "etc" / "aodh" / "instance-guard-cap.json").read_text()
+    body: dict[str, Any] = json.loads(string.Template(text).substitute(
+        INSTANCE_ID=vm, WEBHOOK_URL="http://127.0.0.1:9/unused"))
+    body["alarm_actions"] = []
+    return body
+
+
 def _read_lines(proc: subprocess.Popen[str], into: list[dict[str, Any]]) -> None:
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -160,6 +173,9 @@ def scene(stack: Stack) -> Iterator[Scene]:
             guard_notifications(st.rabbit.url) as notes:
         vm = compute.instance.uuid
         alarm = st.aodh.create_alarm(shipped_alarm(vm))
+        # Aodh matches an event alarm to the events of its own project
+        owner = dataclasses.replace(st.aodh, project_id=compute.instance.project_id)
+        event_alarm = owner.create_alarm(shipped_event_alarm(vm))
         with services.ceilometer_polling(st.rabbit, shipped_polling_yaml(
                 CACHE_INTERVAL, HOST_INTERVAL), compute.agent_options) as agent:
             conf = guard_config(compute, st.rabbit.url)
@@ -175,7 +191,8 @@ def scene(stack: Stack) -> Iterator[Scene]:
                         [sys.executable, "-m", "ceilometer_cmt.cmd.cli", "guard",
                          "--config-file", str(conf), "--json"],
                         stdout=subprocess.PIPE, stderr=err, text=True)
-                scene = Scene(st, compute, agent, alarm["alarm_id"], proc, log, notes)
+                scene = Scene(st, compute, agent, alarm["alarm_id"], proc, log, notes, owner,
+                              event_alarm["alarm_id"])
                 threading.Thread(target=_read_lines, args=(proc, scene.lines),
                                  daemon=True).start()
                 yield scene
@@ -194,6 +211,8 @@ def scene(stack: Stack) -> Iterator[Scene]:
                                    capture_output=True, text=True, timeout=60, check=False)
                 with contextlib.suppress(services.ServiceError):
                     st.aodh.request("DELETE", f"/v2/alarms/{alarm['alarm_id']}")
+                with contextlib.suppress(services.ServiceError):
+                    owner.request("DELETE", f"/v2/alarms/{event_alarm['alarm_id']}")
         assert not (compute.resctrl / CAP_GROUP).exists(), "cap group left behind"
 
 
@@ -206,6 +225,7 @@ def test_cap_notification_reaches_the_bus(scene: Scene) -> None:
     assert publisher == f"ceilometer-cmt-guard.{GUARDED.host}"
     assert (payload["instance_id"], payload["share"], payload["dry_run"], payload["host"]) == (
         scene.noisy, CAP_SHARE, False, GUARDED.host)
+    assert payload["project_id"] == scene.compute.instance.project_id
     assert payload["domains"] == [0]
     assert f"holds {HIGH}% of L3 domain 0" in payload["reason"]
     # the guard's own line says the same, and it acted on the host
@@ -214,6 +234,27 @@ def test_cap_notification_reaches_the_bus(scene: Scene) -> None:
         scene.compute.resctrl / CAP_GROUP / "tasks").read_text().split()
     # one cap only: the neighbour is not noisy
     assert [n[2]["instance_id"] for n in scene.notes] == [scene.noisy]
+
+
+def test_cap_event_fires_the_owners_event_alarm(scene: Scene) -> None:
+    """Ceilometer's notification agent turns the cap notification into an
+    event with the shipped definitions' traits and sends it to Aodh's
+    listener, where the instance owner's event alarm
+    (etc/aodh/instance-guard-cap.json) fires."""
+    st = scene.st
+    wait_for("the owner's guard-cap event alarm -> alarm",
+             lambda: scene.owner.state(scene.event_alarm_id) == "alarm", 120, interval=1)
+    [event] = st.ceilometer.events("cmt.guard.cap")
+    traits = {t["name"]: t["value"] for t in event["traits"]}
+    assert {k: traits.get(k) for k in ("instance_id", "project_id", "host", "share",
+                                       "dry_run", "domains")} == {
+        "instance_id": scene.noisy, "project_id": scene.compute.instance.project_id,
+        "host": GUARDED.host, "share": CAP_SHARE, "dry_run": 0, "domains": "[0]"}
+    assert f"holds {HIGH}% of L3 domain 0" in traits["reason"]
+    [fired] = [h for h in scene.owner.history(scene.event_alarm_id)
+               if h["type"] == "state transition"]
+    assert json.loads(fired["detail"])["state"] == "alarm"
+    assert "cmt.guard.cap" in fired["detail"] or "cmt.guard.cap" in fired.get("reason", "")
 
 
 def test_alarm_goes_back_to_ok_after_the_cap(scene: Scene) -> None:

@@ -224,7 +224,7 @@ def test_example_alarms_are_accepted(stack: Stack) -> None:
                 if key != "query":  # the API scopes gnocchi queries to the project
                     assert alarm[rule][key] == value, (path.name, key)
             created.append(alarm["alarm_id"])
-        assert len(created) == 4
+        assert len(created) == 5
 
         venv = services.telemetry_venv()
         env = {**os.environ, "PATH": f"{venv / 'bin'}:{os.environ['PATH']}",
@@ -236,7 +236,8 @@ def test_example_alarms_are_accepted(stack: Stack) -> None:
         assert proc.returncode == 0, proc.stderr + proc.stdout
         alarms = st.aodh.request("GET", "/v2/alarms")
         for expected in (f"cache-occupancy-{vm}", f"cache-occupancy-project-{project}",
-                         f"memory-bandwidth-{vm}", "cache-occupancy-any-instance-prometheus"):
+                         f"memory-bandwidth-{vm}", "cache-occupancy-any-instance-prometheus",
+                         f"guard-cap-{vm}"):
             matching = [a for a in alarms if a["name"] == expected]
             assert len(matching) == 2, expected  # one from the JSON body, one from the CLI
             assert _rule(matching[0]) == _rule(matching[1]), expected

@@ -32,8 +32,8 @@ def test_the_flavor_opt_out_through_libvirtd(daemon: LibvirtDaemon, tmp_path: An
     a, b = fakehost.make_instances(2)
     node = node_with_specs(str(tmp_path / "node.xml"), [a, b], {a.uuid: OFF})
     listed = guard_instances.lister(guard_conf(tmp_path, daemon.uri_for(node)))
-    assert sorted(listed(), key=str) == [GuardInstance(a.uuid, a.domain_name, True),
-                                         GuardInstance(b.uuid, b.domain_name, False)]
+    assert sorted(listed(), key=str) == [GuardInstance(a.uuid, a.domain_name, True, a.project_id),
+                                         GuardInstance(b.uuid, b.domain_name, False, b.project_id)]
     daemon.kill()
     with pytest.raises(guard_instances.DiscoveryFailed):
         listed()
@@ -71,9 +71,9 @@ def test_the_server_metadata_opt_out(daemon: LibvirtDaemon, tmp_path: Any,
     monkeypatch.setattr(nova_client.Client, "__init__", init)
     listed = guard_instances.lister(guard_conf(
         tmp_path, daemon.uri_for(node), "[compute]\nfetch_extra_metadata = true\n"))
-    assert sorted(listed(), key=str) == [GuardInstance(a.uuid, a.domain_name, True),
-                                         GuardInstance(b.uuid, b.domain_name, False),
-                                         GuardInstance(c.uuid, c.domain_name, False)]
+    assert sorted(listed(), key=str) == [GuardInstance(a.uuid, a.domain_name, True, a.project_id),
+                                         GuardInstance(b.uuid, b.domain_name, False, b.project_id),
+                                         GuardInstance(c.uuid, c.domain_name, False, c.project_id)]
     assert sorted(servers.asked) == sorted(i.uuid for i in (a, b, c))
     # without fetch_extra_metadata ceilometer asks nothing: the flavor decides
     servers.asked.clear()

@@ -42,7 +42,8 @@ def test_options_defaults_and_overrides(tmp_path: Any) -> None:
     assert o.policy.group_name(30) == "cc-cap-30"
 
 
-RESULT = GuardReport(1, False, (GuardAction("cap", U1, 25, "holds 60%", (0,)),),
+P1 = "6f0e3c3cc0a34f0a9e3b4a7c1d2e5f60"
+RESULT = GuardReport(1, False, (GuardAction("cap", U1, 25, "holds 60%", (0,), project_id=P1),),
                      allocation={U1: 25.0}, capped=1)
 
 
@@ -62,8 +63,78 @@ def test_notifications_through_the_configured_transport(tmp_path: Any) -> None:
     assert priority == "INFO"
     assert message["event_type"] == "cmt.guard.cap"
     assert message["publisher_id"] == "ceilometer-cmt-guard.compute-7"
-    assert message["payload"] == {"instance_id": U1, "share": 25, "reason": "holds 60%",
-                                  "host": "compute-7", "domains": [0], "dry_run": False}
+    assert message["payload"] == {"instance_id": U1, "project_id": P1, "share": 25,
+                                  "reason": "holds 60%", "host": "compute-7", "domains": [0],
+                                  "dry_run": False}
+
+
+def as_ceilometer_receives(ctxt: dict[str, Any], message: dict[str, Any]) -> dict[str, Any]:
+    """A notification the way ceilometer's notification agent hands it to its
+    event converter (oslo.messaging's batch listener: the message, its
+    context as ``ctxt``, its id and time under ``metadata``)."""
+    return {"ctxt": ctxt, "publisher_id": message["publisher_id"],
+            "event_type": message["event_type"], "payload": message["payload"],
+            "metadata": {"message_id": message["message_id"],
+                         "timestamp": message["timestamp"]}}
+
+
+def events_converter(tmp_path: Any, *appended: str) -> Any:
+    """Ceilometer's own event converter over its packaged definitions file,
+    with ``appended`` files added at its end as the shipped file says."""
+    import ceilometer
+    from ceilometer.event import converter
+    from oslo_config import cfg
+    from stevedore import extension
+
+    packaged = os.path.join(os.path.dirname(ceilometer.__file__), "pipeline", "data",
+                            "event_definitions.yaml")
+    definitions = tmp_path / "event_definitions.yaml"
+    with open(packaged, encoding="utf-8") as f:
+        text = f.read()
+    for path in appended:
+        with open(path, encoding="utf-8") as f:
+            text += f.read()
+    definitions.write_text(text)
+    conf = cfg.ConfigOpts()
+    conf.register_opts(converter.OPTS, group="event")
+    conf(args=[], project="ceilometer", default_config_files=[])
+    conf.set_override("definitions_cfg_file", str(definitions), group="event")
+    return converter.setup_events(
+        conf, extension.ExtensionManager(namespace="ceilometer.event.trait_plugin"))
+
+
+EVENT_DEFINITIONS = str(REPO / "etc" / "ceilometer" / "cmt_event_definitions.yaml")
+
+
+@pytest.mark.parametrize("done", [True, False], ids=["done", "dry-run"])
+def test_the_shipped_event_definitions_give_the_traits(tmp_path: Any, done: bool) -> None:
+    """The guard's own notifications, through ceilometer's converter: with
+    the shipped definitions appended, each becomes an event with the traits
+    an Aodh event alarm queries (instance, project) and an operator reads."""
+    from dataclasses import replace
+
+    from oslo_messaging.notify import _impl_test
+
+    _impl_test.reset()
+    release = GuardAction("release", U1, None, "below 15% for 10 cycles", (0, 1), done=done,
+                          project_id=P1)
+    report = replace(RESULT, actions=(replace(RESULT.actions[0], done=done), release))
+    cmd.Notifications(cmd.load_conf([conf_file(tmp_path, "")])).emit(report)
+    ours, packaged = events_converter(tmp_path, EVENT_DEFINITIONS), events_converter(tmp_path)
+    for (ctxt, message, _priority, _retry), action in zip(
+            _impl_test.NOTIFICATIONS, report.actions, strict=True):
+        event = ours.to_event("info", as_ceilometer_receives(ctxt, message))
+        assert event.event_type == f"cmt.guard.{action.kind}"
+        traits = {t.name: t.value for t in event.traits}
+        assert traits == {
+            "service": "ceilometer-cmt-guard.compute-7", "instance_id": U1,
+            "resource_id": U1, "project_id": P1, "tenant_id": P1, "host": "compute-7",
+            "reason": action.reason, "dry_run": int(not done),
+            "domains": str(list(action.domains)),
+            **({"share": 25} if action.share is not None else {})}
+        # ceilometer's packaged definitions alone: its catch-all, default traits only
+        bare = packaged.to_event("info", as_ceilometer_receives(ctxt, message))
+        assert {t.name for t in bare.traits} == {"service"}
 
 
 def test_the_cli_names_guard_and_cleanup_guard() -> None:

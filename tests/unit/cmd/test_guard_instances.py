@@ -15,6 +15,7 @@ from ceilometer_cmt.testing import fakehost
 
 pytest.importorskip("libvirt")
 
+OTHER = "9a8b7c6d5e4f40312a1b0c9d8e7f6a50"  # a second project
 OFF = ('<nova:extraSpecs><nova:extraSpec name="cmt:guard"> OFF </nova:extraSpec>'
        '</nova:extraSpecs></nova:flavor>')
 
@@ -49,14 +50,15 @@ def guard_conf(tmp_path: Any, uri: str, extra: str = "") -> Any:
 
 
 def test_running_instances_with_the_flavor_opt_out(tmp_path: Any) -> None:
-    a, b = fakehost.make_instances(2)
+    """Each with its own project, which the guard's notifications carry."""
+    [a], [b] = fakehost.make_instances(1), fakehost.make_instances(1, start=2, project_id=OTHER)
     stopped = fakehost.make_instances(1, running=False, start=9)
     node = node_with_specs(str(tmp_path / "node.xml"), [a, b, *stopped], {
         a.uuid: OFF, stopped[0].uuid: OFF,
         b.uuid: OFF.replace("cmt:guard", "cmt:mbm_priority").replace(" OFF ", "3")})
     listed = guard_instances.lister(guard_conf(tmp_path, f"test://{node}"))
-    assert sorted(listed(), key=str) == [GuardInstance(a.uuid, a.domain_name, True),
-                                GuardInstance(b.uuid, b.domain_name, False)]
+    assert sorted(listed(), key=str) == [GuardInstance(a.uuid, a.domain_name, True, a.project_id),
+                                GuardInstance(b.uuid, b.domain_name, False, b.project_id)]
 
 
 def test_a_failed_discovery_raises(tmp_path: Any) -> None:
@@ -94,6 +96,6 @@ def test_server_metadata_with_fetch_extra_metadata(tmp_path: Any, monkeypatch: A
     monkeypatch.setattr(discovery.InstanceDiscovery, "__init__", init)
     listed = guard_instances.lister(guard_conf(
         tmp_path, f"test://{node}", "[compute]\nfetch_extra_metadata = true\n"))
-    assert sorted(listed(), key=str) == [GuardInstance(a.uuid, a.domain_name, False),
-                                GuardInstance(b.uuid, b.domain_name, True)]
+    assert sorted(listed(), key=str) == [GuardInstance(a.uuid, a.domain_name, False, a.project_id),
+                                GuardInstance(b.uuid, b.domain_name, True, b.project_id)]
     assert sorted(asked) == sorted([a.uuid, b.uuid])

@@ -196,6 +196,17 @@ def test_release_moves_back_and_removes_the_group(tree: Any) -> None:
     assert r.capped == 0 and r.allocation[U1] == 100.0
 
 
+def test_each_action_carries_its_instances_project_also_once_it_left(tree: Any) -> None:
+    p1, p2 = "6f0e3c3cc0a34f0a9e3b4a7c1d2e5f60", "9a8b7c6d5e4f40312a1b0c9d8e7f6a50"
+    tree.instances = [GuardInstance(U1, "instance-1", project_id=p1),
+                      GuardInstance(U2, "instance-2", project_id=p2)]
+    g = guard(tree, TreeCatOps(tree.resctrl))
+    assert [(a.kind, a.uuid, a.project_id) for a in g.cycle().actions] == [("cap", U1, p1)]
+    tree.instances = tree.instances[1:]  # stopped or deleted: listed no more
+    assert [(a.kind, a.uuid, a.project_id) for a in g.cycle().actions] == [
+        ("release", U1, p1)]
+
+
 def test_the_guard_lock_admits_one_guard(tmp_path: Any) -> None:
     path = str(tmp_path / "run" / "guard.lock")
     first = GuardLock(path).acquire()
