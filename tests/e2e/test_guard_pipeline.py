@@ -13,6 +13,11 @@ beside the agent with ``cap_above = 40``, ``cap_after = 1``:
   listener of its own pool on the ``notifications`` topic (where
   ``[oslo_messaging_notifications]`` sends by default, and where
   ceilometer's notification agent listens) receives it;
+- ceilometer's notification agent, with etc/ceilometer/cmt_event_definitions.yaml
+  appended to its event definitions, makes it an event with the instance,
+  its project and the share as traits and sends it to ``alarm.all``, where
+  ``aodh-listener`` fires the owner's event alarm
+  (etc/aodh/instance-guard-cap.json, created in the instance's project);
 - the agent's ``cache.occupancy.percent`` of the noisy instance falls to
   about the cap share (25%), and the alarm goes back to ``ok`` (its
   5-minute mean falls below the threshold);
