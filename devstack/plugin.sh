@@ -6,7 +6,8 @@
 #   stack install      pip-install the plugin (develop mode) where ceilometer
 #                      runs the compute agent or the notification agent
 #   stack post-config  compute: [cmt] options, privsep helper, our polling
-#                      sources; notification: gnocchi_resources.yaml merged
+#                      sources; notification: gnocchi_resources.yaml merged,
+#                      the guard's event definitions appended
 #   unstack            compute: remove the resctrl monitor groups we own
 
 function _cmt_bin {
@@ -67,6 +68,19 @@ function configure_ceilometer_cmt_notification {
         "$(_cmt_bin ceilometer-cmt)" gnocchi-resources --base "$resources" -o "$resources"
     else
         "$(_cmt_bin ceilometer-cmt)" gnocchi-resources -o "$resources"
+    fi
+    # The guard's notifications become events with our traits (the instance,
+    # its project) once our definitions follow ceilometer's. A file in the
+    # config dir replaces ceilometer's packaged one: start from that one when
+    # there is none, and append ours once, keeping what the site has.
+    local events="$CEILOMETER_CONF_DIR/event_definitions.yaml"
+    if [[ ! -f $events ]]; then
+        "$(_cmt_bin python3)" -c 'import os, shutil, sys, ceilometer
+shutil.copyfile(os.path.join(os.path.dirname(ceilometer.__file__), "pipeline", "data",
+                             "event_definitions.yaml"), sys.argv[1])' "$events"
+    fi
+    if ! grep -q '^- event_type: cmt\.guard\.\*' "$events"; then
+        { echo; cat "$CEILOMETER_CMT_DIR/etc/ceilometer/cmt_event_definitions.yaml"; } >> "$events"
     fi
 }
 

@@ -120,6 +120,35 @@ def test_notification_post_config_merges_gnocchi_resources(tmp_path: Path) -> No
     assert not (tmp_path / "iniset.log").exists()
 
 
+OUR_EVENTS = REPO / "etc" / "ceilometer" / "cmt_event_definitions.yaml"
+
+
+def packaged_event_definitions() -> Path:
+    import ceilometer
+
+    return Path(ceilometer.__file__).parent / "pipeline" / "data" / "event_definitions.yaml"
+
+
+def test_notification_post_config_appends_the_guards_event_definitions(
+        tmp_path: Path) -> None:
+    """Without a file in the config dir: ceilometer's packaged definitions,
+    then ours, once however often post-config runs."""
+    events = tmp_path / "event_definitions.yaml"
+    for _ in range(2):
+        run_plugin(tmp_path, "stack", "post-config", services="ceilometer-anotification")
+        assert yaml.safe_load(events.read_text()) == (
+            yaml.safe_load(packaged_event_definitions().read_text())
+            + yaml.safe_load(OUR_EVENTS.read_text()))
+
+
+def test_a_sites_event_definitions_are_kept(tmp_path: Path) -> None:
+    site = [{"event_type": "site.thing.*", "traits": {"x": {"fields": "payload.x"}}}]
+    events = tmp_path / "event_definitions.yaml"
+    events.write_text(yaml.safe_dump(site).rstrip("\n"))  # no newline at its end
+    run_plugin(tmp_path, "stack", "post-config", services="ceilometer-anotification")
+    assert yaml.safe_load(events.read_text()) == site + yaml.safe_load(OUR_EVENTS.read_text())
+
+
 def test_guard_enabled_is_configured_started_and_undone(tmp_path: Path) -> None:
     """``enable_service ceilometer-cmt-guard``: [cmt_guard] in the agent's
     config, ``ceilometer-cmt guard`` started by run_process (as devstack's
