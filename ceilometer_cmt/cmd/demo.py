@@ -73,10 +73,11 @@ DEFAULT_INSTANCES = 4
 
 def default_instances(topology: str) -> int:
     """Running instances by default: :data:`DEFAULT_INSTANCES`, or on a
-    topology with MBM counters to assign (``mbm_event`` mode, amd-abmc) as
-    many as an L3 domain has counters. The default group holds two of them
-    (total and local) from boot, so the instances outnumber the free
-    counters: some get no ``mbm_total_bytes`` counter and are listed in
+    topology with MBM counters to assign (``mbm_event`` mode, amd-abmc,
+    arm64-mpam) as many as an L3 domain has counters. The default group holds
+    one per MBM event (total and local; total only on MPAM) from boot, so
+    the instances outnumber the free counters: some get no
+    ``mbm_total_bytes`` counter and are listed in
     ``cache.instances.unmonitored`` with the reason."""
     from ceilometer_cmt.simulator.topology import get_topology
 

@@ -27,6 +27,14 @@ Follows ``fs/resctrl/monitor.c`` ([MON]) and the x86 side
 * reads: an MBM event without a counter is ``Unassigned``
   (``__l3_mon_event_count()`` sets -ENOENT; ``rdtgroup_mondata_show()``).
 
+A host with ``assign_fixed`` (arm64 MPAM, ``mpam_resctrl_monitor_init_abmc()``
+sets ``mbm_cntr_assign_fixed`` and clears ``mbm_cntr_configurable``) follows
+the Linux 7.2 functions of [FSMON] (doc/kernel-facts-mpam.md): the mode file
+shows only ``[mbm_event]`` and refuses ``default`` ("Counter assignment mode
+is not configurable"), ``event_filter`` is 0444 and a write fails with EPERM
+("event_filter is not configurable"), and an assignment to every domain
+carries on past a domain without a counter, failing with the last error.
+
 Errors go to last_cmd_status through ``puts`` (several lines for one write,
 as ``rdt_last_cmd_printf()`` appends) and leave as :class:`.errors.SimError`.
 """
@@ -72,6 +80,7 @@ class CounterAssign:
         self.evt_cfg = {e: DEFAULTS[e] & CFG_MASK for e in self.events}
         self.slots: dict[int, list[Slot]] = {d: [None] * self.num_cntrs for d in self.domains}
         self.mode_file = topology.assign_mode_file
+        self.fixed = topology.assign_fixed
         self.bmec = bmec
         self._puts = puts
 
@@ -104,9 +113,18 @@ class CounterAssign:
 
     def assign_event(self, group: Group, event: str, dom: int | None) -> None:
         """``rdtgroup_assign_cntr_event()``: every domain (``None``) stops at
-        the first failure, leaving the event partly assigned."""
+        the first failure, leaving the event partly assigned (Linux 7.2:
+        carries on and fails with the last error)."""
+        failed: SimError | None = None
         for d in self.domains if dom is None else [dom]:
-            self._alloc_assign(group, event, d)
+            try:
+                self._alloc_assign(group, event, d)
+            except SimError as e:
+                if not self.fixed:
+                    raise
+                failed = e
+        if failed is not None:
+            raise failed
 
     def assign_on_mkdir(self, group: Group) -> None:
         """``rdtgroup_assign_cntrs()``: failures only leave their status line."""
@@ -145,7 +163,8 @@ class CounterAssign:
         then the other one when counters are assignable."""
         if not self.assignable:
             return "[default]\n"
-        return "[mbm_event]\ndefault\n" if self.enabled else "[default]\nmbm_event\n"
+        text = "[mbm_event]\ndefault\n" if self.enabled else "[default]\nmbm_event\n"
+        return text.split("\n")[0] + "\n" if self.fixed else text
 
     def write_mode(self, data: bytes, groups: Iterable[Group]) -> None:
         """``resctrl_mbm_assign_mode_write()``; ``data`` ends with a newline."""
@@ -160,6 +179,8 @@ class CounterAssign:
             raise SimError(errno.EINVAL, "Unsupported assign mode\n")
         if enable == self.enabled:
             return
+        if self.fixed:
+            raise SimError(errno.EINVAL, "Counter assignment mode is not configurable\n")
         self.enabled = enable
         self.evt_cfg = {e: DEFAULTS[e] & CFG_MASK for e in self.events}
         if enable:
@@ -196,6 +217,8 @@ class CounterAssign:
     def write_filter(self, event: str, data: bytes, groups: Iterable[Group]) -> None:
         """``event_filter_write()``; ``data`` ends with a newline."""
         self._check_enabled()
+        if self.fixed:
+            raise SimError(errno.EPERM, "event_filter is not configurable\n")
         tok: str | None = data[:-1].decode("utf-8", "surrogateescape")
         cfg = 0
         names = dict(TRANSACTIONS)

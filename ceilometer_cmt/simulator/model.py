@@ -76,7 +76,7 @@ class Model:
         self.root.schemata = {c.id: topology.cbm_mask for c in topology.l3}
         counters.zero_counters(self.root, topology)
         self.ctrl_groups: dict[str, Group] = {}
-        self.ids = IdPool(topology.rmid_limit, topology.num_closids, scenario.limbo_seconds)
+        self.ids = IdPool(topology, scenario.limbo_seconds)
         self.membership = Membership(proc_root, self.root, self._changed)
         #: tid -> entry (the same dict as ``membership.entries``)
         self.tasks: dict[int, TaskEntry] = self.membership.entries
@@ -204,7 +204,7 @@ class Model:
 
     def _mkdir_ctrl(self, name: str) -> Group:
         closid = self.ids.next_closid()
-        rmid = self.ids.alloc_rmid()
+        rmid = self.ids.alloc_rmid(closid)
         try:
             schemata = writes.initial_schemata(self.topology, self._ctrls())
         except SimError:
@@ -217,7 +217,7 @@ class Model:
         return group
 
     def _mkdir_mon(self, parent: Group, name: str) -> Group:
-        rmid = self.ids.alloc_rmid()
+        rmid = self.ids.alloc_rmid(parent.closid)
         group = Group(name, "mon", parent, parent.closid, rmid)
         counters.zero_counters(group, self.topology)
         parent.children[name] = group
@@ -324,7 +324,7 @@ class Model:
 
     def write_mode(self, group: Group, data: bytes) -> None:
         self.command(lambda: setattr(
-            group, "mode", writes.parse_mode(group, data, self._ctrls())), data)
+            group, "mode", writes.parse_mode(self.topology, group, data, self._ctrls())), data)
 
     def write_max_threshold(self, data: bytes) -> None:
         with self._mutex:

@@ -6,6 +6,13 @@ never handed out).  ``rmdir`` puts a group's RMID in limbo for
 with the free list empty, ``mkdir`` fails with EBUSY while RMIDs sit in
 limbo, ENOSPC otherwise, both reported as "Out of RMIDs".  No CLOSID left:
 ENOSPC ("Out of CLOSIDs").
+
+With RMIDs that depend on the CLOSID (arm64 MPAM, ``pmgs`` > 0) an RMID is
+the index ``closid * pmgs + pmg`` of one (PARTID, PMG) pair, and a group
+takes only an RMID of its own CLOSID (``resctrl_find_free_rmid()``: the
+first free one of that CLOSID in LRU order, ENOSPC when there is none even
+while others sit in limbo); a new control group gets the free CLOSID with
+the fewest RMIDs in limbo (``resctrl_find_cleanest_closid()``).
 """
 
 from __future__ import annotations
@@ -14,23 +21,32 @@ import errno
 from collections import deque
 
 from ceilometer_cmt.simulator.errors import SimError
+from ceilometer_cmt.simulator.topology import Topology
 
 
 class IdPool:
-    def __init__(self, num_rmids: int, num_closids: int, limbo_seconds: float) -> None:
+    def __init__(self, topology: Topology, limbo_seconds: float) -> None:
+        num_rmids, num_closids = topology.rmid_limit, topology.num_closids
         self.num_rmids = num_rmids
+        self.pmgs = topology.pmgs
         self.limbo_seconds = limbo_seconds
         self.free_rmids: deque[int] = deque(range(1, num_rmids))
         self.limbo: list[tuple[float, int]] = []  # (release time, rmid)
         self.free_closids: set[int] = set(range(1, num_closids))
 
     # ------------------------------------------------------------ RMIDs
-    def alloc_rmid(self) -> int:
-        """An RMID for a new group; EBUSY (RMIDs in limbo) or ENOSPC."""
+    def alloc_rmid(self, closid: int = 0) -> int:
+        """An RMID for a new group of ``closid``; EBUSY (RMIDs in limbo) or ENOSPC."""
         if not self.free_rmids:
             err = errno.EBUSY if self.limbo else errno.ENOSPC
             raise SimError(err, "Out of RMIDs\n")
-        return self.free_rmids.popleft()
+        if not self.pmgs:
+            return self.free_rmids.popleft()
+        for rmid in self.free_rmids:
+            if rmid // self.pmgs == closid:
+                self.free_rmids.remove(rmid)
+                return rmid
+        raise SimError(errno.ENOSPC, "Out of RMIDs\n")
 
     def give_back(self, rmid: int) -> None:
         """Undo :meth:`alloc_rmid` for a group that was not made after all."""
@@ -73,7 +89,10 @@ class IdPool:
         """The CLOSID the next control group gets (not taken yet)."""
         if not self.free_closids:
             raise SimError(errno.ENOSPC, "Out of CLOSIDs\n")
-        return min(self.free_closids)
+        if not self.pmgs:
+            return min(self.free_closids)
+        dirty = [rmid // self.pmgs for _, rmid in self.limbo]
+        return min(self.free_closids, key=lambda c: (dirty.count(c), c))
 
     def take_closid(self, closid: int) -> None:
         self.free_closids.discard(closid)

@@ -31,6 +31,14 @@ Presets (``--topology``):
     ``[default]``: no assignable counters) and Intel AET telemetry
     (``info/PERF_PKG_MON``, ``mon_data/mon_PERF_PKG_00``/``_01``); L3_MON has
     1024 RMIDs, PERF_PKG_MON 576 (``intel_aet.c``), so 576 RMIDs can be used.
+``arm64-mpam``
+    an arm64 host with MPAM (doc/kernel-facts-mpam.md): two L3 caches (ids 0,
+    1, 32 MiB, 32 CPUs each) with cache portion bitmaps (16 portions, every
+    one hardware-shared), CSU and MBWU monitors; 32 PARTIDs and 16 PMGs, so
+    32 CLOSIDs, 512 RMIDs (PARTID x PMG) and at most 15 monitor groups per
+    control group; ``llc_occupancy`` and ``mbm_total_bytes`` only, the latter
+    through 8 assignable counters per L3 in a fixed ``mbm_event`` mode; no
+    BMEC, no ``MB`` schema.
 
 ``Topology.write_sysfs(root)`` writes the matching
 ``devices/system/cpu/cpu*/cache/index3`` tree so that the plugin's sysfs
@@ -100,6 +108,20 @@ class Topology:
     #: Intel AET: the packages of ``mon_PERF_PKG_XX``, and PERF_PKG_MON's num_rmids
     packages: tuple[Package, ...] = ()
     perf_pkg_rmids: int = 0
+    #: ways hardware shares with other agents (``info/L3/shareable_bits``)
+    shareable_bits: int = 0
+    #: schemata as newer kernels print it: the name padded as on CDP-capable
+    #: hardware without CDP, masks with ``%x`` (older presets: ``%0*x``)
+    padded_schemata: bool = False
+    #: ``mbm_cntr_assign_fixed`` (Linux 7.2 resctrl): the mode cannot change,
+    #: ``event_filter`` is read-only, and an assignment to every domain
+    #: carries on past a domain without a free counter
+    assign_fixed: bool = False
+    #: PMGs per PARTID when RMIDs depend on the CLOSID (arm64 MPAM,
+    #: ``RESCTRL_RMID_DEPENDS_ON_CLOSID``); 0: RMIDs are global (x86)
+    pmgs: int = 0
+    #: ``uname -m`` of the host (what ``/proc/cpuinfo`` looks like)
+    arch: str = "x86_64"
 
     @property
     def rmid_limit(self) -> int:
@@ -246,8 +268,27 @@ def _intel_aet() -> Topology:
     )
 
 
+def _arm64_mpam() -> Topology:
+    """doc/kernel-facts-mpam.md: ``num_closids`` is PARTIDs, ``num_rmids``
+    PARTIDs x PMGs, ``cbm_mask`` the portions, ``min_cbm_bits`` 1, sparse
+    masks, every bit in ``shareable_bits``; the realloc threshold is the L3
+    size over ``num_rmids`` (``update_rmid_limits()``)."""
+    mib = 1024 * 1024
+    partids, pmgs = 32, 16
+    l3 = tuple(L3Cache(i, 32 * mib, tuple(range(i * 32, i * 32 + 32))) for i in range(2))
+    doms = tuple(MonDomain(c.id, c.id, c.size, c.cpus) for c in l3)
+    return Topology(
+        "arm64-mpam", l3, doms, snc=False, num_rmids=partids * pmgs, num_closids=partids,
+        cbm_len=16, min_cbm_bits=1, sparse_masks=True, occupancy_granularity=64,
+        max_threshold_occupancy=32 * mib // (partids * pmgs),
+        mon_features=("llc_occupancy", "mbm_total_bytes"), assign_mode_file=True,
+        num_mbm_cntrs=8, shareable_bits=0xFFFF, padded_schemata=True, assign_fixed=True,
+        pmgs=pmgs, arch="aarch64",
+    )
+
+
 PRESETS = {"intel-2s": _intel_2s, "amd-ccx": _amd_ccx, "snc": _snc, "amd-abmc": _amd_abmc,
-           "intel-aet": _intel_aet}
+           "intel-aet": _intel_aet, "arm64-mpam": _arm64_mpam}
 
 
 def get_topology(name: str) -> Topology:

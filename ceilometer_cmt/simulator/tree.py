@@ -107,10 +107,14 @@ def _group_files(model: Model, group: Group) -> dict[str, File]:
 
 
 def _schemata(model: Model, group: Group) -> str:
-    width = (model.topology.cbm_len + 3) // 4
-    ids = [c.id for c in model.topology.l3 if c.id not in model.offline_l3]
+    """``L3:0=000ff;1=000ff`` (``%0*x``, older kernels) or, with
+    ``padded_schemata``, ``    L3:0=ff;1=ff`` (``"%d=%x"``; the name padded
+    by 4 because L3 is CDP-capable and CDP is off: ``schemata_list_add()``)."""
+    topo = model.topology
+    width = 0 if topo.padded_schemata else (topo.cbm_len + 3) // 4
+    ids = [c.id for c in topo.l3 if c.id not in model.offline_l3]
     doms = ";".join(f"{i}={group.schemata.get(i, 0):0{width}x}" for i in ids)
-    return f"L3:{doms}\n"
+    return ("    " if topo.padded_schemata else "") + f"L3:{doms}\n"
 
 
 def _size(model: Model, group: Group) -> str:
@@ -131,7 +135,7 @@ def _info_files(model: Model) -> dict[str, File]:
         "L3/cbm_mask": File(0o444, lambda: f"{topo.cbm_mask:x}\n"),
         "L3/min_cbm_bits": File(0o444, lambda: f"{topo.min_cbm_bits}\n"),
         "L3/num_closids": File(0o444, lambda: f"{model.topology.num_closids}\n"),
-        "L3/shareable_bits": File(0o444, lambda: "0\n"),
+        "L3/shareable_bits": File(0o444, lambda: f"{topo.shareable_bits:x}\n"),
         "L3/sparse_masks": File(0o444, lambda: f"{int(topo.sparse_masks)}\n"),
         "L3_MON/max_threshold_occupancy": File(
             0o644,
@@ -204,7 +208,7 @@ def _assign_files(model: Model) -> dict[str, File]:
 def _event_filter(model: Model, event: str) -> File:
     assign = model.assign
     return File(
-        0o644,
+        0o444 if assign.fixed else 0o644,  # 0644 only when mbm_cntr_configurable
         lambda: model.command(lambda: assign.filter_text(event)),
         lambda data, caller: model.command(
             lambda: assign.write_filter(event, data, list(model.groups())), data
@@ -246,7 +250,9 @@ def _bit_usage(model: Model) -> str:
                 shared |= g.schemata.get(cache.id, 0)
         chars = []
         for bit in range(topo.cbm_len - 1, -1, -1):
-            if shared >> bit & 1:
+            if topo.shareable_bits >> bit & 1:
+                chars.append("X" if shared >> bit & 1 else "H")
+            elif shared >> bit & 1:
                 chars.append("S")
             elif excl >> bit & 1:
                 chars.append("E")

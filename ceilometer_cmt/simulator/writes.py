@@ -124,14 +124,15 @@ def first_run(cbm: int) -> int:
 def initial_schemata(topology: Topology, ctrls: list[Group]) -> dict[int, int]:
     """A new control group's CBMs (``__init_one_rdt_domain()``): the ways
     of shareable groups and unused ones (every way no exclusive group
-    holds), only their lowest run; ENOSPC with fewer than min_cbm_bits."""
+    holds) and ``shareable_bits``, only their lowest run; ENOSPC with fewer
+    than min_cbm_bits."""
     schemata: dict[int, int] = {}
     for cache in topology.l3:
         excl = 0
         for g in ctrls:
             if g.mode == "exclusive":
                 excl |= g.schemata.get(cache.id, 0)
-        cbm = first_run(topology.cbm_mask & ~excl)
+        cbm = first_run((topology.cbm_mask & ~excl) | topology.shareable_bits)
         if bin(cbm).count("1") < topology.min_cbm_bits:
             raise SimError(errno.ENOSPC, f"No space on L3:{cache.id}\n")
         schemata[cache.id] = cbm
@@ -178,7 +179,8 @@ def _parse_l3(
         cbm = parse_cbm(topology, strim(mask))
         if _overlaps(group, ctrls, dom_id, cbm, exclusive_only=True):
             raise SimError(errno.EINVAL, "Overlaps with exclusive group\n")
-        if group.mode == "exclusive" and _overlaps(group, ctrls, dom_id, cbm, False):
+        if group.mode == "exclusive" and (cbm & topology.shareable_bits or _overlaps(
+                group, ctrls, dom_id, cbm, False)):
             raise SimError(errno.EINVAL, "Overlaps with other group\n")
         staged[dom_id] = cbm
 
@@ -186,8 +188,9 @@ def _parse_l3(
 def _overlaps(group: Group, ctrls: list[Group], dom_id: int, cbm: int,
               exclusive_only: bool) -> bool:
     """``__rdtgroup_cbm_overlaps()``: does ``cbm`` share a way with another
-    control group (only exclusive ones with ``exclusive_only``)?  The
-    simulated hardware shares no way (``shareable_bits`` reads 0)."""
+    control group (only exclusive ones with ``exclusive_only``)?  Without
+    ``exclusive_only`` the kernel checks ``shareable_bits`` first: the
+    callers do."""
     for other in ctrls:
         if other is group or other.closid == group.closid:
             continue
@@ -213,17 +216,20 @@ def parse_cbm(topo: Topology, text: str) -> int:
 
 
 # ------------------------------------------------------- mode, threshold
-def parse_mode(group: Group, data: bytes, ctrls: list[Group] | None = None) -> str:
+def parse_mode(topology: Topology, group: Group, data: bytes,
+               ctrls: list[Group] | None = None) -> str:
     """The mode written to ``mode`` (``rdtgroup_mode_write()``); ``data``
     ends with a newline.  The same mode again is a no-op; ``exclusive``
     needs a schemata that shares no way with another control group
-    (``rdtgroup_mode_test_exclusive()``), the default group included."""
+    (``rdtgroup_mode_test_exclusive()``), the default group included, nor
+    with ``shareable_bits`` (on MPAM every way: no group is exclusive)."""
     mode = data.decode("utf-8", "replace")[:-1]
     if mode == group.mode:
         return mode
     if mode == "exclusive":
         for dom_id, cbm in group.schemata.items():
-            if _overlaps(group, ctrls or [], dom_id, cbm, exclusive_only=False):
+            if cbm & topology.shareable_bits or _overlaps(
+                    group, ctrls or [], dom_id, cbm, exclusive_only=False):
                 raise SimError(errno.EINVAL, "Schemata overlaps\n")
     elif mode != "shareable":
         raise SimError(errno.EINVAL, "Unknown or unsupported mode\n")

@@ -72,19 +72,22 @@ def _group_files(topo: Topology, path: str, ctrl: bool, features: tuple[str, ...
                     _write(os.path.join(ddir, f"mon_sub_L3_{node.id:02d}", ev), "0\n")
 
 
-def build_resctrl(root: str, topo: Topology, features: tuple[str, ...] = EVENTS) -> str:
+def build_resctrl(root: str, topo: Topology, features: tuple[str, ...] | None = None) -> str:
     """The root group and ``info/`` of ``topo``; numbers as the kernel prints
     them (``cbm_mask`` with ``%x``, the others with ``%u``/``%d``). A host of
     Linux 6.18 or later (``topo.assign_mode_file``) always has
     ``info/L3_MON/mbm_assign_mode``: ``[default]`` when its counters cannot be
     assigned; :func:`~ceilometer_cmt.testing.mbm_assign_tree.build_abmc_resctrl`
-    writes the files of a host whose counters can."""
+    writes the files of a host whose counters can. ``features`` default to
+    the topology's events (arm64 MPAM: no ``mbm_local_bytes``)."""
+    features = topo.mon_features if features is None else features
     info = os.path.join(root, "info")
     _write(os.path.join(info, "last_cmd_status"), "ok\n")
     _write(os.path.join(info, "L3", "cbm_mask"), f"{topo.cbm_mask:x}\n")
     _write(os.path.join(info, "L3", "num_closids"), f"{topo.num_closids}\n")
     _write(os.path.join(info, "L3", "min_cbm_bits"), f"{topo.min_cbm_bits}\n")
     _write(os.path.join(info, "L3", "sparse_masks"), f"{int(topo.sparse_masks)}\n")
+    _write(os.path.join(info, "L3", "shareable_bits"), f"{topo.shareable_bits:x}\n")
     _write(os.path.join(info, "L3_MON", "num_rmids"), f"{topo.num_rmids}\n")
     _write(os.path.join(info, "L3_MON", "mon_features"), "".join(f + "\n" for f in features))
     _write(os.path.join(info, "L3_MON", "max_threshold_occupancy"),
@@ -200,11 +203,11 @@ class KernelOps:
     """The kernel's side of mkdir/rmdir/tasks on a fixture tree (see module doc)."""
 
     def __init__(self, root: str, topo: Topology, proc_root: str = "/proc",
-                 features: tuple[str, ...] = EVENTS) -> None:
+                 features: tuple[str, ...] | None = None) -> None:
         self.root = root
         self.topo = topo
         self.proc_root = proc_root
-        self.features = features
+        self.features = topo.mon_features if features is None else features
         self.fail_mkdir: int | None = None  # errno to raise, e.g. ENOSPC
         self.status_on_fail = "Out of RMIDs"
         self.calls: list[tuple[str, str]] = []

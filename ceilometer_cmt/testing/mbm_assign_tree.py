@@ -63,12 +63,17 @@ def _domain_list(values: dict[int, int], fmt: str = "{}") -> str:
     return ";".join(f"{d}={fmt.format(v)}" for d, v in sorted(values.items())) + "\n"
 
 
+def mbm_events(topo: Topology) -> tuple[str, ...]:
+    """The MBM events the host has (arm64 MPAM: ``mbm_total_bytes`` only)."""
+    return tuple(ev for ev in MBM_EVENTS if ev in topo.mon_features)
+
+
 def assignments_text(topo: Topology, held: dict[str, set[int]]) -> str:
-    """``mbm_L3_assignments_show()``: one line per MBM event."""
+    """``mbm_L3_assignments_show()``: one line per MBM event of the host."""
     return "".join(
         f"{ev}:" + ";".join(f"{d}={'e' if d in held.get(ev, set()) else '_'}"
                             for d in sorted(topo.l3_ids)) + "\n"
-        for ev in MBM_EVENTS)
+        for ev in mbm_events(topo))
 
 
 def set_assignments(group: str, topo: Topology, held: dict[str, set[int]]) -> None:
@@ -77,23 +82,26 @@ def set_assignments(group: str, topo: Topology, held: dict[str, set[int]]) -> No
 
 
 def build_abmc_resctrl(root: str, topo: Topology, *, num_cntrs: int = 32,
-                       mode: str = "mbm_event", fixed: bool = False,
+                       mode: str = "mbm_event", fixed: bool | None = None,
                        on_mkdir: bool = True, bmec: bool = True) -> str:
     """A resctrl tree of a 6.18 AMD host with ``num_cntrs`` counters per
     domain, booted in ``mode``; the default group holds total and local in
     every domain when booted in ``mbm_event`` mode (``rdt_get_tree()``).
-    ``fixed``: ``CONFIG_RESCTRL_ASSIGN_FIXED`` (only the current mode listed)."""
-    build_resctrl(root, topo, EVENTS)
+    ``fixed``: ``CONFIG_RESCTRL_ASSIGN_FIXED`` or ``mbm_cntr_assign_fixed``
+    (only the current mode listed; default: the topology's, as on arm64
+    MPAM, whose only MBM event is ``mbm_total_bytes``)."""
+    fixed = topo.assign_fixed if fixed is None else fixed
+    build_resctrl(root, topo)
     other = "default" if mode == "mbm_event" else "mbm_event"
     _write(_l3_mon(root, "mbm_assign_mode"), f"[{mode}]\n" + ("" if fixed else f"{other}\n"))
     _write(_l3_mon(root, "num_mbm_cntrs"),
            _domain_list({d: num_cntrs for d in topo.l3_ids}))
     if mode == "mbm_event":
         _write(_l3_mon(root, "mbm_assign_on_mkdir"), f"{int(on_mkdir)}\n")
-        for ev, names in DEFAULT_FILTERS.items():
+        for ev in mbm_events(topo):
             _write(os.path.join(root, "info", "L3_MON", "event_configs", ev, "event_filter"),
-                   names + "\n")
-        set_assignments(root, topo, {ev: set(topo.l3_ids) for ev in MBM_EVENTS})
+                   DEFAULT_FILTERS[ev] + "\n")
+        set_assignments(root, topo, {ev: set(topo.l3_ids) for ev in mbm_events(topo)})
         recount(root, topo, num_cntrs)
     elif bmec:
         for ev, mask in DEFAULT_BMEC.items():
@@ -178,10 +186,12 @@ class AssignKernelOps(KernelOps):
         held: dict[str, set[int]] = {ev: set() for ev in MBM_EVENTS}
         failed = []
         if self._on_mkdir():
-            for ev in MBM_EVENTS:  # rdtgroup_assign_cntrs(): total, then local
+            for ev in mbm_events(self.topo):  # rdtgroup_assign_cntrs(): total, then local
                 for d in sorted(self.topo.l3_ids):
                     if self._free()[d] <= 0:
                         failed.append(f"Failed to allocate counter for {ev} in domain {d}")
+                        if self.topo.assign_fixed:
+                            continue  # Linux 7.2 carries on over the domains
                         break
                     held[ev].add(d)
                     set_assignments(path, self.topo, held)
@@ -217,7 +227,7 @@ class AssignKernelOps(KernelOps):
         try:
             for line in data[:-1].split("\n"):
                 ev, _, rest = line.partition(":")
-                if ev not in MBM_EVENTS:
+                if ev not in mbm_events(self.topo):
                     self._status(f"Invalid event {ev}")
                     return errno.ENOENT
                 for item in filter(None, rest.split(";")):

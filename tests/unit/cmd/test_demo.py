@@ -28,15 +28,16 @@ def test_no_fuse_exits_2_with_the_install_hint(monkeypatch: pytest.MonkeyPatch,
 
 
 def test_amd_abmc_runs_short_of_mbm_counters_by_default() -> None:
-    """amd-abmc's default instances outnumber an L3 domain's free MBM
-    counters (the default group holds total and local from boot), so the
-    demo shows instances without a counter; other topologies keep 4."""
+    """amd-abmc's and arm64-mpam's default instances outnumber an L3
+    domain's free MBM counters (the default group holds total and local
+    from boot on amd-abmc, total only on MPAM, which has no local event), so
+    the demo shows instances without a counter; other topologies keep 4."""
     from ceilometer_cmt.simulator.topology import PRESETS, get_topology
 
-    abmc = get_topology("amd-abmc")
-    free = abmc.num_mbm_cntrs - 2
-    assert demo.default_instances("amd-abmc") > free > 0
-    others = sorted(set(PRESETS) - {"amd-abmc"})
+    for name, held in (("amd-abmc", 2), ("arm64-mpam", 1)):
+        free = get_topology(name).num_mbm_cntrs - held
+        assert demo.default_instances(name) > free > 0, name
+    others = sorted(set(PRESETS) - {"amd-abmc", "arm64-mpam"})
     assert [demo.default_instances(name) for name in others] == [4] * len(others)
 
 

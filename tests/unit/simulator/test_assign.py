@@ -377,3 +377,54 @@ def test_kstrtobool_and_strsep() -> None:
     assert strsep("a;b;c", ";") == ("a", "b;c")
     assert strsep("a", ";") == ("a", None)
     assert strsep(None, ";") == (None, None)
+
+
+# ------------------------------------------- arm64 MPAM (Linux 7.2 resctrl)
+ASSIGN_OF = "mon_groups/{}/mbm_L3_assignments"
+
+
+def test_counter_assignment_is_fixed_in_mbm_event_mode() -> None:
+    m = model("arm64-mpam")
+    assert read(m, "info/L3_MON/mbm_assign_mode") == "[mbm_event]\n"
+    write(m, "info/L3_MON/mbm_assign_mode", b"mbm_event\n")  # the current one: no-op
+    assert errno_of(lambda: write(m, "info/L3_MON/mbm_assign_mode", b"default\n")) == (
+        errno.EINVAL)
+    assert status(m) == "Counter assignment mode is not configurable\n"
+    assert _entries(m, "info/L3_MON/event_configs") == ["mbm_total_bytes"]
+    flt = "info/L3_MON/event_configs/mbm_total_bytes/event_filter"
+    node = resolve(m, tuple(flt.split("/")))
+    assert isinstance(node, File) and node.mode == 0o444
+    assert read(m, flt).startswith("local_reads,remote_reads,")
+    assert errno_of(lambda: write(m, flt, b"local_reads\n")) == errno.EPERM
+    assert status(m) == "event_filter is not configurable\n"
+    # the default group holds one counter per domain (total only)
+    assert read(m, "info/L3_MON/num_mbm_cntrs") == "0=8;1=8\n"
+    assert read(m, "info/L3_MON/available_mbm_cntrs") == "0=7;1=7\n"
+    assert read(m, "mbm_L3_assignments") == "mbm_total_bytes:0=e;1=e\n"
+
+
+def test_out_of_counters_a_star_assignment_carries_on_over_the_domains() -> None:
+    m = model("arm64-mpam", mbm_cntrs=2)  # the root holds one per domain
+    m.mkdir(("mon_groups", "a"))
+    m.mkdir(("mon_groups", "b"))  # mkdir never fails for want of a counter
+    assert status(m) == (
+        "Failed to allocate counter for mbm_total_bytes in domain 0\n"
+        "Failed to allocate counter for mbm_total_bytes in domain 1\n")
+    assert read(m, "mon_groups/b/mon_data/mon_L3_00/mbm_total_bytes") == "Unassigned\n"
+    write(m, ASSIGN_OF.format("a"), b"mbm_total_bytes:0=_\n")
+    # domain 0 is free now, domain 1 is not: 7.2 assigns 0 and fails on 1
+    assert errno_of(lambda: write(m, ASSIGN_OF.format("b"), b"mbm_total_bytes:*=e\n")) == (
+        errno.ENOSPC)
+    assert status(m) == (
+        "Failed to allocate counter for mbm_total_bytes in domain 1\n"
+        "Assign operation 'mbm_total_bytes:*=e' failed\n")
+    assert read(m, ASSIGN_OF.format("b")) == "mbm_total_bytes:0=e;1=_\n"
+    assert errno_of(lambda: write(m, ASSIGN_OF.format("b"), b"mbm_local_bytes:0=e\n")) == (
+        errno.ENOENT)
+    assert status(m) == "Invalid event mbm_local_bytes\n"
+
+
+def _entries(m: Model, path: str) -> list[str]:
+    node = resolve(m, tuple(path.split("/")))
+    assert isinstance(node, Dir), path
+    return sorted(node.entries)

@@ -1,5 +1,5 @@
 """The simulator's host presets: the older ones as they were, the Linux
-6.18 ABMC host and the Linux 7.0 AET host."""
+6.18 ABMC host, the Linux 7.0 AET host and the arm64 MPAM host."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ def test_older_presets_model_no_newer_interface() -> None:
         assert (topo.num_rmids, topo.rmid_limit) == (rmids, rmids)
         assert not topo.assign_mode_file and not topo.bmec and not topo.packages
         assert topo.num_mbm_cntrs == 0
+        assert (topo.shareable_bits, topo.pmgs, topo.arch) == (0, 0, "x86_64")
+        assert not topo.assign_fixed and not topo.padded_schemata
 
 
 def test_amd_abmc_preset() -> None:
@@ -37,8 +39,32 @@ def test_intel_aet_preset(tmp_path: Path) -> None:
     assert (index3 / "shared_cpu_list").read_text() == "144-287\n"
 
 
+def test_arm64_mpam_preset(tmp_path: Path) -> None:
+    """doc/kernel-facts-mpam.md: num_closids = PARTIDs (32), num_rmids =
+    PARTIDs x PMGs (512, ``resctrl_arch_system_num_rmid_idx()``), every
+    portion hardware-shared, sparse masks of at least one bit, CSU and MBWU
+    on the L3 (``llc_occupancy``, ``mbm_total_bytes``; never
+    ``mbm_local_bytes``), MBWU only in a fixed ``mbm_event`` mode, no BMEC."""
+    topo = get_topology("arm64-mpam")
+    assert topo.l3_ids == (0, 1) and topo.cpus == tuple(range(64)) and not topo.snc
+    assert (topo.num_closids, topo.pmgs) == (32, 16)
+    assert topo.num_rmids == topo.rmid_limit == 32 * 16
+    assert (topo.cbm_len, topo.cbm_mask, topo.shareable_bits) == (16, 0xFFFF, 0xFFFF)
+    assert topo.min_cbm_bits == 1 and topo.sparse_masks and topo.padded_schemata
+    assert topo.mon_features == ("llc_occupancy", "mbm_total_bytes")
+    assert topo.assign_mode_file and topo.assign_fixed and topo.num_mbm_cntrs == 8
+    assert not topo.bmec and not topo.packages and topo.arch == "aarch64"
+    # update_rmid_limits(): the L3 size over the whole rmid_idx space
+    assert topo.max_threshold_occupancy == 32 * 1024 * 1024 // 512
+    topo.write_sysfs(str(tmp_path))
+    index3 = tmp_path / "devices/system/cpu/cpu63/cache/index3"
+    assert (index3 / "id").read_text() == "1\n"
+    assert (index3 / "shared_cpu_list").read_text() == "32-63\n"
+
+
 def test_preset_names() -> None:
-    assert sorted(PRESETS) == ["amd-abmc", "amd-ccx", "intel-2s", "intel-aet", "snc"]
+    assert sorted(PRESETS) == ["amd-abmc", "amd-ccx", "arm64-mpam", "intel-2s", "intel-aet",
+                               "snc"]
 
 
 def test_l3_ids_cpus_by_l3_and_cbm_mask_derive_from_the_caches() -> None:

@@ -99,10 +99,10 @@ def test_exclusive_groups_and_overlaps() -> None:
         "Overlaps with other group\n")
     assert parse_schemata(INTEL, excl, b"L3:0=f\n", groups) == {0: 0xF}
     # becoming exclusive: the default group counts too
-    assert rejected(parse_mode, g, b"exclusive\n", groups)[1] == "Schemata overlaps\n"
-    assert parse_mode(excl, b"exclusive\n", groups) == "exclusive"
-    assert parse_mode(g, b"shareable\n", groups) == "shareable"
-    assert rejected(parse_mode, g, b"locked\n", groups)[1] == "Unknown or unsupported mode\n"
+    assert rejected(parse_mode, INTEL, g, b"exclusive\n", groups)[1] == "Schemata overlaps\n"
+    assert parse_mode(INTEL, excl, b"exclusive\n", groups) == "exclusive"
+    assert parse_mode(INTEL, g, b"shareable\n", groups) == "shareable"
+    assert rejected(parse_mode, INTEL, g, b"locked\n", groups)[1] == "Unknown or unsupported mode\n"
 
 
 def test_a_new_group_gets_the_first_free_run() -> None:
@@ -119,3 +119,21 @@ def test_a_new_group_gets_the_first_free_run() -> None:
     low = ctrl("e", 1, 0xFFFFE, mode="exclusive")
     haswell = replace(INTEL, min_cbm_bits=2)
     assert rejected(initial_schemata, haswell, [low]) == (errno.ENOSPC, "No space on L3:0\n")
+
+
+def test_mpam_shares_every_way_with_hardware_so_no_group_is_exclusive() -> None:
+    """MPAM's ``shareable_bits`` is every portion (mpam_resctrl_control_init():
+    "Unknown devices use partid-0 which uses all the bitmap fields"), and
+    ``__rdtgroup_cbm_overlaps()`` checks it before the groups: no mask, however
+    small and alone, can be exclusive; a new group still gets every way."""
+    mpam = get_topology("arm64-mpam")
+    root = ctrl("", 0, 0xFFFF)
+    alone = ctrl("a", 1, 0x1)
+    assert rejected(parse_mode, mpam, alone, b"exclusive\n", [root, alone])[1] == (
+        "Schemata overlaps\n")
+    assert parse_mode(INTEL, alone, b"exclusive\n", [alone]) == "exclusive"
+    assert initial_schemata(mpam, [root]) == {0: 0xFFFF, 1: 0xFFFF}
+    # sparse masks, one bit at least (min_cbm_bits 1)
+    assert parse_schemata(mpam, alone, b"L3:0=8001;1=1\n", [root, alone]) == {0: 0x8001, 1: 1}
+    assert rejected(parse_schemata, mpam, alone, b"L3:0=0\n", [root, alone])[1] == (
+        "Mask out of range\n")

@@ -15,7 +15,7 @@ from ceilometer_cmt.simulator.tree import Dir, File, resolve
 from ceilometer_cmt.testing.kernel_trees import KernelOps, build_resctrl, build_sysfs
 
 #: info files the fixture tree writes, by path below ``info/``
-INFO = ("L3/cbm_mask", "L3/num_closids", "L3/min_cbm_bits", "L3/sparse_masks",
+INFO = ("L3/cbm_mask", "L3/num_closids", "L3/min_cbm_bits", "L3/sparse_masks", "L3/shareable_bits",
         "L3_MON/num_rmids", "L3_MON/max_threshold_occupancy", "L3_MON/mon_features")
 
 
@@ -62,7 +62,7 @@ def test_info_files_are_the_simulators(tmp_path: Path, name: str) -> None:
     assert masks(text(root, "schemata")) == masks(sim_text(m, "schemata"))
 
 
-@pytest.mark.parametrize("name", ["intel-2s", "amd-ccx", "snc", "amd-abmc"])
+@pytest.mark.parametrize("name", ["intel-2s", "amd-ccx", "snc", "amd-abmc", "arm64-mpam"])
 def test_mon_data_layout_is_the_simulators(tmp_path: Path, name: str) -> None:
     """``mon_L3_XX`` per L3, with SNC ``mon_sub_L3_YY`` per node below it;
     intel-aet is left out: its ``mon_PERF_PKG_XX`` come from perf_pkg_tree."""
@@ -93,6 +93,36 @@ def test_kernel_formats_of_the_intel_2s_preset(tmp_path: Path) -> None:
     assert text(index3, "size") == "30720K\n"
     assert text(index3, "shared_cpu_list") == "10-19,30-39\n"
     assert text(index3, "id") == "1\n"
+
+
+def test_arm64_mpam_tree_is_what_the_kernel_and_the_simulator_show(tmp_path: Path) -> None:
+    """doc/kernel-facts-mpam.md: every portion hardware-shared, the L3 line
+    padded as a CDP-capable resource's with ``%x`` masks, no
+    ``mbm_local_bytes`` anywhere, a fixed ``[mbm_event]`` mode whose one MBM
+    event has a read-only filter, and the default group's total counter."""
+    from ceilometer_cmt.testing.mbm_assign_tree import AssignKernelOps, build_abmc_resctrl
+
+    topo = get_topology("arm64-mpam")
+    root = build_abmc_resctrl(str(tmp_path / "r"), topo, num_cntrs=topo.num_mbm_cntrs)
+    m = simulated("arm64-mpam")
+    for path in ("info/L3/shareable_bits", "info/L3_MON/mon_features",
+                 "info/L3_MON/mbm_assign_mode", "info/L3_MON/num_mbm_cntrs",
+                 "info/L3_MON/available_mbm_cntrs", "info/L3_MON/mbm_assign_on_mkdir",
+                 "info/L3_MON/event_configs/mbm_total_bytes/event_filter",
+                 "mbm_L3_assignments", "schemata"):
+        assert text(root, path) == sim_text(m, path), path
+    assert text(root, "schemata") == "    L3:0=ffff;1=ffff\n"
+    assert text(root, "info/L3_MON/mbm_assign_mode") == "[mbm_event]\n"
+    assert text(root, "mbm_L3_assignments") == "mbm_total_bytes:0=e;1=e\n"
+    assert os.listdir(f"{root}/info/L3_MON/event_configs") == ["mbm_total_bytes"]
+    assert not any(n.endswith("_config") for n in os.listdir(f"{root}/info/L3_MON"))
+    group = f"{root}/mon_groups/g"
+    AssignKernelOps(root, topo, num_cntrs=topo.num_mbm_cntrs).mkdir(group)
+    m.mkdir(("mon_groups", "g"))
+    assert sorted(os.listdir(f"{group}/mon_data/mon_L3_00")) == sim_listing(
+        m, "mon_groups/g/mon_data/mon_L3_00") == ["llc_occupancy", "mbm_total_bytes"]
+    for path in ("mon_groups/g/mbm_L3_assignments", "info/L3_MON/available_mbm_cntrs"):
+        assert text(root, path) == sim_text(m, path), path
 
 
 def test_snc_nodes_below_their_l3(tmp_path: Path) -> None:
