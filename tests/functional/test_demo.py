@@ -527,6 +527,49 @@ def test_live_view_shows_the_guard_actions(run_env) -> None:  # type: ignore[no-
     assert os.listdir(tmpdir) == []
 
 
+def test_arm64_mpam_topology_total_bandwidth_only(run_env) -> None:  # type: ignore[no-untyped-def]
+    """arm64-mpam (doc/kernel-facts-mpam.md): occupancy per instance on both
+    L3 ids, total bandwidth from 8 assignable counters per L3 (the default
+    group holds one), no local bandwidth at all: MPAM has no such event, so
+    no sample and no "lacks local" reason. Its default of 8 instances: 7 get a
+    counter, the eighth is listed with the reason. ``num_rmids`` is PARTIDs x
+    PMGs."""
+    env, tmpdir = run_env
+    proc = subprocess.run(demo_argv("--topology", "arm64-mpam", "--cycles", "3",
+                                    "--interval", "0.2", "--json"), env=env,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    start, samples, stop = parse(proc.stdout)
+    assert stop is not None and stop["clean"] is True
+    assert start["topology"] == "arm64-mpam"
+    running = {i["uuid"] for i in start["instances"] if i["running"]}
+    assert len(running) == 8
+    last = [s for s in samples if s["cycle"] == 3]
+
+    def of(name: str) -> dict[str, Any]:
+        return {s["resource_id"]: s for s in last if s["name"] == name}
+
+    assert set(of("cache.occupancy")) == running
+    assert all(set(s["resource_metadata"]["cache_domains"]) == {"0", "1"}
+               for s in of("cache.occupancy").values())
+    percent = {u: s["volume"] for u, s in of("cache.occupancy.percent").items()}
+    assert max(percent, key=lambda u: percent[u]) == start["noisy_neighbour"]
+    counted = of("memory.bandwidth.total.bytes")
+    assert len(counted) == 7 and set(counted) <= running
+    assert all(s["volume"] > 0 for s in counted.values())
+    assert not [s for s in samples if s["name"].startswith("memory.bandwidth.local")]
+    (unmonitored,) = of("cache.instances.unmonitored").values()
+    reasons = unmonitored["resource_metadata"]["unmonitored"]
+    assert set(reasons) == running - set(counted)
+    assert all("mbm_total_bytes" in r and "mbm_local_bytes" not in r for r in reasons.values())
+    (total,) = of("memory.bandwidth.counters.total").values()
+    assert total["volume"] == 16 and total["resource_metadata"]["counter_domains"] == {
+        "0": 8, "1": 8}
+    (monitors,) = of("cache.monitors.total").values()
+    assert monitors["volume"] == 32 * 16
+    assert_nothing_left(start, tmpdir)
+
+
 def test_amd_abmc_topology_more_instances_than_counters(run_env) -> None:  # type: ignore[no-untyped-def]
     """amd-abmc: 8 MBM counters per L3 domain, 2 held by the default group.
     Its default of 8 instances (no --instances): 6 get a counter for total

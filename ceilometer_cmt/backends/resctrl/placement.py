@@ -9,6 +9,12 @@ pqos made between the cycle's first listing and the lock is seen. It makes
 our missing monitor groups (``<prefix><uuid>`` in that control group; a free
 RMID lacking is said once per cycle and leaves the instance unmonitored until
 the next) and writes the threads into their ``tasks`` files.
+
+A mkdir refused for want of an RMID is not tried again in that control group
+this cycle, but is in another one: on arm64 MPAM an RMID is a PMG of the
+control group's PARTID (``RESCTRL_RMID_DEPENDS_ON_CLOSID``,
+doc/kernel-facts-mpam.md), so one control group runs out while others still
+have some.
 """
 
 from __future__ import annotations
@@ -41,7 +47,8 @@ class CyclePlacement:
         self._groups: fs.Groups | None = None
         self._ctrl_members: dict[int, str] | None = None
         self._foreign: set[int] | None = None
-        self.no_rmid: str | None = None
+        #: control group -> why a mkdir in it failed this cycle (no RMID)
+        self.no_rmid: dict[str, str] = {}
         self._warned = False
         self.mkdirs = 0
         self.writes = 0
@@ -121,8 +128,8 @@ class CyclePlacement:
             raise NotMonitored("no thread could be placed in a monitor group")
 
     def _make_group(self, t: MonitoredInstance, ctrl: str) -> str:
-        if self.no_rmid:
-            raise NotMonitored(self.no_rmid)
+        if ctrl in self.no_rmid:
+            raise NotMonitored(self.no_rmid[ctrl])
         path = os.path.join(fs.mon_groups_path(self.root, ctrl), self.prefix + t.uuid)
         try:
             self.ops.mkdir(path)
@@ -131,14 +138,15 @@ class CyclePlacement:
             pass  # made by a second agent on this host: share it
         except OSError as e:
             if e.errno in _NO_RMID:
-                self.no_rmid = _NO_RMID[e.errno]
+                reason = _NO_RMID[e.errno]
                 if e.strerror and e.strerror != os.strerror(e.errno):
-                    self.no_rmid += f": {e.strerror}"  # the privsep daemon's reserve
+                    reason += f": {e.strerror}"  # the privsep daemon's reserve
+                self.no_rmid[ctrl] = reason
                 status = fs.last_cmd_status(self.root)
-                self.warn_once(f"cannot create resctrl monitor group: {self.no_rmid}; "
+                self.warn_once(f"cannot create resctrl monitor group: {reason}; "
                                f"last_cmd_status: {status}; affected instances stay "
                                "unmonitored and are retried next cycle")
-                raise NotMonitored(self.no_rmid) from e
+                raise NotMonitored(reason) from e
             raise
         t.groups[ctrl] = path
         t.made.add(ctrl)
