@@ -43,14 +43,21 @@ def load_settings(config_files: Sequence[str],
 
 
 def _cpu_vendor(proc_root: str) -> str | None:
+    """x86's ``vendor_id`` (``GenuineIntel``, ``AuthenticAMD``); on arm64,
+    whose ``/proc/cpuinfo`` has no such line (arch/arm64/kernel/cpuinfo.c
+    ``c_show()``), the MIDR implementer code it prints as ``CPU implementer``."""
+    implementer = None
     try:
         with open(os.path.join(proc_root, "cpuinfo"), encoding="utf-8", errors="replace") as f:
             for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                if key.strip() == "vendor_id":
+                    return value.strip()
+                if key.strip() == "CPU implementer" and implementer is None:
+                    implementer = value.strip()
     except OSError:
         pass
-    return None
+    return f"arm64, CPU implementer {implementer}" if implementer else None
 
 
 def probe_report(settings: registry.Settings) -> dict[str, Any]:

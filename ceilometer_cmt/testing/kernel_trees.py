@@ -98,6 +98,26 @@ def build_resctrl(root: str, topo: Topology, features: tuple[str, ...] | None = 
     return root
 
 
+def build_cpuinfo(proc_root: str, topo: Topology) -> str:
+    """``<proc_root>/cpuinfo`` of the topology's architecture: on arm64 the
+    lines of ``c_show()`` (arch/arm64/kernel/cpuinfo.c: ``CPU implementer``
+    and MIDR fields, no ``vendor_id``), on x86 a ``vendor_id`` line per CPU
+    (AuthenticAMD for the amd presets). Returns the path."""
+    out = []
+    for cpu in topo.cpus:
+        if topo.arch == "aarch64":
+            out.append(f"processor\t: {cpu}\nBogoMIPS\t: 2000.00\n"
+                       "Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics cpuid\n"
+                       "CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x0\n"
+                       "CPU part\t: 0xd49\nCPU revision\t: 0\n\n")
+        else:
+            vendor = "AuthenticAMD" if topo.name.startswith("amd") else "GenuineIntel"
+            out.append(f"processor\t: {cpu}\nvendor_id\t: {vendor}\n\n")
+    path = os.path.join(proc_root, "cpuinfo")
+    _write(path, "".join(out))
+    return path
+
+
 def set_value(group: str, l3: int, event: str, value: int | str,
               sub: int | None = None) -> None:
     """Write what the kernel would show in ``<group>/mon_data/mon_L3_<l3>/<event>``."""

@@ -39,6 +39,11 @@ def test_probe_json_picks_resctrl_on_a_fixture_tree(host, capsys):  # type: igno
 def _probe(tmp_path, capsys, preset, build=None):  # type: ignore[no-untyped-def]
     """probe --json and probe on fixture trees of a simulator preset, with
     ``build(root, topo)`` adding to the resctrl tree; (JSON report, text)."""
+    return _probe_with(tmp_path, capsys, preset, build, [])
+
+
+def _probe_with(tmp_path, capsys, preset, build, extra):  # type: ignore[no-untyped-def]
+    """:func:`_probe` with ``extra`` arguments (``--set`` pairs)."""
     from ceilometer_cmt.simulator.topology import get_topology
     from tests.conftest import make_host
 
@@ -46,9 +51,9 @@ def _probe(tmp_path, capsys, preset, build=None):  # type: ignore[no-untyped-def
     host = make_host(str(tmp_path), topo)
     if build is not None:
         build(host.resctrl, topo)
-    cli.main(["probe", "--json", *_fixture_args(host)])
+    cli.main(["probe", "--json", *_fixture_args(host), *extra])
     report = json.loads(capsys.readouterr().out)
-    cli.main(["probe", *_fixture_args(host)])
+    cli.main(["probe", *_fixture_args(host), *extra])
     return report, capsys.readouterr().out
 
 
@@ -111,6 +116,42 @@ def test_probe_reports_aet_telemetry(tmp_path, capsys):  # type: ignore[no-untyp
     assert not (ASSIGN_KEYS - {"mbm_assign_mode"}) & set(report["resctrl"])
     assert re.search(r"PERF_PKG \(AET\) events +core_energy activity", text), text
     assert re.search(r"PERF_PKG num_rmids +576\n", text), text
+
+
+def test_probe_on_an_arm64_mpam_host(tmp_path, capsys):  # type: ignore[no-untyped-def]
+    """arm64's /proc/cpuinfo has no vendor_id: the vendor is the CPU
+    implementer code. MPAM (doc/kernel-facts-mpam.md): llc_occupancy and
+    mbm_total_bytes only, num_rmids = PARTIDs x PMGs, a fixed mbm_event mode
+    with one counter per domain held by the default group, one filter."""
+    from ceilometer_cmt.testing import kernel_trees, mbm_assign_tree
+
+    proc = str(tmp_path / "proc")
+
+    def build(root, topo):  # type: ignore[no-untyped-def]
+        mbm_assign_tree.build_abmc_resctrl(root, topo, num_cntrs=topo.num_mbm_cntrs)
+        kernel_trees.build_cpuinfo(proc, topo)
+
+    report, text = _probe_with(tmp_path, capsys, "arm64-mpam", build,
+                               ["--set", f"proc_root={proc}"])
+    assert report["cpu_vendor"] == "arm64, CPU implementer 0x41"
+    assert re.search(r"cpu vendor +arm64, CPU implementer 0x41\n", text), text
+    rc = report["resctrl"]
+    assert rc["mon_features"] == ["llc_occupancy", "mbm_total_bytes"]
+    assert (rc["num_rmids"], rc["num_closids"]) == (512, 32)
+    assert rc["mbm_assign_mode"] == {"current": "mbm_event", "modes": ["mbm_event"]}
+    assert rc["mbm_counters"] == [{"domain": d, "num": 8, "available": 7} for d in (0, 1)]
+    assert list(rc["mbm_event_filters"]) == ["mbm_total_bytes"]
+    assert report["backend"] == "resctrl"
+
+
+def test_probe_reads_the_x86_vendor_id(tmp_path, capsys):  # type: ignore[no-untyped-def]
+    from ceilometer_cmt.testing import kernel_trees
+
+    proc = str(tmp_path / "proc")
+    report, _ = _probe_with(tmp_path, capsys, "amd-ccx",
+                            lambda root, topo: kernel_trees.build_cpuinfo(proc, topo),
+                            ["--set", f"proc_root={proc}"])
+    assert report["cpu_vendor"] == "AuthenticAMD"
 
 
 def test_probe_on_a_plain_host_reports_neither(tmp_path, capsys):  # type: ignore[no-untyped-def]
