@@ -98,7 +98,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="simulated host, one of the simulator's presets: "
                         f"{', '.join(sorted(PRESETS))} (default intel-2s; amd-abmc: "
                         "MBM counters to assign, 8 per L3, 2 of them the default "
-                        "group's; intel-aet: per-instance energy and IPC)")
+                        "group's; intel-aet: per-instance energy and IPC; arm64-mpam: "
+                        "MPAM, total bandwidth only, 8 counters per L3)")
     p.add_argument("--instances", type=int,
                    help=f"running instances (default {DEFAULT_INSTANCES}; on a topology "
                         "with MBM counters to assign, as many as an L3 has counters: 8 on "
