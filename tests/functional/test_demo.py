@@ -570,6 +570,37 @@ def test_arm64_mpam_topology_total_bandwidth_only(run_env) -> None:  # type: ign
     assert_nothing_left(start, tmpdir)
 
 
+def test_arm64_mpam_guard_caps_within_portions_the_hardware_shares(run_env
+                                                                   ) -> None:  # type: ignore[no-untyped-def]
+    """The guard on MPAM: every cache portion is in ``shareable_bits``, so the
+    cap mask cannot avoid them (it takes the lowest window) and the cap
+    group, a control group of its own PARTID, is plain ``shareable``; the
+    schemata line reads padded with ``%x`` masks (both in
+    tests/unit/guard/test_cbm.py). The noisy neighbour is capped to 25% of
+    the portions and released, and the agent follows it."""
+    env, tmpdir = run_env
+    proc = subprocess.run(demo_argv("--topology", "arm64-mpam", "--instances", "4", "--guard",
+                                    "--json", "--cycles", str(GUARD_CYCLES), "--interval",
+                                    "0.2"), env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    start, samples, stop = parse(proc.stdout)
+    assert stop is not None and stop["clean"] is True and stop["guard_caps_undone"] == []
+    noisy = start["noisy_neighbour"]
+    events = [json.loads(ln) for ln in proc.stdout.splitlines() if '"event": "guard"' in ln]
+    assert [(e["action"], e["uuid"]) for e in events] == [("cap", noisy), ("release", noisy)]
+    capped = {s["cycle"]: s["volume"] for s in samples
+              if s["name"] == "cache.allocation.percent" and s["resource_id"] == noisy}
+    cap, release = events[0]["cycle"], events[1]["cycle"]
+    assert release > cap
+    # each action shows from the agent's next cycle on
+    assert {capped[c] for c in range(cap + 1, release + 1)} == {25.0}
+    assert {v for c, v in capped.items() if c <= cap or c > release} == {100.0}
+    occupied = {s["cycle"]: s["volume"] for s in samples
+                if s["name"] == "cache.occupancy" and s["resource_id"] == noisy}
+    assert set(occupied) == set(range(1, GUARD_CYCLES + 1))  # followed into the cap group
+    assert_nothing_left(start, tmpdir)
+
+
 def test_amd_abmc_topology_more_instances_than_counters(run_env) -> None:  # type: ignore[no-untyped-def]
     """amd-abmc: 8 MBM counters per L3 domain, 2 held by the default group.
     Its default of 8 instances (no --instances): 6 get a counter for total

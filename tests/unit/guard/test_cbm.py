@@ -48,6 +48,17 @@ def test_cap_mask_takes_the_lowest_ways_of_the_default_group() -> None:
     assert not cap_mask(haswell, 25) & haswell.shareable_bits
 
 
+def test_cap_mask_on_mpam_where_hardware_shares_every_portion() -> None:
+    """MPAM's shareable_bits is every portion (doc/kernel-facts-mpam.md): no
+    window avoids it, so the cap takes the lowest one; the padded ``%x``
+    line of such a host reads back (the name stripped)."""
+    mpam = CacheInfo(0xFFFF, min_cbm_bits=1, sparse_masks=True, shareable_bits=0xFFFF)
+    assert cap_mask(mpam, 25) == 0xF
+    default = parse_schemata("    L3:0=ffff;1=ffff\n")
+    assert cap_schemata(mpam, 25, default) == {"L3": {0: 0xF, 1: 0xF}}
+    assert validate(mpam, 0x8001) is None  # sparse masks allowed
+
+
 def test_cap_mask_when_the_default_group_is_small() -> None:
     # the default group holds 3 ways in a run: the cap gets that run
     assert cap_mask(CacheInfo(0xFFFFF), 50, default_mask=0x70) == 0x70
