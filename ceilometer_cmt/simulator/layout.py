@@ -15,6 +15,9 @@ Newer kernels add, when the topology has them:
   ``mbm_event`` mode (``resctrl_bmec_files_show()``);
 * Linux 7.0 (Intel AET): ``info/PERF_PKG_MON/{num_rmids,mon_features}`` and
   ``mon_data/mon_PERF_PKG_XX/<event>`` per package.
+* arm64 MPAM (doc/kernel-facts-mpam.md): the assignment files with
+  ``mbm_total_bytes`` as the only MBM event (``event_configs/`` and
+  ``mbm_L3_assignments`` name no other), no BMEC files.
 
 :func:`lookup` only names things; :mod:`.tree` says what each file reads and
 writes.  The model uses :func:`lookup` to tell "not a group" (EPERM) from "no
