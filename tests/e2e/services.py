@@ -523,31 +523,26 @@ class Ceilometer:
 
     def events(self, event_type: str) -> list[dict[str, Any]]:
         """The events of ``event_type`` published so far, oldest first."""
-        try:
-            lines = self.events_file.read_text().splitlines()
-        except FileNotFoundError:
-            return []
-        found = []
-        for line in lines:
-            with contextlib.suppress(ValueError):
-                e = json.loads(line)
-                if e.get("event_type") == event_type:
-                    found.append(e)
-        return found
+        return [e for e in _json_lines(self.events_file) if e.get("event_type") == event_type]
 
     def published(self, meter: str, resource_id: str) -> list[dict[str, Any]]:
         """The samples of ``meter`` on ``resource_id`` published so far, oldest first."""
-        try:
-            lines = self.samples_file.read_text().splitlines()
-        except FileNotFoundError:
-            return []
-        found = []
-        for line in lines:
-            with contextlib.suppress(ValueError):
-                s = json.loads(line)
-                if s.get("name") == meter and s.get("resource_id") == resource_id:
-                    found.append(s)
-        return found
+        return [s for s in _json_lines(self.samples_file)
+                if s.get("name") == meter and s.get("resource_id") == resource_id]
+
+
+def _json_lines(path: Path) -> list[dict[str, Any]]:
+    """The objects of a file ceilometer's file publisher writes a line at a
+    time; a line not (yet) whole JSON is skipped, no file is no line."""
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    found = []
+    for line in lines:
+        with contextlib.suppress(ValueError):
+            found.append(json.loads(line))
+    return found
 
 
 def ceilometer_config(base: Path, rabbit: Rabbit, gnocchi_endpoint: str,

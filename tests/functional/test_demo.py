@@ -527,6 +527,25 @@ def test_live_view_shows_the_guard_actions(run_env) -> None:  # type: ignore[no-
     assert os.listdir(tmpdir) == []
 
 
+def three_cycles_on(env: dict[str, str], topology: str) -> tuple[
+        dict[str, Any], list[dict[str, Any]], Callable[[str], dict[str, dict[str, Any]]]]:
+    """The demo on ``topology`` for 3 cycles with its default instances,
+    ended clean: (its start line, its samples, ``of(meter)``: the last
+    cycle's samples of that meter by resource id)."""
+    proc = subprocess.run(demo_argv("--topology", topology, "--cycles", "3",
+                                    "--interval", "0.2", "--json"), env=env,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    start, samples, stop = parse(proc.stdout)
+    assert stop is not None and stop["clean"] is True
+    last = [s for s in samples if s["cycle"] == 3]
+
+    def of(name: str) -> dict[str, dict[str, Any]]:
+        return {s["resource_id"]: s for s in last if s["name"] == name}
+
+    return start, samples, of
+
+
 def test_arm64_mpam_topology_total_bandwidth_only(run_env) -> None:  # type: ignore[no-untyped-def]
     """arm64-mpam (doc/kernel-facts-mpam.md): occupancy per instance on both
     L3 ids, total bandwidth from 8 assignable counters per L3 (the default
@@ -535,20 +554,10 @@ def test_arm64_mpam_topology_total_bandwidth_only(run_env) -> None:  # type: ign
     counter, the eighth is listed with the reason. ``num_rmids`` is PARTIDs x
     PMGs."""
     env, tmpdir = run_env
-    proc = subprocess.run(demo_argv("--topology", "arm64-mpam", "--cycles", "3",
-                                    "--interval", "0.2", "--json"), env=env,
-                          capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    start, samples, stop = parse(proc.stdout)
-    assert stop is not None and stop["clean"] is True
+    start, samples, of = three_cycles_on(env, "arm64-mpam")
     assert start["topology"] == "arm64-mpam"
     running = {i["uuid"] for i in start["instances"] if i["running"]}
     assert len(running) == 8
-    last = [s for s in samples if s["cycle"] == 3]
-
-    def of(name: str) -> dict[str, Any]:
-        return {s["resource_id"]: s for s in last if s["name"] == name}
-
     assert set(of("cache.occupancy")) == running
     assert all(set(s["resource_metadata"]["cache_domains"]) == {"0", "1"}
                for s in of("cache.occupancy").values())
@@ -609,19 +618,9 @@ def test_amd_abmc_topology_more_instances_than_counters(run_env) -> None:  # typ
     2 are listed with the reason and still give occupancy. Never a 0 for a
     counter that is not there."""
     env, tmpdir = run_env
-    proc = subprocess.run(demo_argv("--topology", "amd-abmc", "--cycles", "3",
-                                    "--interval", "0.2", "--json"), env=env,
-                          capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    start, samples, stop = parse(proc.stdout)
-    assert stop is not None and stop["clean"] is True
+    start, _samples, of = three_cycles_on(env, "amd-abmc")
     running = {i["uuid"] for i in start["instances"] if i["running"]}
     assert len(running) == 8
-    last = [s for s in samples if s["cycle"] == 3]
-
-    def of(name: str) -> dict[str, Any]:
-        return {s["resource_id"]: s for s in last if s["name"] == name}
-
     assert set(of("cache.occupancy")) == running
     counted = set(of("memory.bandwidth.total.bytes"))
     assert len(counted) == 6 and counted <= running
