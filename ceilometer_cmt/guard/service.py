@@ -178,7 +178,6 @@ class Guard:
             LOG.warning("guard: %s", e)
         return result
 
-
     def _with_projects(self, result: GuardReport,
                        listed: Sequence[observe.GuardInstance]) -> GuardReport:
         """Each action with its instance's project: from this cycle's listing,
